@@ -236,7 +236,8 @@ print(f"{n_chain} chains x 784 pixels; tolerance {tolerance:.4f}")
 #
 # The same digit at $t = 0, 50, 100, 200, 400, 700, 999$: top row from the step-by-step chain of
 # section 2, bottom row from one call of `q_sample` per $t$. They are different random draws of the same
-# distribution. Under each image: the correlation of $x_t$ with $x_0$ across pixels.
+# distribution. Under each image: the correlation of $x_t$ with $x_0$ across pixels, which theory puts at
+# $\sqrt{\bar\alpha_t}\,s/\sqrt{\bar\alpha_t s^2 + 1 - \bar\alpha_t}$ for a digit whose pixels have variance $s^2$.
 
 # %%
 generator = torch.Generator().manual_seed(3)
@@ -273,6 +274,11 @@ plt.show()
 
 # %%
 print("correlation with x_0 at", dict(zip(show_at, [round(c, 3) for c in correlations], strict=True)))
+# Theory: corr(x_t, x_0) = sqrt(abar) s / sqrt(abar s^2 + 1 - abar), s^2 = this digit's pixel variance
+s2 = digit.var().item()
+theory = [(a * s2) ** 0.5 / (a * s2 + 1 - a) ** 0.5 for a in scheduler.alpha_bars[show_at].tolist()]
+print("theory                 ", dict(zip(show_at, [round(c, 3) for c in theory], strict=True)))
+assert all(abs(c - r) < 0.1 for c, r in zip(correlations, theory, strict=True))
 assert correlations[0] > 0.99  # t = 0: barely touched
 assert all(a > b for a, b in zip(correlations[:4], correlations[1:5], strict=True))  # falls as t grows
 assert abs(correlations[-1]) < 0.15  # t = 999: no visible trace of the digit
