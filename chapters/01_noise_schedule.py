@@ -105,7 +105,9 @@ assert relative_error < 1e-6 and one_minus_error > 100 * relative_error
 #
 # $$ \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t , \qquad \bar\alpha_{-1} := 1 , $$
 #
-# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. Note the convention $\bar\alpha_{-1} = 1$
+# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. (Its mean, which chapter 05 needs, is
+# $\tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}x_0 + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t$;
+# the class below stores both coefficients.) Note the convention $\bar\alpha_{-1} = 1$
 # ("before any step, all the signal is there"). Reading `alpha_bars[t - 1]` at $t = 0$ would silently
 # fetch `alpha_bars[-1]`, the **last** element — a bug in the reference implementation this course
 # teaches. We build a shifted table `alpha_bars_prev` instead.
@@ -234,10 +236,12 @@ class LinearBetaScheduler:
     - ``alpha_bars``: ᾱ_t = ∏_{s ≤ t} α_s, the share of signal power left after step t;
     - ``alpha_bars_prev``: ᾱ_{t−1}, with ᾱ_{−1} = 1 (never wraps around to ᾱ_{T−1});
     - ``posterior_variances``: β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t, so β̃_0 = 0;
+    - ``posterior_mean_coef_x0``, ``posterior_mean_coef_xt``: the posterior mean
+      μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
 
-    β, α and ᾱ are computed in float32 as in the reference and diffusers; β̃ and the SNR, which
-    divide by 1 − ᾱ_t, in float64 (then stored as float32).
+    β, α and ᾱ are computed in float32 as in the reference and diffusers; the posterior tables and
+    the SNR, which divide by 1 − ᾱ_t, in float64 (then stored as float32).
     """
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -266,6 +270,8 @@ class LinearBetaScheduler:
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
+        self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()
+        self.posterior_mean_coef_xt = ((1.0 - betas64).sqrt() * (1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64)).float()
         self.snr = (alpha_bars64 / (1.0 - alpha_bars64)).float()
 
     def __len__(self) -> int:
@@ -331,6 +337,8 @@ assert torch.allclose(scheduler.posterior_variances.double(), posterior_variance
 t = torch.randint(0, T, (4, 3))
 assert scheduler.get_bar_alpha(t).shape == t.shape
 assert scheduler.get_bar_alpha_prev(torch.tensor(0)) == 1.0  # no wrap-around at t = 0
+# at t = 0 the posterior mean is x_0 itself
+assert scheduler.posterior_mean_coef_x0[0] == 1.0 and scheduler.posterior_mean_coef_xt[0] == 0.0
 print("get_bar_alpha(tensor([0, 499, 999])) =", scheduler.get_bar_alpha(torch.tensor([0, 499, 999])))
 
 # %% [markdown]

@@ -20,10 +20,12 @@ class LinearBetaScheduler:
     - ``alpha_bars``: ᾱ_t = ∏_{s ≤ t} α_s, the share of signal power left after step t;
     - ``alpha_bars_prev``: ᾱ_{t−1}, with ᾱ_{−1} = 1 (never wraps around to ᾱ_{T−1});
     - ``posterior_variances``: β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t, so β̃_0 = 0;
+    - ``posterior_mean_coef_x0``, ``posterior_mean_coef_xt``: the posterior mean
+      μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
 
-    β, α and ᾱ are computed in float32 as in the reference and diffusers; β̃ and the SNR, which
-    divide by 1 − ᾱ_t, in float64 (then stored as float32).
+    β, α and ᾱ are computed in float32 as in the reference and diffusers; the posterior tables and
+    the SNR, which divide by 1 − ᾱ_t, in float64 (then stored as float32).
     """
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -52,6 +54,8 @@ class LinearBetaScheduler:
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
+        self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()
+        self.posterior_mean_coef_xt = ((1.0 - betas64).sqrt() * (1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64)).float()
         self.snr = (alpha_bars64 / (1.0 - alpha_bars64)).float()
 
     def __len__(self) -> int:

@@ -37,7 +37,8 @@ def test_alpha_bar_at_the_end_is_about_4e_minus_5(scheduler):
 
 
 def test_tables_are_float32_of_length_T(scheduler):
-    for name in ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "posterior_variances", "snr"):
+    names = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "posterior_variances", "snr")
+    for name in names + ("posterior_mean_coef_x0", "posterior_mean_coef_xt"):
         table = getattr(scheduler, name)
         assert table.dtype == torch.float32 and table.shape == (1000,), name
 
@@ -54,6 +55,11 @@ def test_derived_tables(scheduler):
     )
     np.testing.assert_allclose(scheduler.snr, alpha_bars / (1 - alpha_bars), rtol=1e-5)
     assert scheduler.posterior_variances[0] == 0
+    np.testing.assert_allclose(scheduler.posterior_mean_coef_x0, np.sqrt(prev) * betas / (1 - alpha_bars), rtol=1e-5)
+    np.testing.assert_allclose(
+        scheduler.posterior_mean_coef_xt, np.sqrt(1 - betas) * (1 - prev) / (1 - alpha_bars), rtol=1e-5
+    )
+    assert scheduler.posterior_mean_coef_x0[0] == 1 and scheduler.posterior_mean_coef_xt[0] == 0
 
 
 def test_matches_diffusers_ddpm_scheduler(scheduler):
