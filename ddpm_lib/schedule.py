@@ -55,7 +55,9 @@ class LinearBetaScheduler:
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
         self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()
-        self.posterior_mean_coef_xt = ((1.0 - betas64).sqrt() * (1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64)).float()
+        self.posterior_mean_coef_xt = (
+            (1.0 - betas64).sqrt() * (1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64)
+        ).float()
         self.snr = (alpha_bars64 / (1.0 - alpha_bars64)).float()
 
     def __len__(self) -> int:

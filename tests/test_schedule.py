@@ -55,7 +55,9 @@ def test_derived_tables(scheduler):
     )
     np.testing.assert_allclose(scheduler.snr, alpha_bars / (1 - alpha_bars), rtol=1e-5)
     assert scheduler.posterior_variances[0] == 0
-    np.testing.assert_allclose(scheduler.posterior_mean_coef_x0, np.sqrt(prev) * betas / (1 - alpha_bars), rtol=1e-5)
+    np.testing.assert_allclose(
+        scheduler.posterior_mean_coef_x0, np.sqrt(prev) * betas / (1 - alpha_bars), rtol=1e-5
+    )
     np.testing.assert_allclose(
         scheduler.posterior_mean_coef_xt, np.sqrt(1 - betas) * (1 - prev) / (1 - alpha_bars), rtol=1e-5
     )
