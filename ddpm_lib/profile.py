@@ -30,13 +30,36 @@ class Profile:
     monte_carlo_samples: int
     #: digits pushed through the 1000-step forward chain when checking the closed form
     forward_chain_samples: int
+    #: optimisation steps and batch size of the live training run of chapter 04
+    train_steps: int = 600
+    train_batch_size: int = 128
+    #: steps between the sample grids chapter 04 draws during its live run
+    train_grid_every: int = 200
+    #: digits per sample grid drawn from a model (1000 network calls each step of the way)
+    grid_samples: int = 16
+    #: chapter 03: training steps and batch size of the BatchNorm-vs-GroupNorm measurement
+    norm_study_steps: int = 150
+    norm_study_batch_size: int = 64
+    #: chapter 03: timed forward + backward passes per model when comparing the units' speed
+    unit_timing_steps: int = 5
     #: where chapters save figures for the README / book; None: don't save
     figures_dir: Path | None = None
 
 
 PROFILES = {
     "full": Profile(name="full", monte_carlo_samples=200_000, forward_chain_samples=2_000),
-    "ci": Profile(name="ci", monte_carlo_samples=20_000, forward_chain_samples=200),
+    "ci": Profile(
+        name="ci",
+        monte_carlo_samples=20_000,
+        forward_chain_samples=200,
+        train_steps=12,
+        train_batch_size=32,
+        train_grid_every=6,
+        grid_samples=4,
+        norm_study_steps=40,
+        norm_study_batch_size=32,
+        unit_timing_steps=3,
+    ),
 }
 
 
