@@ -1,0 +1,648 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Training
+#
+# We have a noise schedule (chapter 01), a way to noise any digit to any $t$ (chapter 02) and a
+# denoiser network (chapter 03). Training teaches the network to predict the noise that was added.
+#
+# **After this chapter you can**
+#
+# - write the DDPM training objective and one optimisation step (AdamW, gradient clipping, OneCycleLR);
+# - explain why an exponential moving average (EMA) of the weights gives better samples, and pick its decay;
+# - run the loop, read its loss curve and watch samples improve;
+# - train from the command line with `python -m ddpm_lib train`, with checkpoints you can resume;
+# - load the weights the course ships, trained with the same command.
+
+# %%
+import math
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib.data import load_mnist
+from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.pretrained import load_pretrained
+from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import generate
+from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.unet import Unet
+
+torch.manual_seed(0)
+scheduler = LinearBetaScheduler(1000, 1e-4, 0.02)
+images, labels = load_mnist("train").tensors
+print(f"profile: {PROFILE.name}; training digits: {len(images)}")
+
+# %% [markdown]
+# ## 1. The objective
+#
+# Chapter 02 gave us $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$. DDPM trains a network
+# $\varepsilon_\theta(x_t, t)$ to recover $\varepsilon$ from $x_t$ and $t$. Ho et al. derive this from the
+# variational bound on $-\log p_\theta(x_0)$: each term of the bound is a KL divergence between two
+# Gaussians, which reduces to a weighted squared error between the true and the predicted noise.
+# Dropping the weights gives the *simplified* objective, which trains better:
+#
+# $$ L_{\text{simple}} = \mathbb E_{t \sim \mathcal U\{0..T-1\},\ x_0,\ \varepsilon \sim \mathcal N(0, I)}
+#    \left\| \varepsilon - \varepsilon_\theta\!\left(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t\right) \right\|^2 . $$
+#
+# One Monte-Carlo sample of $t$ and $\varepsilon$ per image is enough: over a batch and many steps, the
+# average covers every $t$. Note $t$ is drawn from **all** of $0..T-1$ — dropping $t = 0$ is a classic bug.
+
+# %%
+#| default_exp training
+#| export
+import copy
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm_lib.diffusion import q_sample
+from ddpm_lib.schedule import LinearBetaScheduler
+
+
+# %%
+#| export
+def ddpm_loss(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""The simplified DDPM objective (Ho et al. 2020, eq. 14) on one batch.
+
+    L = mean over the batch of ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² / (C·H·W),
+    with t ~ U{0, …, T−1} and ε ~ N(0, I) drawn per image from ``generator`` (on x0's device).
+    ``x0`` is (B, C, H, W) in [-1, 1]. Returns a float32 scalar.
+    """
+    t = torch.randint(0, scheduler.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_t = q_sample(scheduler, x0, t, noise)
+    return F.mse_loss(model(x_t, t).float(), noise.float())
+
+
+# %% [markdown]
+# Before training, what loss should we expect? A network that always answers $0$ scores
+# $\mathbb E\|\varepsilon\|^2/d = 1$. The reference configuration of chapter 03's U-Net starts near there.
+
+# %%
+model = Unet(
+    timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
+)
+n_parameters = sum(p.numel() for p in model.parameters())
+generator = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    initial_loss = ddpm_loss(model, scheduler, images[:256], generator).item()
+    zero_loss = ddpm_loss(lambda x, t: torch.zeros_like(x), scheduler, images[:256], generator).item()
+print(
+    f"U-Net with {n_parameters:,} parameters; loss before training {initial_loss:.3f}; "
+    f"loss of always predicting 0: {zero_loss:.3f}"
+)
+assert abs(zero_loss - 1) < 0.02
+assert 0.5 < initial_loss < 5
+
+# %% [markdown]
+# ## 2. One optimisation step
+#
+# The reference implementation uses AdamW at learning rate $10^{-3}$ with a **one-cycle** schedule: the
+# rate climbs for the first 25% of the run from $\text{max\_lr}/25$ to $\text{max\_lr}$, then anneals along a
+# cosine to almost zero. The warm-up keeps Adam's early, poorly estimated second moments from taking
+# huge steps; the long anneal lets the weights settle. We add **gradient clipping** at norm 1, a
+# cheap guard against the occasional huge gradient from a batch of nearly noise-free images
+# (small $t$), where the target noise is tiny next to the signal.
+
+
+# %%
+#| export
+def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.25
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle schedule: warm up for ``pct_start`` of the run, then cosine-anneal (as the reference)."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="cos"
+    )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scheduler: LinearBetaScheduler,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+    grad_clip: float | None = 1.0,
+    bf16: bool = False,
+) -> dict[str, float]:
+    """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
+
+    ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32).
+    Raises :class:`NonFiniteLossError` *before* touching the weights if the loss is not finite.
+    Returns the loss, the gradient norm before clipping and the learning rate used.
+    """
+    model.train()
+    lr = optimizer.param_groups[0]["lr"]
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = ddpm_loss(model, scheduler, x0, generator)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = grad_clip if grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+
+
+# %% [markdown]
+# The schedule over a run of 1,000 steps, and one step on a fixed batch (the loss on *that* batch must
+# go down — the smallest test that the gradient points the right way):
+
+# %%
+probe = torch.nn.Parameter(torch.zeros(1))
+probe_optimizer = make_optimizer(torch.nn.ParameterList([probe]))
+probe_schedule = make_lr_scheduler(probe_optimizer, max_lr=1e-3, total_steps=1000)
+lrs = []
+for _ in range(1000):
+    lrs.append(probe_optimizer.param_groups[0]["lr"])
+    probe_optimizer.step()
+    probe_schedule.step()
+peak = max(range(1000), key=lrs.__getitem__)
+print(f"lr starts at {lrs[0]:.1e}, peaks at {lrs[peak]:.1e} at step {peak}, ends at {lrs[-1]:.1e}")
+assert math.isclose(lrs[0], 1e-3 / 25, rel_tol=1e-6) and peak in (248, 249) and lrs[-1] < 1e-7
+
+fig, ax = plt.subplots(figsize=(5, 2.5))
+ax.plot(lrs)
+ax.set_xlabel("step")
+ax.set_ylabel("learning rate")
+ax.set_title("OneCycleLR, max_lr 1e-3, 25% warm-up")
+plt.show()
+
+# %%
+step_model = Unet(
+    timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
+)
+step_optimizer = make_optimizer(step_model)
+batch = images[:64]
+
+
+def fixed_batch_loss(net):
+    with torch.no_grad():
+        return ddpm_loss(net.eval(), scheduler, batch, torch.Generator().manual_seed(7)).item()
+
+
+before = fixed_batch_loss(step_model)
+for _ in range(3):
+    stats = train_step(step_model, step_optimizer, None, scheduler, batch, torch.Generator().manual_seed(7))
+after = fixed_batch_loss(step_model)
+print(f"loss on a fixed batch: {before:.4f} -> {after:.4f} after 3 steps; last step {stats}")
+assert after < before
+
+# %% [markdown]
+# ## 3. An exponential moving average of the weights
+#
+# SGD's iterates bounce around a minimum; the learning rate sets how far. Averaging the last few
+# thousand iterates cancels much of that bounce, and a diffusion sampler — which calls the network
+# 1,000 times and compounds its errors — is sensitive to it. The EMA keeps a second copy of the
+# weights and after every step moves it a little towards the live weights:
+#
+# $$ \theta_{\text{EMA}} \leftarrow d\,\theta_{\text{EMA}} + (1-d)\,\theta . $$
+#
+# A step $k$ steps ago carries weight $(1-d)\,d^k$, so the average spans about $1/(1-d)$ steps. That
+# fixes the decay for a short run: with $d = 0.9999$ (common for week-long runs) a 3,000-step run would
+# still be mostly its random initialisation; $d = 0.999$ averages roughly the last 1,000 steps. A
+# **warm-up** $d_k = \min\!\left(d, \frac{1+k}{10+k}\right)$ lets the average forget the early weights quickly.
+
+# %%
+for decay in (0.99, 0.999, 0.9999):
+    share_first_half = decay**1500  # weight left on everything before step 1500 of a 3000-step run
+    print(
+        f"decay {decay}: window ~{1 / (1 - decay):,.0f} steps; "
+        f"weight still on the first half of a 3,000-step run: {share_first_half:.1%}"
+    )
+assert 0.999**1500 < 0.25 < 0.9999**1500
+
+
+# %%
+#| export
+class EMA:
+    r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
+
+    With ``warmup`` the decay of update k (0-based) is min(d, (1 + k) / (10 + k)), so the average
+    forgets the random initialisation quickly. Buffers (e.g. BatchNorm statistics) are copied, not
+    averaged. ``ema.model`` is the averaged copy, kept in eval mode and without gradients.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(live.detach(), 1.0 - decay)  # average + (1 - d)(live - average)
+        for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(live)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
+
+
+# %%
+live = torch.nn.Linear(1, 1, bias=False)
+torch.nn.init.zeros_(live.weight)
+ema = EMA(live, decay=0.9, warmup=False)
+with torch.no_grad():
+    live.weight.fill_(1.0)
+for _ in range(10):
+    ema.update(live)
+print(
+    f"after 10 updates towards 1.0 with d=0.9: {ema.model.weight.item():.4f} (1 - 0.9**10 = {1 - 0.9**10:.4f})"
+)
+assert math.isclose(ema.model.weight.item(), 1 - 0.9**10, rel_tol=1e-6)
+
+
+# %% [markdown]
+# ## 4. The loop
+#
+# The loop draws batches in an order fixed by the seed — epoch $e$ uses the permutation seeded by
+# $(\text{seed}, e)$ — so that a run interrupted at step $k$ and resumed from a checkpoint sees exactly
+# the batches an uninterrupted run would. All randomness of the objective ($t$ and $\varepsilon$) comes
+# from one `torch.Generator` whose state the checkpoint saves. Logging, checkpoints and progress bars
+# are the caller's business, through the `on_step` callback.
+
+
+# %%
+#| export
+def batch_stream(
+    images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(step, batch)`` forever from ``start_step`` on, in an order fixed by ``seed``.
+
+    Epoch e shuffles with a generator seeded by (seed, e); the last incomplete batch is dropped.
+    """
+    steps_per_epoch = len(images) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(images)} training images")
+    step, epoch, order = start_step, None, None
+    while True:
+        this_epoch, position = divmod(step, steps_per_epoch)
+        if this_epoch != epoch:
+            epoch = this_epoch
+            order = torch.randperm(
+                len(images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+            )
+        yield step, images[order[position * batch_size : (position + 1) * batch_size]]
+        step += 1
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scheduler: LinearBetaScheduler,
+    images: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    generator: torch.Generator,
+    ema: EMA | None = None,
+    start_step: int = 0,
+    grad_clip: float | None = 1.0,
+    bf16: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
+
+    ``images`` (N, C, H, W) live on the training device. After each step, ``ema`` is updated and
+    ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
+    (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
+    """
+    completed = start_step
+    for step, x0 in batch_stream(images, batch_size, seed, start_step):
+        if step >= steps or (should_stop is not None and should_stop()):
+            break
+        try:
+            stats = train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, grad_clip, bf16)
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(
+                f"{error} at step {step + 1}; the weights of step {step} are kept"
+            ) from None
+        if ema is not None:
+            ema.update(model)
+        completed = step + 1
+        if on_step is not None:
+            on_step(completed, stats)
+    return completed
+
+
+# %% [markdown]
+# ## 5. A live run
+#
+# Now the real thing, at the size the profile allows (the learner's full profile trains for a few
+# minutes; CI runs a handful of steps). Every `train_grid_every` steps we sample a few digits from
+# the **EMA** weights. Sampling borrows chapter 05's `generate` (1,000 reverse steps): read that chapter
+# for how it works.
+
+# %%
+torch.manual_seed(0)
+live_model = Unet(
+    timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
+)
+live_optimizer = make_optimizer(live_model, lr=1e-3)
+live_schedule = make_lr_scheduler(live_optimizer, max_lr=1e-3, total_steps=PROFILE.train_steps)
+live_ema = EMA(live_model, decay=0.999)
+history, grids = [], {}
+started = time.perf_counter()
+
+
+def log_and_sample(step, stats):
+    history.append({"step": step, **stats})
+    if step % PROFILE.train_grid_every == 0 or step == PROFILE.train_steps:
+        grids[step] = generate(live_ema.model, scheduler, PROFILE.grid_samples, seed=0)
+
+
+completed = train(
+    live_model, live_optimizer, live_schedule, scheduler, images,
+    steps=PROFILE.train_steps, batch_size=PROFILE.train_batch_size, seed=0,
+    generator=torch.Generator().manual_seed(0), ema=live_ema, on_step=log_and_sample,
+)  # fmt: skip
+minutes = (time.perf_counter() - started) / 60
+losses = torch.tensor([h["loss"] for h in history])
+first, last = (
+    losses[: max(1, len(losses) // 10)].mean().item(),
+    losses[-max(1, len(losses) // 10) :].mean().item(),
+)
+print(
+    f"{completed} steps of batch {PROFILE.train_batch_size} in {minutes:.1f} min (sampling included); "
+    f"loss {first:.3f} (first 10%) -> {last:.3f} (last 10%)"
+)
+assert completed == PROFILE.train_steps and last < first
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot([h["step"] for h in history], losses, lw=0.8)
+ax.set_yscale("log")
+ax.set_xlabel("step")
+ax.set_ylabel("loss")
+ax.set_title("live run: training loss")
+plt.show()
+
+fig, axes = plt.subplots(len(grids), PROFILE.grid_samples, figsize=(1.2 * PROFILE.grid_samples, 1.3 * len(grids)),
+                         squeeze=False)  # fmt: skip
+for row, (step, samples) in enumerate(sorted(grids.items())):
+    for column, image in enumerate(samples):
+        axes[row, column].imshow(to_image(image), cmap="gray")
+        axes[row, column].axis("off")
+    axes[row, 0].set_title(f"step {step}", fontsize=8, loc="left")
+fig.tight_layout()
+plt.show()
+print("grids at steps", sorted(grids), "- each", tuple(next(iter(grids.values())).shape))
+assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 for g in grids.values())
+
+# %% [markdown]
+# Early grids are noise-like blobs; with a few hundred steps (full profile) strokes appear, but a
+# short CPU run does not make convincing digits — that takes thousands of steps, which is why the
+# course ships weights (section 7).
+#
+# ## 6. From the command line, with checkpoints you can trust
+#
+# `python -m ddpm_lib train` wraps this loop for real runs: a progress bar, a run folder with
+# `config.json`, `metrics.jsonl` (step, loss, lr, gradient norm, images/s), `loss_curve.png`,
+# `samples/step_NNNNNN.png` and `checkpoints/`. Checkpoints are plain tensors loaded with
+# `weights_only=True`, written atomically (temporary file, then rename), and hold everything needed to
+# continue — model, EMA, optimiser, LR schedule, step and RNG states — so an interrupted run resumed with
+# `--resume` reaches the same weights, bit for bit, as one that never stopped. Ctrl-C saves a
+# checkpoint before exiting. `--wandb` also logs to Weights & Biases (offline by default: no account needed).
+#
+# Here is that promise, tested: a tiny run straight through, and the same run interrupted with Ctrl-C
+# (SIGINT) as soon as its first checkpoint appears, then resumed.
+
+# %%
+workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch04-"))
+tiny = ["--steps", "40", "--batch-size", "16", "--base-dim", "8", "--dim-mults", "2", "--n-samples", "1",
+        "--eval-every", "0", "--checkpoint-every", "5", "--no-progress"]  # fmt: skip
+command = [sys.executable, "-m", "ddpm_lib", "train", *tiny]
+
+straight = subprocess.run([*command, "--out", str(workdir / "straight")], capture_output=True, text=True)
+assert straight.returncode == 0, straight.stderr
+print(straight.stdout.strip().splitlines()[-1])
+
+interrupted = subprocess.Popen(
+    [*command, "--out", str(workdir / "interrupted")], stdout=subprocess.PIPE, text=True
+)
+while not (workdir / "interrupted" / "checkpoints" / "last.pt").exists() and interrupted.poll() is None:
+    time.sleep(0.05)
+interrupted.send_signal(signal.SIGINT)
+interrupted.communicate()
+resumed = subprocess.run(
+    [*command, "--out", str(workdir / "interrupted"), "--resume"], capture_output=True, text=True
+)
+assert resumed.returncode == 0, resumed.stderr
+print("run folder:", sorted(p.name for p in (workdir / "straight").iterdir()))
+
+# %%
+straight_state = load_checkpoint(workdir / "straight" / "checkpoints" / "last.pt")
+resumed_state = load_checkpoint(workdir / "interrupted" / "checkpoints" / "last.pt")
+same = all(
+    torch.equal(straight_state["ema"]["model"][k], v) for k, v in resumed_state["ema"]["model"].items()
+)
+print(f"steps: {straight_state['step']} and {resumed_state['step']}; identical EMA weights: {same}")
+assert straight_state["step"] == resumed_state["step"] == 40 and same
+
+# %% [markdown]
+# ## 7. The shipped weights
+#
+# A convincing model needs thousands of steps — too long to wait for in a chapter. The course ships the
+# EMA weights of one run of the command above, with a provenance record: the exact command, seed,
+# data, steps, wall time and machine. Re-run that command to reproduce them.
+
+# %%
+shipped_model, shipped_scheduler, provenance = load_pretrained()
+for key in ("command", "steps", "training_wall_time_s", "final_loss_mean_last_200_steps", "machine"):
+    print(f"{key:>32}: {provenance[key]}")
+shipped_samples = generate(shipped_model, shipped_scheduler, PROFILE.grid_samples, seed=0)
+
+columns = min(8, PROFILE.grid_samples)
+rows = math.ceil(PROFILE.grid_samples / columns)
+fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.2 * rows), squeeze=False)
+for ax, image in zip(axes.flat, shipped_samples, strict=False):
+    ax.imshow(to_image(image), cmap="gray")
+for ax in axes.flat:
+    ax.axis("off")
+fig.tight_layout()
+save_figure(fig, "04_shipped_samples")
+plt.show()
+
+# %%
+background_real = (images < -0.5).float().mean().item()
+background_generated = (shipped_samples < -0.5).float().mean().item()
+print(
+    f"share of dark (background) pixels: real digits {background_real:.2f}, samples {background_generated:.2f}"
+)
+assert abs(background_generated - background_real) < 0.1  # digit-like images, not noise (noise: ~0.3)
+
+# %% [markdown]
+# Chapter 06 measures how good these digits are with an MNIST classifier.
+#
+# ## Summary
+#
+# - The DDPM objective is a mean squared error between the noise that was added and the noise the
+#   network predicts, at a uniformly random $t$; a network that predicts $0$ scores $1$.
+# - One step: AdamW, gradient clipping at norm 1, and a one-cycle learning rate (25% warm-up, cosine anneal).
+# - Sample from an EMA of the weights; its window $\approx 1/(1-d)$ steps should be a fraction of the run
+#   ($d = 0.999$ for a few thousand steps), with a warm-up so the average forgets the initialisation.
+# - `python -m ddpm_lib train` runs the loop with atomic, resumable checkpoints; `ddpm_lib.pretrained`
+#   loads the weights the course ships, with their provenance.
+#
+# ## Exercises
+#
+# ### Exercise 4.1 (★☆☆) — the EMA update, by hand
+#
+# Write `ema_update(average, live, decay)` that returns $d \cdot \text{average} + (1-d)\cdot\text{live}$ for two
+# tensors, without modifying either.
+
+
+# %%
+def ema_update(average: torch.Tensor, live: torch.Tensor, decay: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    return decay * average + (1 - decay) * live
+    ### END SOLUTION
+
+
+# %%
+# Check 4.1
+a, b = torch.zeros(3), torch.ones(3)
+assert torch.allclose(ema_update(a, b, 0.9), torch.full((3,), 0.1))
+assert torch.equal(a, torch.zeros(3)) and torch.equal(b, torch.ones(3))
+### BEGIN HIDDEN TESTS
+assert torch.allclose(ema_update(torch.tensor([2.0]), torch.tensor([4.0]), 0.5), torch.tensor([3.0]))
+### END HIDDEN TESTS
+print("Exercise 4.1 passed")
+
+# %% [markdown]
+# ### Exercise 4.2 (★★☆) — how far back does the average look?
+#
+# Write `weight_on_last(decay, n)`: the share of the EMA's total weight that falls on the last `n`
+# updates (ignore warm-up and the initial weights' share). Then use it to find the smallest decay from
+# $\{0.99, 0.995, 0.999, 0.9995, 0.9999\}$ that puts **at most** half of the weight on the last 500 steps.
+
+
+# %%
+def weight_on_last(decay: float, n: int) -> float:
+    ### BEGIN SOLUTION
+    return 1 - decay**n
+    ### END SOLUTION
+
+
+# %%
+# Check 4.2
+assert math.isclose(weight_on_last(0.5, 1), 0.5)
+assert math.isclose(weight_on_last(0.999, 1000), 1 - 0.999**1000)
+smallest = min(d for d in (0.99, 0.995, 0.999, 0.9995, 0.9999) if weight_on_last(d, 500) <= 0.5)
+print(f"smallest decay with at most half the weight on the last 500 steps: {smallest}")
+assert smallest == 0.999
+### BEGIN HIDDEN TESTS
+assert math.isclose(weight_on_last(0.9, 10), 1 - 0.9**10)
+### END HIDDEN TESTS
+print("Exercise 4.2 passed")
+
+# %% [markdown]
+# ### Exercise 4.3 (★★★) — min-SNR-γ loss weighting
+#
+# The uniform objective spends much of its effort on small $t$, where predicting $\varepsilon$ is easy
+# but the per-$t$ losses conflict. Hang et al. (2023) weight each sample's ε-prediction loss by
+# $w_t = \min(\mathrm{SNR}_t, \gamma) / \mathrm{SNR}_t$. Write `min_snr_weights(scheduler, t, gamma=5.0)` and
+# `weighted_ddpm_loss(model, scheduler, x0, generator, gamma=5.0)` (like `ddpm_loss`, but each image's mean
+# squared error multiplied by its $w_t$ before averaging). Try it in a live run: does the loss curve
+# — or the samples — change?
+
+
+# %%
+def min_snr_weights(scheduler: LinearBetaScheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    snr = scheduler.snr[t]
+    return snr.clamp(max=gamma) / snr
+    ### END SOLUTION
+
+
+def weighted_ddpm_loss(model, scheduler, x0, generator=None, gamma: float = 5.0) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    t = torch.randint(0, scheduler.num_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    alpha_bar = scheduler.alpha_bars[t].reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    per_image = (model(x_t, t) - noise).pow(2).flatten(1).mean(1)
+    return (min_snr_weights(scheduler, t, gamma) * per_image).mean()
+    ### END SOLUTION
+
+
+# %%
+# Check 4.3
+w = min_snr_weights(scheduler, torch.tensor([0, 500, 999]))
+print("weights at t = 0, 500, 999:", w)
+assert w[0] < 1e-3 and torch.allclose(w[1:], torch.ones(2))  # only low-noise steps are down-weighted
+zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+plain = ddpm_loss(zero, scheduler, images[:512], torch.Generator().manual_seed(0))
+weighted = weighted_ddpm_loss(zero, scheduler, images[:512], torch.Generator().manual_seed(0))
+assert weighted < plain  # the weights are at most 1
+### BEGIN HIDDEN TESTS
+t_all = torch.arange(1000)
+expected = torch.minimum(scheduler.snr, torch.tensor(5.0)) / scheduler.snr
+assert torch.allclose(min_snr_weights(scheduler, t_all), expected)
+### END HIDDEN TESTS
+print("Exercise 4.3 passed")

@@ -1,0 +1,332 @@
+"""Training runs from the command line (hand-written plumbing around ``ddpm_lib.training``).
+
+``python -m ddpm_lib train`` writes a run folder::
+
+    <out>/config.json           the resolved configuration (every option, after defaults)
+    <out>/metrics.jsonl         one JSON object per step: step, loss, lr, grad_norm, images_per_s
+    <out>/loss_curve.png        the loss curve, redrawn at every evaluation and at the end
+    <out>/samples/step_NNNNNN.png   a grid of EMA samples per evaluation interval
+    <out>/checkpoints/last.pt   the latest checkpoint (atomic); step_NNNNNN.pt kept at each evaluation
+
+Checkpoints hold model, EMA, optimiser, LR scheduler, step, RNG states and config, and load with
+``weights_only=True``. ``--resume`` continues from ``last.pt`` and reaches the same weights as an
+uninterrupted run (bit for bit on a CPU). Ctrl-C or SIGTERM stops after the current step and saves a
+checkpoint first; a non-finite loss stops the run and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from .data import load_mnist
+from .schedule import LinearBetaScheduler
+from .training import EMA, make_lr_scheduler, make_optimizer, train
+from .unet import Unet
+
+#: The U-Net of chapter 03 in the reference configuration.
+DEFAULT_MODEL = {
+    "timesteps": 1000,
+    "time_embedding_dim": 64,
+    "in_channels": 1,
+    "out_channels": 1,
+    "base_dim": 32,
+    "dim_mults": [2, 4],
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Saved as ``config.json`` and inside each checkpoint."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    pct_start: float = 0.25
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    data_root: str | None = None
+    download: bool = False
+    eval_every: int = 500
+    n_samples: int = 16
+    sampler: str = "clip"
+    checkpoint_every: int = 100
+    wandb: bool = False
+    wandb_project: str = "ddpm-from-scratch"
+    wandb_run_name: str | None = None
+    wandb_mode: str = "offline"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    return Unet(**config.model)
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (never mid-update)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+
+class Run:
+    """Everything one training run holds; ``checkpoint()`` and ``resume()`` save and restore it."""
+
+    def __init__(self, config: TrainConfig, out: Path):
+        self.config, self.out = config, Path(out)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+        self.model = build_model(config).to(self.device)
+        self.ema = EMA(self.model, decay=config.ema_decay)
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, config.lr, config.steps, config.pct_start)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step = 0
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    def state(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+        }
+
+    def checkpoint(self, keep: bool = False) -> Path:
+        path = save_checkpoint(self.state(), self.last_checkpoint)
+        if keep:
+            save_checkpoint(self.state(), self.out / "checkpoints" / f"step_{self.step:06d}.pt")
+        return path
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        load_state(self.model, state["model"], path)
+        load_state(self.ema.model, state["ema"]["model"], path, "EMA")
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["rng"]["generator"].to("cpu"))
+        torch.set_rng_state(state["rng"]["torch"].to("cpu"))
+        self.step = int(state["step"])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines past ``last_step`` (logged after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    losses = torch.tensor([r["loss"] for r in records])
+    window = max(1, min(50, len(losses) // 10))
+    smooth = torch.nn.functional.avg_pool1d(losses[None, None], window, 1).flatten()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss per step")
+    ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE(ε, ε̂)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def run_training(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or continue) the run in ``out``; return a summary. Raises on bad input."""
+    from .sampling import save_image
+
+    out = Path(out)
+    if resume:
+        saved = load_checkpoint(out / "checkpoints" / "last.pt")
+        config = TrainConfig.from_dict(saved["config"])
+    elif (out / "checkpoints" / "last.pt").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    run = Run(config, out)
+    if resume:
+        run.resume(out / "checkpoints" / "last.pt")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", asdict(config))
+    metrics_path = out / "metrics.jsonl"
+    _truncate_metrics(metrics_path, run.step)
+
+    dataset = load_mnist("train", root=config.data_root, download=config.download)
+    images = dataset.tensors[0].to(run.device)
+    wandb_run = _start_wandb(config, out) if config.wandb else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
+    clock = {"t": time.perf_counter()}
+
+    def evaluate() -> None:
+        path = out / "samples" / f"step_{run.step:06d}.png"
+        save_image(
+            run.ema.model,
+            run.scheduler,
+            path,
+            size=config.n_samples,
+            sampler=config.sampler,
+            seed=config.seed,
+        )
+        plot_loss_curve(metrics_path, out / "loss_curve.png")
+        if wandb_run is not None:
+            import wandb
+
+            wandb_run.log({"samples": wandb.Image(str(path))}, step=run.step)
+
+    def on_step(completed: int, stats: dict) -> None:
+        now = time.perf_counter()
+        seconds, clock["t"] = now - clock["t"], now
+        record = {"step": completed, **stats, "images_per_s": config.batch_size / seconds}
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        run.step = completed
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        if wandb_run is not None:
+            wandb_run.log({**record, "time_per_sample_s": seconds / config.batch_size}, step=completed)
+        evaluating = config.eval_every > 0 and completed % config.eval_every == 0
+        if evaluating or completed % config.checkpoint_every == 0:
+            run.checkpoint(keep=evaluating)
+        if evaluating:
+            evaluate()
+            clock["t"] = time.perf_counter()  # sampling time is not training throughput
+
+    stopped_by = None
+    try:
+        with _StopRequest() as stop:
+            train(
+                run.model, run.optimizer, run.lr_scheduler, run.scheduler, images,
+                steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
+                ema=run.ema, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
+                on_step=on_step, should_stop=stop,
+            )  # fmt: skip
+            stopped_by = stop.signal_name
+        if bar is not None:
+            bar.close()
+        run.checkpoint()
+        finished = stopped_by is None and run.step >= config.steps
+        if finished and (config.eval_every <= 0 or run.step % config.eval_every != 0):
+            run.checkpoint(keep=True)
+            evaluate()
+        plot_loss_curve(metrics_path, out / "loss_curve.png")
+    finally:
+        if bar is not None:
+            bar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return {
+        "step": run.step,
+        "stopped_by": stopped_by,
+        "out": str(out),
+        "checkpoint": str(run.last_checkpoint),
+    }
+
+
+def _start_wandb(config: TrainConfig, out: Path):
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(
+        project=config.wandb_project,
+        name=config.wandb_run_name,
+        config=asdict(config),
+        dir=str(out),
+        mode=config.wandb_mode,
+    )
+
+
+def load_model(
+    path: str | Path, ema: bool = True, device: str = "cpu"
+) -> tuple[torch.nn.Module, LinearBetaScheduler, dict]:
+    """The (EMA) model of a training checkpoint, its noise schedule and its config, ready to sample."""
+    state = load_checkpoint(path, map_location=device)
+    if "config" not in state or ("ema" if ema else "model") not in state:
+        raise CheckpointError(f"{path} holds no model weights to sample from")
+    config = TrainConfig.from_dict(state["config"])
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: its model config cannot be built by this ddpm_lib ({error})"
+        ) from None
+    load_state(model, state["ema"]["model"] if ema else state["model"], path)
+    scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+    return model.to(device).eval(), scheduler, asdict(config)

@@ -1,0 +1,191 @@
+"""python -m ddpm_lib train / sample: the run folder, resume, Ctrl-C, NaN, wandb, and bad options."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib.cli import main
+
+# A tiny U-Net and grids of one digit keep each run to seconds on a CPU.
+TINY = ["--batch-size", "16", "--base-dim", "8", "--dim-mults", "2", "--n-samples", "1", "--no-progress"]
+
+
+def cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm_lib", *args], capture_output=True, text=True, timeout=600, **kwargs
+    )
+
+
+def weights(path):
+    state = load_checkpoint(path)
+    return {**{f"model.{k}": v for k, v in state["model"].items()},
+            **{f"ema.{k}": v for k, v in state["ema"]["model"].items()}}  # fmt: skip
+
+
+def same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """12 uninterrupted steps; the reference for the resume tests."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    result = cli(
+        "train", "--steps", "12", "--eval-every", "6", "--checkpoint-every", "3", "--out", str(out), *TINY
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_run_folder_has_every_file(straight_run):
+    names = {p.relative_to(straight_run).as_posix() for p in straight_run.rglob("*") if p.is_file()}
+    assert {"config.json", "metrics.jsonl", "loss_curve.png", "checkpoints/last.pt"} <= names
+    assert {"samples/step_000006.png", "samples/step_000012.png"} <= names
+    assert {"checkpoints/step_000006.pt", "checkpoints/step_000012.pt"} <= names
+    records = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert {"step", "loss", "lr", "images_per_s", "grad_norm"} <= set(records[0])
+    config = json.loads((straight_run / "config.json").read_text())
+    assert config["steps"] == 12 and config["model"]["base_dim"] == 8 and config["ema_decay"] == 0.999
+    state = load_checkpoint(straight_run / "checkpoints" / "last.pt")
+    assert state["step"] == 12
+    assert {"model", "ema", "optimizer", "lr_scheduler", "rng", "config"} <= set(state)
+
+
+def interrupt_after_first_checkpoint(out, sig):
+    command = [sys.executable, "-m", "ddpm_lib", "train", "--steps", "12", "--eval-every", "6",
+               "--checkpoint-every", "3", "--out", str(out), *TINY]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out / "checkpoints" / "last.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(straight_run, tmp_path, sig):
+    out = tmp_path / "interrupted"
+    code, stdout, _ = interrupt_after_first_checkpoint(out, sig)
+    if code == 0:
+        pytest.skip("the run finished before the signal arrived")
+    if sig == signal.SIGINT:
+        assert code == 130 and "--resume" in stdout
+        # Ctrl-C saved a checkpoint at the step it stopped, and metrics agree with it
+        stopped_at = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == stopped_at
+    resumed = cli("train", "--out", str(out), "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(out / "checkpoints" / "last.pt", straight_run / "checkpoints" / "last.pt")
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import ddpm_lib.training as training
+
+    real_loss, calls = training.ddpm_loss, {"n": 0}
+
+    def loss_that_explodes(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(training, "ddpm_loss", loss_that_explodes)
+    out = tmp_path / "nan"
+    code = main(
+        ["train", "--steps", "10", "--eval-every", "0", "--checkpoint-every", "1", "--out", str(out), *TINY]
+    )
+    assert code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss is nan at step 4" in message
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_wandb_offline_logs_locally(tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "wb"
+    result = cli("train", "--steps", "2", "--eval-every", "0", "--out", str(out), "--wandb", "--wandb-mode",
+                 "offline", "--wandb-run-name", "test", *TINY, env={**__import__("os").environ, "WANDB_SILENT": "true"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list((out / "wandb").glob("offline-run-*")), "no offline wandb run was written"
+    assert (out / "metrics.jsonl").exists()
+
+
+def test_without_wandb_installed_nothing_breaks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    out = tmp_path / "nowb"
+    assert main(["train", "--steps", "1", "--eval-every", "0", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "wb"), "--wandb", *TINY]) == 2
+    assert "pip install wandb" in capsys.readouterr().err
+
+
+def test_help_and_the_reference_mode_spelling():
+    result = cli("train", "--help")
+    assert result.returncode == 0
+    for option in ("--steps", "--epochs", "--batch-size", "--lr", "--ema-decay", "--data-root", "--out",
+                   "--seed", "--device", "--resume", "--wandb"):  # fmt: skip
+        assert option in result.stdout
+    assert "--checkpoint" in cli("--mode", "eval", "--help").stdout
+    assert "--resume" in cli("--mode=train", "--help").stdout
+
+
+def test_console_script():
+    ddpm = shutil.which("ddpm")
+    if ddpm is None:
+        pytest.skip("ddpm_lib is not installed with its console script")
+    result = subprocess.run([ddpm, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--steps", "0"], "positive integer"),
+        (["train", "--steps", "ten"], "positive integer"),
+        (["train", "--lr", "-1"], "positive number"),
+        (["train", "--ema-decay", "1.5"], "[0, 1)"),
+        (["train", "--batch-size", "5000"], "batch_size"),
+        (["train", "--device", "tpu"], "invalid choice"),
+        (["train", "--steps", "3", "--epochs", "2"], "not allowed with"),
+        (["train", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
+        (["sample", "--checkpoint", "/nonexistent.pt"], "no checkpoint"),
+        (["sample", "--n", "0"], "positive integer"),
+        (["sample", "--sampler", "ddim"], "invalid choice"),
+        (["--mode", "fly"], "invalid choice"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args, fragment):
+    result = cli(*args, "--no-progress") if args[0] in ("train", "sample") else cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
+
+
+def test_existing_run_needs_resume(straight_run):
+    result = cli("train", "--steps", "2", "--out", str(straight_run), *TINY)
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = cli("sample", "--checkpoint", str(bad), "--no-progress")
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sample_from_a_training_checkpoint(straight_run, tmp_path):
+    out = tmp_path / "grid.png"
+    result = cli("sample", "--checkpoint", str(straight_run / "checkpoints" / "last.pt"), "--n", "4", "--out",
+                 str(out), "--tensors", str(tmp_path / "s.pt"), "--gif", str(tmp_path / "t.gif"), "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    samples = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert samples.shape == (4, 1, 28, 28) and samples.min() >= -1 and samples.max() <= 1
+    assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "t.gif").read_bytes()[:3] == b"GIF"
