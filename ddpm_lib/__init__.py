@@ -4,12 +4,19 @@ Generated modules (edit the chapter, then ``python tools/promote.py``; CI fails 
 
 - ``ddpm_lib.schedule``  <- ``chapters/01_noise_schedule.py``: ``LinearBetaScheduler``
 - ``ddpm_lib.diffusion`` <- ``chapters/02_forward_process.py``: ``q_sample``, ``q_step``
+- ``ddpm_lib.unet``      <- ``chapters/03_unet.py``: ``Unet`` and its pieces
+- ``ddpm_lib.training``  <- ``chapters/04_training.py``: ``ddpm_loss``, ``train_step``, ``EMA``, ``train``
+- ``ddpm_lib.sampling``  <- ``chapters/05_sampling.py``: ``sample``, ``sample_clip``, ``sample_loop``, ``save_image``
 
 Hand-written plumbing (teaches nothing about diffusion):
 
 - ``ddpm_lib.profile``: the ``DDPM_PROFILE`` switch between the full and the CI profile
 - ``ddpm_lib.data``: MNIST (bundled subset or torchvision) as tensors in [-1, 1]
 - ``ddpm_lib.plotting``: figure helpers shared by the chapters
+- ``ddpm_lib.checkpoint``: atomic checkpoints read with ``weights_only=True``
+- ``ddpm_lib.runner``: training runs from the command line (run folder, resume, Ctrl-C, wandb)
+- ``ddpm_lib.pretrained``: the weights the course ships, with their provenance
+- ``ddpm_lib.course``: student copies of the chapters for instructors
 - ``ddpm_lib.cli`` / ``ddpm_lib.__main__``: ``python -m ddpm_lib ...`` and the ``ddpm`` command
 """
 

@@ -1,13 +1,16 @@
 """Command line (hand-written plumbing): ``python -m ddpm_lib COMMAND`` or ``ddpm COMMAND``.
 
-Commands so far:
+Commands:
 
+- ``train``: train a denoiser on the bundled MNIST subset (or full MNIST) into a run folder
+  (see :mod:`ddpm_lib.runner`); ``--resume`` continues an interrupted run;
+- ``sample``: sample a grid of digits from a checkpoint (default: the weights the course ships);
 - ``noise``: noise one held-out digit of every class at several timesteps and save the grid
   (the forward process of chapter 02, end to end on the bundled data);
 - ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST.
 
-``train``, ``sample`` and ``evaluate`` arrive with chapters 04-06. Bad arguments exit with status 2
-and one line on stderr.
+The reference implementation's spelling ``--mode train`` / ``--mode eval`` is accepted for
+``train`` / ``sample``. Bad arguments exit with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 700, 999)
+DEFAULT_BASE_DIM = 32
+MODE_ALIASES = {"train": "train", "eval": "sample"}
 
 
 def _timesteps(text: str) -> list[int]:
@@ -26,6 +31,48 @@ def _timesteps(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(not 0 <= v < 1000 for v in values):
         raise argparse.ArgumentTypeError(f"timesteps must lie in 0..999, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def _dim_mults(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return values
 
 
@@ -44,6 +91,93 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ddpm_lib", description="Diffusion from Scratch: DDPM on MNIST"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from .runner import TrainConfig
+
+    defaults = TrainConfig()
+    train = commands.add_parser(
+        "train",
+        help="train a denoiser into a run folder",
+        description="Train a DDPM denoiser (chapter 04) and write a run folder: config.json, metrics.jsonl, "
+        "loss_curve.png, samples/, checkpoints/.",
+    )
+    train.add_argument("--out", type=Path, default=Path("runs/ddpm"), help="run folder (default: runs/ddpm)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
+    )
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive, help=f"optimisation steps (default: {defaults.steps})")
+    length.add_argument(
+        "--epochs", type=_positive, help="passes over the training digits, instead of --steps"
+    )
+    train.add_argument(
+        "--batch-size", type=_positive, default=defaults.batch_size, help="default: %(default)s"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, default=defaults.lr, help="peak learning rate (default: %(default)s)"
+    )
+    train.add_argument("--ema-decay", type=_decay, default=defaults.ema_decay, help="default: %(default)s")
+    train.add_argument(
+        "--grad-clip", type=_positive_float, default=defaults.grad_clip, help="default: %(default)s"
+    )
+    train.add_argument("--seed", type=_non_negative, default=defaults.seed, help="default: %(default)s")
+    train.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s"
+    )
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    train.add_argument(
+        "--base-dim", type=_positive, default=DEFAULT_BASE_DIM, help="U-Net width (default: %(default)s)"
+    )
+    train.add_argument("--dim-mults", type=_dim_mults, default=None, help="U-Net level widths (default: 2,4)")
+    train.add_argument("--data-root", type=Path, default=None, help="full MNIST in torchvision's layout")
+    train.add_argument("--download", action="store_true", help="download full MNIST into --data-root")
+    train.add_argument(
+        "--eval-every",
+        type=_non_negative,
+        default=defaults.eval_every,
+        help="steps between sample grids and kept checkpoints; 0: only at the end (default: %(default)s)",
+    )
+    train.add_argument(
+        "--checkpoint-every", type=_positive, default=defaults.checkpoint_every, help="default: %(default)s"
+    )
+    train.add_argument(
+        "--n-samples",
+        type=_positive,
+        default=defaults.n_samples,
+        help="digits per grid (default: %(default)s)",
+    )
+    train.add_argument(
+        "--sampler", choices=("clip", "ddpm"), default=defaults.sampler, help="default: %(default)s"
+    )
+    train.add_argument("--wandb", action="store_true", help="log to Weights & Biases as well")
+    train.add_argument("--wandb-project", default=defaults.wandb_project, help="default: %(default)s")
+    train.add_argument("--wandb-run-name", default=None, help="default: chosen by wandb")
+    train.add_argument(
+        "--wandb-mode",
+        choices=("offline", "online"),
+        default=defaults.wandb_mode,
+        help="offline needs no account; sync later with `wandb sync` (default: %(default)s)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser("sample", help="sample a grid of digits from a checkpoint")
+    sample.add_argument(
+        "--checkpoint", type=Path, default=None, help="training checkpoint (default: shipped weights)"
+    )
+    sample.add_argument("--n", type=_positive, default=16, help="number of digits (default: %(default)s)")
+    sample.add_argument("--sampler", choices=("clip", "ddpm"), default="clip", help="default: %(default)s")
+    sample.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
+    sample.add_argument(
+        "--out", type=Path, default=Path("samples.png"), help="grid PNG (default: samples.png)"
+    )
+    sample.add_argument(
+        "--tensors", type=Path, default=None, help="also save the samples as a .pt tensor file"
+    )
+    sample.add_argument("--gif", type=Path, default=None, help="also save the trajectory as an animated GIF")
+    sample.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s"
+    )
+    sample.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     noise = commands.add_parser("noise", help="save a grid of digits noised by the forward process")
     noise.add_argument(
@@ -108,14 +242,105 @@ def run_data(args: argparse.Namespace) -> None:
         print(f"  per class: {torch.bincount(labels, minlength=10).tolist()}")
 
 
+def run_train(args: argparse.Namespace) -> None:
+    from .data import load_mnist
+    from .runner import DEFAULT_MODEL, TrainConfig, run_training
+
+    config = TrainConfig(
+        batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed,
+        device=args.device, bf16=args.bf16, data_root=str(args.data_root) if args.data_root else None,
+        download=args.download, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        n_samples=args.n_samples, sampler=args.sampler, wandb=args.wandb, wandb_project=args.wandb_project,
+        wandb_run_name=args.wandb_run_name, wandb_mode=args.wandb_mode,
+        model={**DEFAULT_MODEL, "base_dim": args.base_dim, "dim_mults": args.dim_mults or DEFAULT_MODEL["dim_mults"]},
+    )  # fmt: skip
+    if args.steps is not None:
+        config.steps = args.steps
+    elif args.epochs is not None:
+        n_train = len(load_mnist("train", root=args.data_root, download=args.download, verbose=False))
+        config.steps = args.epochs * max(1, n_train // args.batch_size)
+    summary = run_training(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if summary["stopped_by"]:
+        print(
+            f"stopped by {summary['stopped_by']} after step {summary['step']}; checkpoint saved to "
+            f"{summary['checkpoint']}; continue with: python -m ddpm_lib train --out {args.out} --resume"
+        )
+        raise SystemExit(130 if summary["stopped_by"] == "SIGINT" else 143)
+    grid = args.out / "samples" / f"step_{summary['step']:06d}.png"
+    print(f"trained {summary['step']} steps; run folder {args.out}; final samples {grid}")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .runner import load_model, resolve_device
+    from .sampling import grid_image, save_image
+
+    device = str(resolve_device(args.device))
+    if args.checkpoint is None:
+        from .pretrained import load_pretrained
+
+        model, scheduler, info = load_pretrained(device=device)
+        source = f"the shipped weights ({info['summary']})"
+    else:
+        model, scheduler, _ = load_model(args.checkpoint, device=device)
+        source = str(args.checkpoint)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frames = []
+
+    def record(t: int, x_t) -> None:
+        if args.gif is not None and t % 20 == 0:
+            frames.append(grid_image(x_t[:16]))
+
+    samples = save_image(
+        model,
+        scheduler,
+        args.out,
+        args.n,
+        args.sampler,
+        args.seed,
+        progress=not args.no_progress,
+        on_step=record,
+    )
+    if args.tensors is not None:
+        torch.save(samples.cpu(), args.tensors)
+    if args.gif is not None:
+        frames.append(grid_image(samples[:16]))  # hold the final grid for a moment
+        frames[0].save(
+            args.gif, save_all=True, append_images=frames[1:] + frames[-1:] * 10, duration=60, loop=0
+        )
+    print(f"wrote {args.out}: {args.n} samples ({args.sampler} sampler, seed {args.seed}) from {source}")
+
+
+def _translate_mode(argv: list[str]) -> list[str]:
+    """Accept the reference's ``--mode train|eval`` as the ``train`` / ``sample`` commands."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--mode" and i + 1 < len(argv):
+            value, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+        elif arg.startswith("--mode="):
+            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+        if value is not None:
+            if value not in MODE_ALIASES:
+                return [value, *rest]  # argparse reports the invalid choice
+            return [MODE_ALIASES[value], *rest]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_translate_mode(list(sys.argv[1:] if argv is None else argv)))
+    from .checkpoint import CheckpointError
     from .data import DataSourceError
+    from .training import NonFiniteLossError
 
+    commands = {"train": run_train, "sample": run_sample, "noise": run_noise, "data": run_data}
     try:
-        {"noise": run_noise, "data": run_data}[args.command](args)
-    except DataSourceError as error:
+        commands[args.command](args)
+    except NonFiniteLossError as error:  # not bad input: the run itself diverged
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except (DataSourceError, CheckpointError, ValueError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
