@@ -16,7 +16,8 @@ default with the levers we keep (bfloat16 autocast, inference mode) against the 
 
 All variants are measured in interleaved rounds after warm-up steps (oneDNN builds its kernels in the
 first few calls), so a machine that gets busier slows every variant alike; each figure is the median
-over rounds. Timings vary between machines and runs: there is no pass/fail, only the printed numbers.
+over rounds (the ratio of the best rounds is printed too). Timings vary between machines and runs:
+there is no pass/fail, only the printed numbers.
 """
 
 from __future__ import annotations
@@ -165,15 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     ours = measurements[VARIANTS.index(HEADLINE)]
     train_ratio = statistics.median(ours.train_rates) / statistics.median(reference.train_rates)
     sample_ratio = statistics.median(ours.sample_rates) / statistics.median(reference.sample_rates)
+    # Another process can only slow a round down, so the ratio of the best rounds is a second opinion.
+    best_train_ratio = max(ours.train_rates) / max(reference.train_rates)
+    best_sample_ratio = max(ours.sample_rates) / max(reference.sample_rates)
     print(f"\nours = {HEADLINE.name}; reference = {REFERENCE.name}")
     print(f"parameters: ours {ours.parameters:,}, reference {reference.parameters:,}")
     print(
-        f"training: ours/reference = {train_ratio:.2f} "
-        f"({'meets' if train_ratio >= TARGET_TRAIN_RATIO else 'misses'} the target of {TARGET_TRAIN_RATIO})"
+        f"training: ours/reference = {train_ratio:.2f} (best rounds: {best_train_ratio:.2f}); "
+        f"{'meets' if train_ratio >= TARGET_TRAIN_RATIO else 'misses'} the target of {TARGET_TRAIN_RATIO}"
     )
     print(
-        f"sampling: ours/reference = {sample_ratio:.2f} "
-        f"({'meets' if sample_ratio >= TARGET_SAMPLE_RATIO else 'misses'} the target of {TARGET_SAMPLE_RATIO})"
+        f"sampling: ours/reference = {sample_ratio:.2f} (best rounds: {best_sample_ratio:.2f}); "
+        f"{'meets' if sample_ratio >= TARGET_SAMPLE_RATIO else 'misses'} the target of {TARGET_SAMPLE_RATIO}"
     )
     return 0
 
