@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from ddpm_lib.data import load_mnist
+from ddpm_lib.diffusion import q_sample
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.schedule import LinearBetaScheduler
@@ -897,12 +898,6 @@ train_images = load_mnist("train").tensors[0]
 heldout_images = load_mnist("heldout").tensors[0][:128]
 
 
-def noisy(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε (chapter 02's closed form)."""
-    alpha_bars = scheduler.get_bar_alpha(t).view(-1, 1, 1, 1)
-    return alpha_bars.sqrt() * x0 + (1 - alpha_bars).sqrt() * noise
-
-
 def make_study_model(norm: str) -> Unet:
     torch.manual_seed(0)  # the same starting weights for both norms (norm layers start at 1 and 0)
     return Unet(norm=norm)
@@ -921,7 +916,7 @@ for _ in range(PROFILE.norm_study_steps):
     noise = torch.randn(x0.shape, generator=generator)
     for norm in NORMS:  # the same batch for both, alternating
         start = time.perf_counter()
-        loss = (study[norm](noisy(x0, t, noise), t) - noise).pow(2).mean()
+        loss = (study[norm](q_sample(scheduler, x0, t, noise), t) - noise).pow(2).mean()
         optimizers[norm].zero_grad()
         loss.backward()
         optimizers[norm].step()
@@ -941,7 +936,7 @@ def heldout_prediction(net: nn.Module, t_value: int, train_mode: bool) -> tuple[
     net = copy.deepcopy(net).train(train_mode)
     t = torch.full((len(heldout_images),), t_value)
     with torch.no_grad():
-        prediction = net(noisy(heldout_images, t, heldout_noise), t)
+        prediction = net(q_sample(scheduler, heldout_images, t, heldout_noise), t)
     return prediction, (prediction - heldout_noise).pow(2).mean().item()
 
 
@@ -976,7 +971,9 @@ for norm in NORMS:
         t = torch.full((len(heldout_images),), companions)
         t[0] = 300
         with torch.no_grad():
-            first_digit_predictions[norm, companions] = net(noisy(heldout_images, t, heldout_noise), t)[0]
+            first_digit_predictions[norm, companions] = net(
+                q_sample(scheduler, heldout_images, t, heldout_noise), t
+            )[0]
     change = (first_digit_predictions[norm, 10] - first_digit_predictions[norm, 900]).abs().max().item()
     print(f"{NORM_NAMES[norm]}: prediction for the same digit changes by up to {change:.3g} with its batch")
     assert (change == 0) == (norm == "group")
@@ -1085,7 +1082,22 @@ print(
 # measures training and sampling throughput properly — interleaved rounds, the optimiser step, and
 # the cheap CPU levers (bfloat16 autocast, channels-last, inference mode) — and is where the default
 # `unit="dense"` with one unit per block comes from. The bar it had to clear: train at least 1.5× and
-# sample at least 2× as fast as the reference configuration, with no fewer parameters.
+# sample at least 2× as fast as the reference configuration, with no fewer parameters. On the 2-core
+# machine this course was written on (idle, median of 5 rounds), it printed:
+#
+# | variant | train images/s | sample forward passes/s |
+# | --- | --- | --- |
+# | reference (float32, as written) | 92.6 | 7.00 |
+# | reference + bf16 + inference_mode | 144.1 | 8.90 |
+# | default, float32 | 277.7 | 13.43 |
+# | default, float32, channels_last | 283.3 | 12.58 |
+# | **default + bf16 + inference_mode (kept)** | **433.9** | **20.73** |
+# | default + bf16 + channels_last | 345.4 | 13.59 |
+# | 2 dense units per block + bf16 | 253.0 | 12.48 |
+#
+# Ours/reference: 4.7× for training and 3.0× for sampling, with 428,977 parameters against 261,873.
+# Without bfloat16 the default still trains 3.0× faster but samples only 1.9× faster: on a CPU without
+# native bfloat16 support the sampling margin is thin.
 #
 # ## Summary
 #
