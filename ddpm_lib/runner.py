@@ -122,6 +122,8 @@ class Run:
         torch.manual_seed(config.seed)
         self.scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
         self.model = build_model(config).to(self.device)
+        # record every option of the U-Net, not only the ones given, so later defaults can't change it
+        config.model = dict(self.model.config)
         self.ema = EMA(self.model, decay=config.ema_decay)
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, config.lr, config.steps, config.pct_start)
