@@ -380,13 +380,15 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # the exercise before you read it. In the student copies an instructor hands out, it is replaced by
 # `raise NotImplementedError()`, and the check fails until you write your own.
 #
-# ### Exercise 1.1 (★☆☆) — signal-to-noise ratio
+# :::{exercise} 1.1 · ★☆☆ · Signal-to-noise ratio
+# :nonumber:
 #
 # Write `signal_to_noise(alpha_bars)` that returns $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$
 # for a tensor of $\bar\alpha$ values.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def signal_to_noise(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return alpha_bars / (1 - alpha_bars)
@@ -403,14 +405,16 @@ assert math.isclose(signal_to_noise(torch.tensor(0.8)).item(), 4.0, rel_tol=1e-6
 print("Exercise 1.1 passed")
 
 # %% [markdown]
-# ### Exercise 1.2 (★★☆) — the half-life of the signal
+# :::{exercise} 1.2 · ★★☆ · The half-life of the signal
+# :nonumber:
 #
 # Write `first_timestep_below(scheduler, level)` that returns the smallest $t$ with
 # $\bar\alpha_t < \text{level}$ as a Python `int`, and `None` if $\bar\alpha_t$ never falls below `level`.
 # Hint: `torch.nonzero` or `torch.searchsorted` on the (decreasing) table.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def first_timestep_below(scheduler: LinearBetaScheduler, level: float) -> int | None:
     ### BEGIN SOLUTION
     below = torch.nonzero(scheduler.alpha_bars < level)
@@ -430,7 +434,8 @@ assert first_timestep_below(small, 0.5) == next(t for t, a in enumerate(small.al
 print("Exercise 1.2 passed")
 
 # %% [markdown]
-# ### Exercise 1.3 (★★★) — fewer, larger steps
+# :::{exercise} 1.3 · ★★★ · Fewer, larger steps
+# :nonumber:
 #
 # Training with $T = 1000$ and sampling with fewer steps is chapter 07's topic; here, build a schedule
 # with fewer steps directly. Improved DDPM (Nichol & Dhariwal, 2021) keeps the *endpoint* of the linear
@@ -439,9 +444,10 @@ print("Exercise 1.2 passed")
 # $\beta_{\text{end}} = 0.02\cdot 1000/T$. The check asks that $\log\bar\alpha_{T-1}$ stays within 5% of
 # the 1000-step value for $T = 250$. Then, in a markdown cell of your own: why does the approximation
 # get worse as $T$ shrinks? (Hint: $\log(1-\beta) \approx -\beta - \beta^2/2$.)
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### BEGIN SOLUTION
     scale = 1000 / num_timesteps

@@ -377,13 +377,15 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 #
 # ## Exercises
 #
-# ### Exercise 2.1 (★☆☆) — undo the jump
+# :::{exercise} 2.1 · ★☆☆ · Undo the jump
+# :nonumber:
 #
 # Given $x_t$, $t$ and the noise $\varepsilon$ that produced it, recover $x_0$. (This is what the
 # network will do in chapter 05, with a *predicted* $\varepsilon$.) Write `predict_x0(scheduler, x_t, t, noise)`.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def predict_x0(
     scheduler: LinearBetaScheduler, x_t: torch.Tensor, t: int, noise: torch.Tensor
 ) -> torch.Tensor:
@@ -406,14 +408,16 @@ assert torch.allclose(recovered, digit, atol=1e-2)  # 1/sqrt(alpha_bar) ~ 157 am
 print("Exercise 2.1 passed")
 
 # %% [markdown]
-# ### Exercise 2.2 (★★☆) — how bad is the bug?
+# :::{exercise} 2.2 · ★★☆ · How bad is the bug?
+# :nonumber:
 #
 # Write `buggy_variance(alpha_bars, data_variance)` returning $\operatorname{Var}(x_t)$ under the
 # $(1-\sqrt{\bar\alpha_t})$ bug for data of variance `data_variance`, and `worst_timestep(scheduler)`
 # returning the $t$ where it is smallest for unit-variance data.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def buggy_variance(alpha_bars: torch.Tensor, data_variance: float = 1.0) -> torch.Tensor:
     ### BEGIN SOLUTION
     return alpha_bars * data_variance + (1 - alpha_bars.sqrt()) ** 2
@@ -438,14 +442,16 @@ assert math.isclose(buggy_variance(torch.tensor(0.25), 2.0).item(), 0.75)
 print("Exercise 2.2 passed")
 
 # %% [markdown]
-# ### Exercise 2.3 (★★★) — from any $s$ to any later $t$
+# :::{exercise} 2.3 · ★★★ · From any $s$ to any later $t$
+# :nonumber:
 #
 # Generalise the closed form: for $s < t$, $q(x_t \mid x_s) = \mathcal N\!\left(\sqrt{\bar\alpha_t/\bar\alpha_s}\,x_s,\
 # (1-\bar\alpha_t/\bar\alpha_s) I\right)$. Derive it (hint: the product of $\alpha$ from $s+1$ to $t$) and write
 # `q_sample_from(scheduler, x_s, s, t, noise)`. DDIM (chapter 07) is built on this identity.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def q_sample_from(
     scheduler: LinearBetaScheduler, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor
 ) -> torch.Tensor:

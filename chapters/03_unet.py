@@ -1121,14 +1121,16 @@ print(
 # the exercise before you read it. In the student copies an instructor hands out, it is replaced by
 # `raise NotImplementedError()`, and the check fails until you write your own.
 #
-# ### Exercise 3.1 (★☆☆) — undo the shuffle
+# :::{exercise} 3.1 · ★☆☆ · Undo the shuffle
+# :nonumber:
 #
 # Write `unshuffle_channels(x, groups)` that undoes `ChannelShuffle(groups)`: for every `x` with a
 # channel count divisible by `groups`, `unshuffle_channels(ChannelShuffle(groups)(x), groups)` is `x`.
 # Hint: the inverse of "reshape to $(g, C/g)$ and transpose" is "reshape to $(C/g, g)$ and transpose".
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def unshuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
     ### BEGIN SOLUTION
     batch, channels, height, width = x.shape
@@ -1150,7 +1152,8 @@ assert not torch.equal(unshuffle_channels(x, 3), x)  # not the identity
 print("Exercise 3.1 passed")
 
 # %% [markdown]
-# ### Exercise 3.2 (★★☆) — the paper's basic unit
+# :::{exercise} 3.2 · ★★☆ · The paper's basic unit
+# :nonumber:
 #
 # In the ShuffleNet v2 paper the basic unit keeps $C$ channels, passes the first half $x_1$ through
 # **unchanged** and sends only $x_2$ through `1×1 conv → norm → SiLU → depthwise 3×3 → norm → 1×1 conv
@@ -1158,9 +1161,10 @@ print("Exercise 3.1 passed")
 # with 2 groups. Build `PaperShuffleUnit(channels, norm)` from `ConvNormAct`, `make_norm` and
 # `ChannelShuffle`. The check asks that half of the output channels are exactly the input's first
 # half, and that the unit has fewer parameters than the reference's `ShuffleUnit(C, C)`.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 class PaperShuffleUnit(nn.Module):
     def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
@@ -1199,7 +1203,8 @@ assert not torch.allclose(y[:, 1::2], x[:, 8:])  # the other half is transformed
 print("Exercise 3.2 passed")
 
 # %% [markdown]
-# ### Exercise 3.3 (★★★) — what BatchNorm does have going for it
+# :::{exercise} 3.3 · ★★★ · What BatchNorm does have going for it
+# :nonumber:
 #
 # In eval mode BatchNorm is a fixed per-channel affine map,
 # $\mathrm{BN}(z) = \gamma\,(z - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta$ with the running $\mu, \sigma^2$,
@@ -1209,9 +1214,10 @@ print("Exercise 3.2 passed")
 # `folded(x) == bn(conv(x))` with `bn` in eval mode. It must work for convolutions without bias and
 # for depthwise ones. Then, in a markdown cell: how many operations would folding save in
 # `Unet(**REFERENCE_CONFIG)`? (Count from section 11.)
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ### BEGIN SOLUTION
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -551,13 +551,15 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 #
 # ## Exercises
 #
-# ### Exercise 4.1 (★☆☆) — the EMA update, by hand
+# :::{exercise} 4.1 · ★☆☆ · The EMA update, by hand
+# :nonumber:
 #
 # Write `ema_update(average, live, decay)` that returns $d \cdot \text{average} + (1-d)\cdot\text{live}$ for two
 # tensors, without modifying either.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def ema_update(average: torch.Tensor, live: torch.Tensor, decay: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     return decay * average + (1 - decay) * live
@@ -575,14 +577,16 @@ assert torch.allclose(ema_update(torch.tensor([2.0]), torch.tensor([4.0]), 0.5),
 print("Exercise 4.1 passed")
 
 # %% [markdown]
-# ### Exercise 4.2 (★★☆) — how far back does the average look?
+# :::{exercise} 4.2 · ★★☆ · How far back does the average look?
+# :nonumber:
 #
 # Write `weight_on_last(decay, n)`: the share of the EMA's total weight that falls on the last `n`
 # updates (ignore warm-up and the initial weights' share). Then use it to find the smallest decay from
 # $\{0.99, 0.995, 0.999, 0.9995, 0.9999\}$ that puts **at most** half of the weight on the last 500 steps.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def weight_on_last(decay: float, n: int) -> float:
     ### BEGIN SOLUTION
     return 1 - decay**n
@@ -602,7 +606,8 @@ assert math.isclose(weight_on_last(0.9, 10), 1 - 0.9**10)
 print("Exercise 4.2 passed")
 
 # %% [markdown]
-# ### Exercise 4.3 (★★★) — min-SNR-γ loss weighting
+# :::{exercise} 4.3 · ★★★ · Min-SNR-γ loss weighting
+# :nonumber:
 #
 # The uniform objective spends much of its effort on small $t$, where predicting $\varepsilon$ is easy
 # but the per-$t$ losses conflict. Hang et al. (2023) weight each sample's ε-prediction loss by
@@ -610,9 +615,10 @@ print("Exercise 4.2 passed")
 # `weighted_ddpm_loss(model, scheduler, x0, generator, gamma=5.0)` (like `ddpm_loss`, but each image's mean
 # squared error multiplied by its $w_t$ before averaging). Try it in a live run: does the loss curve
 # — or the samples — change?
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def min_snr_weights(scheduler: LinearBetaScheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
     ### BEGIN SOLUTION
     snr = scheduler.snr[t]

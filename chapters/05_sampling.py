@@ -439,13 +439,15 @@ assert frame_ts[0] == 975 and frame_ts[-1] == 0
 #
 # ## Exercises
 #
-# ### Exercise 5.1 (★☆☆) — the posterior mean
+# :::{exercise} 5.1 · ★☆☆ · The posterior mean
+# :nonumber:
 #
 # Write `posterior_mean(scheduler, t, x0, x_t)` returning $\tilde\mu_t(x_t, x_0)$ from the two coefficient
 # tables of chapter 01. The check confirms that with the *unclipped* $\hat x_0$ it reproduces Algorithm 2.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def posterior_mean(scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return scheduler.posterior_mean_coef_x0[t] * x0 + scheduler.posterior_mean_coef_xt[t] * x_t
@@ -467,14 +469,16 @@ assert torch.equal(posterior_mean(scheduler, 0, x0_hat, x_t), x0_hat)
 print("Exercise 5.1 passed")
 
 # %% [markdown]
-# ### Exercise 5.2 (★★☆) — the other variance
+# :::{exercise} 5.2 · ★★☆ · The other variance
+# :nonumber:
 #
 # DDPM reports similar results with $\sigma_t^2 = \beta_t$ (the upper bound) instead of $\tilde\beta_t$ (the lower
 # bound). Write `sample_beta_variance(scheduler, t, model, x_t, generator)`: `sample()` with $\sigma_t^2 = \beta_t$
 # (still no noise at $t = 0$). Then sample a grid with it: can you see a difference?
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
     beta, alpha, alpha_bar = (
@@ -508,16 +512,18 @@ assert torch.allclose(
 print("Exercise 5.2 passed")
 
 # %% [markdown]
-# ### Exercise 5.3 (★★★) — dynamic thresholding
+# :::{exercise} 5.3 · ★★★ · Dynamic thresholding
+# :nonumber:
 #
 # Clamping at $\pm 1$ flattens every over-confident pixel to the same value. Imagen's *dynamic
 # thresholding* (Saharia et al., 2022) instead picks, per image, $s$ = the 99.5th percentile of $|\hat x_0|$,
 # and if $s > 1$ clamps $\hat x_0$ to $[-s, s]$ and divides by $s$. Write `dynamic_threshold(x0_hat, percentile=0.995)`
 # (hint: `torch.quantile` on the flattened image; use `torch.clamp(s, min=1)` so images already in range are
 # untouched). Swapping it into `sample_clip` is a one-line change: try it.
+# :::
 
 
-# %%
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
     ### BEGIN SOLUTION
     s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1).clamp(min=1.0)

@@ -1,19 +1,32 @@
-"""Instructor tooling (hand-written): student copies of the chapters.
+"""Instructor tooling (hand-written): student and instructor copies of the chapters.
 
-The exercise format is nbgrader's (also read by otter-grader): in a solution cell the code between
-``### BEGIN SOLUTION`` and ``### END SOLUTION`` is the solution, the next cell (starting
-``# Check``) checks it, and lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``
-are checks the student copy does not show. nbgrader's own ``ClearSolutions`` and
-``ClearHiddenTests`` preprocessors make the student copy, with no course database::
+The exercise format is nbgrader's (the delimiters are otter-grader's too). An exercise is three
+cells (``instructors.md`` has the templates):
 
-    python -m ddpm_lib.course student-copies --out dist
+1. a Markdown cell with the task in a ``:::{exercise} N.K · ★☆☆ · Title`` box (MyST, sphinx-exercise;
+   ★☆☆ / ★★☆ / ★★★ is the difficulty);
+2. the solution cell, tagged ``hide-input`` (the book folds it): the solution sits between
+   ``### BEGIN SOLUTION`` and ``### END SOLUTION``;
+3. the check cell, whose first line is ``# Check N.K``; lines between ``### BEGIN HIDDEN TESTS``
+   and ``### END HIDDEN TESTS`` are checks the student copy does not show.
+
+``python -m ddpm_lib.course student-copies --out dist`` writes, for every chapter,
+
+- ``dist/student/NN_topic.ipynb``: solutions replaced by ``raise NotImplementedError()`` and hidden
+  checks removed, by nbgrader's own ``ClearSolutions`` and ``ClearHiddenTests`` preprocessors
+  (no nbgrader course database needed);
+- ``dist/instructor/NN_topic.ipynb``: everything, with nbgrader cell metadata (each solution cell an
+  nbgrader solution cell, each check cell an autograded test cell worth as many points as the
+  exercise has stars), so it can go straight into an nbgrader course's ``source/`` folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jupytext
@@ -23,6 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 CHECK_PREFIX = "# Check"
 SOLUTION_BEGIN = "### BEGIN SOLUTION"
+HIDE_TAG = "hide-input"
+#: the first line of an exercise's Markdown cell: ``:::{exercise} 1.2 · ★★☆ · The half-life of the signal``
+EXERCISE_RE = re.compile(
+    r"^:::\{exercise\} (?P<number>\d+\.\d+) · (?P<stars>★[★☆]{2}) · (?P<title>\S.*)$", re.M
+)
+
+
+@dataclass(frozen=True)
+class Exercise:
+    number: str  # "1.2"
+    stars: int  # difficulty, 1-3
+    title: str
+    text_cell: int  # indices into the notebook's cells
+    solution_cell: int
+    check_cell: int
 
 
 def chapter_sources(chapters_dir: Path = CHAPTERS) -> list[Path]:
@@ -38,6 +66,54 @@ def is_solution_cell(cell) -> bool:
     return cell.cell_type == "code" and SOLUTION_BEGIN in cell.source
 
 
+def exercises(notebook: nbformat.NotebookNode) -> list[Exercise]:
+    """The chapter's exercises, each a text cell, the solution cell right after it and the check
+    cell right after that. Raises ``ValueError`` naming the cell where the format is broken."""
+    found = []
+    cells = notebook.cells
+    for index, cell in enumerate(cells):
+        if not is_solution_cell(cell):
+            continue
+        text = cells[index - 1] if index > 0 else None
+        match = EXERCISE_RE.search(text.source) if text is not None and text.cell_type == "markdown" else None
+        if match is None:
+            raise ValueError(
+                f"cell {index}: a solution cell must follow a Markdown cell with ':::{{exercise}} N.K · ★☆☆ · Title'"
+            )
+        if index + 1 >= len(cells) or not is_check_cell(cells[index + 1]):
+            raise ValueError(
+                f"cell {index}: a solution cell must be followed by a cell starting '{CHECK_PREFIX} {match['number']}'"
+            )
+        found.append(
+            Exercise(match["number"], match["stars"].count("★"), match["title"], index - 1, index, index + 1)
+        )
+    return found
+
+
+def instructor_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``notebook`` with nbgrader metadata on every exercise's solution and check cells."""
+    instructor = copy.deepcopy(notebook)
+    for exercise in exercises(instructor):
+        grade_id = "ex" + exercise.number.replace(".", "_")
+        common = {"schema_version": 3, "task": False}
+        instructor.cells[exercise.solution_cell].metadata["nbgrader"] = {
+            **common,
+            "grade": False,
+            "solution": True,
+            "locked": False,
+            "grade_id": f"{grade_id}_solution",
+        }
+        instructor.cells[exercise.check_cell].metadata["nbgrader"] = {
+            **common,
+            "grade": True,
+            "solution": False,
+            "locked": True,
+            "grade_id": f"{grade_id}_check",
+            "points": exercise.stars,
+        }
+    return instructor
+
+
 def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``notebook`` with solutions replaced by a ``NotImplementedError`` stub and hidden checks removed."""
     try:
@@ -50,6 +126,11 @@ def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
         student, resources = preprocessor.preprocess(student, resources)
     for cell in student.cells:  # nbgrader tags cells it changed; keep the copy clean of that
         cell.metadata.pop("nbgrader", None)
+        cell.metadata.pop("mystnb", None)  # the book's "Show solution" label
+        if HIDE_TAG in cell.metadata.get("tags", []):
+            cell.metadata["tags"].remove(HIDE_TAG)
+            if not cell.metadata["tags"]:
+                del cell.metadata["tags"]
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return student
@@ -60,7 +141,11 @@ def write_copies(out: Path, chapters_dir: Path = CHAPTERS) -> list[Path]:
     written = []
     for source in chapter_sources(chapters_dir):
         notebook = jupytext.read(source)
-        for kind, copy_ in (("instructor", notebook), ("student", student_notebook(notebook))):
+        try:
+            copies = {"instructor": instructor_notebook(notebook), "student": student_notebook(notebook)}
+        except ValueError as error:
+            raise ValueError(f"{source.name}, {error}") from error
+        for kind, copy_ in copies.items():
             path = out / kind / f"{source.stem}.ipynb"
             path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(copy_, path)
@@ -71,10 +156,17 @@ def write_copies(out: Path, chapters_dir: Path = CHAPTERS) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib.course", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    copies = commands.add_parser("student-copies", help="write student and instructor notebooks")
+    copies = commands.add_parser(
+        "student-copies",
+        help="write OUT/student/*.ipynb (no solutions) and OUT/instructor/*.ipynb (everything)",
+    )
     copies.add_argument("--out", type=Path, default=Path("dist"), help="output folder (default: dist)")
     args = parser.parse_args(argv)
-    for path in write_copies(args.out):
+    try:
+        written = write_copies(args.out)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    for path in written:
         print(path)
     return 0
 

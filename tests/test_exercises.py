@@ -1,26 +1,73 @@
-"""Every exercise check can fail: in the student copy (solutions replaced by nbgrader's stub,
-hidden checks removed) each check cell raises, while every other cell of the chapter still runs.
+"""The exercises follow the course convention (instructors.md), and every exercise check can fail:
+in the student copy (solutions replaced by nbgrader's stub, hidden checks removed) each check cell
+raises, while every other cell of the chapter still runs.
 
 The instructor copy (the chapter as written) passing every check is what nbval proves."""
 
+import re
 from pathlib import Path
 
 import jupytext
 import pytest
 from nbclient import NotebookClient
+from nbgrader.nbgraderformat import MetadataValidator
 
-from ddpm_lib.course import chapter_sources, is_check_cell, is_solution_cell, student_notebook
+from ddpm_lib.course import (
+    HIDE_TAG,
+    chapter_sources,
+    exercises,
+    instructor_notebook,
+    is_check_cell,
+    is_solution_cell,
+    student_notebook,
+)
 
 CHAPTERS = chapter_sources()
+NBGRADER_DELIMITERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_has_two_to_four_exercises_each_with_a_check(source):
-    cells = jupytext.read(source).cells
-    solutions = [i for i, cell in enumerate(cells) if is_solution_cell(cell)]
-    assert 2 <= len(solutions) <= 4, f"{source.name} has {len(solutions)} exercises"
-    for i in solutions:
-        assert i + 1 < len(cells) and is_check_cell(cells[i + 1]), f"{source.name}: no check after cell {i}"
+def test_chapter_has_two_to_four_exercises_in_the_course_format(source):
+    notebook = jupytext.read(source)
+    found = exercises(notebook)  # raises when a solution cell lacks its exercise box or its check
+    assert 2 <= len(found) <= 4, f"{source.name} has {len(found)} exercises"
+    assert any(exercise.stars == 1 for exercise in found), f"{source.name}: no ★☆☆ exercise"
+    chapter = int(source.name[:2])
+    assert [exercise.number for exercise in found] == [f"{chapter}.{k}" for k in range(1, len(found) + 1)]
+    for exercise in found:
+        label = f"{source.name}, exercise {exercise.number}"
+        text = notebook.cells[exercise.text_cell].source
+        assert 1 <= exercise.stars <= 3
+        assert re.search(r"^:nonumber:$", text, re.M), f"{label}: the box needs :nonumber: (the title has it)"
+        assert text.rstrip().endswith("\n:::"), (
+            f"{label}: close the exercise box with ':::' at the cell's end"
+        )
+        solution = notebook.cells[exercise.solution_cell]
+        assert HIDE_TAG in solution.metadata.get("tags", []), f"{label}: tag the solution cell {HIDE_TAG}"
+        assert solution.metadata.get("mystnb", {}).get("code_prompt_show") == "Show solution", label
+        assert "### END SOLUTION" in solution.source, label
+        check = notebook.cells[exercise.check_cell].source
+        assert check.startswith(f"# Check {exercise.number}\n"), (
+            f"{label}: the check starts '# Check {exercise.number}'"
+        )
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "markdown":  # nbgrader would treat these words as delimiters
+            assert not any(word in cell.source for word in NBGRADER_DELIMITERS), f"{source.name} cell {index}"
+        elif cell.cell_type == "code" and not is_solution_cell(cell):
+            assert "BEGIN SOLUTION" not in cell.source, f"{source.name} cell {index}"
+            if "BEGIN HIDDEN TESTS" in cell.source:
+                assert is_check_cell(cell), f"{source.name} cell {index}: hidden tests outside a check cell"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_instructor_copy_is_an_nbgrader_source_notebook(source):
+    notebook = instructor_notebook(jupytext.read(source))
+    MetadataValidator().validate_nb(notebook)  # raises on a missing grade_id, points or a duplicate id
+    graded = [cell for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade")]
+    assert graded and all(is_check_cell(cell) for cell in graded)
+    assert sum(cell.metadata["nbgrader"]["points"] for cell in graded) == sum(
+        exercise.stars for exercise in exercises(notebook)
+    )
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
