@@ -15,6 +15,7 @@ Hand-written plumbing (teaches nothing about diffusion):
 - ``ddpm_lib.plotting``: figure helpers shared by the chapters
 - ``ddpm_lib.checkpoint``: atomic checkpoints read with ``weights_only=True``
 - ``ddpm_lib.runner``: training runs from the command line (run folder, resume, Ctrl-C, wandb)
+- ``ddpm_lib.distributed``: the same runs on several processes under torchrun (DistributedDataParallel)
 - ``ddpm_lib.pretrained``: the weights the course ships, with their provenance
 - ``ddpm_lib.course``: student copies of the chapters for instructors
 - ``ddpm_lib.cli`` / ``ddpm_lib.__main__``: ``python -m ddpm_lib ...`` and the ``ddpm`` command

@@ -81,10 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_positive, help="passes over the training digits, instead of --steps"
     )
     train.add_argument(
-        "--batch-size", type=_positive, default=defaults.batch_size, help="default: %(default)s"
+        "--batch-size",
+        type=_positive,
+        default=defaults.batch_size,
+        help="global batch: under torchrun, split evenly across the processes (default: %(default)s)",
     )
     train.add_argument(
         "--lr", type=_positive_float, default=defaults.lr, help="peak learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--lr-scaling",
+        choices=("none", "linear", "sqrt"),
+        default=defaults.lr_scaling,
+        help="scale --lr by batch/128 (linear) or its square root (sqrt) (default: %(default)s)",
     )
     train.add_argument("--ema-decay", type=_decay, default=defaults.ema_decay, help="default: %(default)s")
     train.add_argument(
@@ -217,7 +226,7 @@ def run_train(args: argparse.Namespace) -> None:
     from .runner import DEFAULT_MODEL, TrainConfig, run_training
 
     config = TrainConfig(
-        batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, lr_scaling=args.lr_scaling, ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed,
         device=args.device, bf16=args.bf16, data_root=str(args.data_root) if args.data_root else None,
         download=args.download, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         n_samples=args.n_samples, sampler=args.sampler, wandb=args.wandb, wandb_project=args.wandb_project,
@@ -231,13 +240,18 @@ def run_train(args: argparse.Namespace) -> None:
         config.steps = args.epochs * max(1, n_train // args.batch_size)
     summary = run_training(config, args.out, resume=args.resume, progress=not args.no_progress)
     if summary["stopped_by"]:
-        print(
-            f"stopped by {summary['stopped_by']} after step {summary['step']}; checkpoint saved to "
-            f"{summary['checkpoint']}; continue with: python -m ddpm_lib train --out {args.out} --resume"
-        )
+        world = summary["world_size"]
+        launcher = "python" if world == 1 else f"torchrun (with {world} processes in all)"
+        if summary["rank"] == 0:
+            print(
+                f"stopped by {summary['stopped_by']} after step {summary['step']}; checkpoint saved to "
+                f"{summary['checkpoint']}; continue with: {launcher} -m ddpm_lib train --out {args.out} --resume"
+            )
         raise SystemExit(130 if summary["stopped_by"] == "SIGINT" else 143)
     grid = args.out / "samples" / f"step_{summary['step']:06d}.png"
-    print(f"trained {summary['step']} steps; run folder {args.out}; final samples {grid}")
+    if summary["rank"] == 0:
+        processes = f" on {summary['world_size']} processes" if summary["world_size"] > 1 else ""
+        print(f"trained {summary['step']} steps{processes}; run folder {args.out}; final samples {grid}")
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -297,6 +311,17 @@ def _translate_mode(argv: list[str]) -> list[str]:
     return argv
 
 
+def _rank_prefix() -> str:
+    """``[rank N] `` in the processes of a torchrun launch other than rank 0, to tell their errors apart."""
+    from .distributed import Distributed
+
+    try:
+        rank = Distributed.from_env().rank
+    except ValueError:
+        return ""
+    return f"[rank {rank}] " if rank else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_translate_mode(list(sys.argv[1:] if argv is None else argv)))
@@ -308,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands[args.command](args)
     except NonFiniteLossError as error:  # not bad input: the run itself diverged
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{_rank_prefix()}{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 1
     except (DataSourceError, CheckpointError, ValueError) as error:
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{_rank_prefix()}{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

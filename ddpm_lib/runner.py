@@ -12,11 +12,24 @@ Checkpoints hold model, EMA, optimiser, LR scheduler, step, RNG states and confi
 ``weights_only=True``. ``--resume`` continues from ``last.pt`` and reaches the same weights as an
 uninterrupted run (bit for bit on a CPU). Ctrl-C or SIGTERM stops after the current step and saves a
 checkpoint first; a non-finite loss stops the run and keeps the last good checkpoint.
+
+**Several processes.** Started by ``torchrun`` (one node or many, or ``srun torchrun`` under SLURM), the
+same command trains with ``DistributedDataParallel`` (:mod:`ddpm_lib.distributed`): one process per
+GPU (``nccl``) or per CPU process (``gloo``), chosen automatically. ``--batch-size`` stays the *global*
+batch, split evenly across the processes, and every process draws the noise of the whole batch and keeps
+its slice, so N processes reach the weights one process reaches (within float rounding). Rank 0 alone
+writes the run folder, checkpoints, metrics, sample grids and wandb, and shows the progress bar; the
+other ranks write nothing. ``config.json`` records ``world_size``, ``per_process_batch_size``,
+``backend`` and ``effective_lr`` (``--lr`` scaled by ``--lr-scaling``: ``none``, ``linear`` or ``sqrt``
+in batch/128, the reference's batch). ``--resume`` needs the world size the run started with and says
+so otherwise. Ctrl-C / SIGTERM (torchrun forwards them) stops every rank before the same step.
+``--bf16`` (bfloat16 autocast) works on CPUs and on GPUs that support it (compute capability 8.0+).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +39,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .data import load_mnist
+from .distributed import Distributed, shard, train_data_parallel
 from .schedule import LinearBetaScheduler
 from .training import EMA, make_lr_scheduler, make_optimizer, train
 from .unet import Unet
@@ -39,6 +53,9 @@ DEFAULT_MODEL = {
     "base_dim": 32,
     "dim_mults": [2, 4],
 }
+#: the batch size ``--lr`` is tuned for (the reference's); ``--lr-scaling`` scales from it
+LR_REFERENCE_BATCH = 128
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -46,8 +63,9 @@ class TrainConfig:
     """Every option of a training run. Saved as ``config.json`` and inside each checkpoint."""
 
     steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 128  #: the global batch: all processes together, per step
+    lr: float = 1e-3  #: peak learning rate at batch LR_REFERENCE_BATCH, before ``lr_scaling``
+    lr_scaling: str = "none"
     weight_decay: float = 0.01
     pct_start: float = 0.25
     grad_clip: float = 1.0
@@ -69,6 +87,11 @@ class TrainConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    # filled in by the run (see resolve_parallelism): how the batch and the learning rate were used
+    world_size: int = 1
+    per_process_batch_size: int | None = None
+    backend: str | None = None
+    effective_lr: float | None = None
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -88,11 +111,34 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return Unet(**config.model)
 
 
+def scaled_lr(lr: float, batch_size: int, rule: str = "none") -> float:
+    """``lr`` for the global ``batch_size`` by ``rule``: ``none``, ``linear`` (× B/128) or ``sqrt`` (× √(B/128))."""
+    if rule not in LR_SCALINGS:
+        raise ValueError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}; got {rule!r}")
+    ratio = batch_size / LR_REFERENCE_BATCH
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def resolve_parallelism(config: TrainConfig, dist: Distributed, device: torch.device) -> TrainConfig:
+    """Check that the run fits this launch and record its world size, batch split, backend and LR."""
+    shard(config.batch_size, dist.rank, dist.world_size)  # the global batch must split evenly
+    if config.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            "--bf16: this GPU has no bfloat16 support (it needs compute capability 8.0+); train without --bf16"
+        )
+    config.world_size = dist.world_size
+    config.per_process_batch_size = config.batch_size // dist.world_size
+    config.backend = Distributed.backend_for(device) if dist.launched else None
+    config.effective_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
+    return config
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps (never mid-update)."""
 
-    def __init__(self):
+    def __init__(self, escalate: bool = True):
         self.signal_name: str | None = None
+        self.escalate = escalate  # False under torchrun: it forwards the Ctrl-C each worker already got
         self._previous = {}
 
     def __enter__(self):
@@ -101,7 +147,7 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal_name is not None:  # a second Ctrl-C: stop at once
+        if self.signal_name is not None and self.escalate:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
@@ -116,17 +162,18 @@ class _StopRequest:
 class Run:
     """Everything one training run holds; ``checkpoint()`` and ``resume()`` save and restore it."""
 
-    def __init__(self, config: TrainConfig, out: Path):
+    def __init__(self, config: TrainConfig, out: Path, device: torch.device | None = None):
         self.config, self.out = config, Path(out)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device) if device is None else device
         torch.manual_seed(config.seed)
         self.scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
         self.model = build_model(config).to(self.device)
         # record every option of the U-Net, not only the ones given, so later defaults can't change it
         config.model = dict(self.model.config)
         self.ema = EMA(self.model, decay=config.ema_decay)
-        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
-        self.lr_scheduler = make_lr_scheduler(self.optimizer, config.lr, config.steps, config.pct_start)
+        peak_lr = config.lr if config.effective_lr is None else config.effective_lr
+        self.optimizer = make_optimizer(self.model, peak_lr, config.weight_decay)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, peak_lr, config.steps, config.pct_start)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
 
@@ -207,29 +254,56 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
 
 
 def run_training(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or continue) the run in ``out``; return a summary. Raises on bad input."""
-    from .sampling import save_image
+    """Train (or continue) the run in ``out``; return a summary. Raises on bad input.
 
+    Under torchrun every process calls this; rank 0 alone writes files (see the module docstring).
+    """
     out = Path(out)
+    dist = Distributed.from_env()
     if resume:
         saved = load_checkpoint(out / "checkpoints" / "last.pt")
         config = TrainConfig.from_dict(saved["config"])
+        if config.world_size != dist.world_size:
+            raise ValueError(
+                f"--resume: {out} was trained by {config.world_size} process(es) and this launch has "
+                f"{dist.world_size}; resume with the same world size (torchrun --nnodes × --nproc_per_node "
+                f"= {config.world_size}), or start a new run from scratch"
+            )
     elif (out / "checkpoints" / "last.pt").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    run = Run(config, out)
+    device = dist.device(config.device)
+    config = resolve_parallelism(config, dist, device)
+    dist.init(device)
+    try:
+        return _train(config, out, resume, progress, dist, device)
+    finally:
+        dist.shutdown()
+
+
+def _train(
+    config: TrainConfig, out: Path, resume: bool, progress: bool, dist: Distributed, device: torch.device
+) -> dict:
+    from .sampling import save_image
+
+    main = dist.is_main
+    run = Run(config, out, device)
     if resume:
         run.resume(out / "checkpoints" / "last.pt")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", asdict(config))
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, run.step)
+    if main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", asdict(config))
+        _truncate_metrics(metrics_path, run.step)
 
-    dataset = load_mnist("train", root=config.data_root, download=config.download)
+    if config.download and main:  # one download, before the other ranks look for the files
+        load_mnist("train", root=config.data_root, download=True, verbose=False)
+    dist.barrier()
+    dataset = load_mnist("train", root=config.data_root, download=config.download, verbose=main)
     images = dataset.tensors[0].to(run.device)
-    wandb_run = _start_wandb(config, out) if config.wandb else None
+    wandb_run = _start_wandb(config, out) if config.wandb and main else None
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
@@ -252,12 +326,14 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
             wandb_run.log({"samples": wandb.Image(str(path))}, step=run.step)
 
     def on_step(completed: int, stats: dict) -> None:
+        run.step = completed
+        if not main:
+            return
         now = time.perf_counter()
         seconds, clock["t"] = now - clock["t"], now
         record = {"step": completed, **stats, "images_per_s": config.batch_size / seconds}
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        run.step = completed
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
@@ -272,22 +348,35 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
 
     stopped_by = None
     try:
-        with _StopRequest() as stop:
-            train(
-                run.model, run.optimizer, run.lr_scheduler, run.scheduler, images,
-                steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
-                ema=run.ema, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
-                on_step=on_step, should_stop=stop,
-            )  # fmt: skip
+        with _StopRequest(escalate=not dist.launched) as stop:
+            if dist.launched:
+                model = torch.nn.parallel.DistributedDataParallel(
+                    run.model, device_ids=[device.index] if device.type == "cuda" else None
+                )
+                train_data_parallel(
+                    model, run.optimizer, run.lr_scheduler, run.scheduler, images, dist=dist,
+                    steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
+                    ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip,
+                    bf16=config.bf16, on_step=on_step, should_stop=stop,
+                )  # fmt: skip
+            else:
+                train(
+                    run.model, run.optimizer, run.lr_scheduler, run.scheduler, images,
+                    steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
+                    ema=run.ema, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
+                    on_step=on_step, should_stop=stop,
+                )  # fmt: skip
             stopped_by = stop.signal_name
         if bar is not None:
             bar.close()
-        run.checkpoint()
-        finished = stopped_by is None and run.step >= config.steps
-        if finished and (config.eval_every <= 0 or run.step % config.eval_every != 0):
-            run.checkpoint(keep=True)
-            evaluate()
-        plot_loss_curve(metrics_path, out / "loss_curve.png")
+        if main:
+            run.checkpoint()
+            finished = stopped_by is None and run.step >= config.steps
+            if finished and (config.eval_every <= 0 or run.step % config.eval_every != 0):
+                run.checkpoint(keep=True)
+                evaluate()
+            plot_loss_curve(metrics_path, out / "loss_curve.png")
+        dist.barrier()  # no rank returns before the run folder is complete
     finally:
         if bar is not None:
             bar.close()
@@ -298,6 +387,8 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
         "stopped_by": stopped_by,
         "out": str(out),
         "checkpoint": str(run.last_checkpoint),
+        "rank": dist.rank,
+        "world_size": dist.world_size,
     }
 
 
