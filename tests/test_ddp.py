@@ -8,6 +8,7 @@ free port), on a tiny U-Net for 16 steps, so the whole file takes well under a m
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -267,3 +268,14 @@ def test_the_command_line_offers_lr_scaling_and_checks_it(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--lr-scaling", "cubic"])
     assert exit_info.value.code == 2 and "--lr-scaling" in capsys.readouterr().err
+
+
+def test_the_slurm_example_passes_options_the_command_line_accepts():
+    from ddpm_lib.cli import build_parser
+
+    script = (Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train_ddp.sbatch").read_text()
+    assert "#SBATCH --nodes" in script and "srun torchrun" in script
+    command = script.split("-m ddpm_lib train", 1)[1].replace("\\\n", " ").split("\n", 1)[0]
+    words = shlex.split(command.replace('"$OUT"', "runs/x").replace("$RESUME", ""))
+    args = build_parser().parse_args(["train", *words])
+    assert (args.batch_size, args.lr_scaling, args.bf16) == (1024, "sqrt", True)
