@@ -8,3 +8,6 @@ inherit it. Run ``DDPM_PROFILE=full pytest chapters`` to execute the chapters at
 import os
 
 os.environ.setdefault("DDPM_PROFILE", "ci")
+
+# DDPM_BOOK_CACHE=<folder>: nbval's chapter runs also fill the book's jupyter-cache (tools/book_cache.py)
+pytest_plugins = ["tools.book_cache"]
