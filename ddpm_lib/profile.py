@@ -42,6 +42,21 @@ class Profile:
     norm_study_batch_size: int = 64
     #: chapter 03: timed forward + backward passes per model when comparing the units' speed
     unit_timing_steps: int = 5
+    #: chapter 06: epochs of the live classifier training (the shipped classifier used 15)
+    classifier_epochs: int = 15
+    #: chapter 06: samples per row of the evaluation tables (every sample takes 1000 network calls)
+    eval_samples: int = 256
+    #: chapter 06: samples per checkpoint of the quality-vs-training-steps curve, and how many of the
+    #: latest checkpoints to score (None: all)
+    eval_snapshot_samples: int = 64
+    eval_snapshots: int | None = None
+    #: bootstrap draws behind every 95% interval of chapter 06
+    bootstrap: int = 200
+    #: chapter 07: samples per point of the quality-vs-network-evaluations plot, and its NFE budgets
+    nfe_samples: int = 256
+    nfe_steps: tuple[int, ...] = (10, 20, 50, 100, 250, 1000)
+    #: chapter 12: steps of the one-process and two-process runs it compares (on a tiny U-Net)
+    scaling_steps: int = 40
     #: where chapters save figures for the README / book; None: don't save
     figures_dir: Path | None = None
 
@@ -59,6 +74,14 @@ PROFILES = {
         norm_study_steps=40,
         norm_study_batch_size=32,
         unit_timing_steps=3,
+        scaling_steps=8,
+        classifier_epochs=1,
+        eval_samples=8,
+        eval_snapshot_samples=4,
+        eval_snapshots=2,
+        bootstrap=20,
+        nfe_samples=4,
+        nfe_steps=(10, 20, 50),
     ),
 }
 

@@ -3,7 +3,10 @@
     python tools/ship_weights.py runs/shipped --name ddpm_mnist --command "python -m ddpm_lib train ..."
 
 Writes ``ddpm_lib/weights/<name>.pt`` (EMA weights, config and step only: no optimiser state) and
-``ddpm_lib/weights/<name>.json`` (command, seed, data, steps, wall time, machine, final loss).
+``ddpm_lib/weights/<name>.json`` (command, seed, data, steps, wall time, machine, final loss), and
+``ddpm_lib/weights/<name>_steps/step_NNNNNN.pt``: the EMA weights of the run's earlier kept checkpoints
+(``checkpoints/step_NNNNNN.pt``), in float16 to keep the package small, for chapter 06's
+quality-vs-training-steps curve (the final step is the shipped file itself).
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     config = state["config"]
     out = ROOT / "ddpm_lib" / "weights"
     save_checkpoint({"config": config, "step": state["step"], "ema": state["ema"]}, out / f"{args.name}.pt")
+    snapshots = out / f"{args.name}_steps"
+    for old in snapshots.glob("step_*.pt"):
+        old.unlink()
+    for kept in sorted((args.run / "checkpoints").glob("step_*.pt")):
+        earlier = load_checkpoint(kept)
+        if earlier["step"] >= state["step"]:
+            continue
+        ema = earlier["ema"]
+        half = {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}
+        save_checkpoint(
+            {"config": earlier["config"], "step": earlier["step"], "ema": {**ema, "model": half}},
+            snapshots / kept.name,
+        )
     final_loss = sum(r["loss"] for r in last) / len(last)
     n_parameters = sum(
         v.numel()
@@ -56,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_wall_time_s": round(wall_time, 1),
         "final_loss_mean_last_200_steps": round(final_loss, 5),
         "parameters": n_parameters,
+        "snapshots": sorted(int(p.stem.split("_")[1]) for p in snapshots.glob("step_*.pt")),
         "model": config["model"],
         "machine": args.machine or f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
