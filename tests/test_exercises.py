@@ -86,3 +86,56 @@ def test_student_copy_checks_fail_and_the_rest_runs(source: Path):
             assert errors[0].ename in {"NotImplementedError", "NameError", "AssertionError"}
         elif not is_solution_cell(cell):
             assert not errors, f"{source.name} cell {index} failed in the student copy: {errors[0].ename}"
+
+
+def test_nbgrader_grades_the_instructor_copy_full_marks_and_the_student_copy_zero(tmp_path):
+    """The instructions in instructors.md, run with nbgrader itself on the first chapter:
+    generate_assignment from the instructor copy, autograde two submissions, export the grades."""
+    import csv
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    from ddpm_lib.course import write_copies
+
+    source = CHAPTERS[0]
+    name = source.stem
+    dist = tmp_path / "dist"
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    shutil.copy(source, chapters / source.name)
+    write_copies(dist, chapters)
+    course = tmp_path / "course"
+    (course / "source" / name).mkdir(parents=True)
+    shutil.copy(dist / "instructor" / f"{name}.ipynb", course / "source" / name)
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.db_assignments = [dict(name={name!r})]\n"
+        "c.CourseDirectory.db_students = [dict(id='solver'), dict(id='untouched')]\n"
+    )
+
+    def nbgrader(*args):
+        result = subprocess.run(
+            [sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    nbgrader("generate_assignment", name, "--force")
+    released = nbformat.read(course / "release" / name / f"{name}.ipynb", as_version=4)
+    assert not any(
+        "BEGIN SOLUTION" in cell.source or "HIDDEN TESTS" in cell.source for cell in released.cells
+    )
+    for student, notebook in (("solver", course / "source"), ("untouched", course / "release")):
+        (course / "submitted" / student / name).mkdir(parents=True)
+        shutil.copy(notebook / name / f"{name}.ipynb", course / "submitted" / student / name)
+    nbgrader("autograde", name)
+    nbgrader("export")
+    with open(course / "grades.csv", newline="") as grades:
+        scores = {
+            row["student_id"]: (float(row["score"]), float(row["max_score"]))
+            for row in csv.DictReader(grades)
+        }
+    total = sum(exercise.stars for exercise in exercises(jupytext.read(source)))
+    assert scores == {"solver": (total, total), "untouched": (0.0, total)}
