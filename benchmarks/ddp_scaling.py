@@ -9,9 +9,10 @@ and the final sample grid are not counted), with the same **global** batch for e
 the runs do the same work and reach the same weights (strong scaling). Each configuration gets the same
 CPU cores in all: ``OMP_NUM_THREADS`` = cores // processes.
 
-* CPU: ``python -m ddpm_lib`` (no launcher), ``torchrun`` with 1 process, and with 2 (``gloo``).
-  On a 2-core machine expect no speed-up: the two processes share the cores one process already used,
-  and add an all-reduce of the gradients every step.
+* CPU: ``python -m ddpm_lib`` (no launcher; also on one thread, the one-core baseline), ``torchrun``
+  with 1 process, and with 2 (``gloo``). Two processes get no more cores than one process with two
+  threads: they only trade intra-op threading (splitting every convolution) for data parallelism
+  (splitting the batch, plus one all-reduce of the gradients per step), so expect no large speed-up.
 * GPU (when CUDA is available): 1 GPU without a launcher, in float32 and ``--bf16``, and ``torchrun``
   over every visible GPU (``nccl``) when there are several.
 
@@ -47,12 +48,19 @@ def configurations(args: argparse.Namespace) -> list[dict]:
 
     runs = [
         {"device": "cpu", "name": "1 process, no launcher", "command": python, "processes": 1},
+        {
+            "device": "cpu",
+            "name": "1 process, no launcher, 1 thread",
+            "command": python,
+            "processes": 1,
+            "threads": 1,
+        },  # fmt: skip
         {"device": "cpu", "name": "1 process, torchrun (gloo)", "command": torchrun(1), "processes": 1},
         {"device": "cpu", "name": "2 processes, torchrun (gloo)", "command": torchrun(2), "processes": 2},
     ]
     for run in runs:
         run["command"] = [*run["command"], *common, "--device", "cpu"]
-        run["threads"] = max(1, cores // run["processes"])
+        run.setdefault("threads", max(1, cores // run["processes"]))
     if torch.cuda.is_available() and not args.cpu_only:
         gpus = torch.cuda.device_count()
         gpu_runs = [

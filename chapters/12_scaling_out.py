@@ -1,0 +1,536 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 12 · Scaling out: one GPU, many GPUs, many machines
+#
+# Everything so far ran in one process. The reference implementation reaches for more GPUs with one
+# line, `model = nn.DataParallel(model)`. This chapter replaces that line with PyTorch's
+# `DistributedDataParallel` (DDP), launched by `torchrun`, and shows that the course's training command
+# runs unchanged on a laptop, on every GPU of a workstation and across the nodes of a SLURM cluster.
+#
+# **After this chapter you can**
+#
+# - explain how `DataParallel` and `DistributedDataParallel` split the work, and why PyTorch recommends DDP;
+# - show why averaging the gradients of N shards equals the gradient of the whole batch — and when it
+#   does not (BatchNorm);
+# - name what changes in a training loop that runs as N processes: start-up, data, randomness, files;
+# - check on your own CPU that two processes reach the weights of one;
+# - launch `python -m ddpm_lib train` on one GPU, on one node with several, and on a SLURM cluster, and resume it.
+#
+# Nothing here needs a GPU: two CPU processes talking through the `gloo` backend exercise the same code
+# path as eight GPUs talking through `nccl`.
+
+# %%
+import inspect
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+import ddpm_lib
+from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib.data import load_mnist
+from ddpm_lib.distributed import shard, sharded_loss
+from ddpm_lib.plotting import save_figure
+from ddpm_lib.profile import PROFILE
+from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.training import batch_stream, ddpm_loss
+from ddpm_lib.unet import Unet
+
+torch.manual_seed(0)
+scheduler = LinearBetaScheduler(1000, 1e-4, 0.02)
+images = load_mnist("train").tensors[0]
+print(f"profile: {PROFILE.name}; training digits: {len(images)}; "
+      f"torch.distributed available: {torch.distributed.is_available()}")  # fmt: skip
+
+# %% [markdown]
+# ## 1. Two ways to use several GPUs
+#
+# **`nn.DataParallel`** (the reference's) is *one* Python process driving all GPUs from threads. Every
+# step it (1) copies the model's weights from GPU 0 to every other GPU, (2) scatters the batch,
+# (3) runs the forward passes in threads, (4) gathers the outputs on GPU 0, where the loss is computed,
+# and (5) sums the gradients back onto GPU 0, where the optimiser runs. GPU 0 does more work and holds
+# more memory than the others, the threads share one Python interpreter (the GIL), the weights travel
+# every step, and it cannot leave the machine.
+#
+# **`DistributedDataParallel`** runs *one process per GPU*, each with its own copy of the model and its
+# own optimiser. The copies start identical (DDP broadcasts rank 0's weights when it wraps the model).
+# Each step, every process runs forward and backward on its share of the batch; during `backward()`,
+# DDP averages the gradients across processes with an **all-reduce**, bucket by bucket, while the rest
+# of the backward pass is still running. Afterwards every process holds the same averaged gradient,
+# takes the same optimiser step, and the copies stay identical without weights ever being sent again.
+#
+# | | `DataParallel` | `DistributedDataParallel` |
+# | --- | --- | --- |
+# | processes | 1, one thread per GPU | 1 per GPU (`torchrun` starts them) |
+# | sent per step | weights out, outputs in, gradients in | gradients only (all-reduce) |
+# | balance | GPU 0 does the loss and the optimiser | every process is alike |
+# | machines | one | any number (`--nnodes`) |
+# | CPU-only | no | yes (`gloo` backend) — this chapter runs it |
+#
+# The processes are numbered by their **rank** $0,\dots,N-1$; $N$ is the **world size**. On each machine,
+# the **local rank** picks the GPU (`cuda:LOCAL_RANK`). `torchrun` sets `RANK`, `WORLD_SIZE` and
+# `LOCAL_RANK` in every process it starts; `ddpm_lib.distributed` reads them (and nothing else does), joins
+# the process group with `nccl` on GPUs or `gloo` on CPUs, and wraps the model in DDP.
+#
+# ## 2. Why averaging gradients is one big batch
+#
+# The DDPM loss is a mean over the batch, $L = \frac1B\sum_{i=1}^B \ell_i$. Split the batch into $N$ equal
+# shards $S_r$ of $B/N$ images and let $L_r$ be the mean over shard $r$. Then
+#
+# $$L = \frac1N \sum_{r=0}^{N-1} L_r \qquad\Longrightarrow\qquad \nabla L = \frac1N \sum_{r=0}^{N-1} \nabla L_r ,$$
+#
+# and the right-hand side is exactly what the all-reduce computes. Three conditions hide in that line:
+#
+# 1. **equal shards** — with unequal ones the plain mean of the $L_r$ weights images unequally;
+# 2. **each $\ell_i$ depends on image $i$ only** — true with GroupNorm (the course's default), false with
+#    BatchNorm, whose statistics mix the images of a batch: each process normalises with its own shard's
+#    statistics (`nn.SyncBatchNorm` all-reduces them instead, at the cost of a collective per layer);
+# 3. **the same random draws** — each image needs the timestep $t$ and noise $\varepsilon$ that one process
+#    would have drawn for it.
+#
+# `ddpm_lib.distributed.sharded_loss` meets the third condition the simplest way: every process draws $t$
+# and $\varepsilon$ for the *whole* global batch from the same seeded generator — the same calls, in the
+# same order, as `ddpm_loss` — and keeps its slice. The extra random numbers cost nothing next to the
+# network.
+
+# %%
+print(inspect.getsource(sharded_loss))
+
+# %% [markdown]
+# Now the identity, in float64 on a batch of 8 digits: the gradient of the whole batch against the mean of
+# the shard gradients, for 2 and 4 "processes" simulated in this one — with GroupNorm and with BatchNorm.
+
+
+# %%
+def flat_gradient(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    model.zero_grad()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+x0 = images[:8].double()
+mismatch = {}
+for norm in ("group", "batch"):
+    torch.manual_seed(0)
+    model = Unet(base_dim=8, dim_mults=[2], norm=norm).double()
+    whole = flat_gradient(model, ddpm_loss(model, scheduler, x0, torch.Generator().manual_seed(1)))
+    for world_size in (2, 4):
+        per_rank = [
+            flat_gradient(model, sharded_loss(model, scheduler, x0, torch.Generator().manual_seed(1), rank, world_size))
+            for rank in range(world_size)
+        ]  # fmt: skip
+        averaged = torch.stack(per_rank).mean(dim=0)  # what DDP's all-reduce leaves in every process
+        mismatch[norm, world_size] = ((averaged - whole).norm() / whole.norm()).item()
+        print(f"{norm.capitalize():>5}Norm, {world_size} shards: |mean of shard gradients - batch gradient| / |batch gradient| "
+              f"= {mismatch[norm, world_size]:.1e}")  # fmt: skip
+assert all(mismatch["group", n] < 1e-6 for n in (2, 4))  # equal up to float rounding
+assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics change the gradient
+
+# %% [markdown]
+# With GroupNorm the two agree to float rounding; with BatchNorm the shards see different batch
+# statistics and the gradients differ by far more than rounding — one reason the course's U-Net uses
+# GroupNorm (chapter 03 gives the others).
+#
+# ## 3. What changes in the training loop
+#
+# `ddpm_lib.distributed.train_data_parallel` is chapter 04's `train` loop with these changes, and
+# `ddpm_lib.runner` wraps it for the command line:
+#
+# 1. **Start-up.** Read rank, local rank and world size; pick the device (`cuda:LOCAL_RANK`, or the CPU);
+#    `init_process_group("nccl" | "gloo")`; build the model with the same seed in every process; wrap it:
+#    `DistributedDataParallel(model, device_ids=[local_rank])`. The optimiser, the LR schedule and the EMA
+#    keep using the unwrapped model.
+# 2. **Data.** `--batch-size` stays the **global** batch (as with `DataParallel`), and it must split evenly.
+#    Every process walks the same batch order — chapter 04's `batch_stream`, reshuffled each epoch from
+#    (seed, epoch) — and takes its slice of every batch. PyTorch's `DistributedSampler` splits each *epoch*
+#    instead (you will rebuild it in exercise 12.1) and must be told the epoch with `set_epoch(e)`, or
+#    every epoch repeats the same order; splitting each *batch* is what makes N processes reproduce one.
+# 3. **Randomness.** Timesteps and noise for the whole global batch, sliced (section 2).
+# 4. **One writer.** Rank 0 alone writes `config.json`, metrics, checkpoints (atomically, as in chapter 04),
+#    sample grids and wandb logs, and shows the progress bar. The EMA lives on rank 0 too: the other
+#    ranks' weights are identical, so their averages would be too.
+# 5. **Agreeing to stop.** Every process stops after the same step, or the others would wait forever in
+#    the next all-reduce. Before each step the ranks all-reduce a "stop requested" flag (Ctrl-C, or the
+#    SIGTERM a cluster sends before a time limit); then rank 0 saves a checkpoint.
+# 6. **Logged loss.** Each process's loss covers its shard; the metrics hold their mean over all
+#    processes, which is the loss of the global batch.
+#
+# Here is the data part on the first batch of epochs 0 and 1 (batch 8, two processes): both processes
+# compute the same global batch and keep different halves of it.
+
+# %%
+positions = torch.arange(len(images))  # batch_stream of the positions shows which digits a batch holds
+steps_per_epoch = len(images) // 8
+for step, batch in batch_stream(positions, batch_size=8, seed=0, start_step=0):
+    if step not in (0, steps_per_epoch):
+        if step > steps_per_epoch:
+            break
+        continue
+    halves = [batch[shard(8, rank, 2)].tolist() for rank in range(2)]
+    print(f"step {step:3d} (epoch {step // steps_per_epoch}): global batch {batch.tolist()}")
+    print(f"          rank 0 trains on {halves[0]}, rank 1 on {halves[1]}")
+    assert halves[0] + halves[1] == batch.tolist()
+
+# %% [markdown]
+# ## 4. Two processes on this CPU
+#
+# The real thing: `torchrun --standalone --nproc_per_node 2` starts two processes that meet on a free local
+# port and train through `gloo`, next to a plain one-process run with the same global batch and seed. Both
+# train a tiny U-Net for a few steps (the profile decides how many) and run at the same time on this machine.
+
+# %%
+workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch12-"))
+tiny = ["--steps", str(PROFILE.scaling_steps), "--batch-size", "16", "--base-dim", "8", "--dim-mults", "2",
+        "--n-samples", "1", "--eval-every", "0", "--checkpoint-every", "4", "--device", "cpu", "--no-progress"]  # fmt: skip
+torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+launchers = {
+    "one": [sys.executable, "-m", "ddpm_lib", "train"],
+    "two": [*torchrun, "-m", "ddpm_lib", "train"],
+}
+running = {
+    name: subprocess.Popen(
+        [*launcher, *tiny, "--out", str(workdir / name)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for name, launcher in launchers.items()
+}
+for name, process in running.items():
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    shown = shlex.join(["python" if word == sys.executable else word for word in launchers[name]])
+    print(f"$ {shown} {' '.join(tiny)} --out {name}\n  {stdout.strip().splitlines()[-1]}")
+
+# %%
+two = workdir / "two"
+print("run folder of the two-process run:")
+for path in sorted(p for p in two.rglob("*") if p.is_file()):
+    print("   ", path.relative_to(two).as_posix())
+config = json.loads((two / "config.json").read_text())
+for key in (
+    "world_size",
+    "backend",
+    "batch_size",
+    "per_process_batch_size",
+    "lr",
+    "lr_scaling",
+    "effective_lr",
+):
+    print(f"{key:>24}: {config[key]}")
+assert (config["world_size"], config["per_process_batch_size"], config["backend"]) == (2, 8, "gloo")
+
+# %% [markdown]
+# One run folder, one `metrics.jsonl`, one set of checkpoints: rank 1 trained but wrote nothing.
+# `config.json` states how the batch was split and which learning rate was used (`--lr-scaling` below).
+# Now the comparison: the loss of every step, and the weights.
+
+# %%
+metrics = {
+    name: [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
+    for name in running
+}
+losses = {name: torch.tensor([r["loss"] for r in records]) for name, records in metrics.items()}
+loss_gap = ((losses["two"] - losses["one"]).abs() / losses["one"]).max().item()
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.plot(range(1, len(losses["one"]) + 1), losses["one"], "o-", label="1 process, batch 16")
+ax.plot(range(1, len(losses["two"]) + 1), losses["two"], "x--", label="2 processes × 8 (gloo)")
+ax.set_xlabel("step")
+ax.set_ylabel("training loss")
+ax.set_title("the same run on one and two processes")
+ax.legend()
+fig.tight_layout()
+save_figure(fig, "12_ddp_losses")
+plt.show()
+print(f"largest relative difference of the per-step losses: {loss_gap:.1e}")
+assert len(losses["one"]) == len(losses["two"]) == PROFILE.scaling_steps and loss_gap < 1e-5
+
+# %% [markdown]
+# The curves lie on top of each other. The weights need one more idea. Comparing every parameter, a few
+# differ by $10^{-4}$ or more — the size of an Adam step, far more than rounding:
+
+# %%
+states = {name: load_checkpoint(workdir / name / "checkpoints" / "last.pt") for name in running}
+gaps = {
+    k: (states["one"]["model"][k] - states["two"]["model"][k]).abs().max().item()
+    for k in states["one"]["model"]
+}
+for name, gap in sorted(gaps.items(), key=lambda item: -item[1])[:4]:
+    print(f"{gap:.1e}  {name}")
+
+# %% [markdown]
+# All four are convolution biases followed by a GroupNorm group of *one* channel. Normalising a channel
+# removes any constant added to it, so these biases change nothing the network computes and their true
+# gradient is exactly zero. What backward returns is rounding noise of order $10^{-10}$ — and Adam divides
+# the gradient by its own running size, so noise turns into steps of about the learning rate, in a
+# direction that depends on how each run rounded. Find them by their zero gradient, leave them out, and
+# compare the rest and, better, what the networks compute:
+
+# %%
+probe = Unet(**states["one"]["config"]["model"]).double()
+probe(
+    torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 10, 500, 999])
+).square().mean().backward()
+inert = {name for name, p in probe.named_parameters() if p.grad.abs().max() < 1e-12}
+weight_gap = max(gap for name, gap in gaps.items() if name not in inert)
+
+x_probe = images[:8]
+t_probe = torch.arange(0, 1000, 125)
+outputs = {}
+for name, state in states.items():
+    model = Unet(**state["config"]["model"])
+    model.load_state_dict(state["ema"]["model"])
+    with torch.no_grad():
+        outputs[name] = model.eval()(x_probe, t_probe)
+output_gap = (outputs["one"] - outputs["two"]).abs().max().item()
+print(f"parameters with a zero gradient: {len(inert)} biases ({', '.join(sorted(inert)[:2])}, ...)")
+print(f"largest difference of every other parameter: {weight_gap:.1e}")
+print(f"largest difference of the EMA models' outputs on 8 digits: {output_gap:.1e}")
+assert all(name.endswith(".bias") for name in inert)
+assert weight_gap < 1e-5 and output_gap < 1e-4
+
+# %% [markdown]
+# Two processes reach the model of one, within float rounding. The test suite checks the same, and also
+# that a two-process run killed mid-way resumes to the same weights (`tests/test_ddp.py`).
+#
+# ## 5. The commands
+#
+# The training command does not change; only the launcher in front of it does.
+#
+# **One GPU** (no launcher needed; `--bf16` runs the forward pass in bfloat16 on GPUs that support it,
+# compute capability 8.0+ — A100, H100, RTX 30xx and newer):
+#
+# ```bash
+# python -m ddpm_lib train --out runs/gpu --bf16
+# ```
+#
+# **One machine, all its GPUs** (`--nproc_per_node gpu` starts one process per visible GPU;
+# `--standalone` finds a free port on this machine):
+#
+# ```bash
+# torchrun --standalone --nproc_per_node gpu -m ddpm_lib train --out runs/ddp --batch-size 1024 --lr-scaling sqrt --bf16
+# ```
+#
+# **Several machines**: the same line on every node, meeting at one of them:
+#
+# ```bash
+# torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint node01:29500 --rdzv-id ddpm42 \
+#     -m ddpm_lib train --out /shared/runs/ddp --batch-size 2048 --lr-scaling sqrt --bf16
+# ```
+#
+# **A SLURM cluster**: `srun` starts one `torchrun` per node; the repository ships this batch script:
+
+# %%
+sbatch = Path(ddpm_lib.__file__).resolve().parents[1] / "examples" / "slurm" / "train_ddp.sbatch"
+print(
+    sbatch.read_text() if sbatch.exists() else "(examples/slurm/train_ddp.sbatch is in the course repository)"
+)
+
+# %% [markdown]
+# A few rules that hold for all of these:
+#
+# - **Batch size and learning rate.** `--batch-size` is the global batch. Keep it, and more GPUs give
+#   the same training, only faster (until each GPU's share gets too small to keep it busy). Raise it to
+#   feed more GPUs, and the peak learning rate usually has to rise too: `--lr-scaling linear` multiplies
+#   `--lr` by batch/128 (Goyal et al., 2017, for SGD), `--lr-scaling sqrt` by its square root, the milder
+#   rule often used with Adam. Both are starting points to check against the loss curve, not laws.
+#   `config.json` records `world_size`, `per_process_batch_size`, `lr_scaling` and `effective_lr`.
+# - **Resume** with the same launcher line plus `--resume`. The run keeps its own config, and it needs the
+#   world size it started with; another number of processes is refused with a one-line error.
+# - **Stopping.** Ctrl-C, or the SIGTERM of a cluster's time limit, reaches every process through
+#   `torchrun`; all stop after the same step and rank 0 saves a checkpoint.
+# - **Data.** Every process loads the digits itself. Download full MNIST once before launching
+#   (`python -m ddpm_lib data --root data --download`); compute nodes then need no network.
+#
+# ## 6. What to expect from the speed
+#
+# `python benchmarks/ddp_scaling.py` times the command line on 1 and 2 processes with the same global
+# batch and prints the command behind each figure. Two processes get no more cores than one process with
+# two threads: they only trade intra-op threading (every convolution split across threads) for data
+# parallelism (the batch split across processes, plus one all-reduce of the gradients per step). One run
+# on the 2-core machine this course is tested on, while other jobs kept it busy (load average about 7):
+#
+# | configuration (course U-Net, global batch 128, float32) | images/s | ratio |
+# | --- | --- | --- |
+# | 1 process, no launcher, 2 threads | 76.9 | 1.00 |
+# | 1 process, no launcher, 1 thread | 82.7 | 1.08 |
+# | 1 process, `torchrun` (`gloo`), 2 threads | 55.8 | 0.73 |
+# | 2 processes, `torchrun` (`gloo`), 1 thread each | 98.1 | 1.28 |
+#
+# On a busy machine these figures move by 20% or more from run to run (two earlier runs gave the two
+# processes 1.38× and 1.77× the first row), so read them as "no large gain, no large loss". Two processes
+# came out ahead in every run we made, most likely because single-threaded processes never wait for a
+# descheduled sibling thread in the middle of a convolution; on an idle machine expect a smaller gap.
+# Data parallelism really pays when each process brings its own device. The course's U-Net has about
+# 262k parameters, so a step's all-reduce moves about 1 MB per GPU — microseconds over NVLink; what limits
+# it on GPUs is a small per-GPU batch, so grow the global batch with the number of GPUs.
+#
+# ## Summary
+#
+# - `DataParallel` is one process and threads, with GPU 0 as a hub; `DistributedDataParallel` is one
+#   process per device that all-reduces gradients during backward, and works across machines and on CPUs.
+# - Averaging the gradients of N equal shards is the gradient of the whole batch — if each image's loss
+#   depends on that image only (GroupNorm, not BatchNorm) and each image gets the random draws one
+#   process would give it.
+# - In the loop: start-up and wrapping, each rank's slice of the same global batch, randomness drawn for
+#   the whole batch, one writer (rank 0), and stopping together.
+# - `torchrun … -m ddpm_lib train` trains the model one process trains, within float rounding; compare
+#   runs by what the networks compute, since Adam turns the rounding noise of gradient-free parameters
+#   into visible differences.
+#
+# ## Exercises
+#
+# Each exercise has a cell for your solution and, right after it, a cell that checks it (its first line is
+# `# Check`). The solution between the two marker comments is ours: try the exercise before you read it.
+# In the student copies an instructor hands out, it is replaced by `raise NotImplementedError()`, and the
+# check fails until you write your own.
+#
+# :::{exercise} 12.1 · ★☆☆ · DistributedSampler by hand
+# :nonumber:
+#
+# PyTorch's `DistributedSampler` (with `shuffle=True`, `drop_last=False`) draws a permutation of the $n$
+# positions with a generator seeded by `seed + epoch`, pads it to a multiple of the world size by repeating
+# it from the start, and gives rank $r$ every `world_size`-th position starting at $r$. Write
+# `distributed_sampler_indices(n, rank, world_size, seed, epoch)` returning that list of ints.
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def distributed_sampler_indices(n: int, rank: int, world_size: int, seed: int, epoch: int) -> list[int]:
+    ### BEGIN SOLUTION
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    total = math.ceil(n / world_size) * world_size
+    order += (order * math.ceil(total / n))[: total - n]
+    return order[rank:total:world_size]
+    ### END SOLUTION
+
+
+# %%
+# Check 12.1
+from torch.utils.data import DistributedSampler
+
+for n, world_size, rank, epoch in [(10, 2, 0, 0), (10, 2, 1, 0), (10, 4, 3, 1), (7, 3, 2, 5)]:
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=7)
+    sampler.set_epoch(epoch)
+    assert distributed_sampler_indices(n, rank, world_size, 7, epoch) == list(sampler), (n, world_size, rank)
+shares = [distributed_sampler_indices(10, r, 4, 7, 0) for r in range(4)]
+assert set(sum(shares, [])) == set(range(10)) and len(sum(shares, [])) == 12  # all positions, two repeated
+### BEGIN HIDDEN TESTS
+sampler = DistributedSampler(range(3), num_replicas=8, rank=6, shuffle=True, seed=0)
+sampler.set_epoch(2)
+assert distributed_sampler_indices(3, 6, 8, 0, 2) == list(sampler)
+assert (
+    distributed_sampler_indices(5, 0, 1, 1, 0)
+    == torch.randperm(5, generator=torch.Generator().manual_seed(1)).tolist()
+)
+### END HIDDEN TESTS
+print("Exercise 12.1 passed")
+
+# %% [markdown]
+# :::{exercise} 12.2 · ★★☆ · What SyncBatchNorm all-reduces
+# :nonumber:
+#
+# With BatchNorm, each process could normalise with the statistics of the *global* batch if the processes
+# shared three numbers per channel: their count of values, the sum and the sum of squares. Write
+# `sync_batch_stats(shards)` that takes one (B_r, C, H, W) tensor per process — shards may differ in size —
+# and returns the per-channel mean and biased variance of all of them together, computed only from those
+# per-shard counts and sums (as an all-reduce would add them up), never by concatenating the shards.
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def sync_batch_stats(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    ### BEGIN SOLUTION
+    count = sum(s.numel() // s.shape[1] for s in shards)
+    total = sum(s.sum(dim=(0, 2, 3)) for s in shards)
+    squares = sum(s.square().sum(dim=(0, 2, 3)) for s in shards)
+    mean = total / count
+    return mean, squares / count - mean.square()
+    ### END SOLUTION
+
+
+# %%
+# Check 12.2
+shards = [torch.randn(b, 3, 5, 5, dtype=torch.float64) * 2 + 1 for b in (4, 2, 7)]
+mean, var = sync_batch_stats(shards)
+together = torch.cat(shards)
+assert mean.shape == var.shape == (3,)
+assert torch.allclose(mean, together.mean(dim=(0, 2, 3)), atol=1e-12)
+assert torch.allclose(var, together.var(dim=(0, 2, 3), unbiased=False), atol=1e-10)
+### BEGIN HIDDEN TESTS
+one_shard = [torch.randn(6, 2, 3, 3, dtype=torch.float64)]
+assert torch.allclose(sync_batch_stats(one_shard)[1], one_shard[0].var(dim=(0, 2, 3), unbiased=False))
+### END HIDDEN TESTS
+print("Exercise 12.2 passed")
+
+# %% [markdown]
+# :::{exercise} 12.3 · ★★★ · The ring all-reduce
+# :nonumber:
+#
+# NCCL and gloo sum gradients around a ring: each of the $N$ processes cuts its tensor into $N$ chunks and
+# only ever sends one chunk to its right neighbour $(r + 1) \bmod N$. In $N-1$ **reduce-scatter** steps,
+# rank $r$ sends chunk $(r - s) \bmod N$ at step $s$, and the neighbour adds it to its own copy of that chunk;
+# afterwards rank $r$ holds the full sum of chunk $(r + 1) \bmod N$. In $N-1$ **all-gather** steps, rank $r$
+# sends chunk $(r + 1 - s) \bmod N$ and the neighbour overwrites its copy. Write
+# `ring_all_reduce(tensors)` for N equal-length 1-D tensors (length divisible by N) that simulates this
+# with the messages of each step computed before any is delivered, and returns every rank's final tensor
+# and the number of chunks each rank sent. Why is the amount each rank sends, $2\frac{N-1}{N}$ times the
+# tensor, nearly independent of $N$ — and why does that make DDP scale?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+    ### BEGIN SOLUTION
+    n = len(tensors)
+    chunks = [list(t.clone().chunk(n)) for t in tensors]  # chunks[rank][chunk]
+    sent = 0
+    for step in range(n - 1):  # reduce-scatter
+        messages = [(r, (r - step) % n, chunks[r][(r - step) % n].clone()) for r in range(n)]
+        for r, c, data in messages:
+            chunks[(r + 1) % n][c] = chunks[(r + 1) % n][c] + data
+        sent += 1
+    for step in range(n - 1):  # all-gather
+        messages = [(r, (r + 1 - step) % n, chunks[r][(r + 1 - step) % n].clone()) for r in range(n)]
+        for r, c, data in messages:
+            chunks[(r + 1) % n][c] = data
+        sent += 1
+    return [torch.cat(c) for c in chunks], sent
+    ### END SOLUTION
+
+
+# %%
+# Check 12.3
+grads = [torch.randn(12, dtype=torch.float64) for _ in range(4)]
+reduced, chunks_sent = ring_all_reduce(grads)
+assert len(reduced) == 4 and all(torch.allclose(r, sum(grads), atol=1e-12) for r in reduced)
+assert chunks_sent == 2 * (4 - 1)
+print(f"each rank sent {chunks_sent} chunks of {12 // 4} values: {chunks_sent * 3 / 12:.2f}x its tensor")
+### BEGIN HIDDEN TESTS
+grads = [torch.arange(10.0) * (r + 1) for r in range(5)]
+reduced, chunks_sent = ring_all_reduce(grads)
+assert all(torch.equal(r, torch.arange(10.0) * 15) for r in reduced) and chunks_sent == 8
+assert ring_all_reduce([torch.ones(2), torch.ones(2)])[1] == 2
+### END HIDDEN TESTS
+print("Exercise 12.3 passed")
