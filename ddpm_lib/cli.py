@@ -5,6 +5,7 @@ Commands:
 - ``train``: train a denoiser on the bundled MNIST subset (or full MNIST) into a run folder
   (see :mod:`ddpm_lib.runner`); ``--resume`` continues an interrupted run;
 - ``sample``: sample a grid of digits from a checkpoint (default: the weights the course ships);
+  ``--sampler ddim|dpmpp --steps N`` uses chapter 07's fast samplers;
 - ``noise``: noise one held-out digit of every class at several timesteps and save the grid
   (the forward process of chapter 02, end to end on the bundled data);
 - ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST.
@@ -50,6 +51,11 @@ _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")
 _decay = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_eta = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+#: ``--sampler`` choices: chapter 05's 1000-step samplers and chapter 07's fast ones
+SAMPLER_CHOICES = ("clip", "ddpm", "ddim", "dpmpp")
+#: default ``--steps`` of the fast samplers (``clip`` / ``ddpm``: all 1000 steps unless ``--steps`` is given)
+DEFAULT_FAST_STEPS = {"ddim": 50, "dpmpp": 20}
 _dim_mults = _checked(_int_list, lambda vs: all(v >= 1 for v in vs), "comma-separated positive integers")
 _timesteps = _checked(
     _int_list, lambda vs: all(0 <= v < 1000 for v in vs), "comma-separated integers in 0..999"
@@ -144,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, default=None, help="training checkpoint (default: shipped weights)"
     )
     sample.add_argument("--n", type=_positive, default=16, help="number of digits (default: %(default)s)")
-    sample.add_argument("--sampler", choices=("clip", "ddpm"), default="clip", help="default: %(default)s")
+    sample.add_argument("--sampler", choices=SAMPLER_CHOICES, default="clip", help="default: %(default)s")
+    _add_fast_arguments(sample)
     sample.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
     sample.add_argument(
         "--out", type=Path, default=Path("samples.png"), help="grid PNG (default: samples.png)"
@@ -176,6 +183,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--download", action="store_true", help="download full MNIST into --root (needs a network)"
     )
     return parser
+
+
+def _add_fast_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--steps``, ``--eta`` and ``--spacing`` of chapter 07's fast samplers."""
+    parser.add_argument(
+        "--steps",
+        type=_positive,
+        default=None,
+        help="network evaluations per sample (default: 50 for ddim, 20 for dpmpp; ddpm/clip: all 1000, "
+        "fewer run them on a respaced chain)",
+    )
+    parser.add_argument(
+        "--eta", type=_eta, default=None, help="DDIM's eta: 0 deterministic (default), 1 DDPM-like; ddim only"
+    )
+    parser.add_argument(
+        "--spacing",
+        choices=("leading", "trailing", "linspace"),
+        default="trailing",
+        help="which timesteps a shortened chain visits (default: %(default)s)",
+    )
+
+
+def _fast_steps(args: argparse.Namespace, scheduler) -> int | None:
+    """The number of steps of a fast sampler run, or None for chapter 05's full chain; checks the options."""
+    if args.eta is not None and args.sampler != "ddim":
+        raise ValueError(f"--eta applies only to --sampler ddim, not {args.sampler}")
+    if args.steps is None and args.sampler not in DEFAULT_FAST_STEPS:
+        return None
+    steps = args.steps if args.steps is not None else DEFAULT_FAST_STEPS[args.sampler]
+    if steps > scheduler.num_timesteps:
+        raise ValueError(f"--steps must lie in 1..{scheduler.num_timesteps}, got {steps}")
+    return steps
+
+
+def _fast_label(args: argparse.Namespace, steps: int) -> str:
+    names = {"ddim": f"DDIM (eta={args.eta or 0:g})", "dpmpp": "DPM-Solver++(2M)",
+             "ddpm": "sample() (ddpm), respaced", "clip": "sample_clip(), respaced"}  # fmt: skip
+    spacing = "" if args.spacing == "trailing" else f", {args.spacing} spacing"
+    return f"{names[args.sampler]}, {steps} steps{spacing}"
 
 
 def run_noise(args: argparse.Namespace) -> None:
@@ -269,23 +315,39 @@ def run_sample(args: argparse.Namespace) -> None:
     else:
         model, scheduler, _ = load_model(args.checkpoint, device=device)
         source = str(args.checkpoint)
+    steps = _fast_steps(args, scheduler)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    frames = []
+    frames, calls = [], [0]
+    every = 1 if steps is None else max(1, steps // 50)  # a fast chain: about 50 frames at most
 
     def record(t: int, x_t) -> None:
-        if args.gif is not None and t % 20 == 0:
+        calls[0] += 1
+        if args.gif is not None and (t % 20 == 0 if steps is None else (calls[0] - 1) % every == 0):
             frames.append(grid_image(x_t[:16]))
 
-    samples = save_image(
-        model,
-        scheduler,
-        args.out,
-        args.n,
-        args.sampler,
-        args.seed,
-        progress=not args.no_progress,
-        on_step=record,
-    )
+    if steps is None:
+        samples = save_image(
+            model,
+            scheduler,
+            args.out,
+            args.n,
+            args.sampler,
+            args.seed,
+            progress=not args.no_progress,
+            on_step=record,
+        )
+        described = f"{args.sampler} sampler"
+    else:  # chapter 07: the same starting noise as fast_generate(..., seed) draws for one batch
+        from .fast_sampling import fast_sample
+
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        x_T = torch.randn((args.n, 1, 28, 28), generator=generator, device=device)
+        samples = fast_sample(
+            model, scheduler, x_T, args.sampler, steps, args.eta or 0.0, args.spacing, False, generator,
+            progress=not args.no_progress, on_step=record,
+        ).clamp(-1.0, 1.0)  # fmt: skip
+        grid_image(samples).save(args.out)
+        described = _fast_label(args, steps)
     if args.tensors is not None:
         torch.save(samples.cpu(), args.tensors)
     if args.gif is not None:
@@ -293,7 +355,7 @@ def run_sample(args: argparse.Namespace) -> None:
         frames[0].save(
             args.gif, save_all=True, append_images=frames[1:] + frames[-1:] * 10, duration=60, loop=0
         )
-    print(f"wrote {args.out}: {args.n} samples ({args.sampler} sampler, seed {args.seed}) from {source}")
+    print(f"wrote {args.out}: {args.n} samples ({described}, seed {args.seed}) from {source}")
 
 
 def _translate_mode(argv: list[str]) -> list[str]:

@@ -1,0 +1,973 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Fast sampling: DDIM and DPM-Solver++
+#
+# Chapter 05's samplers call the network once per timestep: 1000 network function evaluations
+# (**NFE**) per digit. This chapter gets comparable digits from 10–50 NFE with the *same* trained
+# network, and measures what is lost with chapter 06's Fréchet distance.
+#
+# **After this chapter you can**
+#
+# - derive DDIM (Song et al., 2021) from the $\hat x_0$ parameterisation, and say what its $\eta$ does
+#   ($\eta = 0$: deterministic; $\eta = 1$: DDPM on a shorter chain);
+# - choose a sub-sequence of timesteps (*leading*, *trailing*, *linspace* spacing) and explain why
+#   leading spacing never starts from pure noise (Lin et al., 2023);
+# - run DDPM itself on a shorter chain, with the $\beta$ the shorter chain needs;
+# - implement DPM-Solver++(2M) (Lu et al., 2022), a second-order ODE solver that reuses the previous
+#   step's prediction;
+# - plot quality against the number of network evaluations and pick a sampler for a budget;
+# - sample from the command line: `python -m ddpm_lib sample --sampler ddim --steps 50`.
+#
+# Every sampler here is cross-checked against Hugging Face `diffusers` (`DDIMScheduler`,
+# `DDPMScheduler`, `DPMSolverMultistepScheduler`) in `tests/test_fast_sampling.py`.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ddpm_lib.data import load_mnist
+from ddpm_lib.metrics import baseline_images, evaluate_images, format_table, generate_samples
+from ddpm_lib.plotting import save_figure
+from ddpm_lib.pretrained import load_classifier, load_pretrained
+from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import grid_image, sample
+
+torch.manual_seed(0)
+model, scheduler, provenance = load_pretrained()
+model.requires_grad_(False)
+classifier, classifier_provenance = load_classifier()
+T = scheduler.num_timesteps
+print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
+
+# %% [markdown]
+# ## 1. DDIM from the $\hat x_0$ parameterisation
+#
+# The training objective of chapter 04 only ever looked at the marginals
+# $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I)$: a noisy image and the noise in it.
+# It never used the chain $x_0 \to x_1 \to \dots \to x_T$. So any reverse process that respects those
+# marginals can use the same network, including one that jumps from $t$ straight to an earlier $s < t$.
+#
+# At $x_t$ the network gives $\hat\varepsilon = \varepsilon_\theta(x_t, t)$ and with it the estimate of the clean
+# image (chapter 05)
+#
+# $$ \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}} . $$
+#
+# If these were exact, $x_s = \sqrt{\bar\alpha_s}\,x_0 + \sqrt{1-\bar\alpha_s}\,\varepsilon$ would have the right
+# marginal. DDIM keeps the same total noise variance $1-\bar\alpha_s$ but splits it into a part along the
+# *known* direction $\hat\varepsilon$ and a part of fresh noise $z \sim \mathcal N(0, I)$:
+#
+# $$ x_s = \sqrt{\bar\alpha_s}\,\hat x_0 \;+\; \sqrt{1-\bar\alpha_s-\sigma^2}\,\hat\varepsilon \;+\; \sigma z . $$
+#
+# The two noise terms are independent, so $x_s$ has variance $1-\bar\alpha_s$ around $\sqrt{\bar\alpha_s}\,x_0$
+# for *every* $\sigma^2 \le 1-\bar\alpha_s$: a whole family of samplers (Song et al., 2021, eq. 12). DDIM
+# indexes it by $\eta$:
+#
+# $$ \sigma_{t\to s}(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}}\,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_s}} . $$
+#
+# - $\eta = 1$: $\sigma^2$ is the posterior variance $\tilde\beta$ of the chain that jumps from $t$ to $s$, and
+#   the update *is* DDPM's ancestral step on that chain (section 3). With $s = t-1$ it is chapter 05's `sample()`.
+# - $\eta = 0$: no fresh noise at all; $x_T$ determines the sample. This is a discretisation of the
+#   *probability-flow ODE* — the deterministic process with the same marginals — and that is why it
+#   tolerates large jumps: an ODE solver with large steps is still a solver, while a stochastic chain
+#   with large steps injects far more noise than each step can remove.
+#
+# At the last step the chain reaches the clean end: $s = -1$ with $\bar\alpha_{-1} = 1$, where
+# $\sigma = 0$ and $x_{-1} = \hat x_0$. This is `diffusers`' default `set_alpha_to_one=True` for
+# `DDIMScheduler`. Optional clipping clamps $\hat x_0$ to $[-1, 1]$ and keeps the network's
+# $\hat\varepsilon$ for the direction term, as `diffusers` does by default (`use_clipped_model_output=False`).
+# Two of `DDIMScheduler`'s defaults differ from ours: it clips by default (`clip_sample=True`; our `clip=False`)
+# and spaces timesteps `"leading"` (ours: `"trailing"`, for the reason of section 2).
+#
+# The first exported cell holds the argument checks every sampler of this chapter shares.
+
+# %%
+#| default_exp fast_sampling
+#| export
+import math
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm_lib.schedule import LinearBetaScheduler
+
+#: the timestep spacings of :func:`timesteps_for`
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _check_int(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
+    return int(value)
+
+
+def _check_choice(value, name: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def _check_eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
+    return float(eta)
+
+
+def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
+        raise ValueError(
+            f"{name} must be a floating-point tensor with a batch dimension, e.g. (B, 1, 28, 28)"
+        )
+    return x
+
+
+def _check_pair(scheduler: LinearBetaScheduler, t, t_prev) -> tuple[int, int]:
+    """A jump from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
+    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    t_prev = _check_int(t_prev, "t_prev", -1, t - 1) if t > 0 else _check_int(t_prev, "t_prev", -1, -1)
+    return t, t_prev
+
+
+def _alpha_bar(scheduler: LinearBetaScheduler, t: int) -> float:
+    """ᾱ_t from the schedule's float32 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
+    return 1.0 if t < 0 else float(scheduler.alpha_bars[t])
+
+
+def _epsilon(model, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """ε_θ(x_t, t): call ``model``, or take it as given when ``model`` is already a tensor of predictions."""
+    if isinstance(model, torch.Tensor):
+        if model.shape != x_t.shape:
+            raise ValueError(
+                f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
+            )
+        return model.to(x_t.dtype)
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    return model(x_t, t_batch).to(x_t.dtype)
+
+
+def predict_x0(scheduler: LinearBetaScheduler, t: int, eps: torch.Tensor, x_t: torch.Tensor,
+               clip: bool = False) -> torch.Tensor:  # fmt: skip
+    """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, clamped to [−1, 1] when ``clip``."""
+    alpha_bar = _alpha_bar(scheduler, t)
+    x0 = (x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+# %% [markdown]
+# ## 2. Which timesteps? Leading, trailing and linspace spacing
+#
+# With $n$ network calls we visit $n$ of the $T = 1000$ training timesteps. Three rules are in use; we
+# define them exactly as `diffusers`' `DDIMScheduler.set_timesteps` does (Lin et al., 2023, Table 2, names
+# them):
+#
+# | spacing | timesteps (descending) | $n = 10$ |
+# |---|---|---|
+# | leading | $k\,\lfloor T/n \rfloor$, $k = 0..n-1$ | 900, 800, …, 100, 0 |
+# | trailing | $\operatorname{round}(T - k\,T/n) - 1$, $k = 0..n-1$ | 999, 899, …, 199, 99 |
+# | linspace | $\operatorname{round}$ of $n$ evenly spaced points in $[0, T-1]$ | 999, 888, …, 111, 0 |
+#
+# **Why leading never reaches $T-1$.** Its largest timestep is $(n-1)\lfloor T/n\rfloor \le T - T/n$: 900 for
+# $n = 10$, 980 for $n = 50$. Sampling still starts from pure noise $x \sim \mathcal N(0, I)$, but tells the
+# network it is looking at $x_{900}$, which in training always contained $\sqrt{\bar\alpha_{900}} \approx 0.016$
+# of a digit. The first step is asked to denoise an image that does not exist in its training data, and the
+# error carries through a short chain. Lin et al. (2023, "Common diffusion noise schedules and sample
+# steps are flawed", §3.3) show the effect and recommend **trailing** spacing: its first timestep is always
+# $T-1$, the one training paired with (almost) pure noise. (They also fix the schedule so that
+# $\bar\alpha_{T-1} = 0$ exactly — a separate flaw: our linear schedule leaves $\bar\alpha_{999} \approx 4\times 10^{-5}$,
+# small enough to ignore at 28×28.) Linspace also starts at $T-1$ but ends at $t = 0$, spending its last call on
+# the nearly clean image; trailing ends at $T/n - 1$ and jumps from there to the clean end.
+#
+# Two quirks of `diffusers` we don't copy. Its trailing rule builds the list with
+# `np.arange(T, 0, -T/n)`, which for some $n$ (61, 103, 121, …) returns $n+1$ entries ending in the invalid
+# timestep $-1$; we keep the first $n$. And `DDIMScheduler.step` takes the previous
+# timestep to be $t - \lfloor T/n\rfloor$, which is the *next entry of the list* only for leading spacing and
+# for trailing when $n$ divides $T$; our samplers always jump to the next entry of the list they were given.
+
+
+# %%
+#| export
+def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """``num_steps`` of the ``num_train_timesteps`` training timesteps, descending, as an int64 tensor.
+
+    ``spacing`` as in diffusers' ``DDIMScheduler.set_timesteps`` (Lin et al., 2023, Table 2):
+
+    - ``"leading"``: k·⌊T/n⌋ for k = n−1..0 (never reaches T−1; ends at 0);
+    - ``"trailing"``: round(T − k·T/n) − 1 for k = 0..n−1 (starts at T−1; ends at T/n − 1);
+    - ``"linspace"``: round(linspace(0, T−1, n)) reversed (starts at T−1; ends at 0).
+    """
+    T = _check_int(num_train_timesteps, "num_train_timesteps", 1, 10**9)
+    n = _check_int(num_steps, "num_steps", 1, T)
+    _check_choice(spacing, "spacing", SPACINGS)
+    if spacing == "leading":
+        steps = (np.arange(n) * (T // n))[::-1]
+    elif spacing == "trailing":
+        steps = np.round(np.arange(T, 0, -T / n))[:n] - 1  # diffusers' arange overshoots for some n
+    else:
+        steps = np.linspace(0, T - 1, n).round()[::-1]
+    return torch.from_numpy(steps.astype(np.int64).copy())
+
+
+# %%
+spacing_steps = {spacing: timesteps_for(T, 10, spacing) for spacing in ("leading", "trailing", "linspace")}
+fig, axes = plt.subplots(1, 2, figsize=(11, 2.6), gridspec_kw={"width_ratios": [2, 1]})
+for row, (spacing, steps) in enumerate(spacing_steps.items()):
+    axes[0].scatter(steps, [row] * len(steps), s=18, label=spacing)
+    print(f"{spacing:>8}: {steps.tolist()}")
+axes[0].set_yticks(range(3), list(spacing_steps))
+axes[0].set_xlabel("timestep t (10 steps)")
+axes[0].axvline(T - 1, color="grey", lw=0.8, ls=":")
+n_range = np.arange(2, 101)
+first = {
+    s: [scheduler.alpha_bars[int(timesteps_for(T, int(n), s)[0])].sqrt().item() for n in n_range]
+    for s in SPACINGS
+}
+for spacing, values in first.items():
+    axes[1].plot(n_range, values, label=spacing)
+axes[1].set_yscale("log")
+axes[1].set_xlabel("number of steps n")
+axes[1].set_ylabel(r"$\sqrt{\bar\alpha}$ at the first step")
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, "07_spacings")
+plt.show()
+
+# %%
+leading, trailing, linspace = spacing_steps.values()
+assert leading[0] == 900 and trailing[0] == linspace[0] == T - 1  # only leading misses t = T-1
+assert leading[-1] == linspace[-1] == 0 and trailing[-1] == T // 10 - 1
+assert all(len(s) == 10 and (s.diff() < 0).all() for s in spacing_steps.values())
+# the signal the first step assumes: 0.0064 (pure noise, as sampled) for trailing, ~0.016 for leading at n = 10
+print(
+    f"sqrt(alpha_bar) at the first step, n = 10: leading {first['leading'][8]:.4f}, trailing {first['trailing'][8]:.4f}"
+)
+assert first["leading"][8] > 2.5 * first["trailing"][8]
+assert max(first["trailing"]) == min(first["trailing"])  # trailing always starts at T - 1
+
+# %% [markdown]
+# ## 3. The DDIM step, and DDPM on a shorter chain
+#
+# `ddim_step` is the update of section 1 for a jump $t \to s$ (`t_prev`). It takes either the model, or its
+# prediction $\hat\varepsilon$ as a tensor (useful for tests and for solvers that evaluate the model themselves).
+# Noise is drawn exactly as chapter 05 draws it, and only when $\sigma > 0$ — never at the final jump to the
+# clean end — so a test can replay it against `diffusers` with an identically seeded generator.
+#
+# **DDPM on a sub-sequence.** Chapter 05's `sample()` can't simply skip steps: its $\beta_t$ is the noise
+# added by *one* step. A chain that visits only $t_1 > t_2 > \dots$ has its own per-jump quantities,
+#
+# $$ \alpha_{t\to s} = \frac{\bar\alpha_t}{\bar\alpha_s}, \qquad \beta_{t\to s} = 1 - \frac{\bar\alpha_t}{\bar\alpha_s}, $$
+#
+# and the posterior mean and variance of chapter 05 with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
+# $\beta_{t\to s}, \alpha_{t\to s}, \bar\alpha_s$ (Nichol & Dhariwal, 2021, "respacing"; `diffusers`' `DDPMScheduler`
+# does the same). Keeping the single-step $\beta_t$ while skipping steps is a classic bug: the chain removes
+# far too little noise per jump. `respaced_ddpm_step` implements the right version, with the optional
+# clamp of `sample_clip()`. Without the clamp it is `ddim_step` with $\eta = 1$, written differently.
+
+
+# %%
+#| export
+@torch.no_grad()
+def ddim_step(
+    scheduler: LinearBetaScheduler,
+    t: int,
+    t_prev: int,
+    model: nn.Module | torch.Tensor,
+    x_t: torch.Tensor,
+    eta: float = 0.0,
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""One DDIM jump from timestep ``t`` to ``t_prev`` < t (−1: the clean end, ᾱ = 1).
+
+    x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,  σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s),
+    with ε̂ = ``model(x_t, t)`` (or ``model`` itself when it is a tensor of noise predictions) and x̂_0
+    clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by default).
+    z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
+    """
+    t, t_prev = _check_pair(scheduler, t, t_prev)
+    _check_sample(x_t, "x_t")
+    eta = _check_eta(eta)
+    eps = _epsilon(model, x_t, t)
+    x0 = predict_x0(scheduler, t, eps, x_t, clip)
+    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
+    x_prev = math.sqrt(alpha_bar_prev) * x0 + math.sqrt(max(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * torch.randn(
+            x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device
+        )
+    return x_prev
+
+
+@torch.no_grad()
+def respaced_ddpm_step(
+    scheduler: LinearBetaScheduler,
+    t: int,
+    t_prev: int,
+    model: nn.Module | torch.Tensor,
+    x_t: torch.Tensor,
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""DDPM's ancestral step on a chain that jumps from ``t`` to ``t_prev`` (−1: the clean end).
+
+    With β = 1 − ᾱ_t/ᾱ_s and α = 1 − β for the jump: x_s = √ᾱ_s β/(1 − ᾱ_t) · x̂_0 + √α (1 − ᾱ_s)/(1 − ᾱ_t) · x_t
+    + σ z, σ² = (1 − ᾱ_s)/(1 − ᾱ_t) · β. ``clip`` clamps x̂_0 first (chapter 05's ``sample_clip``). With
+    t_prev = t − 1 this is ``sample`` / ``sample_clip`` itself. z is drawn only when t_prev ≥ 0.
+    """
+    t, t_prev = _check_pair(scheduler, t, t_prev)
+    _check_sample(x_t, "x_t")
+    eps = _epsilon(model, x_t, t)
+    x0 = predict_x0(scheduler, t, eps, x_t, clip)
+    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    beta = 1.0 - alpha_bar / alpha_bar_prev
+    mean = (math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)) * x0 + (
+        math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+    ) * x_t
+    if t_prev < 0:
+        return mean
+    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta
+    z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+    return mean + math.sqrt(variance) * z
+
+
+# %% [markdown]
+# Three checks of the algebra, on the shipped model: with $\eta = 1$ and $s = t - 1$ the DDIM step is
+# chapter 05's `sample()` (same random numbers); the respaced DDPM step equals DDIM with $\eta = 1$ for a long
+# jump too; and with $\eta = 0$ the jump to the clean end returns $\hat x_0$ itself.
+
+# %%
+x_t = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(3))
+for t in (999, 500, 1):
+    ddim = ddim_step(scheduler, t, t - 1, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(7))
+    ddpm = sample(scheduler, t, model, x_t, generator=torch.Generator().manual_seed(7))
+    print(f"t={t}: max |ddim_step(eta=1) - sample()| = {(ddim - ddpm).abs().max():.1e}")
+    assert torch.allclose(ddim, ddpm, atol=1e-4)
+jump_ddim = ddim_step(scheduler, 600, 400, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(8))
+jump_ddpm = respaced_ddpm_step(scheduler, 600, 400, model, x_t, generator=torch.Generator().manual_seed(8))
+assert torch.allclose(jump_ddim, jump_ddpm, atol=1e-4)
+eps = model(x_t, torch.full((4,), 99))
+assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(scheduler, 99, eps, x_t), atol=1e-6)
+
+# %% [markdown]
+# ## 4. The sampling loops
+#
+# A loop walks the chosen timesteps and jumps each time to the next one, and from the last one to the clean
+# end. One generator supplies $x_T$ and every $z$, as in chapter 05. With $n$ steps each sampler calls the
+# network exactly $n$ times.
+
+
+# %%
+#| export
+def _run_chain(step, model: nn.Module, scheduler: LinearBetaScheduler, x_T: torch.Tensor, timesteps: list[int],
+               desc: str, progress: bool, on_step) -> torch.Tensor:  # fmt: skip
+    """Apply ``step(t, t_prev, x)`` along ``timesteps`` (descending) and on to the clean end (−1)."""
+    was_training = model.training
+    model.eval()
+    pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc=desc, unit="step", leave=False)
+    x = x_T
+    try:
+        for t, t_prev in pairs:
+            if on_step is not None:
+                on_step(t, x)
+            x = step(t, t_prev, x)
+    finally:
+        model.train(was_training)
+    return x
+
+
+def _schedule_for(scheduler: LinearBetaScheduler, num_steps: int, spacing: str) -> list[int]:
+    return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    x_T: torch.Tensor,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "trailing",
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """DDIM from ``x_T`` over ``num_steps`` timesteps (:func:`timesteps_for`), ``num_steps`` network calls.
+
+    η = 0 (default) is deterministic; η = 1 is DDPM on the respaced chain. ``on_step(t, x_t)`` sees the
+    image entering each step.
+    """
+    _check_sample(x_T, "x_T")
+    eta = _check_eta(eta)
+    timesteps = _schedule_for(scheduler, num_steps, spacing)
+
+    def step(t, t_prev, x):
+        return ddim_step(scheduler, t, t_prev, model, x, eta, clip, generator)
+
+    return _run_chain(step, model, scheduler, x_T, timesteps, f"DDIM (eta={eta:g})", progress, on_step)
+
+
+@torch.no_grad()
+def respaced_ddpm_sample(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    x_T: torch.Tensor,
+    num_steps: int = 1000,
+    spacing: str = "trailing",
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """DDPM's ancestral sampler (``clip``: chapter 05's ``sample_clip``) on ``num_steps`` respaced timesteps."""
+    _check_sample(x_T, "x_T")
+    timesteps = _schedule_for(scheduler, num_steps, spacing)
+
+    def step(t, t_prev, x):
+        return respaced_ddpm_step(scheduler, t, t_prev, model, x, clip, generator)
+
+    return _run_chain(step, model, scheduler, x_T, timesteps, "DDPM (respaced)", progress, on_step)
+
+
+# %% [markdown]
+# ## 5. DPM-Solver++(2M)
+#
+# Deterministic DDIM is the simplest solver of the probability-flow ODE. Lu et al. (2022) write that ODE in
+# the log signal-to-noise ratio $\lambda_t = \log(\alpha_t/\sigma_t)$, with $\alpha_t = \sqrt{\bar\alpha_t}$ and
+# $\sigma_t = \sqrt{1-\bar\alpha_t}$, and in terms of the *data prediction* $\hat x_0$. Its exact solution from
+# $t$ to an earlier $s$ is
+#
+# $$ x_s = \frac{\sigma_s}{\sigma_t}\,x_t + \sigma_s \int_{\lambda_t}^{\lambda_s} e^{\lambda}\,\hat x_0(x_\lambda, \lambda)\,d\lambda . $$
+#
+# The linear part is solved exactly; only the integral of $\hat x_0$ is approximated. With $h = \lambda_s - \lambda_t$:
+#
+# - **first order** (hold $\hat x_0$ constant): $x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s (e^{-h} - 1)\,\hat x_0$
+#   — exactly the DDIM step with $\eta = 0$ (exercise 7.2);
+# - **second order, multistep (2M)**: reuse the previous step's prediction $\hat x_0^{\,\prime}$ at $\lambda_{t'}$ to
+#   extrapolate linearly in $\lambda$, at no extra network call:
+#
+# $$ D = \hat x_0 + \frac{1}{2r}\left(\hat x_0 - \hat x_0^{\,\prime}\right),\quad r = \frac{\lambda_t - \lambda_{t'}}{h},
+#    \qquad x_s = \frac{\sigma_s}{\sigma_t}\,x_t - \alpha_s (e^{-h} - 1)\,D . $$
+#
+# The first step has no previous prediction and uses first order. So does the last: its target is the clean
+# end ($\sigma_s = 0$, $\lambda_s = \infty$), where the update reduces to $x_s = \hat x_0$. These are
+# `DPMSolverMultistepScheduler`'s defaults (`algorithm_type="dpmsolver++"`, `solver_order=2`,
+# `solver_type="midpoint"`, `lower_order_final=True`, `final_sigmas_type="zero"`). `clip=True` clamps each
+# $\hat x_0$ to $[-1, 1]$, which is `diffusers`' `thresholding=True` with `sample_max_value=1.0`. One difference:
+# its own `set_timesteps` spaces `"linspace"` and `"leading"` differently from DDIM's (it drops $t = 0$); we use
+# `timesteps_for` for every sampler, and the tests hand `diffusers` the same timesteps.
+
+
+# %%
+#| export
+def _alpha_sigma_lambda(scheduler: LinearBetaScheduler, t: int) -> tuple[float, float, float]:
+    """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
+    if t < 0:
+        return 1.0, 0.0, math.inf
+    alpha_bar = _alpha_bar(scheduler, t)
+    alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    return alpha, sigma, math.log(alpha) - math.log(sigma)
+
+
+def dpm_solver_pp_update(
+    scheduler: LinearBetaScheduler,
+    t: int,
+    t_prev: int,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    previous: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    r"""One DPM-Solver++ step from ``t`` to ``t_prev`` given the data prediction ``x0`` = x̂_0(x_t, t).
+
+    ``previous`` = (t', x̂_0 at t'), the prediction of the step before: second order (2M); ``None``: first
+    order (= DDIM with η = 0). The jump to the clean end (t_prev = −1) is first order and returns ``x0``.
+    """
+    t, t_prev = _check_pair(scheduler, t, t_prev)
+    if t_prev < 0:
+        return x0
+    _, sigma_t, lambda_t = _alpha_sigma_lambda(scheduler, t)
+    alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(scheduler, t_prev)
+    h = lambda_s - lambda_t
+    d = x0
+    if previous is not None:
+        t_before, x0_before = previous
+        r = (
+            lambda_t - _alpha_sigma_lambda(scheduler, _check_int(t_before, "previous t", t + 1, 10**9))[2]
+        ) / h
+        d = x0 + (0.5 / r) * (x0 - x0_before)
+    return (sigma_s / sigma_t) * x_t - (alpha_s * math.expm1(-h)) * d
+
+
+@torch.no_grad()
+def dpm_solver_pp_sample(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    x_T: torch.Tensor,
+    num_steps: int = 20,
+    spacing: str = "trailing",
+    clip: bool = False,
+    progress: bool = False,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) from ``x_T`` over ``num_steps`` timesteps: deterministic, ``num_steps`` network calls."""
+    _check_sample(x_T, "x_T")
+    timesteps = _schedule_for(scheduler, num_steps, spacing)
+    previous: list[tuple[int, torch.Tensor]] = []
+
+    def step(t, t_prev, x):
+        x0 = predict_x0(scheduler, t, _epsilon(model, x, t), x, clip)
+        x = dpm_solver_pp_update(scheduler, t, t_prev, x, x0, previous[-1] if previous else None)
+        previous[:] = [(t, x0)]
+        return x
+
+    return _run_chain(step, model, scheduler, x_T, timesteps, "DPM-Solver++(2M)", progress, on_step)
+
+
+# %% [markdown]
+# The first-order update and deterministic DDIM agree, and the second-order correction is small where
+# consecutive predictions agree:
+
+# %%
+eps = model(x_t, torch.full((4,), 500))
+x0_500 = predict_x0(scheduler, 500, eps, x_t)
+first_order = dpm_solver_pp_update(scheduler, 500, 450, x_t, x0_500)
+assert torch.allclose(first_order, ddim_step(scheduler, 500, 450, eps, x_t), atol=1e-5)
+second_order = dpm_solver_pp_update(scheduler, 500, 450, x_t, x0_500, previous=(550, x0_500))
+assert torch.allclose(first_order, second_order)  # equal predictions: nothing to extrapolate
+print("first-order DPM-Solver++ == DDIM (eta = 0)")
+
+# %% [markdown]
+# ## 6. One entry point
+#
+# `fast_generate` is the counterpart of chapter 06's `generate_samples`: `n` samples in batches, batch $i$
+# seeded with `seed + i` (so the same `seed` gives every sampler the same starting noise), optionally with
+# bfloat16 autocast for the network, returned on the CPU in $[-1, 1]$. Its methods: `"ddim"`, `"dpmpp"`, and
+# `"ddpm"` / `"clip"` — chapter 05's two samplers on a respaced chain (with `num_steps=1000` they are
+# `sample()` and `sample_clip()`).
+
+# %%
+#| export
+#: fast_generate's methods: DDIM, DPM-Solver++(2M), and chapter 05's two samplers on a respaced chain
+FAST_SAMPLERS = ("ddim", "dpmpp", "ddpm", "clip")
+
+
+def fast_sample(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    x_T: torch.Tensor,
+    method: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "trailing",
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run ``method`` (one of :data:`FAST_SAMPLERS`) from ``x_T``; ``eta`` applies to ``"ddim"`` only."""
+    _check_choice(method, "method", FAST_SAMPLERS)
+    if method != "ddim" and _check_eta(eta) != 0.0:
+        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
+    if method == "ddim":
+        return ddim_sample(model, scheduler, x_T, num_steps, eta, spacing, clip, generator, progress, on_step)
+    if method == "dpmpp":
+        return dpm_solver_pp_sample(model, scheduler, x_T, num_steps, spacing, clip, progress, on_step)
+    return respaced_ddpm_sample(
+        model, scheduler, x_T, num_steps, spacing, clip or method == "clip", generator, progress, on_step
+    )
+
+
+def fast_generate(
+    model: nn.Module,
+    scheduler: LinearBetaScheduler,
+    n: int,
+    method: str = "ddim",
+    num_steps: int = 50,
+    seed: int = 0,
+    eta: float = 0.0,
+    bf16: bool = False,
+    batch_size: int = 256,
+    spacing: str = "trailing",
+    clip: bool = False,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+    progress: bool = False,
+) -> torch.Tensor:
+    """``n`` samples (n, C, H, W) in [−1, 1], on the CPU, from ``num_steps`` network calls each.
+
+    Batch ``i`` starts from noise seeded by ``seed + i`` (as ``ddpm_lib.metrics.generate_samples``);
+    ``bf16`` runs the network under bfloat16 autocast (the chain itself stays float32).
+    """
+    _check_int(n, "n", 1, 10**9)
+    _check_int(batch_size, "batch_size", 1, 10**9)
+    _check_int(seed, "seed", 0, 2**63 - 1)
+    _check_choice(method, "method", FAST_SAMPLERS)
+    _check_int(num_steps, "num_steps", 1, scheduler.num_timesteps)
+    _check_choice(spacing, "spacing", SPACINGS)
+    if method != "ddim" and _check_eta(eta) != 0.0:
+        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
+    device = next(model.parameters()).device
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        generator = torch.Generator(device=device).manual_seed(seed + i)
+        x_T = torch.randn((min(batch_size, n - start), *image_shape), generator=generator, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            x = fast_sample(model, scheduler, x_T, method, num_steps, eta, spacing, clip, generator, progress)
+        out.append(x.float().clamp(-1.0, 1.0).cpu())
+    return torch.cat(out)
+
+
+# %% [markdown]
+# ## 7. Side by side: 10, 20 and 50 steps
+#
+# The same starting noise for every panel. Rows: chapter 05's `sample()` and `sample_clip()` on the respaced
+# chain, DDIM ($\eta = 0$) and DPM-Solver++(2M); columns: 10, 20 and 50 network calls. All with trailing spacing.
+
+# %%
+grid_steps = (10, 20, 50)
+methods = {
+    "DDPM sample()": "ddpm",
+    "sample_clip()": "clip",
+    "DDIM": "ddim",
+    "DPM-Solver++(2M)": "dpmpp",
+}
+n_grid = PROFILE.grid_samples
+grids = {
+    (label, steps): fast_generate(model, scheduler, n_grid, method, steps, seed=0, bf16=True)
+    for label, method in methods.items()
+    for steps in grid_steps
+}
+fig, axes = plt.subplots(len(methods), len(grid_steps), figsize=(2.4 * len(grid_steps), 2.4 * len(methods)))
+for row, label in enumerate(methods):
+    for column, steps in enumerate(grid_steps):
+        axes[row, column].imshow(np.asarray(grid_image(grids[label, steps])), cmap="gray", vmin=0, vmax=255)
+        axes[row, column].set_xticks([])
+        axes[row, column].set_yticks([])
+        axes[0, column].set_title(f"{steps} NFE", fontsize=9)
+    axes[row, 0].set_ylabel(label, fontsize=8)
+fig.tight_layout()
+save_figure(fig, "07_samplers_by_steps")
+plt.show()
+
+
+# %% [markdown]
+# Two ODE solvers started from the same noise should approach the same digits as their steps shrink. The
+# distances below (mean absolute pixel difference to each sampler's own 50-step result) say how far a
+# short run is from that limit, and how close DDIM and DPM-Solver++ come to each other at 50 steps.
+
+
+# %%
+def distance(a, b):
+    return (a - b).abs().mean().item()
+
+
+to_50 = {
+    (label, steps): distance(grids[label, steps], grids[label, 50])
+    for label in ("DDIM", "DPM-Solver++(2M)")
+    for steps in (10, 20)
+}
+between = distance(grids["DDIM", 50], grids["DPM-Solver++(2M)", 50])
+for (label, steps), value in to_50.items():
+    print(f"{label:>18}, {steps} steps: mean |x - x_50 steps| = {value:.3f}")
+print(f"DDIM vs DPM-Solver++ at 50 steps: {between:.3f}")
+assert to_50["DPM-Solver++(2M)", 10] < to_50["DDIM", 10]  # second order: closer to its limit at 10 steps
+assert between < to_50["DDIM", 10]  # the two solvers approach the same ODE solution
+for images in grids.values():
+    assert images.shape == (n_grid, 1, 28, 28) and images.abs().max() <= 1
+
+# %% [markdown]
+# ## 8. Quality against the number of network evaluations
+#
+# Now the question that matters: how many network calls does each sampler need to be as good as 1000-step
+# DDPM? For every sampler and every NFE budget we draw the same number of samples (same seeds) and measure
+# the Fréchet distance of chapter 06 against the held-out digits, with its 95% bootstrap interval. The
+# real-vs-real **floor** at the same $n$ is the best any sampler could score. The 1000-NFE points of DDPM and
+# `sample_clip()` are chapter 05's samplers themselves (`generate_samples`); fewer NFE run them on a
+# respaced chain.
+#
+# Cost: about one millisecond per image per network call on two CPU cores (bfloat16 autocast). The full
+# profile skips nothing; the CI profile draws a handful of images at a few budgets, enough to run every line —
+# its numbers mean nothing.
+
+# %%
+n_nfe, nfe_budgets = PROFILE.nfe_samples, list(PROFILE.nfe_steps)
+heldout_images = load_mnist("heldout", verbose=False).tensors[0]
+samples, seconds = {}, {}
+for label, method in methods.items():
+    for nfe in nfe_budgets:
+        start = time.perf_counter()
+        if nfe == T and method in ("ddpm", "clip"):
+            images = generate_samples(model, scheduler, n_nfe, method, seed=1, bf16=True)
+        else:
+            images = fast_generate(model, scheduler, n_nfe, method, nfe, seed=1, bf16=True)
+        samples[f"{label} @ {nfe}"] = images
+        seconds[label, nfe] = time.perf_counter() - start
+# the spacing question of section 2, at 10 steps (the rows above use trailing spacing)
+for label, method in (("DDPM sample()", "ddpm"), ("DDIM", "ddim")):
+    for spacing in ("leading", "linspace"):
+        samples[f"{label} {spacing} @ 10"] = fast_generate(
+            model, scheduler, n_nfe, method, 10, seed=1, bf16=True, spacing=spacing
+        )
+# between deterministic DDIM (eta = 0) and DDPM on the respaced chain (eta = 1), at 20 steps
+for eta in (0.25, 0.5, 0.75):
+    samples[f"DDIM eta={eta} @ 20"] = fast_generate(
+        model, scheduler, n_nfe, "ddim", 20, seed=1, eta=eta, bf16=True
+    )
+samples["real digits (floor)"] = baseline_images(n_nfe, seed=1)["real digits (floor)"]
+results = evaluate_images(classifier, samples, heldout_images, PROFILE.bootstrap)
+print(
+    f"{n_nfe} samples per row; reference: {len(heldout_images)} held-out digits; {PROFILE.bootstrap} bootstrap draws"
+)
+print(format_table(results))
+total = sum(seconds.values())
+print(
+    f"sampling took {total:.0f} s: {1000 * total / (n_nfe * len(methods) * sum(nfe_budgets)):.2f} ms per image per NFE"
+)
+
+# %%
+floor = results["real digits (floor)"]
+fig, ax = plt.subplots(figsize=(7, 4.2))
+for label in methods:
+    rows = [results[f"{label} @ {nfe}"] for nfe in nfe_budgets]
+    values = np.array([r["frechet_distance"] for r in rows])
+    low = values - np.array([r["interval"]["frechet_distance"][0] for r in rows])
+    high = np.array([r["interval"]["frechet_distance"][1] for r in rows]) - values
+    ax.errorbar(
+        nfe_budgets,
+        values,
+        yerr=[np.maximum(low, 0), np.maximum(high, 0)],
+        marker="o",
+        capsize=3,
+        label=label,
+    )
+ax.axhline(floor["frechet_distance"], color="black", ls="--", lw=1, label="real vs real (floor)")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xticks(nfe_budgets, [str(n) for n in nfe_budgets])
+ax.set_xlabel("network evaluations per sample (NFE)")
+ax.set_ylabel("Fréchet distance to held-out digits")
+ax.set_title(f"{n_nfe} samples per point, 95% bootstrap intervals", fontsize=9)
+ax.legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, "07_nfe_quality")
+plt.show()
+
+# %% [markdown]
+# The target of this chapter: at 20 network evaluations, is one of the fast samplers within 25% of
+# 1000-step DDPM's distance? (Only measured when the profile includes the 1000-step runs.)
+
+# %%
+fd = {name: r["frechet_distance"] for name, r in results.items()}
+assert all(np.isfinite(v) and v >= 0 for v in fd.values())
+assert len(fd) == len(methods) * len(nfe_budgets) + 8
+twenty = [name for name in fd if name.endswith(" @ 20")]
+best_20 = min(twenty, key=fd.get)  # the best of every sampler run with 20 network calls
+if T in nfe_budgets:
+    reference = fd[f"DDPM sample() @ {T}"]
+    ratio = fd[best_20] / reference
+    print(f"1000-step DDPM: {reference:.3f}; best at 20 NFE: {best_20}: {fd[best_20]:.3f} = {ratio:.2f}x")
+    print(f"within 25%: {ratio <= 1.25}; floor {fd['real digits (floor)']:.3f}")
+    if n_nfe >= 64:  # with a handful of samples the distances are noise: claim only what enough samples show
+        assert ratio <= 1.25
+else:
+    print(f"not measured in the {PROFILE.name} profile (no 1000-step runs); best at 20 NFE: {best_20}")
+if n_nfe >= 64:  # the stochastic sampler beats both ODE solvers at 20 steps (section 8's explanation)
+    assert fd["DDPM sample() @ 20"] < min(fd["DDIM @ 20"], fd["DPM-Solver++(2M) @ 20"])
+
+# %% [markdown]
+# **Reading the plot.** The stochastic samplers (DDPM and `sample_clip()` on a respaced chain, i.e. DDIM with
+# $\eta = 1$) barely change between 10 and 1000 network calls; the deterministic ones (DDIM and DPM-Solver++
+# with $\eta = 0$) improve with more steps, DPM-Solver++ much faster, and then level off — on our model, above
+# the stochastic samplers. The table above has the numbers behind every point.
+#
+# ### Why do the ODE solvers lose on our model?
+#
+# Both families use the same network; they differ in what they do with its errors. At $t = T-1$ the ideal
+# $\hat x_0$ is close to the average digit. Ours is far noisier, because $\hat x_0$ divides the network's
+# residual by $\sqrt{\bar\alpha_{T-1}} \approx 0.0064$: predicting the noise to within 2% — a fine regression
+# result — still leaves an error of about 3 in every pixel of $\hat x_0$.
+
+# %%
+x_T = torch.randn((n_grid, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+x0_first = predict_x0(scheduler, T - 1, model(x_T, torch.full((n_grid,), T - 1)), x_T)
+mean_digit = heldout_images.mean(0)
+print(
+    f"x0_hat at t = T-1: pixel std {x0_first.std():.2f}; the average held-out digit: {mean_digit.std():.2f}"
+)
+print(
+    f"relative error of the noise prediction implied: {x0_first.std() * scheduler.alpha_bars[-1].sqrt():.3f}"
+)
+assert x0_first.std() > 2 * heldout_images.std() > 2 * mean_digit.std()
+
+# %% [markdown]
+# A stochastic sampler replaces part of $x_t$ with fresh noise at every step, so an early error is diluted and
+# later steps, where the network is accurate, can correct it. The deterministic solvers follow the learned ODE
+# *exactly*: the trajectory from $x_T$ is fixed by the network's field, errors included, and more steps only
+# make the solver follow it more faithfully — which is why DDIM and DPM-Solver++ level off at the same
+# distance, and DPM-Solver++ (second order) gets there in fewer steps. Karras et al. (2022, "Elucidating the
+# design space of diffusion-based generative models", §4) make the same observation: stochastic sampling helps
+# most when the network is imperfect, and a well-trained network favours deterministic solvers. A longer
+# training run (chapter 04) is the remedy; with the shipped weights, sample with noise.
+#
+# ## 9. From the command line
+#
+# ```bash
+# python -m ddpm_lib sample --sampler ddim --steps 50 --out ddim.png            # deterministic DDIM
+# python -m ddpm_lib sample --sampler ddim --steps 50 --eta 1 --out ddim_eta1.png
+# python -m ddpm_lib sample --sampler dpmpp --steps 20 --out dpmpp.png
+# python -m ddpm_lib evaluate --sampler dpmpp --steps 20 --n 500                   # chapter 06's metrics
+# ```
+#
+# `--sampler ddpm` / `clip` without `--steps` run chapter 05's 1000-step samplers; with `--steps` they run on
+# a respaced chain.
+#
+# ## Summary
+#
+# - The network only learned the marginals $q(x_t \mid x_0)$, so any reverse process with those marginals can
+#   use it. DDIM writes $x_s = \sqrt{\bar\alpha_s}\,\hat x_0 + \sqrt{1-\bar\alpha_s-\sigma^2}\,\hat\varepsilon + \sigma z$;
+#   $\eta = 1$ is DDPM on the shorter chain, $\eta = 0$ a deterministic ODE solver.
+# - Spacing matters: leading spacing never visits $t = T-1$, so its first step sees pure noise labelled as a
+#   slightly noisy digit; trailing (and linspace) start at $T-1$.
+# - Skipping steps in DDPM needs the per-jump $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$, not the single-step $\beta_t$.
+# - DPM-Solver++(2M) solves the same ODE in $\lambda = \log(\alpha/\sigma)$, exactly in its linear part and to
+#   second order in $\hat x_0$, reusing the previous prediction: same cost per step as DDIM, closer to the
+#   ODE's solution at 10–20 steps.
+# - All of it matches `diffusers`' `DDIMScheduler`, `DDPMScheduler` and `DPMSolverMultistepScheduler` to
+#   $10^{-4}$ on the same timesteps (`tests/test_fast_sampling.py`).
+#
+# ## Exercises
+#
+# :::{exercise} 7.1 · ★☆☆ · Leading spacing by hand
+# :nonumber:
+#
+# Write `leading_steps(T, n)` returning the leading timesteps as a plain Python list, largest first,
+# without `timesteps_for` or numpy. What is the largest timestep for $T = 1000$ and $n = 3$, and what is
+# $\sqrt{\bar\alpha}$ there?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def leading_steps(T: int, n: int) -> list[int]:
+    ### BEGIN SOLUTION
+    return [k * (T // n) for k in range(n - 1, -1, -1)]
+    ### END SOLUTION
+
+
+# %%
+# Check 7.1
+for n in (1, 3, 10, 50, 64, 1000):
+    assert leading_steps(1000, n) == timesteps_for(1000, n, "leading").tolist(), n
+print(
+    f"n = 3: largest timestep {leading_steps(1000, 3)[0]}, sqrt(alpha_bar) = {scheduler.alpha_bars[666].sqrt():.3f}"
+)
+### BEGIN HIDDEN TESTS
+assert leading_steps(7, 2) == [3, 0]
+### END HIDDEN TESTS
+print("Exercise 7.1 passed")
+
+# %% [markdown]
+# :::{exercise} 7.2 · ★★☆ · First-order DPM-Solver++ is DDIM
+# :nonumber:
+#
+# Write `dpm_solver_1(scheduler, t, s, x_t, x0_hat)`: the first-order update
+# $x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s (e^{-h} - 1)\,\hat x_0$ with $h = \lambda_s - \lambda_t$, from the
+# schedule's `alpha_bars` (not from `dpm_solver_pp_update`). Then show on paper that it equals the DDIM step with
+# $\eta = 0$. Hint: $e^{-h} = \frac{\sigma_s\,\alpha_t}{\alpha_s\,\sigma_t}$.
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    alpha_t, sigma_t = scheduler.alpha_bars[t].sqrt(), (1 - scheduler.alpha_bars[t]).sqrt()
+    alpha_s, sigma_s = scheduler.alpha_bars[s].sqrt(), (1 - scheduler.alpha_bars[s]).sqrt()
+    h = torch.log(alpha_s / sigma_s) - torch.log(alpha_t / sigma_t)
+    return sigma_s / sigma_t * x_t - alpha_s * (torch.exp(-h) - 1) * x0_hat
+    ### END SOLUTION
+
+
+# %%
+# Check 7.2
+x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(5))
+for t, s in ((999, 899), (500, 480), (40, 0)):
+    eps = model(x_t, torch.full((2,), t))
+    x0_hat = predict_x0(scheduler, t, eps, x_t)
+    assert torch.allclose(
+        dpm_solver_1(scheduler, t, s, x_t, x0_hat), ddim_step(scheduler, t, s, eps, x_t), atol=1e-4
+    )
+### BEGIN HIDDEN TESTS
+assert torch.allclose(
+    dpm_solver_1(scheduler, 300, 100, x_t, x_t),
+    dpm_solver_pp_update(scheduler, 300, 100, x_t, x_t),
+    atol=1e-5,
+)
+### END HIDDEN TESTS
+print("Exercise 7.2 passed")
+
+# %% [markdown]
+# :::{exercise} 7.3 · ★★☆ · Walking between two noises
+# :nonumber:
+#
+# Deterministic DDIM turns each $x_T$ into one digit, so a path between two noise images becomes a path between
+# two digits. A straight line between two Gaussian samples passes through images of too small a norm (the
+# midpoint of two independent $\mathcal N(0, I)$ draws has variance $\tfrac12$), which the network never saw
+# at $t = T-1$. Write `slerp(a, b, w)`, the spherical interpolation per image,
+#
+# $$ \operatorname{slerp}(a, b, w) = \frac{\sin((1-w)\,\theta)}{\sin\theta}\,a + \frac{\sin(w\,\theta)}{\sin\theta}\,b,
+#    \qquad \cos\theta = \frac{\langle a, b\rangle}{\lVert a\rVert\,\lVert b\rVert}, $$
+#
+# for batches `a`, `b` of shape (B, 1, 28, 28) and a float `w` in $[0, 1]$. Then decode
+# `torch.stack([slerp(a, b, w)[0] for w in torch.linspace(0, 1, 8)])` with `ddim_sample` (10 steps) and look.
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    a_flat, b_flat = a.flatten(1), b.flatten(1)
+    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1)).reshape(-1, *([1] * (a.dim() - 1)))
+    return (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / torch.sin(theta)
+    ### END SOLUTION
+
+
+# %%
+# Check 7.3
+generator = torch.Generator().manual_seed(6)
+a, b = torch.randn((3, 1, 28, 28), generator=generator), torch.randn((3, 1, 28, 28), generator=generator)
+assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+middle = slerp(a, b, 0.5)
+assert ((middle.flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)) - 1).abs().max() < 0.1  # norm kept
+assert ((a + b) / 2).flatten(1).norm(dim=1).mean() < 0.8 * a.flatten(1).norm(
+    dim=1
+).mean()  # the straight line's isn't
+### BEGIN HIDDEN TESTS
+assert torch.allclose(slerp(a, b, 0.25).flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=0.1)
+### END HIDDEN TESTS
+print("Exercise 7.3 passed")

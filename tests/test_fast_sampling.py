@@ -1,0 +1,420 @@
+"""ddpm_lib.fast_sampling against diffusers' DDIMScheduler, DDPMScheduler and DPMSolverMultistepScheduler."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lib.fast_sampling import (
+    ddim_sample,
+    ddim_step,
+    dpm_solver_pp_sample,
+    dpm_solver_pp_update,
+    fast_generate,
+    predict_x0,
+    respaced_ddpm_sample,
+    respaced_ddpm_step,
+    timesteps_for,
+)
+from ddpm_lib.sampling import sample_loop
+from ddpm_lib.schedule import LinearBetaScheduler
+
+diffusers = pytest.importorskip("diffusers")
+
+T = 1000
+
+
+class StandIn(nn.Module):
+    """A fixed, deterministic 'noise predictor': a smooth function of x and t, no weights to learn."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        scale = (t.to(x.dtype) / 1000.0).reshape(-1, *([1] * (x.dim() - 1)))
+        return 0.9 * torch.tanh(x) * (0.5 + scale) + 0.05 * torch.sin(3 * x) + self.anchor
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return LinearBetaScheduler(T, 1e-4, 0.02)
+
+
+def their_ddim(spacing, clip):
+    return diffusers.DDIMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
+        set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon", timestep_spacing=spacing,
+    )  # fmt: skip
+
+
+def their_dpm(clip):
+    return diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
+        algorithm_type="dpmsolver++", prediction_type="epsilon", thresholding=clip, sample_max_value=1.0,
+    )  # fmt: skip
+
+
+def x_like(seed, shape=(3, 1, 6, 6), scale=1.0):
+    return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- timesteps
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timesteps_match_diffusers_ddim_for_every_n(spacing):
+    theirs = their_ddim(spacing, False)
+    for n in range(1, T + 1):
+        ours = timesteps_for(T, n, spacing)
+        theirs.set_timesteps(n)
+        assert ours.dtype == torch.int64 and len(ours) == n
+        if spacing == "trailing" and len(theirs.timesteps) == n + 1:
+            # diffusers' np.arange(T, 0, -T/n) overshoots for some n and appends the invalid timestep -1
+            assert theirs.timesteps[-1] == -1 and torch.equal(ours, theirs.timesteps[:n]), n
+        else:
+            assert torch.equal(ours, theirs.timesteps), (spacing, n)
+
+
+def test_trailing_starts_at_the_last_timestep_and_leading_never_does():
+    for n in (2, 3, 10, 50, 999):
+        assert timesteps_for(T, n, "trailing")[0] == T - 1
+        assert timesteps_for(T, n, "linspace")[0] == T - 1
+        assert timesteps_for(T, n, "leading")[0] <= T - T / n
+    assert timesteps_for(T, 10, "leading").tolist() == list(range(900, -1, -100))
+    assert timesteps_for(T, 10, "trailing").tolist() == list(range(999, 0, -100))
+    for spacing in ("leading", "trailing", "linspace"):
+        assert timesteps_for(T, T, spacing).tolist() == list(range(T - 1, -1, -1))
+
+
+def test_trailing_matches_diffusers_dpm_solver_spacing():
+    """DPMSolverMultistepScheduler's trailing rule is DDIM's; its linspace / leading drop t = 0, so the
+    tests below hand it explicit timesteps."""
+    theirs = diffusers.DPMSolverMultistepScheduler.from_config(
+        their_dpm(False).config, timestep_spacing="trailing"
+    )
+    for n in (5, 10, 20, 50, 64):
+        theirs.set_timesteps(n)
+        assert timesteps_for(T, n, "trailing").tolist() == theirs.timesteps.tolist()
+
+
+# ---------------------------------------------------------------- DDIM
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("clip", [False, True], ids=["noclip", "clip"])
+@pytest.mark.parametrize("spacing, n", [("leading", 10), ("trailing", 20), ("linspace", 7), ("trailing", 30)])
+def test_ddim_step_matches_diffusers(scheduler, eta, clip, spacing, n):
+    """Step by step at diffusers' own timesteps and its own previous timestep t - T // n."""
+    model = StandIn()
+    theirs = their_ddim(spacing, clip)
+    theirs.set_timesteps(n)
+    for i, t in enumerate(theirs.timesteps.tolist()):
+        x_t = x_like(i, scale=1.5)
+        eps = model(x_t, torch.full((3,), t))
+        expected = theirs.step(eps, t, x_t, eta=eta, generator=torch.Generator().manual_seed(9)).prev_sample
+        t_prev = max(t - T // n, -1)
+        got = ddim_step(scheduler, t, t_prev, model, x_t, eta, clip, torch.Generator().manual_seed(9))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            ddim_step(scheduler, t, t_prev, eps, x_t, eta, clip, torch.Generator().manual_seed(9)), got
+        )
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("clip", [False, True], ids=["noclip", "clip"])
+@pytest.mark.parametrize("spacing, n", [("trailing", 10), ("trailing", 50), ("leading", 20)])
+def test_ddim_full_loop_matches_diffusers(scheduler, eta, clip, spacing, n):
+    """Full loops where diffusers' previous timestep t - T // n is the next entry of the list."""
+    model = StandIn()
+    theirs = their_ddim(spacing, clip)
+    theirs.set_timesteps(n)
+    assert theirs.timesteps.tolist() == timesteps_for(T, n, spacing).tolist()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 1, 8, 8), generator=generator)
+    with torch.no_grad():
+        for t in theirs.timesteps.tolist():
+            x = theirs.step(model(x, torch.full((2,), t)), t, x, eta=eta, generator=generator).prev_sample
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn((2, 1, 8, 8), generator=generator)
+    ours = ddim_sample(model, scheduler, x_T, n, eta, spacing, clip, generator)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_eta_one_over_all_steps_is_chapter_05s_sample(scheduler):
+    model = StandIn()
+    generator = torch.Generator().manual_seed(1)
+    reference = sample_loop(
+        scheduler, model, torch.randn((2, 1, 5, 5), generator=generator), "ddpm", generator
+    )
+    generator = torch.Generator().manual_seed(1)
+    ours = ddim_sample(
+        model, scheduler, torch.randn((2, 1, 5, 5), generator=generator), T, 1.0, generator=generator
+    )
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_eta_zero_is_deterministic_and_draws_no_noise(scheduler):
+    model = StandIn()
+    x_T = x_like(2)
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    a = ddim_sample(model, scheduler, x_T, 10, 0.0, generator=generator)
+    assert torch.equal(generator.get_state(), state)
+    assert torch.equal(a, ddim_sample(model, scheduler, x_T, 10))
+    assert not torch.equal(ddim_sample(model, scheduler, x_T, 10, 1.0, generator=generator), a)
+
+
+def test_last_jump_to_the_clean_end_returns_x0_hat_and_draws_nothing(scheduler):
+    model = StandIn()
+    x_t = x_like(4, scale=2.0)
+    eps = model(x_t, torch.full((3,), 19))
+    generator = torch.Generator().manual_seed(2)
+    state = generator.get_state()
+    for clip in (False, True):
+        x0 = predict_x0(scheduler, 19, eps, x_t, clip)
+        torch.testing.assert_close(ddim_step(scheduler, 19, -1, model, x_t, 1.0, clip, generator), x0)
+        torch.testing.assert_close(respaced_ddpm_step(scheduler, 19, -1, model, x_t, clip, generator), x0)
+        torch.testing.assert_close(dpm_solver_pp_update(scheduler, 19, -1, x_t, x0, (39, x0 + 1)), x0)
+    assert torch.equal(generator.get_state(), state)
+
+
+# ---------------------------------------------------------------- DDPM on a respaced chain
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["ddpm", "clip"])
+@pytest.mark.parametrize("spacing, n", [("trailing", 10), ("linspace", 25), ("leading", 40)])
+def test_respaced_ddpm_matches_diffusers_ddpm_scheduler(scheduler, clip, spacing, n):
+    model = StandIn()
+    theirs = diffusers.DDPMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
+        variance_type="fixed_small", prediction_type="epsilon",
+    )  # fmt: skip
+    timesteps = timesteps_for(T, n, spacing).tolist()
+    theirs.set_timesteps(timesteps=timesteps)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 1, 8, 8), generator=generator)
+    with torch.no_grad():
+        for t in timesteps:
+            x = theirs.step(model(x, torch.full((2,), t)), t, x, generator=generator).prev_sample
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn((2, 1, 8, 8), generator=generator)
+    ours = respaced_ddpm_sample(model, scheduler, x_T, n, spacing, clip, generator)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "clip"])
+def test_respaced_ddpm_over_all_steps_is_chapter_05s_sampler(scheduler, sampler):
+    model = StandIn()
+    generator = torch.Generator().manual_seed(2)
+    reference = sample_loop(
+        scheduler, model, torch.randn((2, 1, 5, 5), generator=generator), sampler, generator
+    )
+    generator = torch.Generator().manual_seed(2)
+    x_T = torch.randn((2, 1, 5, 5), generator=generator)
+    ours = respaced_ddpm_sample(model, scheduler, x_T, T, clip=sampler == "clip", generator=generator)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_respaced_ddpm_equals_ddim_eta_one_without_clipping(scheduler):
+    model = StandIn()
+    x_t = x_like(5)
+    a = respaced_ddpm_step(scheduler, 700, 350, model, x_t, generator=torch.Generator().manual_seed(1))
+    b = ddim_step(scheduler, 700, 350, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- DPM-Solver++(2M)
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["noclip", "clip"])
+@pytest.mark.parametrize("spacing, n", [("trailing", 20), ("trailing", 10), ("linspace", 15), ("leading", 7),
+                                        ("trailing", 3), ("trailing", 2), ("trailing", 1)])  # fmt: skip
+def test_dpm_solver_matches_diffusers_step_by_step(scheduler, clip, spacing, n):
+    model = StandIn()
+    timesteps = timesteps_for(T, n, spacing).tolist()
+    theirs = their_dpm(clip)
+    theirs.set_timesteps(timesteps=timesteps)
+    assert theirs.timesteps.tolist() == timesteps and theirs.sigmas[-1] == 0
+    x_T = x_like(7, (2, 1, 8, 8))
+    their_states, x = [], x_T.clone()
+    with torch.no_grad():
+        for t in timesteps:
+            their_states.append(x)
+            x = theirs.step(model(x, torch.full((2,), t)), t, x).prev_sample
+    our_states = []
+    ours = dpm_solver_pp_sample(
+        model, scheduler, x_T, n, spacing, clip, on_step=lambda t, x: our_states.append(x)
+    )
+    for i, (a, b) in enumerate(zip(our_states, their_states, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"step {i}: {m}")
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_dpm_solver_with_diffusers_own_trailing_timesteps(scheduler):
+    model = StandIn()
+    theirs = diffusers.DPMSolverMultistepScheduler.from_config(
+        their_dpm(False).config, timestep_spacing="trailing"
+    )
+    theirs.set_timesteps(25)
+    x = x_like(8, (2, 1, 8, 8))
+    ours = dpm_solver_pp_sample(model, scheduler, x, 25)
+    with torch.no_grad():
+        for t in theirs.timesteps.tolist():
+            x = theirs.step(model(x, torch.full((2,), t)), t, x).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_first_order_dpm_solver_is_ddim(scheduler):
+    model = StandIn()
+    x_t = x_like(9)
+    for t, s in ((999, 949), (500, 100), (30, 0)):
+        eps = model(x_t, torch.full((3,), t))
+        x0 = predict_x0(scheduler, t, eps, x_t)
+        torch.testing.assert_close(
+            dpm_solver_pp_update(scheduler, t, s, x_t, x0), ddim_step(scheduler, t, s, eps, x_t)
+        )
+
+
+# ---------------------------------------------------------------- fast_generate
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpmpp", "ddpm", "clip"])
+def test_fast_generate_is_seeded_batched_and_in_range(scheduler, method):
+    model = StandIn()
+    a = fast_generate(model, scheduler, 5, method, 4, seed=1, batch_size=2)
+    assert a.shape == (5, 1, 28, 28) and a.device.type == "cpu" and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, fast_generate(model, scheduler, 5, method, 4, seed=1, batch_size=2))
+    assert not torch.equal(a, fast_generate(model, scheduler, 5, method, 4, seed=2, batch_size=2))
+    # batch i starts from the noise seeded by seed + i, as metrics.generate_samples does
+    assert torch.equal(a[2:4], fast_generate(model, scheduler, 2, method, 4, seed=2, batch_size=2))
+    assert fast_generate(model, scheduler, 2, method, 3, bf16=True).dtype == torch.float32
+
+
+def test_every_method_starts_from_the_same_noise(scheduler):
+    model = StandIn()
+    one_step = {m: fast_generate(model, scheduler, 3, m, 1, seed=4) for m in ("ddim", "dpmpp", "ddpm")}
+    torch.testing.assert_close(one_step["ddim"], one_step["dpmpp"])
+    torch.testing.assert_close(one_step["ddim"], one_step["ddpm"])
+
+
+def test_fast_generate_over_all_steps_matches_generate_samples(scheduler):
+    from ddpm_lib.metrics import generate_samples
+
+    model = StandIn()
+    ours = fast_generate(model, scheduler, 3, "clip", T, seed=5)
+    reference = generate_samples(model, scheduler, 3, "clip", seed=5, bf16=False)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda s, m: timesteps_for(T, 10, "middle"),
+            "spacing must be one of 'leading', 'trailing', 'linspace'",
+        ),
+        (lambda s, m: timesteps_for(T, 0), r"num_steps must lie in 1\.\.1000"),
+        (lambda s, m: timesteps_for(T, 1001), r"num_steps must lie in 1\.\.1000"),
+        (lambda s, m: timesteps_for(T, 10.0), "num_steps must be an integer"),
+        (lambda s, m: timesteps_for(0, 1), "num_train_timesteps"),
+        (lambda s, m: ddim_step(s, 500, 400, m, x_like(0), eta=1.5), r"eta must be a number in \[0, 1\]"),
+        (lambda s, m: ddim_step(s, 500, 400, m, x_like(0), eta=-0.1), "eta"),
+        (lambda s, m: ddim_step(s, 500, 500, m, x_like(0)), r"t_prev must lie in -1\.\.499"),
+        (lambda s, m: ddim_step(s, 1000, 10, m, x_like(0)), r"t must lie in 0\.\.999"),
+        (lambda s, m: ddim_step(s, 0, 0, m, x_like(0)), r"t_prev must lie in -1\.\.-1"),
+        (lambda s, m: ddim_step(s, 5, 1, torch.zeros(2, 1, 6, 6), x_like(0)), "noise prediction must have"),
+        (lambda s, m: ddim_step(s, 5, 1, m, [1.0, 2.0]), "x_t must be a floating-point tensor"),
+        (lambda s, m: respaced_ddpm_step(s, 5, 7, m, x_like(0)), "t_prev"),
+        (lambda s, m: ddim_sample(m, s, torch.zeros(2, 1, 4, 4, dtype=torch.long)), "x_T must be"),
+        (lambda s, m: dpm_solver_pp_sample(m, s, x_like(0), 0), "num_steps"),
+        (
+            lambda s, m: dpm_solver_pp_update(s, 500, 400, x_like(0), x_like(1), (300, x_like(1))),
+            "previous t",
+        ),
+        (
+            lambda s, m: fast_generate(m, s, 2, "euler"),
+            "method must be one of 'ddim', 'dpmpp', 'ddpm', 'clip'",
+        ),
+        (lambda s, m: fast_generate(m, s, 2, "dpmpp", eta=0.5), "eta applies only to method 'ddim'"),
+        (lambda s, m: fast_generate(m, s, 0), r"n must lie in 1\.\."),
+        (lambda s, m: fast_generate(m, s, 2, num_steps=0), "num_steps"),
+        (lambda s, m: fast_generate(m, s, 2, spacing="even"), "spacing"),
+        (lambda s, m: fast_generate(m, s, 2, batch_size=0), "batch_size"),
+    ],
+)
+def test_bad_input_names_the_argument(scheduler, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(scheduler, StandIn())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_sample_with_fast_samplers(tmp_path, capsys):
+    from ddpm_lib.cli import main
+
+    for sampler, extra in (("ddim", ["--eta", "0.5"]), ("dpmpp", []), ("clip", [])):
+        out, tensors = tmp_path / f"{sampler}.png", tmp_path / f"{sampler}.pt"
+        argv = ["sample", "--sampler", sampler, "--steps", "5", "--n", "4", "--out", str(out), "--tensors"]
+        assert main([*argv, str(tensors), "--no-progress", "--device", "cpu", *extra]) == 0, sampler
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        images = torch.load(tensors, weights_only=True)
+        assert images.shape == (4, 1, 28, 28) and images.abs().max() <= 1
+        assert "5 steps" in capsys.readouterr().out
+
+
+def test_cli_evaluate_with_a_fast_sampler(tmp_path, capsys):
+    from ddpm_lib.cli import main
+
+    report = tmp_path / "eval.json"
+    argv = [
+        "evaluate",
+        "--sampler",
+        "dpmpp",
+        "--steps",
+        "4",
+        "--n",
+        "6",
+        "--bootstrap",
+        "0",
+        "--json",
+        str(report),
+    ]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "DPM-Solver++(2M), 4 steps" in out
+    import json
+
+    saved = json.loads(report.read_text())
+    assert saved["sampler"] == "dpmpp" and saved["steps"] == 4 and saved["n"] == 6
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["sample", "--sampler", "euler"], "invalid choice"),
+        (["sample", "--sampler", "ddim", "--steps", "0"], "a positive integer"),
+        (["sample", "--sampler", "ddim", "--steps", "1001"], "--steps must lie in 1..1000"),
+        (["sample", "--sampler", "ddim", "--eta", "2"], "a number in [0, 1]"),
+        (["sample", "--sampler", "dpmpp", "--eta", "0.5"], "--eta applies only to --sampler ddim"),
+        (
+            ["sample", "--sampler", "clip", "--eta", "1", "--steps", "10"],
+            "--eta applies only to --sampler ddim",
+        ),
+        (["evaluate", "--sampler", "dpmpp", "--eta", "1"], "--eta applies only to --sampler ddim"),
+        (["evaluate", "--sampler", "ddim", "--steps", "5000"], "--steps must lie in 1..1000"),
+    ],
+)
+def test_cli_bad_fast_sampler_arguments_exit_2_with_one_line(args, fragment):
+    result = subprocess.run(
+        [sys.executable, "-m", "ddpm_lib", *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert fragment in lines[-1] and "Traceback" not in result.stderr
