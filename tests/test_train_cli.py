@@ -159,7 +159,7 @@ def test_console_script():
         (["train", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
         (["sample", "--checkpoint", "/nonexistent.pt"], "no checkpoint"),
         (["sample", "--n", "0"], "positive integer"),
-        (["sample", "--sampler", "ddim"], "invalid choice"),
+        (["sample", "--sampler", "euler"], "invalid choice"),
         (["--mode", "fly"], "invalid choice"),
     ],
 )
