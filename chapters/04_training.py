@@ -85,22 +85,41 @@ from ddpm_lib.schedule import LinearBetaScheduler
 
 # %%
 #| export
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
 def ddpm_loss(
     model: nn.Module,
     scheduler: LinearBetaScheduler,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+    part: slice | None = None,
 ) -> torch.Tensor:
     r"""The simplified DDPM objective (Ho et al. 2020, eq. 14) on one batch.
 
-    L = mean over the batch of ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² / (C·H·W),
+    L = mean over the batch of w_t ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² / (C·H·W),
     with t ~ U{0, …, T−1} and ε ~ N(0, I) drawn per image from ``generator`` (on x0's device).
-    ``x0`` is (B, C, H, W) in [-1, 1]. Returns a float32 scalar.
+    ``x0`` is (B, C, H, W) in [-1, 1]. ``weighting="uniform"``: w_t = 1 (DDPM); ``"min_snr"``:
+    w_t = min(SNR_t, γ) / SNR_t (Hang et al. 2023; section 8). ``part`` computes the loss on a slice of
+    the batch only, after drawing t and ε for all of it (data-parallel training, chapter 12, gives each
+    process one slice). Returns a float32 scalar.
     """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
+    if not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
     t = torch.randint(0, scheduler.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    if part is not None:
+        x0, t, noise = x0[part], t[part], noise[part]
     x_t = q_sample(scheduler, x0, t, noise)
-    return F.mse_loss(model(x_t, t).float(), noise.float())
+    if weighting == "uniform":
+        return F.mse_loss(model(x_t, t).float(), noise.float())
+    per_image = (model(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)
+    snr = scheduler.snr.to(x0.device)[t]
+    return (per_image * snr.clamp(max=min_snr_gamma) / snr).mean()
 
 
 # %% [markdown]
@@ -163,17 +182,20 @@ def train_step(
     generator: torch.Generator | None = None,
     grad_clip: float | None = 1.0,
     bf16: bool = False,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
-    ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32).
+    ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
+    ``weighting`` and ``min_snr_gamma`` are passed to :func:`ddpm_loss`.
     Raises :class:`NonFiniteLossError` *before* touching the weights if the loss is not finite.
     Returns the loss, the gradient norm before clipping and the learning rate used.
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = ddpm_loss(model, scheduler, x0, generator)
+        loss = ddpm_loss(model, scheduler, x0, generator, weighting, min_snr_gamma)
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -363,6 +385,8 @@ def train(
     start_step: int = 0,
     grad_clip: float | None = 1.0,
     bf16: bool = False,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
@@ -377,7 +401,9 @@ def train(
         if step >= steps or (should_stop is not None and should_stop()):
             break
         try:
-            stats = train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, grad_clip, bf16)
+            stats = train_step(
+                model, optimizer, lr_scheduler, scheduler, x0, generator, grad_clip, bf16, weighting, min_snr_gamma
+            )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
                 f"{error} at step {step + 1}; the weights of step {step} are kept"

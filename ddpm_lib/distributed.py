@@ -35,12 +35,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import q_sample
 from .schedule import LinearBetaScheduler
-from .training import EMA, NonFiniteLossError, batch_stream
+from .training import EMA, NonFiniteLossError, batch_stream, ddpm_loss
 
 #: environment variables every launcher of the torchrun family sets in each process
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -163,18 +161,17 @@ def sharded_loss(
     generator: torch.Generator | None,
     rank: int,
     world_size: int,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> torch.Tensor:
     """:func:`ddpm_lib.training.ddpm_loss` of the global batch ``x0``, on this rank's shard only.
 
-    Timesteps and noise are drawn for all of ``x0`` (same calls, same order as ``ddpm_loss``), then
-    sliced: the mean over the shards of these losses is ``ddpm_loss(model, scheduler, x0, generator)``
-    with an identically seeded generator.
+    ``ddpm_loss`` draws timesteps and noise for all of ``x0`` (same calls, same order as one process),
+    then keeps this rank's slice: the mean over the shards of these losses is
+    ``ddpm_loss(model, scheduler, x0, generator)`` with an identically seeded generator.
     """
-    t = torch.randint(0, scheduler.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     part = shard(x0.shape[0], rank, world_size)
-    x_t = q_sample(scheduler, x0[part], t[part], noise[part])
-    return F.mse_loss(model(x_t, t[part]).float(), noise[part].float())
+    return ddpm_loss(model, scheduler, x0, generator, weighting, min_snr_gamma, part=part)
 
 
 def data_parallel_step(
@@ -187,6 +184,8 @@ def data_parallel_step(
     dist: Distributed,
     grad_clip: float | None = 1.0,
     bf16: bool = False,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> dict[str, float]:
     """:func:`ddpm_lib.training.train_step` for a ``DistributedDataParallel`` model and the global batch ``x0``.
 
@@ -197,7 +196,9 @@ def data_parallel_step(
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = sharded_loss(model, scheduler, x0, generator, dist.rank, dist.world_size)
+        loss = sharded_loss(
+            model, scheduler, x0, generator, dist.rank, dist.world_size, weighting, min_snr_gamma
+        )
     mean_loss = dist.mean(loss)
     if not torch.isfinite(mean_loss):
         raise NonFiniteLossError(f"loss is {mean_loss.item()}")
@@ -227,6 +228,8 @@ def train_data_parallel(
     start_step: int = 0,
     grad_clip: float | None = 1.0,
     bf16: bool = False,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
@@ -245,8 +248,9 @@ def train_data_parallel(
             break
         try:
             stats = data_parallel_step(
-                model, optimizer, lr_scheduler, scheduler, x0, generator, dist, grad_clip, bf16
-            )
+                model, optimizer, lr_scheduler, scheduler, x0, generator, dist, grad_clip, bf16,
+                weighting, min_snr_gamma,
+            )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
                 f"{error} at step {step + 1}; the weights of step {step} are kept"

@@ -58,6 +58,26 @@ LR_REFERENCE_BATCH = 128
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
+#: Named recipes for ``python -m ddpm_lib train --preset NAME`` (options given explicitly override them).
+#: ``quick``: the CPU time-to-digits recipe of chapter 04, section 8 (measured in
+#: ``benchmarks/time_to_digits.py``): bfloat16 autocast, smaller batches and a higher LR for more updates
+#: per CPU-second, min-SNR-γ loss weighting, a short EMA, and DDIM grids.
+PRESETS = {
+    "quick": {
+        "steps": 1500,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "pct_start": 0.1,
+        "ema_decay": 0.995,
+        "bf16": True,
+        "loss_weighting": "min_snr",
+        "sampler": "ddim",
+        "sampler_steps": 50,
+        "eval_every": 500,
+    },
+}
+
+
 @dataclass
 class TrainConfig:
     """Every option of a training run. Saved as ``config.json`` and inside each checkpoint."""
@@ -72,12 +92,15 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     bf16: bool = False
+    loss_weighting: str = "uniform"  #: "uniform" (DDPM) or "min_snr" (chapter 04, section 8)
+    min_snr_gamma: float = 5.0
     device: str = "auto"
     data_root: str | None = None
     download: bool = False
     eval_every: int = 500
     n_samples: int = 16
-    sampler: str = "clip"
+    sampler: str = "clip"  #: for the sample grids: clip / ddpm (1000 steps) or ddim / dpmpp (chapter 07)
+    sampler_steps: int = 50  #: network evaluations per sample of the ddim / dpmpp grid samplers
     checkpoint_every: int = 100
     wandb: bool = False
     wandb_project: str = "ddpm-from-scratch"
@@ -92,6 +115,7 @@ class TrainConfig:
     per_process_batch_size: int | None = None
     backend: str | None = None
     effective_lr: float | None = None
+    preset: str | None = None  #: the --preset the run started from, if any (its values are in the fields)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -311,14 +335,24 @@ def _train(
 
     def evaluate() -> None:
         path = out / "samples" / f"step_{run.step:06d}.png"
-        save_image(
-            run.ema.model,
-            run.scheduler,
-            path,
-            size=config.n_samples,
-            sampler=config.sampler,
-            seed=config.seed,
-        )
+        if config.sampler in ("ddim", "dpmpp"):
+            from .fast_sampling import fast_generate
+            from .sampling import grid_image
+
+            samples = fast_generate(
+                run.ema.model, run.scheduler, config.n_samples, config.sampler, config.sampler_steps,
+                seed=config.seed, bf16=config.bf16,
+            )  # fmt: skip
+            grid_image(samples).save(path)
+        else:
+            save_image(
+                run.ema.model,
+                run.scheduler,
+                path,
+                size=config.n_samples,
+                sampler=config.sampler,
+                seed=config.seed,
+            )
         plot_loss_curve(metrics_path, out / "loss_curve.png")
         if wandb_run is not None:
             import wandb
@@ -357,13 +391,15 @@ def _train(
                     model, run.optimizer, run.lr_scheduler, run.scheduler, images, dist=dist,
                     steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
                     ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip,
-                    bf16=config.bf16, on_step=on_step, should_stop=stop,
+                    bf16=config.bf16, weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
+                    on_step=on_step, should_stop=stop,
                 )  # fmt: skip
             else:
                 train(
                     run.model, run.optimizer, run.lr_scheduler, run.scheduler, images,
                     steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
                     ema=run.ema, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
+                    weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
                     on_step=on_step, should_stop=stop,
                 )  # fmt: skip
             stopped_by = stop.signal_name

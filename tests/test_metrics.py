@@ -1,0 +1,297 @@
+"""Chapter 06's metrics (ddpm_lib.metrics), the shipped evaluation classifier and `python -m ddpm_lib evaluate`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lib.checkpoint import CheckpointError
+from ddpm_lib.cli import main
+from ddpm_lib.data import load_mnist
+from ddpm_lib.metrics import (
+    MnistClassifier,
+    accuracy,
+    augment,
+    baseline_images,
+    check_images,
+    class_statistics,
+    classify,
+    compare,
+    evaluate_images,
+    features_distance,
+    format_table,
+    frechet_distance,
+    gaussian_fit,
+    generate_samples,
+)
+from ddpm_lib.pretrained import load_classifier, load_pretrained, provenance, save_classifier, snapshot_paths
+from ddpm_lib.runner import load_model
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()[0]
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return load_mnist("heldout", verbose=False).tensors
+
+
+# --- Fréchet distance -------------------------------------------------------------------------------
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = np.random.default_rng(0).normal(size=(300, 16))
+    assert features_distance(features, features) < 1e-8
+
+
+def test_frechet_distance_is_symmetric():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200, 8)), rng.normal(loc=0.5, scale=2.0, size=(150, 8))
+    assert features_distance(a, b) == pytest.approx(features_distance(b, a), rel=1e-9)
+
+
+def test_frechet_distance_matches_the_closed_form_for_two_gaussians():
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(5.0, abs=1e-12)
+    # N(0, I) vs N(mu, 4 I) in d dimensions: |mu|^2 + d (1 + 4 - 2*2)
+    d, mu = 6, np.arange(6.0)
+    assert frechet_distance(np.zeros(d), np.eye(d), mu, 4 * np.eye(d)) == pytest.approx(mu @ mu + d)
+    # a full covariance, against the formula with an eigendecomposition (the matrices commute)
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(4, 4)))
+    s1, s2 = q @ np.diag([1.0, 2, 3, 4]) @ q.T, q @ np.diag([4.0, 1, 9, 1]) @ q.T
+    expected = np.sum((np.sqrt([1.0, 2, 3, 4]) - np.sqrt([4.0, 1, 9, 1])) ** 2)
+    assert frechet_distance(np.zeros(4), s1, np.zeros(4), s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_survives_singular_covariances():
+    few = np.random.default_rng(3).normal(size=(5, 32))  # covariance of rank 4 in 32 dimensions
+    value = features_distance(few, np.random.default_rng(4).normal(size=(5, 32)))
+    assert np.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)),
+        (np.zeros(3), np.eye(2), np.zeros(3), np.eye(3)),
+        (np.zeros((3, 1)), np.eye(3), np.zeros(3), np.eye(3)),
+    ],
+)
+def test_frechet_distance_rejects_mismatched_shapes(args):
+    with pytest.raises(ValueError, match="means of shape"):
+        frechet_distance(*args)
+
+
+def test_gaussian_fit_rejects_a_single_sample():
+    with pytest.raises(ValueError, match="N >= 2"):
+        gaussian_fit(np.zeros((1, 4)))
+
+
+# --- class statistics ----------------------------------------------------------------------------------
+
+
+def test_class_statistics_extremes():
+    uniform_onehot = np.eye(10)[np.arange(100) % 10]
+    stats = class_statistics(uniform_onehot)
+    assert stats["confident_share"] == 1.0 and stats["classes_present"] == 10
+    assert stats["class_entropy_bits"] == pytest.approx(np.log2(10))
+    assert stats["inception_score"] == pytest.approx(10.0)
+    assert stats["max_class_ratio"] == pytest.approx(1.0) and stats["min_class_ratio"] == pytest.approx(1.0)
+    collapsed = class_statistics(np.eye(10)[np.zeros(50, dtype=int)])
+    assert collapsed["classes_present"] == 1 and collapsed["class_entropy_bits"] == 0.0
+    assert collapsed["inception_score"] == pytest.approx(1.0)
+    unsure = class_statistics(np.full((20, 10), 0.1))
+    assert unsure["confident_share"] == 0.0 and unsure["inception_score"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("probs", [np.ones((4, 9)) / 9, np.ones((4, 10)), np.ones(10) / 10])
+def test_class_statistics_rejects_non_probabilities(probs):
+    with pytest.raises(ValueError, match="probs must be"):
+        class_statistics(probs)
+
+
+# --- input checks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "images, error, match",
+    [
+        (np.zeros((4, 1, 28, 28)), TypeError, "torch.Tensor"),
+        (torch.zeros(4, 28, 28), ValueError, r"shape \(N, 1, 28, 28\)"),
+        (torch.zeros(4, 3, 28, 28), ValueError, r"shape \(N, 1, 28, 28\)"),
+        (torch.zeros(1, 1, 28, 28), ValueError, "N >= 2"),
+        (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), TypeError, "float tensor"),
+        (torch.full((4, 1, 28, 28), float("nan")), ValueError, "NaN"),
+        (torch.rand(4, 1, 28, 28) * 255, ValueError, r"\[-1, 1\]"),
+    ],
+)
+def test_metrics_reject_images_of_the_wrong_shape_or_range(images, error, match, classifier):
+    with pytest.raises(error, match=match):
+        check_images(images)
+    with pytest.raises(error, match=match):
+        classify(classifier, images)
+
+
+def test_images_in_zero_one_pass_the_range_check_but_are_named_in_the_error_for_0_255():
+    check_images(torch.rand(3, 1, 28, 28))  # [0, 1] lies inside [-1, 1]: the range check can't see it
+    with pytest.raises(ValueError, match="reference"):
+        check_images(torch.rand(3, 1, 28, 28) * 255, "reference")
+
+
+# --- the classifier -------------------------------------------------------------------------------------
+
+
+def test_shipped_classifier_is_above_the_bar_on_held_out_digits(classifier, heldout):
+    images, labels = heldout
+    assert accuracy(classifier, images, labels) >= 0.98
+    record = load_classifier()[1]
+    assert record["heldout_accuracy"] >= 0.98 and "train-classifier" in record["command"]
+
+
+def test_classifier_features_and_probabilities(classifier, heldout):
+    features, probs = classify(classifier, heldout[0][:7])
+    assert features.shape == (7, 128) and probs.shape == (7, 10)
+    assert features.dtype == np.float64 and np.allclose(probs.sum(1), 1)
+
+
+def test_augment_keeps_shape_range_and_background():
+    images = load_mnist("heldout", verbose=False).tensors[0][:8]
+    out = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    assert out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5
+    assert (out[:, :, 0, :] < -0.99).float().mean() > 0.9  # the border stays background
+    again = augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_classifier_round_trip_and_bad_files(tmp_path, classifier):
+    path = save_classifier(classifier, tmp_path / "c.pt", {"summary": "test"})
+    loaded, record = load_classifier(path)
+    x = torch.zeros(2, 1, 28, 28)
+    assert torch.equal(loaded(x), classifier(x)) and record == {"summary": "test"}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_classifier(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_classifier(tmp_path / "missing.pt")
+
+
+# --- comparisons, baselines, bootstrap --------------------------------------------------------------------
+
+
+def test_baselines_order_floor_below_blur_below_noise(classifier, heldout):
+    results = evaluate_images(classifier, baseline_images(100), heldout[0], n_bootstrap=10)
+    floor, blur, noise = (results[k]["frechet_distance"] for k in results)
+    assert floor < blur < noise
+    assert results["real digits (floor)"]["classes_present"] == 10
+    table = format_table(results)
+    assert "real digits (floor)" in table and "uniform noise" in table
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible(classifier, heldout):
+    reference, _ = classify(classifier, heldout[0])
+    images = classify(classifier, baseline_images(64, seed=3)["real digits (floor)"])
+    a = compare(images, reference, n_bootstrap=50, seed=0)
+    b = compare(images, reference, n_bootstrap=50, seed=0)
+    assert a == b
+    low, high = a["interval"]["confident_share"]
+    assert low <= a["confident_share"] <= high
+    assert a["n"] == 64 and a["reference_n"] == 500 and a["n_bootstrap"] == 50
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        compare(images, reference, n_bootstrap=-1)
+
+
+def test_baseline_images_reject_bad_n():
+    with pytest.raises(ValueError, match="n must be between 2 and 4500"):
+        baseline_images(1)
+
+
+# --- sampling for evaluation, snapshots --------------------------------------------------------------------
+
+
+def test_generate_samples_batches_with_their_own_seeds():
+    model, scheduler, _ = load_pretrained()
+    tiny = type(scheduler)(num_timesteps=3)
+    a = generate_samples(model, tiny, 3, "clip", seed=5, bf16=False, batch_size=2)
+    b = generate_samples(model, tiny, 3, "clip", seed=5, bf16=False, batch_size=2)
+    assert a.shape == (3, 1, 28, 28) and torch.equal(a, b) and a.abs().max() <= 1
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        generate_samples(model, tiny, 0)
+
+
+def test_snapshots_along_the_shipped_run_load_and_end_with_the_shipped_model():
+    paths = snapshot_paths()
+    steps = [step for step, _ in paths]
+    assert steps == sorted(steps) and len(steps) >= 3
+    assert steps[-1] == provenance()["steps"]
+    first, _, _ = load_model(paths[0][1])
+    last, _, _ = load_model(paths[-1][1])
+    x, t = torch.zeros(2, 1, 28, 28), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert not torch.allclose(first(x, t), last(x, t))
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def test_evaluate_a_saved_tensor(tmp_path, capsys):
+    samples = load_mnist("train", verbose=False).tensors[0][:40]
+    torch.save(samples, tmp_path / "s.pt")
+    out = tmp_path / "eval.json"
+    assert (
+        main(["evaluate", "--samples", str(tmp_path / "s.pt"), "--bootstrap", "5", "--json", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "real digits (floor)" in printed and "bar (>= 90% of samples confident" in printed
+    report = json.loads(out.read_text())
+    assert report["n"] == 40 and set(report["results"]) == {
+        "samples",
+        "real digits (floor)",
+        "blurred digits",
+        "uniform noise",
+    }
+    assert report["results"]["samples"]["confident_share"] > 0.9
+
+
+def test_evaluate_samples_the_shipped_model(tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--n", "2", "--bootstrap", "2", "--no-progress", "--json", str(out)]) == 0
+    assert "sample_clip()" in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"]["sample_clip()"]["n"] == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--n", "1"], "expected an integer >= 2"),
+        (["evaluate", "--sampler", "euler"], "invalid choice"),
+        (["evaluate", "--samples", "missing.pt"], "--samples: no file"),
+        (["evaluate", "--checkpoint", "missing.pt"], "no checkpoint at missing.pt"),
+    ],
+)
+def test_evaluate_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_evaluate_rejects_a_tensor_in_0_255(tmp_path, capsys):
+    torch.save(torch.rand(5, 1, 28, 28) * 255, tmp_path / "bad.pt")
+    assert main(["evaluate", "--samples", str(tmp_path / "bad.pt")]) == 2
+    assert "--samples must lie in [-1, 1]" in capsys.readouterr().err
+
+
+def test_train_classifier_writes_weights_and_provenance(tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    assert main(["train-classifier", "--epochs", "1", "--out", str(out)]) == 0
+    loaded, record = load_classifier(out)
+    assert isinstance(loaded, MnistClassifier)
+    assert record["epochs"] == 1 and 0.5 < record["heldout_accuracy"] <= 1
+    assert "held-out accuracy" in capsys.readouterr().out
