@@ -213,12 +213,15 @@ assert 784 * kl_to_standard_normal(short) > 100
 #
 # The reference implementation packs these tables into `LinearBetaScheduler` with three getters,
 # `get_variance(t)` ($\beta_t$), `get_alpha(t)` ($\alpha_t$) and `get_bar_alpha(t)` ($\bar\alpha_t$).
-# We keep its names and add what the later chapters need. Cells that start with `#| export` are
-# copied into the package by `python tools/promote.py`; this chapter is their only source.
+# We keep its names and add what the later chapters need, in two classes: `NoiseSchedule` derives every
+# table from a sequence of $\beta$ (chapter 08 builds the cosine schedule on it, and every sampler works
+# with either), and `LinearBetaScheduler` makes $\beta$ the reference's way. Cells that start with
+# `#| export` are copied into the package by `python tools/promote.py`; this chapter is their only source.
 
 # %%
 #| default_exp schedule
 #| export
+import math  # chapter 08's cosine schedule
 import numbers
 
 import torch
@@ -226,12 +229,14 @@ import torch
 
 # %%
 #| export
-class LinearBetaScheduler:
-    r"""The linear noise schedule of DDPM (Ho et al., 2020).
+class NoiseSchedule:
+    r"""Every table the course derives from a sequence of noise variances β_0..β_{T−1}.
 
-    For t = 0..T-1 (``T = num_timesteps``), all float32 tensors of length T on the CPU:
+    ``betas`` (float32, length T, values in (0, 1]) is used exactly as given; ``betas64``, the same
+    sequence in float64 (default: ``betas`` cast up), feeds the tables that divide by 1 − ᾱ_t. All
+    tables are float32 tensors of length T on the CPU, index t = 0..T−1:
 
-    - ``betas``: β_t = linspace(β_start, β_end, T)[t], the noise variance added by step t;
+    - ``betas``: β_t, the noise variance added by step t;
     - ``alphas``: α_t = 1 − β_t;
     - ``alpha_bars``: ᾱ_t = ∏_{s ≤ t} α_s, the share of signal power left after step t;
     - ``alpha_bars_prev``: ᾱ_{t−1}, with ᾱ_{−1} = 1 (never wraps around to ᾱ_{T−1});
@@ -240,33 +245,28 @@ class LinearBetaScheduler:
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
 
-    β, α and ᾱ are computed in float32 as in the reference and diffusers; the posterior tables and
-    the SNR, which divide by 1 − ᾱ_t, in float64 (then stored as float32).
+    Subclasses only choose β: :class:`LinearBetaScheduler` here, the cosine schedule in chapter 08.
+    Every sampler reads these tables, so it works with any schedule.
     """
 
-    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, numbers.Integral):
-            raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}")
-        if num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-            if not 0.0 < float(value) < 1.0:
-                raise ValueError(f"{name} must lie in the open interval (0, 1), got {value}")
-        if beta_start > beta_end:
-            raise ValueError(f"beta_start ({beta_start}) must not exceed beta_end ({beta_end})")
-        self.num_timesteps = int(num_timesteps)
-        self.beta_start = float(beta_start)
-        self.beta_end = float(beta_end)
+    def __init__(self, betas: torch.Tensor, betas64: torch.Tensor | None = None):
+        if not isinstance(betas, torch.Tensor) or betas.dim() != 1 or len(betas) < 1:
+            raise ValueError(f"betas must be a 1-D tensor with at least one entry, got {betas!r}")
+        if not betas.is_floating_point() or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be floating-point values in (0, 1]")
+        betas64 = betas.double() if betas64 is None else betas64.double()
+        if betas64.shape != betas.shape:
+            raise ValueError(
+                f"betas64 must have the shape of betas {tuple(betas.shape)}, got {tuple(betas64.shape)}"
+            )
+        self.num_timesteps = len(betas)
 
         # beta, alpha, alpha_bar in float32, exactly as the reference and diffusers compute them
-        self.betas = torch.linspace(self.beta_start, self.beta_end, self.num_timesteps, dtype=torch.float32)
+        self.betas = betas.float().clone()
         self.alphas = 1.0 - self.betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
         self.alpha_bars_prev = torch.cat([torch.ones(1), self.alpha_bars[:-1]])
         # 1 - alpha_bar loses most digits in float32 near t = 0: derive these from the float64 schedule
-        betas64 = torch.linspace(self.beta_start, self.beta_end, self.num_timesteps, dtype=torch.float64)
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
@@ -276,14 +276,11 @@ class LinearBetaScheduler:
         ).float()
         self.snr = (alpha_bars64 / (1.0 - alpha_bars64)).float()
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_timesteps={self.num_timesteps})"
+
     def __len__(self) -> int:
         return self.num_timesteps
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_timesteps={self.num_timesteps}, "
-            f"beta_start={self.beta_start}, beta_end={self.beta_end})"
-        )
 
     def check_timesteps(self, t) -> torch.Tensor:
         """Return ``t`` as an int64 tensor after checking it holds integers in 0..T-1."""
@@ -325,6 +322,47 @@ class LinearBetaScheduler:
     def get_posterior_variance(self, t) -> torch.Tensor:
         """β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t for every entry of ``t``."""
         return self._lookup(self.posterior_variances, t)
+
+
+# %% [markdown]
+# The base class holds everything that follows from $\beta$; the reference's `LinearBetaScheduler`
+# only has to say how $\beta$ is made.
+
+
+# %%
+#| export
+class LinearBetaScheduler(NoiseSchedule):
+    r"""The linear noise schedule of DDPM (Ho et al., 2020): β_t = linspace(β_start, β_end, T)[t].
+
+    The tables of :class:`NoiseSchedule`; β, α and ᾱ are computed in float32 as in the reference and
+    diffusers; the posterior tables and the SNR, which divide by 1 − ᾱ_t, in float64 (stored as float32).
+    """
+
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, numbers.Integral):
+            raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}")
+        if num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+            if not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must lie in the open interval (0, 1), got {value}")
+        if beta_start > beta_end:
+            raise ValueError(f"beta_start ({beta_start}) must not exceed beta_end ({beta_end})")
+        self.beta_start = float(beta_start)
+        self.beta_end = float(beta_end)
+        steps = int(num_timesteps)
+        super().__init__(
+            torch.linspace(self.beta_start, self.beta_end, steps, dtype=torch.float32),
+            torch.linspace(self.beta_start, self.beta_end, steps, dtype=torch.float64),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_timesteps={self.num_timesteps}, "
+            f"beta_start={self.beta_start}, beta_end={self.beta_end})"
+        )
 
 
 # %% [markdown]

@@ -88,7 +88,7 @@ plt.show()
 #| export
 import torch
 
-from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.schedule import NoiseSchedule
 
 
 # %%
@@ -118,7 +118,7 @@ def _check_batch(x: torch.Tensor, t, noise: torch.Tensor, x_name: str) -> torch.
 
 # %%
 #| export
-def q_step(scheduler: LinearBetaScheduler, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""One forward step, x_t = √α_t · x_{t−1} + √β_t · ε  (DDPM eq. 2).
 
     ``x_prev`` is (B, ...); ``t`` an integer timestep or a (B,) tensor of them; ``noise`` ~ N(0, I)
@@ -194,7 +194,7 @@ assert mean_error < 1e-12 and variance_error < 1e-12
 
 # %%
 #| export
-def q_sample(scheduler: LinearBetaScheduler, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""Sample x_t ~ q(x_t | x_0) in one go:  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε  (DDPM eq. 4).
 
     ``x0`` is (B, ...) in model space; ``t`` an integer timestep or a (B,) tensor of them on any
@@ -386,9 +386,7 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
-def predict_x0(
-    scheduler: LinearBetaScheduler, x_t: torch.Tensor, t: int, noise: torch.Tensor
-) -> torch.Tensor:
+def predict_x0(scheduler: NoiseSchedule, x_t: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     alpha_bar = scheduler.alpha_bars[t]
     return (x_t - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
@@ -424,7 +422,7 @@ def buggy_variance(alpha_bars: torch.Tensor, data_variance: float = 1.0) -> torc
     ### END SOLUTION
 
 
-def worst_timestep(scheduler: LinearBetaScheduler) -> int:
+def worst_timestep(scheduler: NoiseSchedule) -> int:
     ### BEGIN SOLUTION
     return int(buggy_variance(scheduler.alpha_bars.double()).argmin())
     ### END SOLUTION
@@ -453,7 +451,7 @@ print("Exercise 2.2 passed")
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def q_sample_from(
-    scheduler: LinearBetaScheduler, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor
+    scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor
 ) -> torch.Tensor:
     ### BEGIN SOLUTION
     ratio = scheduler.alpha_bars[t].double() / scheduler.alpha_bars[s].double()

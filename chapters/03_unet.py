@@ -34,6 +34,7 @@
 #   alternative, and assemble encoder, bottleneck and decoder blocks with skip connections;
 # - read a network's shapes and parameter counts level by level (28×28 → 14×14 → 7×7 and back);
 # - explain, with a measurement, why BatchNorm is a trap in a denoiser and what GroupNorm costs;
+# - condition the network on a class label the way it is conditioned on time;
 # - use `ddpm_lib.unet.Unet`, the class this chapter promotes into the course package.
 
 # %%
@@ -565,7 +566,10 @@ class Unet(nn.Module):
     - ``time_embedding``: ``"sinusoidal"`` (sinusoids + MLP) or ``"learned"`` (``nn.Embedding(T, E)``);
     - ``norm``: ``"group"`` (GroupNorm) or ``"batch"`` (BatchNorm);
     - ``unit``: ``"dense"`` (one dense 3×3 conv, residual) or ``"shuffle"`` (ShuffleNet v2);
-    - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck.
+    - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck;
+    - ``num_classes``: ``None`` (unconditional) or the number of classes K of a class-conditional model
+      (section 12): ``forward(x, t, y)`` then adds a learned label embedding to the time embedding, with
+      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 09).
 
     ``self.config`` holds every argument, so ``Unet(**model.config)`` builds an identical network.
     """
@@ -584,6 +588,7 @@ class Unet(nn.Module):
         unit: str = "dense",
         units_per_block: int = 1,
         mid_units: int = 1,
+        num_classes: int | None = None,
     ):
         super().__init__()
         for name, value in [
@@ -611,6 +616,8 @@ class Unet(nn.Module):
         _check_choice("time_embedding", time_embedding, TIME_EMBEDDINGS)
         _check_choice("norm", norm, NORMS)
         _check_choice("unit", unit, tuple(UNITS))
+        if num_classes is not None:
+            _check_int("num_classes", num_classes)
 
         self.config = dict(
             timesteps=int(timesteps),
@@ -624,6 +631,7 @@ class Unet(nn.Module):
             unit=unit,
             units_per_block=int(units_per_block),
             mid_units=int(mid_units),
+            num_classes=None if num_classes is None else int(num_classes),
         )
         dims = [base_dim] + [base_dim * m for m in dim_mults]
         widths = list(itertools.pairwise(dims))  # (C_in, C_out) of each level
@@ -643,6 +651,8 @@ class Unet(nn.Module):
         )
         self.mid_block = unit_stack(unit, dims[-1], dims[-1] // 2, mid_units, norm)
         self.final_conv = nn.Conv2d(base_dim // 2, out_channels, kernel_size=1)
+        if num_classes is not None:  # row num_classes: the "no label" (null) token
+            self.label_embedding = nn.Embedding(num_classes + 1, embedding_dim)
 
     def check_input(self, x: torch.Tensor, t) -> torch.Tensor:
         """Check ``x`` (B, C_in, H, W) and ``t`` (int, 0-d or (B,) integer tensor); return t as int64 (B,)."""
@@ -686,9 +696,34 @@ class Unet(nn.Module):
             )
         return t.to(device=x.device, dtype=torch.long)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def check_labels(self, y, t: torch.Tensor) -> torch.Tensor:
+        """Check the labels ``y`` of a class-conditional model ((B,) integers in −1..K−1; −1 or ``None``: no label).
+
+        Returns the rows of ``label_embedding`` to read, (B,) int64: the label, or K for "no label".
+        """
+        num_classes = self.config["num_classes"]
+        if y is None:
+            return torch.full_like(t, num_classes)
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"y must be an integer tensor of class labels, got {y!r}")
+        if y.shape != t.shape:
+            raise ValueError(
+                f"y must have shape {tuple(t.shape)} (one label per image), got {tuple(y.shape)}"
+            )
+        if y.numel() and (y.min() < -1 or y.max() >= num_classes):
+            raise ValueError(
+                f"y must lie in 0..{num_classes - 1}, or be -1 for no label; got {int(y.min())}..{int(y.max())}"
+            )
+        y = y.to(device=t.device, dtype=torch.long)
+        return torch.where(y < 0, torch.full_like(y, num_classes), y)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         t = self.check_input(x, t)
         e = self.time_embedding(t)
+        if self.config["num_classes"] is not None:
+            e = e + self.label_embedding(self.check_labels(y, t))
+        elif y is not None:
+            raise ValueError("y: this U-Net is unconditional (num_classes=None); build it with num_classes=K")
         x = self.init_conv(x)
         skips = []
         for block in self.encoder_blocks:
@@ -1099,6 +1134,77 @@ print(
 # Without bfloat16 the default still trains 3.0× faster but samples only 1.9× faster: on a CPU without
 # native bfloat16 support the sampling margin is thin.
 #
+# ## 12. Conditioning on a label
+#
+# Time is not the only thing a denoiser can be told. A *class-conditional* model $\varepsilon_\theta(x_t, t, y)$
+# also gets the digit's label $y$, and the label enters exactly as time does: a learned embedding, one row
+# per class, **added to the time embedding**, so every `TimeMLP` sees both. One extra row stands for "no
+# label" ($y = -1$, or `y=None`). A model trained with its labels sometimes replaced by that row learns the
+# unconditional $\varepsilon_\theta(x_t, t)$ too; chapter 09 combines the two (classifier-free guidance), and
+# chapter 04 shows that the label alone makes a short CPU run give much better digits.
+#
+# `Unet(num_classes=10)` adds $(10 + 1) \times 64$ numbers to the network:
+
+# %%
+torch.manual_seed(0)
+conditional = Unet(num_classes=10)
+extra = count_parameters(conditional) - count_parameters(Unet())
+print(f"label embedding: {tuple(conditional.label_embedding.weight.shape)}, {extra} extra parameters")
+assert extra == 11 * 64
+x, t = torch.randn(4, 1, 28, 28), torch.full((4,), 500)
+with torch.no_grad():
+    threes, sevens = conditional(x, t, torch.full((4,), 3)), conditional(x, t, torch.full((4,), 7))
+    unlabelled = conditional(x, t)
+    assert torch.equal(unlabelled, conditional(x, t, torch.full((4,), -1)))  # None means "no label"
+print(f"mean |ε(y=3) − ε(y=7)| before training: {(threes - sevens).abs().mean():.4f}")
+assert not torch.allclose(threes, sevens)
+
+# %% [markdown]
+# Labels are checked like timesteps, and an unconditional U-Net refuses them rather than ignoring them:
+
+# %%
+for bad in (torch.full((4,), 10), torch.full((3,), 1), torch.full((4,), 1.0)):
+    try:
+        conditional(x, t, bad)
+    except ValueError as error:
+        print(f"y={bad.tolist()}: {error}")
+    else:
+        raise AssertionError(f"y={bad} was accepted")
+try:
+    Unet()(x, t, torch.zeros(4, dtype=torch.long))
+except ValueError as error:
+    print(f"unconditional U-Net: {error}")
+else:
+    raise AssertionError("an unconditional U-Net accepted labels")
+
+# %% [markdown]
+# Every sampler of chapters 05 and 07 calls `model(x_t, t)`. To sample digits of chosen classes, we fix the
+# labels once and hand the samplers a model that takes only $(x_t, t)$:
+
+
+# %%
+#| export
+class Conditioned(nn.Module):
+    """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
+
+    ``labels`` (B,): one class per image of the batch the sampler sends (−1: no label). Any sampler that
+    calls ``model(x_t, t)`` then draws digits of those classes.
+    """
+
+    def __init__(self, model: nn.Module, labels: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.model(x, t, self.labels)
+
+
+# %%
+with torch.no_grad():
+    assert torch.equal(Conditioned(conditional, torch.full((4,), 3))(x, t), threes)
+print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
+
 # ## Summary
 #
 # - The denoiser $\varepsilon_\theta(x_t, t)$ maps an image and a timestep to an image of the same
@@ -1113,6 +1219,8 @@ print(
 #   sampler sends differ from the ones training saw. GroupNorm has no such gap; we measured what it
 #   costs and made it the default.
 # - `ddpm_lib.unet.Unet(**REFERENCE_CONFIG)` rebuilds the reference; `Unet()` is the course's model.
+# - `Unet(num_classes=10)` is class-conditional: a label embedding (plus a "no label" row) is added to the
+#   time embedding; `Conditioned(model, labels)` fixes the labels so any sampler can use it.
 #
 # ## Exercises
 #

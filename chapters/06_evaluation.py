@@ -560,19 +560,32 @@ assert (
 # %%
 #| export
 def generate_samples(model: nn.Module, scheduler, n: int, sampler: str = "clip", seed: int = 0,
-                     bf16: bool = True, batch_size: int = 256, progress: bool = False) -> torch.Tensor:  # fmt: skip
-    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``."""
+                     bf16: bool = True, batch_size: int = 256, progress: bool = False,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``.
+
+    ``labels`` (n,): the classes to ask a class-conditional model for (e.g. :func:`balanced_labels`).
+    """
     from ddpm_lib.sampling import generate
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
     device = next(model.parameters()).device
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
+        part = None if labels is None else labels[start : start + size]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(generate(model, scheduler, size, sampler, seed + i, progress=progress).float().cpu())
+            batch = generate(model, scheduler, size, sampler, seed + i, progress=progress, labels=part)
+        out.append(batch.float().cpu())
     return torch.cat(out)
+
+
+def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
+    """Labels 0, 1, …, K−1, 0, 1, … (n,): every class equally often, as in the training data."""
+    return torch.arange(n) % num_classes
 
 
 # %%
@@ -624,6 +637,23 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "sample_clip()")})
+
+# %% [markdown]
+# The course also ships a **class-conditional** model (chapter 03, section 12; chapter 09 is about it): told which
+# digit to draw, it gets the class right by construction, so its samples — asked for every digit in turn, which
+# matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds:
+
+# %%
+conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
+conditional_samples = generate_samples(conditional_model, conditional_scheduler, n_eval, "ddpm", seed=1,
+                                       labels=balanced_labels(n_eval))  # fmt: skip
+results["class-conditional (ddpm)"] = evaluate_images(
+    classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, PROFILE.bootstrap
+)["class-conditional (ddpm)"]
+print(f"class-conditional model: {conditional_info['summary']}")
+print(format_table({k: results[k] for k in ("sample() (ddpm)", "class-conditional (ddpm)", "real digits (floor)")}))
+if n_eval >= 100:  # the bar of this course, on enough samples to judge it
+    assert results["class-conditional (ddpm)"]["confident_share"] >= 0.9
 
 # %% [markdown]
 # ## 8. Does more training help?

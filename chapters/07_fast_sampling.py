@@ -108,7 +108,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.unet import Conditioned
 
 #: the timestep spacings of :func:`timesteps_for`
 SPACINGS = ("leading", "trailing", "linspace")
@@ -144,14 +145,14 @@ def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _check_pair(scheduler: LinearBetaScheduler, t, t_prev) -> tuple[int, int]:
+def _check_pair(scheduler: NoiseSchedule, t, t_prev) -> tuple[int, int]:
     """A jump from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
     t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
     t_prev = _check_int(t_prev, "t_prev", -1, t - 1) if t > 0 else _check_int(t_prev, "t_prev", -1, -1)
     return t, t_prev
 
 
-def _alpha_bar(scheduler: LinearBetaScheduler, t: int) -> float:
+def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
     """ᾱ_t from the schedule's float32 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
     return 1.0 if t < 0 else float(scheduler.alpha_bars[t])
 
@@ -168,7 +169,7 @@ def _epsilon(model, x_t: torch.Tensor, t: int) -> torch.Tensor:
     return model(x_t, t_batch).to(x_t.dtype)
 
 
-def predict_x0(scheduler: LinearBetaScheduler, t: int, eps: torch.Tensor, x_t: torch.Tensor,
+def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
                clip: bool = False) -> torch.Tensor:  # fmt: skip
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, clamped to [−1, 1] when ``clip``."""
     alpha_bar = _alpha_bar(scheduler, t)
@@ -290,7 +291,7 @@ assert max(first["trailing"]) == min(first["trailing"])  # trailing always start
 #| export
 @torch.no_grad()
 def ddim_step(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     t: int,
     t_prev: int,
     model: nn.Module | torch.Tensor,
@@ -323,7 +324,7 @@ def ddim_step(
 
 @torch.no_grad()
 def respaced_ddpm_step(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     t: int,
     t_prev: int,
     model: nn.Module | torch.Tensor,
@@ -381,7 +382,7 @@ assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(schedul
 
 # %%
 #| export
-def _run_chain(step, model: nn.Module, scheduler: LinearBetaScheduler, x_T: torch.Tensor, timesteps: list[int],
+def _run_chain(step, model: nn.Module, scheduler: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int],
                desc: str, progress: bool, on_step) -> torch.Tensor:  # fmt: skip
     """Apply ``step(t, t_prev, x)`` along ``timesteps`` (descending) and on to the clean end (−1)."""
     was_training = model.training
@@ -402,14 +403,14 @@ def _run_chain(step, model: nn.Module, scheduler: LinearBetaScheduler, x_T: torc
     return x
 
 
-def _schedule_for(scheduler: LinearBetaScheduler, num_steps: int, spacing: str) -> list[int]:
+def _schedule_for(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
     return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
 
 
 @torch.no_grad()
 def ddim_sample(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x_T: torch.Tensor,
     num_steps: int = 50,
     eta: float = 0.0,
@@ -437,7 +438,7 @@ def ddim_sample(
 @torch.no_grad()
 def respaced_ddpm_sample(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x_T: torch.Tensor,
     num_steps: int = 1000,
     spacing: str = "trailing",
@@ -487,7 +488,7 @@ def respaced_ddpm_sample(
 
 # %%
 #| export
-def _alpha_sigma_lambda(scheduler: LinearBetaScheduler, t: int) -> tuple[float, float, float]:
+def _alpha_sigma_lambda(scheduler: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
     if t < 0:
         return 1.0, 0.0, math.inf
@@ -497,7 +498,7 @@ def _alpha_sigma_lambda(scheduler: LinearBetaScheduler, t: int) -> tuple[float, 
 
 
 def dpm_solver_pp_update(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     t: int,
     t_prev: int,
     x_t: torch.Tensor,
@@ -528,7 +529,7 @@ def dpm_solver_pp_update(
 @torch.no_grad()
 def dpm_solver_pp_sample(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x_T: torch.Tensor,
     num_steps: int = 20,
     spacing: str = "trailing",
@@ -580,7 +581,7 @@ FAST_SAMPLERS = ("ddim", "dpmpp", "ddpm", "clip")
 
 def fast_sample(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x_T: torch.Tensor,
     method: str = "ddim",
     num_steps: int = 50,
@@ -606,7 +607,7 @@ def fast_sample(
 
 def fast_generate(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     n: int,
     method: str = "ddim",
     num_steps: int = 50,
@@ -618,11 +619,13 @@ def fast_generate(
     clip: bool = False,
     image_shape: tuple[int, int, int] = (1, 28, 28),
     progress: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``n`` samples (n, C, H, W) in [−1, 1], on the CPU, from ``num_steps`` network calls each.
 
     Batch ``i`` starts from noise seeded by ``seed + i`` (as ``ddpm_lib.metrics.generate_samples``);
-    ``bf16`` runs the network under bfloat16 autocast (the chain itself stays float32).
+    ``bf16`` runs the network under bfloat16 autocast (the chain itself stays float32). ``labels`` (n,)
+    asks a class-conditional model (chapter 03, section 12) for digits of those classes.
     """
     _check_int(n, "n", 1, 10**9)
     _check_int(batch_size, "batch_size", 1, 10**9)
@@ -632,13 +635,19 @@ def fast_generate(
     _check_choice(spacing, "spacing", SPACINGS)
     if method != "ddim" and _check_eta(eta) != 0.0:
         raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
     device = next(model.parameters()).device
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
+        size = min(batch_size, n - start)
         generator = torch.Generator(device=device).manual_seed(seed + i)
-        x_T = torch.randn((min(batch_size, n - start), *image_shape), generator=generator, device=device)
+        x_T = torch.randn((size, *image_shape), generator=generator, device=device)
+        denoiser = model if labels is None else Conditioned(model, labels[start : start + size].to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = fast_sample(model, scheduler, x_T, method, num_steps, eta, spacing, clip, generator, progress)
+            x = fast_sample(
+                denoiser, scheduler, x_T, method, num_steps, eta, spacing, clip, generator, progress
+            )
         out.append(x.float().clamp(-1.0, 1.0).cpu())
     return torch.cat(out)
 

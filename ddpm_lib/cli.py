@@ -10,7 +10,9 @@ Commands:
   (the forward process of chapter 02, end to end on the bundled data);
 - ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST;
 - ``evaluate``: score samples with chapter 06's metrics, next to the real-vs-real floor;
-- ``train-classifier``: retrain chapter 06's evaluation classifier.
+- ``train-classifier``: retrain chapter 06's evaluation classifier;
+- ``inpaint``: mask held-out digits and fill the missing pixels (chapter 10: the replacement method,
+  ``--resample R`` for RePaint's resampling).
 
 The reference implementation's spelling ``--mode train`` / ``--mode eval`` is accepted for
 ``train`` / ``sample``. Bad arguments exit with status 2 and one line on stderr.
@@ -56,6 +58,7 @@ _decay = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _at_least_two = _checked(int, lambda v: v >= 2, "an integer >= 2")
 _eta = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_unit_interval = _eta
 #: ``--sampler`` choices: chapter 05's 1000-step samplers and chapter 07's fast ones
 SAMPLER_CHOICES = ("clip", "ddpm", "ddim", "dpmpp")
 #: default ``--steps`` of the fast samplers (``clip`` / ``ddpm``: all 1000 steps unless ``--steps`` is given)
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named recipe; options given explicitly override it. quick: "
+        help="a named recipe; options given explicitly override it. quick (chapter 04, section 8): "
         + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items()),
     )
     length = train.add_mutually_exclusive_group()
@@ -140,6 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-dim", type=_positive, default=DEFAULT_BASE_DIM, help="U-Net width (default: %(default)s)"
     )
     train.add_argument("--dim-mults", type=_dim_mults, default=None, help="U-Net level widths (default: 2,4)")
+    train.add_argument(
+        "--units-per-block",
+        type=_positive,
+        default=1,
+        help="units in each U-Net block (default: %(default)s)",
+    )
+    train.add_argument(
+        "--mid-units", type=_positive, default=1, help="units in the bottleneck (default: %(default)s)"
+    )
+    train.add_argument(
+        "--schedule",
+        choices=("linear", "cosine"),
+        default=defaults.schedule,
+        help="noise schedule: linear (chapter 01) or cosine (chapter 08) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--num-classes",
+        type=_non_negative,
+        default=None,
+        help="train a class-conditional U-Net on the digits' labels (10 for MNIST; 0 or none: unconditional)",
+    )
+    train.add_argument(
+        "--label-dropout",
+        type=_unit_interval,
+        default=defaults.label_dropout,
+        help="share of labels replaced by 'no label' when --num-classes is set (default: %(default)s)",
+    )
     train.add_argument("--data-root", type=Path, default=None, help="full MNIST in torchvision's layout")
     train.add_argument("--download", action="store_true", help="download full MNIST into --data-root")
     train.add_argument(
@@ -167,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampler-steps",
         type=_positive,
         default=defaults.sampler_steps,
-        help="network evaluations per sample for ddim / dpmpp grids (default: %(default)s)",
+        help="network evaluations per grid sample (default: all 1000 for clip / ddpm, 50 for ddim / dpmpp)",
     )
     train.add_argument("--wandb", action="store_true", help="log to Weights & Biases as well")
     train.add_argument("--wandb-project", default=defaults.wandb_project, help="default: %(default)s")
@@ -187,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=_positive, default=16, help="number of digits (default: %(default)s)")
     sample.add_argument("--sampler", choices=SAMPLER_CHOICES, default="clip", help="default: %(default)s")
     _add_fast_arguments(sample)
+    _add_conditioning_arguments(sample)
     sample.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
     sample.add_argument(
         "--out", type=Path, default=Path("samples.png"), help="grid PNG (default: samples.png)"
@@ -238,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--sampler", choices=SAMPLER_CHOICES, default="clip", help="default: %(default)s")
     _add_fast_arguments(evaluate)
+    _add_conditioning_arguments(evaluate, label=False)
     evaluate.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
     evaluate.add_argument(
         "--bootstrap",
@@ -273,6 +305,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classifier.add_argument("--epochs", type=_positive, default=15, help="default: %(default)s")
     classifier.add_argument("--seed", type=_non_negative, default=0, help="default: %(default)s")
+
+    from .inpainting import MASK_KINDS
+
+    inpaint = commands.add_parser(
+        "inpaint",
+        help="mask held-out digits and fill in the missing pixels (chapter 10)",
+        description="Pick held-out digits, mask them and inpaint the missing pixels with an unconditional "
+        "denoiser: the replacement method on a respaced chain, with RePaint's resampling (--resample). Writes a "
+        "PNG of three rows: the originals, the masked digits (missing pixels grey) and the inpainted digits.",
+    )
+    inpaint.add_argument(
+        "--mask", choices=MASK_KINDS, default="centre", help="the part that is missing (default: %(default)s)"
+    )
+    inpaint.add_argument("--n", type=_positive, default=8, help="number of digits (default: %(default)s)")
+    inpaint.add_argument(
+        "--steps", type=_positive, default=50, help="timesteps of the respaced chain (default: %(default)s)"
+    )
+    inpaint.add_argument(
+        "--resample",
+        type=_non_negative,
+        default=4,
+        help="RePaint's resamplings per step; 0: the replacement method (default: %(default)s)",
+    )
+    inpaint.add_argument(
+        "--seed", type=_non_negative, default=0, help="picks the digits, the mask and the noise (default: 0)"
+    )
+    inpaint.add_argument(
+        "--checkpoint", type=Path, default=None, help="training checkpoint (default: shipped weights)"
+    )
+    inpaint.add_argument(
+        "--out", type=Path, default=Path("inpaint.png"), help="PNG to write (default: inpaint.png)"
+    )
+    inpaint.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s"
+    )
     return parser
 
 
@@ -294,6 +361,74 @@ def _add_fast_arguments(parser: argparse.ArgumentParser) -> None:
         default="trailing",
         help="which timesteps a shortened chain visits (default: %(default)s)",
     )
+
+
+def _add_conditioning_arguments(parser: argparse.ArgumentParser, label: bool = True) -> None:
+    """``--weights``, ``--guidance`` (and ``--label``): chapter 09's class-conditional sampling."""
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="shipped weights to use instead of --checkpoint: ddpm_mnist (unconditional, the default) or "
+        "ddpm_mnist_cond (class-conditional, the default with --label/--guidance); see ddpm_lib/weights/",
+    )
+    if label:
+        parser.add_argument(
+            "--label",
+            type=_non_negative,
+            default=None,
+            help="draw only this digit (a class-conditional model)",
+        )
+    parser.add_argument(
+        "--guidance",
+        type=_checked(float, lambda v: -1 <= v < float("inf"), "a number >= -1"),
+        default=None,
+        help="classifier-free guidance scale w (chapter 09; class-conditional models; default: 0, unguided)",
+    )
+
+
+def _load_denoiser(args: argparse.Namespace, device: str):
+    """The model, schedule and a description of it from ``--checkpoint`` / ``--weights`` (or the default)."""
+    from .runner import load_model
+
+    weights = getattr(args, "weights", None)
+    if args.checkpoint is not None:
+        if weights is not None:
+            raise ValueError("give either --checkpoint or --weights, not both")
+        model, scheduler, _ = load_model(args.checkpoint, device=device)
+        return model, scheduler, str(args.checkpoint)
+    from .pretrained import load_pretrained
+
+    conditional = getattr(args, "label", None) is not None or getattr(args, "guidance", None) is not None
+    name = weights or ("ddpm_mnist_cond" if conditional else "ddpm_mnist")
+    model, scheduler, info = load_pretrained(name, device=device)
+    return model, scheduler, f"the shipped weights {name} ({info['summary']})"
+
+
+def _conditioning(args: argparse.Namespace, model, n: int):
+    """``(denoiser, labels, words)`` for sampling ``n`` digits: labels are None for an unconditional model.
+
+    A class-conditional model draws ``--label`` (or every digit in turn), guided by ``--guidance``.
+    """
+    import torch
+
+    label, guidance = getattr(args, "label", None), getattr(args, "guidance", None)
+    num_classes = model.config.get("num_classes")
+    if num_classes is None:
+        if label is not None or guidance is not None:
+            raise ValueError(
+                "--label and --guidance need a class-conditional model (trained with --num-classes); "
+                "this one is unconditional (the shipped ddpm_mnist_cond is not)"
+            )
+        return model, None, ""
+    if label is not None and label >= num_classes:
+        raise ValueError(f"--label must lie in 0..{num_classes - 1}, got {label}")
+    from .guidance import ClassifierFreeGuidance
+    from .metrics import balanced_labels
+
+    labels = torch.full((n,), label) if label is not None else balanced_labels(n, num_classes)
+    denoiser = ClassifierFreeGuidance(model, guidance or 0.0)
+    which = f"digit {label}" if label is not None else "every digit in turn"
+    return denoiser, labels, f", {which}, guidance w={guidance or 0:g}"
 
 
 def _fast_steps(args: argparse.Namespace, scheduler) -> int | None:
@@ -369,7 +504,9 @@ def run_train(args: argparse.Namespace) -> None:
         n_samples=args.n_samples, sampler=args.sampler, sampler_steps=args.sampler_steps, pct_start=args.pct_start,
         loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma, wandb=args.wandb, wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name, wandb_mode=args.wandb_mode,
-        model={**DEFAULT_MODEL, "base_dim": args.base_dim, "dim_mults": args.dim_mults or DEFAULT_MODEL["dim_mults"]},
+        model={**DEFAULT_MODEL, "base_dim": args.base_dim, "dim_mults": args.dim_mults or DEFAULT_MODEL["dim_mults"],
+               "units_per_block": args.units_per_block, "mid_units": args.mid_units, "num_classes": args.num_classes or None},
+        label_dropout=args.label_dropout, schedule=args.schedule,
     )  # fmt: skip
     if args.preset is not None:
         _apply_preset(config, args.preset, getattr(args, "explicit", set()))
@@ -395,19 +532,21 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 #: TrainConfig fields a preset may set -> the train options that override them when given explicitly
-_PRESET_OPTIONS = {
-    "steps": ("steps", "epochs"),
-    "model": ("base_dim", "dim_mults"),
-}
+_PRESET_OPTIONS = {"steps": ("steps", "epochs")}
 
 
 def _apply_preset(config, name: str, explicit: set[str]) -> None:
-    """Set ``config`` to the preset's values, except where the user gave the option on the command line."""
+    """Set ``config`` to the preset's values, except where the user gave the option on the command line.
+
+    The preset's ``model`` entries (U-Net options such as ``units_per_block``) are applied one by one.
+    """
     from .runner import PRESETS
 
     for key, value in PRESETS[name].items():
-        if explicit.isdisjoint(_PRESET_OPTIONS.get(key, (key,))):
-            setattr(config, key, dict(value) if isinstance(value, dict) else value)
+        if key == "model":
+            config.model = {**config.model, **{k: v for k, v in value.items() if k not in explicit}}
+        elif explicit.isdisjoint(_PRESET_OPTIONS.get(key, (key,))):
+            setattr(config, key, value)
     config.preset = name
 
 
@@ -431,18 +570,12 @@ def _explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[s
 def run_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from .runner import load_model, resolve_device
+    from .runner import resolve_device
     from .sampling import grid_image, save_image
 
     device = str(resolve_device(args.device))
-    if args.checkpoint is None:
-        from .pretrained import load_pretrained
-
-        model, scheduler, info = load_pretrained(device=device)
-        source = f"the shipped weights ({info['summary']})"
-    else:
-        model, scheduler, _ = load_model(args.checkpoint, device=device)
-        source = str(args.checkpoint)
+    model, scheduler, source = _load_denoiser(args, device)
+    model, labels, conditioning = _conditioning(args, model, args.n)
     steps = _fast_steps(args, scheduler)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frames, calls = [], [0]
@@ -463,15 +596,18 @@ def run_sample(args: argparse.Namespace) -> None:
             args.seed,
             progress=not args.no_progress,
             on_step=record,
+            labels=labels,
         )
         described = f"{args.sampler} sampler"
     else:  # chapter 07: the same starting noise as fast_generate(..., seed) draws for one batch
         from .fast_sampling import fast_sample
+        from .unet import Conditioned
 
         generator = torch.Generator(device=device).manual_seed(args.seed)
         x_T = torch.randn((args.n, 1, 28, 28), generator=generator, device=device)
+        denoiser = model if labels is None else Conditioned(model, labels.to(device))
         samples = fast_sample(
-            model, scheduler, x_T, args.sampler, steps, args.eta or 0.0, args.spacing, False, generator,
+            denoiser, scheduler, x_T, args.sampler, steps, args.eta or 0.0, args.spacing, False, generator,
             progress=not args.no_progress, on_step=record,
         ).clamp(-1.0, 1.0)  # fmt: skip
         grid_image(samples).save(args.out)
@@ -483,7 +619,7 @@ def run_sample(args: argparse.Namespace) -> None:
         frames[0].save(
             args.gif, save_all=True, append_images=frames[1:] + frames[-1:] * 10, duration=60, loop=0
         )
-    print(f"wrote {args.out}: {args.n} samples ({described}, seed {args.seed}) from {source}")
+    print(f"wrote {args.out}: {args.n} samples ({described}{conditioning}, seed {args.seed}) from {source}")
 
 
 #: The course's bar for "these are digits" (chapter 06): confident samples and every class present.
@@ -514,17 +650,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
         images = check_images(images, "--samples").float()
         name, source = "samples", str(args.samples)
     else:
-        from .runner import load_model, resolve_device
+        from .runner import resolve_device
 
         device = str(resolve_device(args.device))
-        if args.checkpoint is None:
-            from .pretrained import load_pretrained
-
-            model, scheduler, info = load_pretrained(device=device)
-            source = f"the shipped weights ({info['summary']})"
-        else:
-            model, scheduler, _ = load_model(args.checkpoint, device=device)
-            source = str(args.checkpoint)
+        model, scheduler, source = _load_denoiser(args, device)
+        model, labels, conditioning = _conditioning(args, model, args.n)
+        source += conditioning
         steps = _fast_steps(args, scheduler)
         print(f"sampling {args.n} digits with {args.sampler}, seed {args.seed}, from {source}", flush=True)
         if steps is None:
@@ -536,6 +667,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
                 args.seed,
                 bf16=not args.float32,
                 progress=not args.no_progress,
+                labels=labels,
             )
             name = f"{'sample_clip()' if args.sampler == 'clip' else 'sample() (ddpm)'}"
         else:  # chapter 07's fast samplers
@@ -543,7 +675,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
             images = fast_generate(
                 model, scheduler, args.n, args.sampler, steps, args.seed, args.eta or 0.0, bf16=not args.float32,
-                spacing=args.spacing, progress=not args.no_progress,
+                spacing=args.spacing, progress=not args.no_progress, labels=labels,
             )  # fmt: skip
             name = _fast_label(args, steps)
     n = len(images)
@@ -566,6 +698,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 digits)"
     )
     report = {
+        "name": name,  #: the row of "results" that holds these samples
         "source": source,
         "sampler": None if args.samples is not None else args.sampler,
         "steps": None if args.samples is not None else steps or scheduler.num_timesteps,
@@ -626,6 +759,40 @@ def run_train_classifier(args: argparse.Namespace) -> None:
     print(f"held-out accuracy {held_out:.2%}; wrote {args.out} and {args.out.with_suffix('.json')}")
 
 
+def run_inpaint(args: argparse.Namespace) -> None:
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from .data import load_mnist
+    from .inpainting import inpaint, make_mask
+    from .runner import resolve_device
+
+    device = str(resolve_device(args.device))
+    images = load_mnist("heldout", verbose=False).tensors[0]
+    if args.n > len(images):
+        raise ValueError(f"--n must lie in 1..{len(images)} (the held-out digits), got {args.n}")
+    model, scheduler, source = _load_denoiser(args, device)  # a class-conditional model: its "no label" half
+    if args.steps > scheduler.num_timesteps:
+        raise ValueError(f"--steps must lie in 1..{scheduler.num_timesteps}, got {args.steps}")
+    generator = torch.Generator().manual_seed(args.seed)
+    x0 = images[torch.randperm(len(images), generator=generator)[: args.n]].to(device)
+    mask = make_mask(args.mask, args.n, generator=generator).to(device)
+    noise = torch.Generator(device=device).manual_seed(args.seed)
+    filled = inpaint(model, scheduler, x0, mask, args.steps, args.resample, noise)
+    rows = torch.cat([x0, mask * x0, filled]).cpu()  # masked: the missing pixels at 0, grey
+    grid = make_grid((rows + 1) / 2, nrow=args.n, padding=2, pad_value=1.0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid[0] * 255).round().to(torch.uint8).numpy(), mode="L").save(args.out)
+    calls = args.steps + args.resample * (args.steps - 1)
+    method = "the replacement method" if args.resample == 0 else "RePaint"
+    resampling = f", {args.resample} resamplings per step" if args.resample else ""
+    print(
+        f"wrote {args.out}: {args.n} held-out digits, mask {args.mask}, inpainted with {method} ({args.steps} "
+        f"steps{resampling}: {calls} network calls per digit; seed {args.seed}) from {source}"
+    )
+
+
 def _translate_mode(argv: list[str]) -> list[str]:
     """Accept the reference's ``--mode train|eval`` as the ``train`` / ``sample`` commands."""
     for i, arg in enumerate(argv):
@@ -668,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": run_data,
         "evaluate": run_evaluate,
         "train-classifier": run_train_classifier,
+        "inpaint": run_inpaint,
     }
     try:
         commands[args.command](args)

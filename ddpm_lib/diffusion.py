@@ -7,7 +7,7 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 
 import torch
 
-from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.schedule import NoiseSchedule
 
 
 def expand_like(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def _check_batch(x: torch.Tensor, t, noise: torch.Tensor, x_name: str) -> torch.
     return t.to(x.device)
 
 
-def q_step(scheduler: LinearBetaScheduler, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""One forward step, x_t = √α_t · x_{t−1} + √β_t · ε  (DDPM eq. 2).
 
     ``x_prev`` is (B, ...); ``t`` an integer timestep or a (B,) tensor of them; ``noise`` ~ N(0, I)
@@ -45,7 +45,7 @@ def q_step(scheduler: LinearBetaScheduler, x_prev: torch.Tensor, t, noise: torch
     return alpha.sqrt() * x_prev + beta.sqrt() * noise
 
 
-def q_sample(scheduler: LinearBetaScheduler, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""Sample x_t ~ q(x_t | x_0) in one go:  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε  (DDPM eq. 4).
 
     ``x0`` is (B, ...) in model space; ``t`` an integer timestep or a (B,) tensor of them on any

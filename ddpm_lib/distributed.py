@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .schedule import LinearBetaScheduler
+from .schedule import NoiseSchedule
 from .training import EMA, NonFiniteLossError, batch_stream, ddpm_loss
 
 #: environment variables every launcher of the torchrun family sets in each process
@@ -156,29 +156,42 @@ def shard(batch_size: int, rank: int, world_size: int) -> slice:
 
 def sharded_loss(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x0: torch.Tensor,
     generator: torch.Generator | None,
     rank: int,
     world_size: int,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
 ) -> torch.Tensor:
     """:func:`ddpm_lib.training.ddpm_loss` of the global batch ``x0``, on this rank's shard only.
 
     ``ddpm_loss`` draws timesteps and noise for all of ``x0`` (same calls, same order as one process),
     then keeps this rank's slice: the mean over the shards of these losses is
-    ``ddpm_loss(model, scheduler, x0, generator)`` with an identically seeded generator.
+    ``ddpm_loss(model, scheduler, x0, generator)`` with an identically seeded generator (label dropout,
+    too, is drawn for the whole batch).
     """
     part = shard(x0.shape[0], rank, world_size)
-    return ddpm_loss(model, scheduler, x0, generator, weighting, min_snr_gamma, part=part)
+    return ddpm_loss(
+        model,
+        scheduler,
+        x0,
+        generator,
+        weighting,
+        min_snr_gamma,
+        part=part,
+        labels=labels,
+        label_dropout=label_dropout,
+    )
 
 
 def data_parallel_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x0: torch.Tensor,
     generator: torch.Generator,
     dist: Distributed,
@@ -186,6 +199,8 @@ def data_parallel_step(
     bf16: bool = False,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
 ) -> dict[str, float]:
     """:func:`ddpm_lib.training.train_step` for a ``DistributedDataParallel`` model and the global batch ``x0``.
 
@@ -197,8 +212,9 @@ def data_parallel_step(
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = sharded_loss(
-            model, scheduler, x0, generator, dist.rank, dist.world_size, weighting, min_snr_gamma
-        )
+            model, scheduler, x0, generator, dist.rank, dist.world_size, weighting, min_snr_gamma,
+            labels=labels, label_dropout=label_dropout,
+        )  # fmt: skip
     mean_loss = dist.mean(loss)
     if not torch.isfinite(mean_loss):
         raise NonFiniteLossError(f"loss is {mean_loss.item()}")
@@ -216,7 +232,7 @@ def train_data_parallel(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     images: torch.Tensor,
     *,
     dist: Distributed,
@@ -230,6 +246,8 @@ def train_data_parallel(
     bf16: bool = False,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
@@ -241,15 +259,16 @@ def train_data_parallel(
     shard(batch_size, dist.rank, dist.world_size)  # fail before the first step, not inside it
     module = model.module if hasattr(model, "module") else model
     completed = start_step
-    for step, x0 in batch_stream(images, batch_size, seed, start_step):
+    positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
+    for step, rows in batch_stream(positions, batch_size, seed, start_step):
         if step >= steps:
             break
         if should_stop is not None and dist.any(should_stop(), images.device):
             break
         try:
             stats = data_parallel_step(
-                model, optimizer, lr_scheduler, scheduler, x0, generator, dist, grad_clip, bf16,
-                weighting, min_snr_gamma,
+                model, optimizer, lr_scheduler, scheduler, images[rows], generator, dist, grad_clip, bf16,
+                weighting, min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
             )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(

@@ -300,16 +300,29 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def generate_samples(model: nn.Module, scheduler, n: int, sampler: str = "clip", seed: int = 0,
-                     bf16: bool = True, batch_size: int = 256, progress: bool = False) -> torch.Tensor:  # fmt: skip
-    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``."""
+                     bf16: bool = True, batch_size: int = 256, progress: bool = False,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``.
+
+    ``labels`` (n,): the classes to ask a class-conditional model for (e.g. :func:`balanced_labels`).
+    """
     from ddpm_lib.sampling import generate
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
     device = next(model.parameters()).device
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
+        part = None if labels is None else labels[start : start + size]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(generate(model, scheduler, size, sampler, seed + i, progress=progress).float().cpu())
+            batch = generate(model, scheduler, size, sampler, seed + i, progress=progress, labels=part)
+        out.append(batch.float().cpu())
     return torch.cat(out)
+
+
+def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
+    """Labels 0, 1, …, K−1, 0, 1, … (n,): every class equally often, as in the training data."""
+    return torch.arange(n) % num_classes

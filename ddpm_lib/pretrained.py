@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .runner import load_model
-from .schedule import LinearBetaScheduler
+from .schedule import NoiseSchedule
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -40,7 +40,7 @@ def provenance(name: str = "ddpm_mnist") -> dict:
 
 def load_pretrained(
     name: str = "ddpm_mnist", device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, LinearBetaScheduler, dict]:
+) -> tuple[torch.nn.Module, NoiseSchedule, dict]:
     """The shipped denoiser (EMA weights, eval mode), its noise schedule and its provenance record."""
     model, scheduler, _ = load_model(pretrained_path(name), ema=True, device=str(device))
     return model, scheduler, provenance(name)

@@ -37,6 +37,13 @@ class Profile:
     train_grid_every: int = 200
     #: digits per sample grid drawn from a model (1000 network calls each step of the way)
     grid_samples: int = 16
+    #: chapter 04, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
+    #: sampled per evaluation and the network calls of each (a respaced DDPM chain)
+    quick_steps: int = 2200
+    quick_batch_size: int = 64
+    quick_eval_every: int = 550
+    quick_eval_samples: int = 128
+    quick_sampler_steps: int = 100
     #: chapter 03: training steps and batch size of the BatchNorm-vs-GroupNorm measurement
     norm_study_steps: int = 150
     norm_study_batch_size: int = 64
@@ -55,6 +62,20 @@ class Profile:
     #: chapter 07: samples per point of the quality-vs-network-evaluations plot, and its NFE budgets
     nfe_samples: int = 256
     nfe_steps: tuple[int, ...] = (10, 20, 50, 100, 250, 1000)
+    #: chapter 08: held-out digits behind the loss-per-noise-level table, samples per row of its metric table
+    schedule_loss_digits: int = 500
+    schedule_eval_samples: int = 256
+    #: chapter 09: columns per digit of the guidance grids, samples per row of the guidance table, its scales w
+    guidance_grid_columns: int = 6
+    guidance_eval_samples: int = 256
+    guidance_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    #: chapter 10: held-out digits per class inpainted under every mask, and the respaced chain of
+    #: its measurement (steps, RePaint's resamplings per step)
+    inpaint_digits_per_class: int = 5
+    inpaint_steps: int = 50
+    inpaint_resample: int = 4
+    #: chapter 11: digits per sampled chain (1000 network calls each) when reproducing the sampler bugs
+    bugs_samples: int = 8
     #: chapter 12: steps of the one-process and two-process runs it compares (on a tiny U-Net)
     scaling_steps: int = 40
     #: where chapters save figures for the README / book; None: don't save
@@ -71,10 +92,16 @@ PROFILES = {
         train_batch_size=32,
         train_grid_every=6,
         grid_samples=4,
+        quick_steps=6,
+        quick_batch_size=16,
+        quick_eval_every=3,
+        quick_eval_samples=10,
+        quick_sampler_steps=10,
         norm_study_steps=40,
         norm_study_batch_size=32,
         unit_timing_steps=3,
         scaling_steps=8,
+        bugs_samples=2,
         classifier_epochs=1,
         eval_samples=8,
         eval_snapshot_samples=4,
@@ -82,6 +109,14 @@ PROFILES = {
         bootstrap=20,
         nfe_samples=4,
         nfe_steps=(10, 20, 50),
+        schedule_loss_digits=100,
+        schedule_eval_samples=8,
+        guidance_grid_columns=2,
+        guidance_eval_samples=10,
+        guidance_scales=(0.0, 2.0),
+        inpaint_digits_per_class=1,
+        inpaint_steps=20,
+        inpaint_resample=2,
     ),
 }
 

@@ -40,7 +40,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .data import load_mnist
 from .distributed import Distributed, shard, train_data_parallel
-from .schedule import LinearBetaScheduler
+from .schedule import LinearBetaScheduler, NoiseSchedule, make_schedule
 from .training import EMA, make_lr_scheduler, make_optimizer, train
 from .unet import Unet
 
@@ -58,22 +58,26 @@ LR_REFERENCE_BATCH = 128
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
-#: Named recipes for ``python -m ddpm_lib train --preset NAME`` (options given explicitly override them).
-#: ``quick``: the CPU time-to-digits recipe of chapter 04, section 8 (measured in
-#: ``benchmarks/time_to_digits.py``): bfloat16 autocast, smaller batches and a higher LR for more updates
-#: per CPU-second, min-SNR-γ loss weighting, a short EMA, and DDIM grids.
+#: Named recipes for ``python -m ddpm_lib train --preset NAME`` (options given explicitly override them;
+#: ``model`` entries are merged into the U-Net options key by key).
+#: ``quick``: the CPU time-to-digits recipe of chapter 04, section 8, measured in
+#: ``benchmarks/time_to_digits.py`` (about 6 minutes of training on 2 CPU cores): a class-conditional U-Net
+#: with two dense units per block (labels dropped 10% of the time, so chapter 09 can guide it), bfloat16
+#: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and 100-step DDPM grids.
 PRESETS = {
     "quick": {
-        "steps": 1500,
+        "steps": 2200,
         "batch_size": 64,
         "lr": 2e-3,
         "pct_start": 0.1,
         "ema_decay": 0.995,
         "bf16": True,
         "loss_weighting": "min_snr",
-        "sampler": "ddim",
-        "sampler_steps": 50,
-        "eval_every": 500,
+        "label_dropout": 0.1,
+        "sampler": "ddpm",
+        "sampler_steps": 100,
+        "eval_every": 550,
+        "model": {"units_per_block": 2, "mid_units": 2, "num_classes": 10},
     },
 }
 
@@ -94,19 +98,23 @@ class TrainConfig:
     bf16: bool = False
     loss_weighting: str = "uniform"  #: "uniform" (DDPM) or "min_snr" (chapter 04, section 8)
     min_snr_gamma: float = 5.0
+    #: class-conditional models (``model["num_classes"]`` set): share of labels replaced by "no label"
+    label_dropout: float = 0.0
     device: str = "auto"
     data_root: str | None = None
     download: bool = False
     eval_every: int = 500
     n_samples: int = 16
-    sampler: str = "clip"  #: for the sample grids: clip / ddpm (1000 steps) or ddim / dpmpp (chapter 07)
-    sampler_steps: int = 50  #: network evaluations per sample of the ddim / dpmpp grid samplers
+    sampler: str = "clip"  #: for the sample grids: clip / ddpm (chapter 05) or ddim / dpmpp (chapter 07)
+    #: network evaluations per grid sample; None: all T for clip / ddpm, 50 for ddim / dpmpp
+    sampler_steps: int | None = None
     checkpoint_every: int = 100
     wandb: bool = False
     wandb_project: str = "ddpm-from-scratch"
     wandb_run_name: str | None = None
     wandb_mode: str = "offline"
     num_timesteps: int = 1000
+    schedule: str = "linear"  #: "linear" (beta_start, beta_end; chapter 01) or "cosine" (chapter 08)
     beta_start: float = 1e-4
     beta_end: float = 0.02
     model: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
@@ -133,6 +141,13 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
     return Unet(**config.model)
+
+
+def schedule_for(config: TrainConfig) -> NoiseSchedule:
+    """The noise schedule a run trains (and its checkpoints sample) with."""
+    if config.schedule == "linear":
+        return LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+    return make_schedule(config.schedule, config.num_timesteps)
 
 
 def scaled_lr(lr: float, batch_size: int, rule: str = "none") -> float:
@@ -190,7 +205,7 @@ class Run:
         self.config, self.out = config, Path(out)
         self.device = resolve_device(config.device) if device is None else device
         torch.manual_seed(config.seed)
-        self.scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+        self.scheduler = schedule_for(config)
         self.model = build_model(config).to(self.device)
         # record every option of the U-Net, not only the ones given, so later defaults can't change it
         config.model = dict(self.model.config)
@@ -323,7 +338,9 @@ def _train(
         load_mnist("train", root=config.data_root, download=True, verbose=False)
     dist.barrier()
     dataset = load_mnist("train", root=config.data_root, download=config.download, verbose=main)
-    images = dataset.tensors[0].to(run.device)
+    images, labels = (tensor.to(run.device) for tensor in dataset.tensors)
+    if config.model.get("num_classes") is None:
+        labels = None  # an unconditional model never sees them
     wandb_run = _start_wandb(config, out) if config.wandb and main else None
 
     bar = None
@@ -335,13 +352,16 @@ def _train(
 
     def evaluate() -> None:
         path = out / "samples" / f"step_{run.step:06d}.png"
-        if config.sampler in ("ddim", "dpmpp"):
+        # a class-conditional model draws every digit in turn: 0, 1, ..., 9, 0, ...
+        grid_labels = None if labels is None else torch.arange(config.n_samples) % config.model["num_classes"]
+        steps = config.sampler_steps or (50 if config.sampler in ("ddim", "dpmpp") else config.num_timesteps)
+        if steps < config.num_timesteps or config.sampler in ("ddim", "dpmpp"):
             from .fast_sampling import fast_generate
             from .sampling import grid_image
 
             samples = fast_generate(
-                run.ema.model, run.scheduler, config.n_samples, config.sampler, config.sampler_steps,
-                seed=config.seed, bf16=config.bf16,
+                run.ema.model, run.scheduler, config.n_samples, config.sampler, steps,
+                seed=config.seed, bf16=config.bf16, labels=grid_labels,
             )  # fmt: skip
             grid_image(samples).save(path)
         else:
@@ -352,6 +372,7 @@ def _train(
                 size=config.n_samples,
                 sampler=config.sampler,
                 seed=config.seed,
+                labels=grid_labels,
             )
         plot_loss_curve(metrics_path, out / "loss_curve.png")
         if wandb_run is not None:
@@ -392,7 +413,7 @@ def _train(
                     steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
                     ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip,
                     bf16=config.bf16, weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
-                    on_step=on_step, should_stop=stop,
+                    labels=labels, label_dropout=config.label_dropout, on_step=on_step, should_stop=stop,
                 )  # fmt: skip
             else:
                 train(
@@ -400,7 +421,7 @@ def _train(
                     steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
                     ema=run.ema, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
                     weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
-                    on_step=on_step, should_stop=stop,
+                    labels=labels, label_dropout=config.label_dropout, on_step=on_step, should_stop=stop,
                 )  # fmt: skip
             stopped_by = stop.signal_name
         if bar is not None:
@@ -444,7 +465,7 @@ def _start_wandb(config: TrainConfig, out: Path):
 
 def load_model(
     path: str | Path, ema: bool = True, device: str = "cpu"
-) -> tuple[torch.nn.Module, LinearBetaScheduler, dict]:
+) -> tuple[torch.nn.Module, NoiseSchedule, dict]:
     """The (EMA) model of a training checkpoint, its noise schedule and its config, ready to sample."""
     state = load_checkpoint(path, map_location=device)
     if "config" not in state or ("ema" if ema else "model") not in state:
@@ -457,5 +478,5 @@ def load_model(
             f"{path}: its model config cannot be built by this ddpm_lib ({error})"
         ) from None
     load_state(model, state["ema"]["model"] if ema else state["model"], path)
-    scheduler = LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+    scheduler = schedule_for(config)
     return model.to(device).eval(), scheduler, asdict(config)

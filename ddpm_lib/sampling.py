@@ -11,10 +11,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.unet import Conditioned
 
 
-def _timestep(scheduler: LinearBetaScheduler, t, x_t: torch.Tensor) -> int:
+def _timestep(scheduler: NoiseSchedule, t, x_t: torch.Tensor) -> int:
     """Check one reverse step's inputs; return t as a Python int."""
     if isinstance(t, torch.Tensor):
         if t.numel() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
@@ -47,7 +48,7 @@ def _add_noise(
 
 @torch.no_grad()
 def sample(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     t: int,
     model: nn.Module,
     x_t: torch.Tensor,
@@ -69,7 +70,7 @@ def sample(
 
 @torch.no_grad()
 def sample_clip(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     t: int,
     model: nn.Module,
     x_t: torch.Tensor,
@@ -97,7 +98,7 @@ SAMPLERS: dict[str, Callable] = {"ddpm": sample, "clip": sample_clip}
 
 @torch.no_grad()
 def sample_loop(
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     model: nn.Module,
     x_T: torch.Tensor,
     sampler: str = "clip",
@@ -133,21 +134,27 @@ def sample_loop(
 
 def generate(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     n: int,
     sampler: str = "clip",
     seed: int = 0,
     image_shape: tuple[int, int, int] = (1, 28, 28),
     progress: bool = False,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``n`` samples (n, C, H, W) in [-1, 1] from noise seeded by ``seed``, on the model's device.
 
     ``on_step(t, x_t)`` is passed to :func:`sample_loop` (e.g. to record frames of the trajectory).
+    ``labels`` (n,) asks a class-conditional model (chapter 03, section 12) for digits of those classes.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
     device = next(model.parameters()).device
+    if labels is not None:
+        model = Conditioned(model, labels.to(device))
     generator = torch.Generator(device=device).manual_seed(seed)
     x_T = torch.randn((n, *image_shape), generator=generator, device=device)
     return sample_loop(scheduler, model, x_T, sampler, generator, on_step, progress).clamp(-1.0, 1.0)
@@ -155,19 +162,22 @@ def generate(
 
 def save_image(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     path,
     size: int = 16,
     sampler: str = "clip",
     seed: int = 0,
     progress: bool = False,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample ``size`` digits and save them as a square-ish grid PNG (the reference's ``save_image``).
 
-    Returns the samples. ``size=16`` gives the reference's 4×4 grid.
+    Returns the samples. ``size=16`` gives the reference's 4×4 grid; ``labels`` as in :func:`generate`.
     """
-    samples = generate(model, scheduler, size, sampler, seed, progress=progress, on_step=on_step)
+    samples = generate(
+        model, scheduler, size, sampler, seed, progress=progress, on_step=on_step, labels=labels
+    )
     grid_image(samples).save(path)
     return samples
 

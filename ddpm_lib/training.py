@@ -14,20 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.schedule import LinearBetaScheduler
-
-
-LOSS_WEIGHTINGS = ("uniform", "min_snr")
+from ddpm_lib.schedule import NoiseSchedule
 
 
 def ddpm_loss(
     model: nn.Module,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     part: slice | None = None,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
 ) -> torch.Tensor:
     r"""The simplified DDPM objective (Ho et al. 2020, eq. 14) on one batch.
 
@@ -36,22 +35,39 @@ def ddpm_loss(
     ``x0`` is (B, C, H, W) in [-1, 1]. ``weighting="uniform"``: w_t = 1 (DDPM); ``"min_snr"``:
     w_t = min(SNR_t, γ) / SNR_t (Hang et al. 2023; section 8). ``part`` computes the loss on a slice of
     the batch only, after drawing t and ε for all of it (data-parallel training, chapter 12, gives each
-    process one slice). Returns a float32 scalar.
+    process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 03,
+    section 12); each label is replaced by −1 ("no label") with probability ``label_dropout``, drawn from
+    ``generator`` after t and ε (section 8; chapter 09 needs it). Returns a float32 scalar.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
     if not min_snr_gamma > 0:
         raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout}")
+    if labels is not None and labels.shape != (x0.shape[0],):
+        raise ValueError(
+            f"labels must have shape ({x0.shape[0]},), one per image of x0; got {tuple(labels.shape)}"
+        )
     t = torch.randint(0, scheduler.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    if labels is not None and label_dropout > 0:
+        dropped = torch.rand(x0.shape[0], generator=generator, device=x0.device) < label_dropout
+        labels = torch.where(dropped, torch.full_like(labels, -1), labels.to(x0.device))
     if part is not None:
         x0, t, noise = x0[part], t[part], noise[part]
+        labels = None if labels is None else labels[part]
     x_t = q_sample(scheduler, x0, t, noise)
+    prediction = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
     if weighting == "uniform":
-        return F.mse_loss(model(x_t, t).float(), noise.float())
-    per_image = (model(x_t, t).float() - noise.float()).pow(2).flatten(1).mean(1)
+        return F.mse_loss(prediction, noise.float())
+    per_image = (prediction - noise.float()).pow(2).flatten(1).mean(1)
     snr = scheduler.snr.to(x0.device)[t]
     return (per_image * snr.clamp(max=min_snr_gamma) / snr).mean()
+
+
+#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t (section 8)
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
@@ -76,25 +92,36 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     grad_clip: float | None = 1.0,
     bf16: bool = False,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
     ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
-    ``weighting`` and ``min_snr_gamma`` are passed to :func:`ddpm_loss`.
+    ``weighting``, ``min_snr_gamma``, ``labels`` and ``label_dropout`` are passed to :func:`ddpm_loss`.
     Raises :class:`NonFiniteLossError` *before* touching the weights if the loss is not finite.
     Returns the loss, the gradient norm before clipping and the learning rate used.
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = ddpm_loss(model, scheduler, x0, generator, weighting, min_snr_gamma)
+        loss = ddpm_loss(
+            model,
+            scheduler,
+            x0,
+            generator,
+            weighting,
+            min_snr_gamma,
+            labels=labels,
+            label_dropout=label_dropout,
+        )
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -176,7 +203,7 @@ def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    scheduler: LinearBetaScheduler,
+    scheduler: NoiseSchedule,
     images: torch.Tensor,
     *,
     steps: int,
@@ -189,23 +216,28 @@ def train(
     bf16: bool = False,
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
     """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
 
-    ``images`` (N, C, H, W) live on the training device. After each step, ``ema`` is updated and
+    ``images`` (N, C, H, W) live on the training device; ``labels`` (N,), if given, are their classes
+    (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
     """
     completed = start_step
-    for step, x0 in batch_stream(images, batch_size, seed, start_step):
+    positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
+    for step, rows in batch_stream(positions, batch_size, seed, start_step):
         if step >= steps or (should_stop is not None and should_stop()):
             break
         try:
             stats = train_step(
-                model, optimizer, lr_scheduler, scheduler, x0, generator, grad_clip, bf16, weighting, min_snr_gamma
-            )
+                model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, bf16, weighting,
+                min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
+            )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
                 f"{error} at step {step + 1}; the weights of step {step} are kept"

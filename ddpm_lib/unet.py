@@ -266,7 +266,10 @@ class Unet(nn.Module):
     - ``time_embedding``: ``"sinusoidal"`` (sinusoids + MLP) or ``"learned"`` (``nn.Embedding(T, E)``);
     - ``norm``: ``"group"`` (GroupNorm) or ``"batch"`` (BatchNorm);
     - ``unit``: ``"dense"`` (one dense 3×3 conv, residual) or ``"shuffle"`` (ShuffleNet v2);
-    - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck.
+    - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck;
+    - ``num_classes``: ``None`` (unconditional) or the number of classes K of a class-conditional model
+      (section 12): ``forward(x, t, y)`` then adds a learned label embedding to the time embedding, with
+      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 09).
 
     ``self.config`` holds every argument, so ``Unet(**model.config)`` builds an identical network.
     """
@@ -285,6 +288,7 @@ class Unet(nn.Module):
         unit: str = "dense",
         units_per_block: int = 1,
         mid_units: int = 1,
+        num_classes: int | None = None,
     ):
         super().__init__()
         for name, value in [
@@ -312,6 +316,8 @@ class Unet(nn.Module):
         _check_choice("time_embedding", time_embedding, TIME_EMBEDDINGS)
         _check_choice("norm", norm, NORMS)
         _check_choice("unit", unit, tuple(UNITS))
+        if num_classes is not None:
+            _check_int("num_classes", num_classes)
 
         self.config = dict(
             timesteps=int(timesteps),
@@ -325,6 +331,7 @@ class Unet(nn.Module):
             unit=unit,
             units_per_block=int(units_per_block),
             mid_units=int(mid_units),
+            num_classes=None if num_classes is None else int(num_classes),
         )
         dims = [base_dim] + [base_dim * m for m in dim_mults]
         widths = list(itertools.pairwise(dims))  # (C_in, C_out) of each level
@@ -344,6 +351,8 @@ class Unet(nn.Module):
         )
         self.mid_block = unit_stack(unit, dims[-1], dims[-1] // 2, mid_units, norm)
         self.final_conv = nn.Conv2d(base_dim // 2, out_channels, kernel_size=1)
+        if num_classes is not None:  # row num_classes: the "no label" (null) token
+            self.label_embedding = nn.Embedding(num_classes + 1, embedding_dim)
 
     def check_input(self, x: torch.Tensor, t) -> torch.Tensor:
         """Check ``x`` (B, C_in, H, W) and ``t`` (int, 0-d or (B,) integer tensor); return t as int64 (B,)."""
@@ -387,9 +396,34 @@ class Unet(nn.Module):
             )
         return t.to(device=x.device, dtype=torch.long)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def check_labels(self, y, t: torch.Tensor) -> torch.Tensor:
+        """Check the labels ``y`` of a class-conditional model ((B,) integers in −1..K−1; −1 or ``None``: no label).
+
+        Returns the rows of ``label_embedding`` to read, (B,) int64: the label, or K for "no label".
+        """
+        num_classes = self.config["num_classes"]
+        if y is None:
+            return torch.full_like(t, num_classes)
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"y must be an integer tensor of class labels, got {y!r}")
+        if y.shape != t.shape:
+            raise ValueError(
+                f"y must have shape {tuple(t.shape)} (one label per image), got {tuple(y.shape)}"
+            )
+        if y.numel() and (y.min() < -1 or y.max() >= num_classes):
+            raise ValueError(
+                f"y must lie in 0..{num_classes - 1}, or be -1 for no label; got {int(y.min())}..{int(y.max())}"
+            )
+        y = y.to(device=t.device, dtype=torch.long)
+        return torch.where(y < 0, torch.full_like(y, num_classes), y)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         t = self.check_input(x, t)
         e = self.time_embedding(t)
+        if self.config["num_classes"] is not None:
+            e = e + self.label_embedding(self.check_labels(y, t))
+        elif y is not None:
+            raise ValueError("y: this U-Net is unconditional (num_classes=None); build it with num_classes=K")
         x = self.init_conv(x)
         skips = []
         for block in self.encoder_blocks:
@@ -416,3 +450,19 @@ REFERENCE_CONFIG = dict(
     units_per_block=4,
     mid_units=3,
 )
+
+
+class Conditioned(nn.Module):
+    """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
+
+    ``labels`` (B,): one class per image of the batch the sampler sends (−1: no label). Any sampler that
+    calls ``model(x_t, t)`` then draws digits of those classes.
+    """
+
+    def __init__(self, model: nn.Module, labels: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.model(x, t, self.labels)

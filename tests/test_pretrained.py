@@ -25,6 +25,35 @@ def test_provenance_names_how_to_reproduce_them():
     assert record["steps"] == load_checkpoint(pretrained_path())["step"]
 
 
+#: every denoiser the package ships: the unconditional model, the class-conditional one (chapter 09) and the two
+#: short runs that differ only in the noise schedule (chapter 08)
+DENOISERS = ("ddpm_mnist", "ddpm_mnist_cond", "ddpm_mnist_short_linear", "ddpm_mnist_short_cosine")
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_every_shipped_denoiser_loads_with_its_provenance(name):
+    path = pretrained_path(name)
+    assert path.stat().st_size < 5 * 1024 * 1024
+    state = load_checkpoint(path)
+    assert set(state) >= {"config", "step", "ema"} and "optimizer" not in state
+    record = provenance(name)
+    assert PROVENANCE_FIELDS <= set(record) and record["command"].startswith("python -m ddpm_lib train")
+    assert record["steps"] == state["step"] and record["model"] == state["config"]["model"]
+    model, scheduler, _ = load_pretrained(name)
+    assert not model.training and len(scheduler) == state["config"]["num_timesteps"]
+
+
+def test_the_shipped_models_are_what_the_chapters_say():
+    from ddpm_lib.schedule import CosineScheduler, LinearBetaScheduler
+
+    assert load_pretrained("ddpm_mnist")[0].config["num_classes"] is None
+    assert load_pretrained("ddpm_mnist_cond")[0].config["num_classes"] == 10
+    assert isinstance(load_pretrained("ddpm_mnist_short_cosine")[1], CosineScheduler)
+    assert isinstance(load_pretrained("ddpm_mnist_short_linear")[1], LinearBetaScheduler)
+    short = [provenance(f"ddpm_mnist_short_{name}") for name in ("linear", "cosine")]
+    assert short[0]["command"].replace("linear", "cosine") == short[1]["command"]  # only the schedule differs
+
+
 def test_unknown_name_lists_what_exists():
     with pytest.raises(ValueError, match="ddpm_mnist"):
         pretrained_path("nope")

@@ -7,6 +7,10 @@ Writes ``ddpm_lib/weights/<name>.pt`` (EMA weights, config and step only: no opt
 ``ddpm_lib/weights/<name>_steps/step_NNNNNN.pt``: the EMA weights of the run's earlier kept checkpoints
 (``checkpoints/step_NNNNNN.pt``), in float16 to keep the package small, for chapter 06's
 quality-vs-training-steps curve (the final step is the shipped file itself).
+
+``--half`` stores the shipped file's weights in float16 too (half the size; they load into a float32
+model). ``--evaluation FILE`` adds the metrics of ``python -m ddpm_lib evaluate --json FILE`` to the
+provenance, so the record says what the weights reach, not only how they were made.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="ddpm_mnist")
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
     parser.add_argument("--machine", default=None, help="what it ran on (default: this machine's CPU count)")
+    parser.add_argument("--half", action="store_true", help="store the weights in float16")
+    parser.add_argument("--evaluation", type=Path, default=None, help="JSON of python -m ddpm_lib evaluate")
     args = parser.parse_args(argv)
 
     state = load_checkpoint(args.run / "checkpoints" / "last.pt")
@@ -39,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     wall_time = sum(state["config"]["batch_size"] / r["images_per_s"] for r in records)
     config = state["config"]
     out = ROOT / "ddpm_lib" / "weights"
-    save_checkpoint({"config": config, "step": state["step"], "ema": state["ema"]}, out / f"{args.name}.pt")
+    ema = state["ema"]
+    if args.half:
+        ema = {**ema, "model": {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}}
+    save_checkpoint({"config": config, "step": state["step"], "ema": ema}, out / f"{args.name}.pt")
     snapshots = out / f"{args.name}_steps"
     for old in snapshots.glob("step_*.pt"):
         old.unlink()
@@ -76,7 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         "model": config["model"],
         "machine": args.machine or f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "dtype": "float16" if args.half else "float32",
     }
+    if args.evaluation is not None:
+        report = json.loads(args.evaluation.read_text())
+        mine = report["results"][report["name"]]
+        floor = report["results"]["real digits (floor)"]
+        record["evaluation"] = {
+            "command": f"python -m ddpm_lib evaluate ... --json {args.evaluation.name}",
+            "source": report["source"],
+            "sampler": report["sampler"],
+            "steps": report["steps"],
+            "n": report["n"],
+            "confident_share": round(mine["confident_share"], 4),
+            "classes_present": mine["classes_present"],
+            "frechet_distance": round(mine["frechet_distance"], 2),
+            "real_vs_real_floor": round(floor["frechet_distance"], 2),
+        }
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(record, indent=2))
     return 0

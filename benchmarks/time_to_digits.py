@@ -1,0 +1,204 @@
+"""Time to digits on a CPU: the quick recipe against the reference recipe, for the same wall-clock budget.
+
+    python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
+
+1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 04, section 8) on the bundled digits: a
+   class-conditional U-Net with two dense units per block, bfloat16 autocast, batch 64, min-SNR-γ weighting.
+   Then draws ``--n`` digits from its EMA weights, every class equally often (labels 0, 1, ..., 9, 0, ...: a
+   sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 100-step DDPM
+   (chapter 07's respaced chain) and classifier-free guidance ``--guidance`` (chapter 09; 0 = none).
+2. Trains the reference recipe — the reference's BatchNorm ShuffleNet-v2 U-Net with a learned time table,
+   unconditional, float32, AdamW lr 1e-3 + OneCycleLR, batch 128, no EMA — for the same training wall time
+   (its step count is set from a short timing probe), then samples it with the same 100-step DDPM chain (this
+   compares training recipes; the reference's own 1000-step sampler alone would take several minutes more).
+3. Scores both with chapter 06's metrics: the confident share (max probability >= 0.9), the class histogram
+   (every digit between 0.5x and 2x its uniform share) and the classifier Fréchet distance to the held-out
+   digits, next to the real-vs-real floor at the same n.
+
+Prints wall time, steps, images/s and the metrics for both; writes the quick recipe's samples, a tensor
+(N, 1, 28, 28) in [-1, 1], to ``--samples-out``; exits 1 if the quick recipe misses the bar:
+>= 90% confident, every class within [0.5, 2] x its share, Fréchet distance <= 3x the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ddpm_lib.data import load_mnist  # noqa: E402
+from ddpm_lib.fast_sampling import fast_generate  # noqa: E402
+from ddpm_lib.guidance import ClassifierFreeGuidance  # noqa: E402
+from ddpm_lib.metrics import balanced_labels, baseline_images, class_statistics, classify, features_distance  # noqa: E402
+from ddpm_lib.pretrained import load_classifier  # noqa: E402
+from ddpm_lib.runner import PRESETS, TrainConfig, load_model, run_training, schedule_for  # noqa: E402
+from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
+from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
+
+BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "fd_over_floor": 3.0}
+SAMPLER_STEPS = 100
+
+
+def quick_config() -> TrainConfig:
+    preset = dict(PRESETS["quick"])
+    config = TrainConfig(**{k: v for k, v in preset.items() if k != "model"}, preset="quick")
+    config.model = {**config.model, **preset["model"]}
+    config.eval_every = 0  # one grid at the end only: the budget is for training
+    config.checkpoint_every = 10**9
+    return config
+
+
+def reference_config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False, eval_every=0,
+        checkpoint_every=10**9, sampler="ddpm", sampler_steps=SAMPLER_STEPS, model=dict(REFERENCE_CONFIG),
+    )  # fmt: skip
+
+
+def seconds_per_step(config: TrainConfig, probe_steps: int = 5) -> float:
+    """Time a few optimisation steps of ``config``'s model and batch size (after two warm-up steps)."""
+    torch.manual_seed(0)
+    model = Unet(**config.model).train()
+    optimizer = make_optimizer(model, config.lr)
+    x0 = load_mnist("train", verbose=False).tensors[0][: config.batch_size]
+    scheduler = schedule_for(config)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss = ddpm_loss(model, scheduler, x0, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    step()
+    start = time.perf_counter()
+    for _ in range(probe_steps):
+        step()
+    return (time.perf_counter() - start) / probe_steps
+
+
+def train_and_sample(name: str, config: TrainConfig, out: Path, n: int, seed: int, guidance: float) -> dict:
+    print(f"== {name}: {config.steps} steps of batch {config.batch_size}", flush=True)
+    start = time.perf_counter()
+    run_training(config, out / name, progress=False)
+    train_s = time.perf_counter() - start
+    model, scheduler, _ = load_model(out / name / "checkpoints" / "last.pt")
+    start = time.perf_counter()
+    labels = None
+    if model.config.get("num_classes") is not None:
+        model, labels = (
+            ClassifierFreeGuidance(model, guidance),
+            balanced_labels(n, model.config["num_classes"]),
+        )
+    samples = fast_generate(model, scheduler, n, "ddpm", SAMPLER_STEPS, seed=seed, bf16=True, labels=labels)
+    sample_s = time.perf_counter() - start
+    return {
+        "name": name,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "train_s": train_s,
+        "sample_s": sample_s,
+        "wall_s": train_s + sample_s,
+        "images_per_s": config.steps * config.batch_size / train_s,
+        "samples": samples,
+    }
+
+
+def score(samples: torch.Tensor, classifier, reference_features, seed: int) -> dict:
+    features, probs = classify(classifier, samples)
+    floor_features, _ = classify(classifier, baseline_images(len(samples), seed=seed)["real digits (floor)"])
+    stats = class_statistics(probs)
+    fd, floor = (
+        features_distance(features, reference_features),
+        features_distance(floor_features, reference_features),
+    )
+    result = {**stats, "frechet_distance": fd, "floor": floor, "fd_over_floor": fd / floor}
+    result["bar_met"] = (
+        result["confident_share"] >= BAR["confident_share"]
+        and result["min_class_ratio"] >= BAR["min_class_ratio"]
+        and result["max_class_ratio"] <= BAR["max_class_ratio"]
+        and result["fd_over_floor"] <= BAR["fd_over_floor"]
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="samples per recipe (default: 256)")
+    parser.add_argument(
+        "--samples-out", type=Path, default=None, help="where to save the quick recipe's samples"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/time_to_digits"), help="run folders (replaced)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the sampling noise (default: 1)")
+    parser.add_argument("--guidance", type=float, default=0.0, help="guidance scale w of the quick samples")
+    parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
+    args = parser.parse_args(argv)
+    if args.n < 2:
+        parser.error(f"--n must be at least 2, got {args.n}")
+    if args.guidance < -1:
+        parser.error(f"--guidance must be >= -1, got {args.guidance}")
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    started = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    classifier, _ = load_classifier()
+    reference_features, _ = classify(classifier, load_mnist("heldout", verbose=False).tensors[0])
+
+    quick = train_and_sample("quick", quick_config(), args.out, args.n, args.seed, args.guidance)
+    if args.samples_out is not None:
+        args.samples_out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(quick["samples"], args.samples_out)
+    rows = [quick]
+    if not args.skip_reference:
+        budget = quick["train_s"]
+        per_step = seconds_per_step(reference_config(1))
+        steps = max(1, int(budget / per_step))
+        print(f"reference: {per_step:.3f} s/step in a probe -> {steps} steps for the {budget:.0f} s budget")
+        rows.append(train_and_sample("reference", reference_config(steps), args.out, args.n, args.seed, 0.0))
+
+    print()
+    print(f"{'recipe':<10} {'wall s':>7} {'train s':>8} {'steps':>6} {'img/s':>7} {'confident':>10} "
+          f"{'min/max class':>14} {'FD':>9} {'floor':>8} {'FD/floor':>9}  bar")  # fmt: skip
+    report = []
+    for row in rows:
+        metrics = score(row.pop("samples"), classifier, reference_features, args.seed)
+        row.update(metrics)
+        report.append(row)
+        print(
+            f"{row['name']:<10} {row['wall_s']:7.0f} {row['train_s']:8.0f} {row['steps']:6d} {row['images_per_s']:7.0f} "
+            f"{row['confident_share']:10.1%} {row['min_class_ratio']:6.2f}/{row['max_class_ratio']:<6.2f} "
+            f"{row['frechet_distance']:9.2f} {row['floor']:8.2f} {row['fd_over_floor']:9.2f}  "
+            f"{'met' if row['bar_met'] else 'missed'}"
+        )
+        print(f"{'':<10} classes: {row['class_counts']}")
+    if len(report) == 2:
+        print(f"quick / reference: {report[0]['images_per_s'] / report[1]['images_per_s']:.2f}x the images/s")
+    print(f"bar: confident >= {BAR['confident_share']:.0%}, every class in [{BAR['min_class_ratio']}, "
+          f"{BAR['max_class_ratio']}] x its share, FD <= {BAR['fd_over_floor']}x floor; n = {args.n}; "
+          f"quick samples: {SAMPLER_STEPS}-step DDPM, guidance w = {args.guidance:g}")  # fmt: skip
+    print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(
+        json.dumps(
+            {"n": args.n, "guidance": args.guidance, "quick_config": asdict(quick_config()), "rows": report},
+            indent=2,
+        )
+        + "\n"  # fmt: skip
+    )
+    return 0 if report[0]["bar_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · The cosine schedule
+#
+# Chapter 01 took the noise schedule from DDPM: $\beta_t$ rises linearly from $10^{-4}$ to $0.02$. Nichol &
+# Dhariwal (2021, *Improved Denoising Diffusion Probabilistic Models*, §3.2) noticed that on small images this
+# schedule destroys the signal too early: a large share of the 1000 steps is spent on images that are already
+# almost pure noise, and skipping them costs little. They proposed to choose $\bar\alpha_t$ directly, as a
+# squared cosine that falls slowly at both ends.
+#
+# **After this chapter you can**
+#
+# - define a schedule by its $\bar\alpha_t$ rather than by its $\beta_t$, and convert one into the other;
+# - build `CosineScheduler` on chapter 01's `NoiseSchedule`, and check it against `diffusers`
+#   (`beta_schedule="squaredcos_cap_v2"`);
+# - compare schedules by their $\bar\alpha$ and log-SNR curves, and say where each one spends its steps;
+# - train with either schedule (`python -m ddpm_lib train --schedule cosine`) and sample with every sampler of
+#   chapters 05 and 07, unchanged;
+# - measure what the schedule changes in the samples, with chapter 06's metrics.
+
+# %%
+import math
+import numbers
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ddpm_lib.data import load_mnist
+from ddpm_lib.diffusion import q_sample
+from ddpm_lib.fast_sampling import fast_generate
+from ddpm_lib.metrics import baseline_images, evaluate_images, format_table
+from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.pretrained import load_classifier, load_pretrained
+from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import sample, sample_clip
+from ddpm_lib.schedule import LinearBetaScheduler, NoiseSchedule
+
+torch.manual_seed(0)
+T = 1000
+linear = LinearBetaScheduler(T)
+print(f"profile: {PROFILE.name}")
+
+# %% [markdown]
+# ## 1. Choose $\bar\alpha$, derive $\beta$
+#
+# Every table of chapter 01 follows from $\beta_0, \dots, \beta_{T-1}$, and $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$
+# determines them back: $\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}$. So a schedule can just as well be given
+# by the curve $\bar\alpha$ it should follow. The cosine schedule uses
+#
+# $$ f(u) = \cos^2\!\left(\frac{u + s}{1 + s}\cdot\frac{\pi}{2}\right), \qquad
+#    \bar\alpha_t = \frac{f\big((t+1)/T\big)}{f(0)}, \qquad
+#    \beta_t = 1 - \frac{f\big((t+1)/T\big)}{f\big(t/T\big)}, $$
+#
+# with $u = (t+1)/T$ the fraction of the chain done *after* step $t$ (our index runs $t = 0..T-1$, and
+# $x_t$ is the image after step $t$). Two details:
+#
+# - **the offset** $s = 0.008$ keeps $\beta_0$ from being vanishingly small: without it the first steps would add
+#   noise far below the quantisation step of an 8-bit image ($1/127.5$ in our $[-1, 1]$ range), which the
+#   network cannot learn anything from;
+# - **the cap** $\beta_t \le 0.999$: at $u = 1$, $f = 0$ and the last $\beta$ would be exactly 1 (and
+#   $\bar\alpha_{T-1} = 0$). Capping keeps every $\alpha_t > 0$, so nothing divides by zero.
+
+
+# %%
+#| export schedule
+class CosineScheduler(NoiseSchedule):
+    r"""The cosine schedule of Nichol & Dhariwal (2021): ᾱ_t = f((t+1)/T) / f(0), f(u) = cos²((u+s)/(1+s)·π/2).
+
+    β_t = min(1 − f((t+1)/T) / f(t/T), ``max_beta``), computed in float64 and stored as float32 exactly as
+    ``diffusers``' ``beta_schedule="squaredcos_cap_v2"`` does; every other table is :class:`NoiseSchedule`'s.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
+        if (
+            isinstance(num_timesteps, bool)
+            or not isinstance(num_timesteps, numbers.Integral)
+            or num_timesteps < 1
+        ):
+            raise ValueError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}")
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 <= s < 1:
+            raise ValueError(f"s must be a number in [0, 1), got {s!r}")
+        if isinstance(max_beta, bool) or not isinstance(max_beta, numbers.Real) or not 0 < max_beta < 1:
+            raise ValueError(f"max_beta must be a number in (0, 1), got {max_beta!r}")
+        self.s, self.max_beta = float(s), float(max_beta)
+
+        def f(u: float) -> float:
+            return math.cos((u + self.s) / (1 + self.s) * math.pi / 2) ** 2
+
+        steps = int(num_timesteps)
+        betas = [min(1 - f((t + 1) / steps) / f(t / steps), self.max_beta) for t in range(steps)]
+        super().__init__(torch.tensor(betas, dtype=torch.float32), torch.tensor(betas, dtype=torch.float64))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_timesteps={self.num_timesteps}, s={self.s}, max_beta={self.max_beta})"
+        )
+
+
+#: schedule name -> class, for ``make_schedule`` and ``python -m ddpm_lib train --schedule``
+SCHEDULES = {"linear": LinearBetaScheduler, "cosine": CosineScheduler}
+
+
+def make_schedule(name: str = "linear", num_timesteps: int = 1000) -> NoiseSchedule:
+    """The schedule called ``name`` (``"linear"``: chapter 01's defaults; ``"cosine"``) with T steps."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {name!r}")
+    return SCHEDULES[name](num_timesteps)
+
+
+# %% [markdown]
+# The class only says how $\beta$ is made; chapter 01's base class derives $\alpha$, $\bar\alpha$, the posterior
+# tables and the SNR. Two checks: $\bar\alpha_t$ follows the formula, and the cap bites at one step only.
+# (`tests/test_schedule.py` also compares every table with `diffusers`' `DDPMScheduler(beta_schedule=
+# "squaredcos_cap_v2")`.)
+
+# %%
+cosine = CosineScheduler(T)
+print(cosine)
+
+
+def f(u):
+    return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+
+
+formula = f((np.arange(T) + 1) / T) / f(0)
+capped = int((cosine.betas >= 0.999 - 1e-6).sum())
+print(
+    f"max |alpha_bar - formula| over t < T-1: {np.abs(cosine.alpha_bars[:-1].double().numpy() - formula[:-1]).max():.1e}"
+)
+print(f"capped betas: {capped} (t = T-1); alpha_bar_T-1 = {cosine.alpha_bars[-1]:.2e}")
+print(
+    f"beta_0: cosine {cosine.betas[0]:.2e} (sqrt {cosine.betas[0].sqrt():.4f}), linear {linear.betas[0]:.1e}"
+)
+assert np.allclose(cosine.alpha_bars[:-1].double().numpy(), formula[:-1], rtol=1e-4, atol=1e-7)
+assert capped == 1 and cosine.alpha_bars[-1] < 1e-7
+assert cosine.betas[0].sqrt() < 1 / 127.5  # the first step's noise is below one grey level
+
+# %% [markdown]
+# ## 2. Where each schedule spends its steps
+#
+# Left: the signal coefficient $\sqrt{\bar\alpha_t}$; middle: $\log_{10}$ SNR; right: the same SNR against
+# $\sqrt{\bar\alpha}$ of a digit — how long each schedule keeps the digit visible. The cell after the figure
+# reads the numbers off.
+
+# %%
+schedules = {"linear": linear, "cosine": cosine}
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+for name, schedule in schedules.items():
+    axes[0].plot(schedule.alpha_bars.sqrt(), label=name)
+    axes[1].plot(schedule.snr.log10(), label=name)
+    axes[2].plot(schedule.betas, label=name)
+axes[0].set_title(r"signal coefficient $\sqrt{\bar\alpha_t}$")
+axes[1].set_title(r"$\log_{10}$ SNR$(t)$")
+axes[2].set_title(r"per-step noise $\beta_t$")
+axes[2].set_yscale("log")
+for ax in axes:
+    ax.set_xlabel("t")
+    ax.legend()
+fig.tight_layout()
+save_figure(fig, "08_schedules")
+plt.show()
+
+# %%
+rows = {}
+for name, schedule in schedules.items():
+    rows[name] = {
+        "t at SNR = 1": int(torch.nonzero(schedule.snr < 1)[0]),
+        "steps with alpha_bar < 0.01": int((schedule.alpha_bars < 0.01).sum()),
+        "sqrt(alpha_bar) at t = 500": float(schedule.alpha_bars[500].sqrt()),
+        "log10 SNR at T-1": float(schedule.snr[-1].log10()),
+    }
+for key in rows["linear"]:
+    print(f"{key:>28}: linear {rows['linear'][key]:9.3f}   cosine {rows['cosine'][key]:9.3f}")
+assert rows["cosine"]["t at SNR = 1"] > rows["linear"]["t at SNR = 1"]  # the digit survives longer
+assert rows["cosine"]["steps with alpha_bar < 0.01"] < rows["linear"]["steps with alpha_bar < 0.01"] / 2
+
+# %% [markdown]
+# Under the linear schedule the SNR falls through 1 before the chain is a third done, and for roughly the last
+# 40% of the steps $\bar\alpha < 0.01$: those steps turn noise into slightly different noise. The cosine schedule
+# crosses SNR = 1 at the middle and spends only its last few percent below $\bar\alpha = 0.01$; its log-SNR is
+# close to a straight line through most of the chain, so the steps are spread evenly over noise levels. It also
+# ends lower: its last SNR is about $10^{-9}$ rather than $4 \cdot 10^{-5}$, which is nearer to the pure noise
+# sampling starts from.
+#
+# The forward process itself is the same code: `q_sample` reads $\bar\alpha_t$ from whatever schedule it gets,
+# and the variance stays 1.
+
+# %%
+x0 = load_mnist("heldout", verbose=False).tensors[0][:256]
+generator = torch.Generator().manual_seed(1)
+for name, schedule in schedules.items():
+    variances = []
+    for t in (0, 250, 500, 750, 999):
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t = q_sample(schedule, x0, torch.full((len(x0),), t), noise)
+        variances.append(float(x_t.var()))
+    print(f"{name:>7}: Var(x_t) at t = 0, 250, 500, 750, 999: " + ", ".join(f"{v:.3f}" for v in variances))
+
+# %% [markdown]
+# (At $t = 0$ the variance is that of the digits themselves, about 0.4; it rises to 1 as noise replaces signal,
+# and the cosine schedule gets there later.)
+#
+# ## 3. Every sampler works with either schedule
+#
+# The samplers of chapters 05 and 07 read $\beta$, $\bar\alpha$ and the posterior tables from the schedule they
+# are given and nothing else, so they need no change. A quick proof with a stand-in network: for a "perfect
+# denoiser" that knows the $x_0$ a chain started from, one step of `sample()` from $t$ must land on
+# $q(x_{t-1} \mid x_t, x_0)$'s mean plus $\tilde\beta_t$ noise — whatever the schedule.
+
+
+# %%
+class Oracle(torch.nn.Module):
+    """Predicts the exact noise of x_t = √ᾱ x0 + √(1-ᾱ) ε for a known x0 (a perfect denoiser)."""
+
+    def __init__(self, schedule: NoiseSchedule, x0: torch.Tensor):
+        super().__init__()
+        self.schedule, self.x0 = schedule, x0
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # samplers ask the model for its device
+
+    def forward(self, x, t):
+        t = int(torch.as_tensor(t).reshape(-1)[0])
+        alpha_bar = self.schedule.alpha_bars[t]
+        return (x - alpha_bar.sqrt() * self.x0) / (1 - alpha_bar).sqrt()
+
+
+x0 = x0[:64]
+for name, schedule in schedules.items():
+    oracle = Oracle(schedule, x0)
+    t = 600
+    x_t = q_sample(schedule, x0, torch.full((len(x0),), t), torch.randn(x0.shape, generator=generator))
+    for step in (sample, sample_clip):
+        x_prev = step(schedule, t, oracle, x_t, torch.Generator().manual_seed(2))
+        mean = schedule.posterior_mean_coef_x0[t] * x0 + schedule.posterior_mean_coef_xt[t] * x_t
+        residual_std = float((x_prev - mean).std())
+        print(f"{name:>7} {step.__name__:>11}: std of x_(t-1) - posterior mean {residual_std:.4f}, "
+              f"sqrt(posterior variance) {schedule.posterior_variances[t].sqrt():.4f}")  # fmt: skip
+        assert abs(residual_std / schedule.posterior_variances[t].sqrt() - 1) < 0.02
+
+# %% [markdown]
+# ## 4. A model trained with it
+#
+# A schedule is a training decision: the network learns $\varepsilon$ at the noise levels the schedule visits.
+# To see what it changes we trained two short runs that differ *only* in `--schedule`: chapter 04's quick recipe
+# without labels (unconditional), 2,800 steps of batch 64, about 8 minutes each on two CPU cores. Short runs, so
+# read the comparison as "what changes in a short CPU run", not as a verdict at convergence. The package ships
+# both, with the command that trained them:
+
+# %%
+models = {}
+for name in schedules:
+    model, schedule, record = load_pretrained(f"ddpm_mnist_short_{name}")
+    models[name] = (model.requires_grad_(False), schedule)
+    print(f"{name:>7}: {type(schedule).__name__}, {record['summary']}\n         {record['command']}")
+    assert record["command"].endswith(f"--schedule {name}") or name == "linear"
+assert isinstance(models["cosine"][1], type(cosine)) and torch.equal(models["cosine"][1].betas, cosine.betas)
+
+# %% [markdown]
+# Where does each model make its errors? The loss per noise level on held-out digits: for each $t$ bucket, the
+# mean squared error of the predicted noise. The two models see different images at the same $t$, so we compare
+# them at the same **signal-to-noise ratio** instead: bucket by $\log_{10}$ SNR.
+
+# %%
+heldout = load_mnist("heldout", verbose=False).tensors[0]
+n_loss = min(len(heldout), PROFILE.schedule_loss_digits)
+edges = np.linspace(-4, 2, 7)
+per_snr = {}
+with torch.no_grad():
+    for name, (model, schedule) in models.items():
+        g = torch.Generator().manual_seed(3)
+        t = torch.randint(0, T, (n_loss,), generator=g)
+        noise = torch.randn((n_loss, 1, 28, 28), generator=g)
+        x_t = q_sample(schedule, heldout[:n_loss], t, noise)
+        error = (model(x_t, t) - noise).pow(2).flatten(1).mean(1).numpy()
+        log_snr = schedule.snr[t].log10().numpy()
+        bucket = np.digitize(log_snr, edges)
+        per_snr[name] = [float(error[bucket == b].mean()) if (bucket == b).any() else float("nan")
+                         for b in range(1, len(edges))]  # fmt: skip
+labels = [f"{lo:+.0f}..{hi:+.0f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+print(f"{n_loss} held-out digits, one random t each; ε-prediction MSE per log10 SNR bucket")
+print(f"{'log10 SNR':>10} " + " ".join(f"{label:>8}" for label in labels))
+for name, values in per_snr.items():
+    print(f"{name:>10} " + " ".join(f"{v:8.4f}" for v in values))
+assert all(np.isfinite(v) for v in per_snr["cosine"][1:-1])
+
+# %% [markdown]
+# Now the samples: the same seeds, 100-step DDPM (chapter 07's respaced chain) for both, scored by chapter 06's
+# metrics next to the real-vs-real floor.
+
+# %%
+n_eval = PROFILE.schedule_eval_samples
+samples = {
+    f"{name} schedule": fast_generate(model, schedule, n_eval, "ddpm", 100, seed=1, bf16=True)
+    for name, (model, schedule) in models.items()
+}
+samples["real digits (floor)"] = baseline_images(n_eval, seed=1)["real digits (floor)"]
+classifier, _ = load_classifier()
+results = evaluate_images(classifier, samples, heldout, PROFILE.bootstrap)
+print(f"{n_eval} samples per row ({PROFILE.name} profile)")
+print(format_table(results))
+
+# %%
+n_show = min(16, n_eval)
+fig, axes = plt.subplots(2, n_show, figsize=(0.9 * n_show, 2.2), squeeze=False)
+for row, name in enumerate(schedules):
+    for column in range(n_show):
+        axes[row, column].imshow(to_image(samples[f"{name} schedule"][column]), cmap="gray")
+        axes[row, column].axis("off")
+    axes[row, 0].set_title(f"{name}", fontsize=8, loc="left")
+fig.tight_layout()
+save_figure(fig, "08_samples")
+plt.show()
+confident = {name: results[f"{name} schedule"]["confident_share"] for name in schedules}
+print("confident share: " + ", ".join(f"{k} {v:.1%}" for k, v in confident.items()))
+assert all(samples[f"{name} schedule"].abs().max() <= 1 for name in schedules)
+
+# %% [markdown]
+# **What the measurement says** (full profile, 256 samples per row; the CI profile draws a handful, so its
+# numbers mean nothing):
+#
+# RESULTS-PLACEHOLDER
+#
+# ## 5. From the command line
+#
+# ```bash
+# python -m ddpm_lib train --preset quick --schedule cosine --out runs/cosine     # any recipe, cosine schedule
+# python -m ddpm_lib sample --checkpoint runs/cosine/checkpoints/last.pt --sampler ddim --steps 50
+# ```
+#
+# The schedule is stored in the checkpoint's config, so `sample` and `evaluate` rebuild it.
+#
+# ## Summary
+#
+# - A schedule is fixed by its $\beta_t$ or, equivalently, by $\bar\alpha_t$: $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$.
+#   The cosine schedule sets $\bar\alpha_t = f((t+1)/T)/f(0)$ with $f(u) = \cos^2(\frac{u+s}{1+s}\frac{\pi}{2})$,
+#   an offset $s = 0.008$ and $\beta \le 0.999$.
+# - Under the linear schedule a 28×28 digit is noise before the chain is a third done; the cosine schedule keeps
+#   it until the middle and spreads the steps evenly in log-SNR.
+# - Schedules share one interface (`NoiseSchedule`): `q_sample` and every sampler work with either, unchanged.
+# - `CosineScheduler` matches `diffusers`' `squaredcos_cap_v2` table for table (`tests/test_schedule.py`);
+#   `python -m ddpm_lib train --schedule cosine` trains with it.
+#
+# ## Exercises
+#
+# :::{exercise} 8.1 · ★☆☆ · $\bar\alpha$ by hand
+# :nonumber:
+#
+# Write `cosine_alpha_bar(t, T, s=0.008)`: the cosine schedule's $\bar\alpha_t$ for an integer $t$ in $0..T-1$,
+# straight from the formula of section 1 (no cap), as a Python float. Where does it differ from
+# `CosineScheduler(T).alpha_bars[t]`, and why only there?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
+    ### BEGIN SOLUTION
+    def f(u):
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    return f((t + 1) / T) / f(0)
+    ### END SOLUTION
+
+
+# %%
+# Check 8.1
+for t in (0, 1, 250, 500, 998):
+    assert math.isclose(cosine_alpha_bar(t, T), float(cosine.alpha_bars[t]), rel_tol=1e-4), t
+assert cosine_alpha_bar(T - 1, T) < 1e-12 < float(cosine.alpha_bars[T - 1])  # the cap keeps it above zero
+### BEGIN HIDDEN TESTS
+assert math.isclose(cosine_alpha_bar(4, 10, s=0.0), math.cos(0.5 * math.pi / 2) ** 2, rel_tol=1e-12)
+### END HIDDEN TESTS
+print("Exercise 8.1 passed")
+
+# %% [markdown]
+# :::{exercise} 8.2 · ★★☆ · From $\bar\alpha$ back to $\beta$
+# :nonumber:
+#
+# Write `betas_from_alpha_bars(alpha_bars)`: the $\beta_t$ of a float64 tensor of $\bar\alpha_t$
+# ($\bar\alpha_{-1} = 1$). Check it on both schedules. Then build a `NoiseSchedule` from the betas of a schedule
+# of your own: $\bar\alpha$ falling *linearly* from 1 to 0.001 — what does its SNR curve look like next to the
+# two above?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    previous = torch.cat([torch.ones(1, dtype=alpha_bars.dtype), alpha_bars[:-1]])
+    return 1 - alpha_bars / previous
+    ### END SOLUTION
+
+
+# %%
+# Check 8.2
+for schedule in (linear, cosine):
+    recovered = betas_from_alpha_bars(schedule.alpha_bars.double())
+    assert torch.allclose(recovered, schedule.betas.double(), rtol=1e-3, atol=1e-6)
+straight = NoiseSchedule(
+    betas_from_alpha_bars(torch.linspace(1 - 1e-4, 1e-3, T, dtype=torch.float64)).float()
+)
+assert torch.allclose(
+    straight.alpha_bars.double(), torch.linspace(1 - 1e-4, 1e-3, T, dtype=torch.float64), atol=1e-4
+)
+### BEGIN HIDDEN TESTS
+assert torch.allclose(betas_from_alpha_bars(torch.tensor([0.5, 0.25], dtype=torch.float64)),
+                      torch.tensor([0.5, 0.5], dtype=torch.float64))  # fmt: skip
+### END HIDDEN TESTS
+print("Exercise 8.2 passed")
+
+# %% [markdown]
+# :::{exercise} 8.3 · ★★★ · Zero terminal SNR
+# :nonumber:
+#
+# Even the cosine schedule ends at an SNR above zero, so the last training image still holds a trace of the
+# digit while sampling starts from pure noise. Lin et al. (2024, *Common Diffusion Noise Schedules and Sample
+# Steps are Flawed*) rescale $\sqrt{\bar\alpha}$ so that it ends at exactly 0 and keeps its first value:
+# $\sqrt{\bar\alpha}' = (\sqrt{\bar\alpha} - \sqrt{\bar\alpha_{T-1}})\cdot\frac{\sqrt{\bar\alpha_0}}{\sqrt{\bar\alpha_0} - \sqrt{\bar\alpha_{T-1}}}$.
+# Write `zero_terminal_snr(schedule)` returning a `NoiseSchedule` whose $\bar\alpha$ is the rescaled one (its last
+# $\beta$ is then exactly 1). With $\bar\alpha_{T-1} = 0$, what can an ε-predicting network *not* do at $t = T-1$,
+# and why do Lin et al. switch to v-prediction?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
+    ### BEGIN SOLUTION
+    root = schedule.alpha_bars.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alpha_bars = root**2
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+    betas = 1 - alpha_bars / previous
+    return NoiseSchedule(betas.float(), betas)
+    ### END SOLUTION
+
+
+# %%
+# Check 8.3
+rescaled = zero_terminal_snr(linear)
+assert rescaled.alpha_bars[-1] == 0 and math.isclose(rescaled.betas[-1].item(), 1.0)
+assert math.isclose(rescaled.alpha_bars[0].item(), linear.alpha_bars[0].item(), rel_tol=1e-5)
+assert (rescaled.alpha_bars[1:] < rescaled.alpha_bars[:-1]).all()
+### BEGIN HIDDEN TESTS
+assert zero_terminal_snr(cosine).snr[-1] == 0
+### END HIDDEN TESTS
+print("Exercise 8.3 passed")

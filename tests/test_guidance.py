@@ -1,0 +1,268 @@
+"""Class-conditional U-Nets (chapter 03, section 12), label dropout (chapter 04), classifier-free guidance
+(chapter 09) and their command-line options."""
+
+import json
+import subprocess
+import sys
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lib.cli import main
+from ddpm_lib.distributed import sharded_loss
+from ddpm_lib.fast_sampling import fast_generate
+from ddpm_lib.guidance import ClassifierFreeGuidance, class_spread
+from ddpm_lib.metrics import balanced_labels, generate_samples
+from ddpm_lib.runner import load_model
+from ddpm_lib.sampling import generate
+from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.training import batch_stream, ddpm_loss, make_optimizer, train
+from ddpm_lib.unet import Conditioned, Unet
+
+TINY = dict(base_dim=8, dim_mults=[2])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Unet(**TINY, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return LinearBetaScheduler()
+
+
+def batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, 1, 28, 28), generator=g), torch.randint(0, 1000, (n,), generator=g)
+
+
+# --- the conditional U-Net ------------------------------------------------------------------------------
+
+
+def test_the_label_embedding_has_a_row_for_no_label(model):
+    assert model.label_embedding.weight.shape == (11, 64) and model.config["num_classes"] == 10
+    x, t = batch()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), model(x, t, torch.full((6,), -1)))
+        assert not torch.allclose(model(x, t, torch.zeros(6, dtype=torch.long)), model(x, t))
+    assert Unet(**model.config).config == model.config  # the config rebuilds it
+
+
+def test_an_unconditional_unet_is_unchanged_and_refuses_labels():
+    torch.manual_seed(0)
+    plain = Unet(**TINY)
+    assert plain.config["num_classes"] is None and not hasattr(plain, "label_embedding")
+    x, t = batch()
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, torch.zeros(6, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "labels, fragment",
+    [
+        (torch.full((6,), 10), r"0\.\.9"),
+        (torch.full((6,), -2), r"0\.\.9"),
+        (torch.zeros(5, dtype=torch.long), r"shape \(6,\)"),
+        (torch.zeros(6), "integer"),
+        ([0, 1, 2, 3, 4, 5], "integer tensor"),
+    ],
+)
+def test_bad_labels_name_what_is_allowed(model, labels, fragment):
+    x, t = batch()
+    with pytest.raises(ValueError, match=fragment):
+        model(x, t, labels)
+
+
+def test_num_classes_must_be_a_positive_integer():
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            Unet(**TINY, num_classes=bad)
+
+
+def test_conditioned_fixes_the_labels(model):
+    x, t = batch()
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    with torch.no_grad():
+        assert torch.equal(Conditioned(model, labels)(x, t), model(x, t, labels))
+    assert next(Conditioned(model, labels).parameters()) is next(model.parameters())
+
+
+# --- label dropout in the loss ----------------------------------------------------------------------------
+
+
+def spy_labels(scheduler, n, dropout, seed=0):
+    seen = []
+
+    def spy(x, t, y):
+        seen.append(y)
+        return torch.zeros_like(x)
+
+    ddpm_loss(spy, scheduler, torch.zeros((n, 1, 2, 2)), torch.Generator().manual_seed(seed),
+              labels=torch.arange(n) % 10, label_dropout=dropout)  # fmt: skip
+    return seen[0]
+
+
+def test_label_dropout_replaces_that_share_of_labels_by_no_label(scheduler):
+    shown = spy_labels(scheduler, 20_000, 0.1)
+    assert abs((shown == -1).float().mean().item() - 0.1) < 0.01
+    kept = shown >= 0
+    assert torch.equal(shown[kept], (torch.arange(20_000) % 10)[kept])
+    assert (spy_labels(scheduler, 100, 0.0) >= 0).all() and (spy_labels(scheduler, 100, 1.0) == -1).all()
+
+
+def test_label_dropout_comes_after_t_and_noise_so_unconditional_runs_are_unchanged(scheduler):
+    x0 = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def spy(x, t, y=None):
+        seen.append((x.clone(), t.clone()))
+        return torch.zeros_like(x)
+
+    ddpm_loss(spy, scheduler, x0, torch.Generator().manual_seed(2))
+    ddpm_loss(spy, scheduler, x0, torch.Generator().manual_seed(2), labels=torch.zeros(8, dtype=torch.long),
+              label_dropout=0.5)  # fmt: skip
+    assert torch.equal(seen[0][0], seen[1][0]) and torch.equal(seen[0][1], seen[1][1])
+
+
+def test_loss_rejects_bad_label_options(model, scheduler):
+    x0 = torch.zeros((4, 1, 28, 28))
+    with pytest.raises(ValueError, match="label_dropout"):
+        ddpm_loss(model, scheduler, x0, labels=torch.zeros(4, dtype=torch.long), label_dropout=1.5)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        ddpm_loss(model, scheduler, x0, labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_sharded_conditional_losses_add_up_to_the_full_batch(scheduler):
+    torch.manual_seed(0)
+    net = Unet(**TINY, num_classes=10)
+    x0 = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(8) % 10
+    full = ddpm_loss(net, scheduler, x0, torch.Generator().manual_seed(5), labels=labels, label_dropout=0.3)
+    shards = [sharded_loss(net, scheduler, x0, torch.Generator().manual_seed(5), rank, 2, labels=labels,
+                           label_dropout=0.3) for rank in range(2)]  # fmt: skip
+    assert torch.allclose(full, torch.stack(shards).mean(), atol=1e-6)
+
+
+def test_train_passes_each_batch_its_own_labels(scheduler):
+    images = torch.arange(32, dtype=torch.float32).reshape(32, 1, 1, 1).expand(32, 1, 4, 4).contiguous()
+    labels = torch.arange(32) * 10  # any integers: the spy only records them
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, y):
+            seen.append(y)
+            return x * self.w
+
+    spy = Spy()
+    train(spy, make_optimizer(spy), None, scheduler, images, steps=3, batch_size=8, seed=0,
+          generator=torch.Generator().manual_seed(0), labels=labels)  # fmt: skip
+    rows = [batch for _, batch in islice(batch_stream(torch.arange(32), 8, seed=0), 3)]
+    assert [y.tolist() for y in seen] == [(r * 10).tolist() for r in rows]  # the labels of the batch's digits
+
+
+# --- classifier-free guidance ------------------------------------------------------------------------
+
+
+def test_guidance_combines_the_two_predictions(model):
+    x, t = batch()
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        conditional, unconditional = model(x, t, y), model(x, t)
+        for w in (0.0, -1.0, 0.5, 3.0):
+            expected = (1 + w) * conditional - w * unconditional
+            assert torch.allclose(ClassifierFreeGuidance(model, w)(x, t, y), expected, atol=1e-5)
+        assert torch.equal(
+            ClassifierFreeGuidance(model, 3.0)(x, t), unconditional
+        )  # no labels: nothing to guide
+
+
+def test_guidance_rejects_unconditional_models_and_bad_scales(model):
+    with pytest.raises(ValueError, match="class-conditional"):
+        ClassifierFreeGuidance(Unet(**TINY), 1.0)
+    for bad in (-1.5, float("nan"), "2"):
+        with pytest.raises(ValueError, match="guidance"):
+            ClassifierFreeGuidance(model, bad)
+
+
+def test_every_generate_function_takes_labels_and_guided_models(model, scheduler):
+    labels = torch.tensor([7, 7, 2])
+    guided = ClassifierFreeGuidance(model, 2.0)
+    a = generate(guided, scheduler, 3, "ddpm", seed=0, labels=labels)
+    b = generate_samples(guided, scheduler, 3, "ddpm", seed=0, bf16=False, labels=labels)
+    assert torch.allclose(a, b, atol=1e-5)
+    c = fast_generate(guided, scheduler, 3, "ddim", 5, seed=0, labels=labels)
+    assert c.shape == (3, 1, 28, 28) and c.abs().max() <= 1
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        fast_generate(model, scheduler, 3, "ddim", 5, labels=torch.zeros(2, dtype=torch.long))
+    assert balanced_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_class_spread():
+    features = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 10.0], [10.0, 10.0], [1.0, 1.0]])
+    spread = class_spread(features, np.array([0, 0, 1, 1, 2]))
+    assert spread == {0: 5.0, 1: 0.0}  # a class with one member has no spread
+    with pytest.raises(ValueError, match="features"):
+        class_spread(features, np.array([0, 1]))
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond") / "run"
+    tiny = ["--steps", "2", "--batch-size", "8", "--base-dim", "8", "--dim-mults", "2", "--eval-every", "0"]
+    assert main(["train", *tiny, "--num-classes", "10", "--label-dropout", "0.2", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    return out
+
+
+def test_train_records_a_conditional_run(conditional_run):
+    config = json.loads((conditional_run / "config.json").read_text())
+    assert config["model"]["num_classes"] == 10 and config["label_dropout"] == 0.2
+    model, _, _ = load_model(conditional_run / "checkpoints" / "last.pt")
+    assert model.config["num_classes"] == 10
+
+
+def test_sample_a_label_with_guidance(conditional_run, tmp_path, capsys):
+    out = tmp_path / "sevens.png"
+    args = ["sample", "--checkpoint", str(conditional_run / "checkpoints" / "last.pt"), "--label", "7",
+            "--guidance", "2", "--n", "3", "--sampler", "ddpm", "--steps", "3", "--out", str(out),
+            "--tensors", str(tmp_path / "s.pt"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert out.exists() and torch.load(tmp_path / "s.pt", weights_only=True).shape == (3, 1, 28, 28)
+    assert "digit 7, guidance w=2" in capsys.readouterr().out
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm_lib", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_conditioning_options_on_the_wrong_model_exit_2_with_one_line(conditional_run, tmp_path):
+    unconditional = tmp_path / "plain"
+    tiny = ["--steps", "1", "--batch-size", "8", "--base-dim", "8", "--dim-mults", "2", "--eval-every", "0"]
+    assert main(["train", *tiny, "--out", str(unconditional), "--no-progress"]) == 0
+    cases = [
+        (["sample", "--checkpoint", str(unconditional / "checkpoints" / "last.pt"), "--label", "3"],
+         "need a class-conditional model"),
+        (["sample", "--checkpoint", str(conditional_run / "checkpoints" / "last.pt"), "--label", "10"],
+         "--label must lie in 0..9"),
+        (["sample", "--checkpoint", str(conditional_run / "checkpoints" / "last.pt"), "--weights", "ddpm_mnist"],
+         "either --checkpoint or --weights"),
+        (["sample", "--guidance", "-3"], "a number >= -1"),
+    ]  # fmt: skip
+    for args, fragment in cases:
+        result = cli(*args, "--n", "1", "--out", str(tmp_path / "x.png"))
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert fragment in lines[-1] and "Traceback" not in result.stderr, (args, result.stderr)
