@@ -6,10 +6,11 @@
    class-conditional U-Net with two dense units per block, bfloat16 autocast, batch 64, min-SNR-γ weighting.
    Then draws ``--n`` digits from its EMA weights, every class equally often (labels 0, 1, ..., 9, 0, ...: a
    sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 100-step DDPM
-   (chapter 07's respaced chain) and classifier-free guidance ``--guidance`` (chapter 09; 0 = none).
+   (chapter 07's respaced chain) and the preset's classifier-free guidance w = 0.5 (chapter 09;
+   ``--guidance`` changes it, 0 = none).
 2. Trains the reference recipe — the reference's BatchNorm ShuffleNet-v2 U-Net with a learned time table,
    unconditional, float32, AdamW lr 1e-3 + OneCycleLR, batch 128, no EMA — for the same training wall time
-   (its step count is set from a short timing probe), then samples it with the same 100-step DDPM chain (this
+   (its step count is set from a short timing probe, less the run's own overhead), then samples it with the same 100-step DDPM chain (this
    compares training recipes; the reference's own 1000-step sampler alone would take several minutes more).
 3. Scores both with chapter 06's metrics: the confident share (max probability >= 0.9), the class histogram
    (every digit between 0.5x and 2x its uniform share) and the classifier Fréchet distance to the held-out
@@ -46,6 +47,8 @@ from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 
 BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "fd_over_floor": 3.0}
 SAMPLER_STEPS = 100
+#: a full run takes this much longer per step than the bare probe (checkpoints, metrics, EMA): measured 1.09x
+RUN_OVERHEAD = 1.09
 
 
 def quick_config() -> TrainConfig:
@@ -142,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("runs/time_to_digits"), help="run folders (replaced)"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the sampling noise (default: 1)")
-    parser.add_argument("--guidance", type=float, default=0.0, help="guidance scale w of the quick samples")
+    parser.add_argument(
+        "--guidance", type=float, default=PRESETS["quick"]["guidance"], help="guidance w of the quick samples"
+    )
     parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
     args = parser.parse_args(argv)
     if args.n < 2:
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_reference:
         budget = quick["train_s"]
         per_step = seconds_per_step(reference_config(1))
-        steps = max(1, int(budget / per_step))
+        steps = max(1, int(budget / (per_step * RUN_OVERHEAD)))
         print(f"reference: {per_step:.3f} s/step in a probe -> {steps} steps for the {budget:.0f} s budget")
         rows.append(train_and_sample("reference", reference_config(steps), args.out, args.n, args.seed, 0.0))
 

@@ -651,7 +651,11 @@ results["class-conditional (ddpm)"] = evaluate_images(
     classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, PROFILE.bootstrap
 )["class-conditional (ddpm)"]
 print(f"class-conditional model: {conditional_info['summary']}")
-print(format_table({k: results[k] for k in ("sample() (ddpm)", "class-conditional (ddpm)", "real digits (floor)")}))
+print(
+    format_table(
+        {k: results[k] for k in ("sample() (ddpm)", "class-conditional (ddpm)", "real digits (floor)")}
+    )
+)
 if n_eval >= 100:  # the bar of this course, on enough samples to judge it
     assert results["class-conditional (ddpm)"]["confident_share"] >= 0.9
 
@@ -711,12 +715,14 @@ assert all(r["n"] == n_snap for _, r in curve)
 # The same evaluation, for the shipped weights or any checkpoint of `python -m ddpm_lib train`:
 #
 # ```bash
-# python -m ddpm_lib evaluate --n 500 --sampler clip               # the shipped model
+# python -m ddpm_lib evaluate --n 500                              # the shipped class-conditional model
+# python -m ddpm_lib evaluate --n 500 --weights ddpm_mnist         # the shipped unconditional model
 # python -m ddpm_lib evaluate --checkpoint runs/demo/checkpoints/last.pt --n 500 --json runs/demo/eval.json
 # python -m ddpm_lib evaluate --samples my_samples.pt              # a saved (N, 1, 28, 28) tensor in [-1, 1]
 # ```
 #
-# It prints the table above (with the floor and ceilings at the same $n$), a verdict line for the
+# Without `--checkpoint` it scores the shipped class-conditional model (every digit in turn; `--guidance` as in
+# chapter 09), the best the course ships. It prints the table above (with the floor and ceilings at the same $n$), a verdict line for the
 # course's bar (≥ 90% confident samples, every digit present), and writes everything as JSON.
 # `python -m ddpm_lib train-classifier` retrains the evaluation classifier.
 #

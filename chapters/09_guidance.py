@@ -291,7 +291,7 @@ assert all(0 <= table[w]["accuracy"] <= 1 for w in table)
 if n_eval >= 100:  # what the text below reads off the table, where the samples are enough to show it
     assert table[best_w]["accuracy"] >= 0.95
     assert table[max(scales)]["diversity"] < table[0.0]["diversity"]  # guidance costs variety
-    assert table[0.0]["accuracy"] > table[-1.0]["confident"] - 0.5  # sanity: the conditional model works
+    assert table[0.0]["accuracy"] >= 0.9  # the label alone already decides the digit
 
 # %% [markdown]
 # **Reading the table** (full profile, 256 digits per row):

@@ -39,9 +39,9 @@ class Profile:
     grid_samples: int = 16
     #: chapter 04, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
     #: sampled per evaluation and the network calls of each (a respaced DDPM chain)
-    quick_steps: int = 2200
+    quick_steps: int = 1800
     quick_batch_size: int = 64
-    quick_eval_every: int = 550
+    quick_eval_every: int = 450
     quick_eval_samples: int = 128
     quick_sampler_steps: int = 100
     #: chapter 03: training steps and batch size of the BatchNorm-vs-GroupNorm measurement

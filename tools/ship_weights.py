@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
     parser.add_argument("--machine", default=None, help="what it ran on (default: this machine's CPU count)")
     parser.add_argument("--half", action="store_true", help="store the weights in float16")
+    parser.add_argument(
+        "--snapshots",
+        default=None,
+        help="comma-separated steps of the kept checkpoints to ship ('' for none; default: all)",
+    )
     parser.add_argument("--evaluation", type=Path, default=None, help="JSON of python -m ddpm_lib evaluate")
     args = parser.parse_args(argv)
 
@@ -52,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     snapshots = out / f"{args.name}_steps"
     for old in snapshots.glob("step_*.pt"):
         old.unlink()
+    wanted = None if args.snapshots is None else {int(step) for step in args.snapshots.split(",") if step}
     for kept in sorted((args.run / "checkpoints").glob("step_*.pt")):
         earlier = load_checkpoint(kept)
-        if earlier["step"] >= state["step"]:
+        if earlier["step"] >= state["step"] or (wanted is not None and earlier["step"] not in wanted):
             continue
         ema = earlier["ema"]
         half = {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}
@@ -92,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         mine = report["results"][report["name"]]
         floor = report["results"]["real digits (floor)"]
         record["evaluation"] = {
-            "command": f"python -m ddpm_lib evaluate ... --json {args.evaluation.name}",
+            "command": f"python -m ddpm_lib evaluate --weights {args.name} --n {report['n']} "
+            f"--sampler {report['sampler']} --seed {report['seed']}"
+            + (f" --steps {report['steps']}" if report["steps"] < config["num_timesteps"] else ""),
             "source": report["source"],
             "sampler": report["sampler"],
             "steps": report["steps"],
