@@ -1205,6 +1205,7 @@ with torch.no_grad():
     assert torch.equal(Conditioned(conditional, torch.full((4,), 3))(x, t), threes)
 print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 
+# %% [markdown]
 # ## Summary
 #
 # - The denoiser $\varepsilon_\theta(x_t, t)$ maps an image and a timestep to an image of the same
