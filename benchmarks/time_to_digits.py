@@ -5,12 +5,12 @@
 1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 04, section 8) on the bundled digits: a
    class-conditional U-Net with two dense units per block, bfloat16 autocast, batch 64, min-SNR-γ weighting.
    Then draws ``--n`` digits from its EMA weights, every class equally often (labels 0, 1, ..., 9, 0, ...: a
-   sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 100-step DDPM
-   (chapter 07's respaced chain) and the preset's classifier-free guidance w = 0.5 (chapter 09;
+   sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 25-step DDPM
+   (chapter 07's respaced chain) and the preset's classifier-free guidance w = 1 (chapter 09;
    ``--guidance`` changes it, 0 = none).
 2. Trains the reference recipe — the reference's BatchNorm ShuffleNet-v2 U-Net with a learned time table,
    unconditional, float32, AdamW lr 1e-3 + OneCycleLR, batch 128, no EMA — for the same training wall time
-   (its step count is set from a short timing probe, less the run's own overhead), then samples it with the same 100-step DDPM chain (this
+   (its step count is set from a short timing probe, less the run's own overhead), then samples it with the same 25-step DDPM chain (this
    compares training recipes; the reference's own 1000-step sampler alone would take several minutes more).
 3. Scores both with chapter 06's metrics: the confident share (max probability >= 0.9), the class histogram
    (every digit between 0.5x and 2x its uniform share) and the classifier Fréchet distance to the held-out
@@ -46,7 +46,7 @@ from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 
 BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "fd_over_floor": 3.0}
-SAMPLER_STEPS = 100
+SAMPLER_STEPS = PRESETS["quick"]["sampler_steps"]  #: the quick recipe's sampler, for both recipes
 #: a full run takes this much longer per step than the bare probe (checkpoints, metrics, EMA): measured 1.09x
 RUN_OVERHEAD = 1.09
 

@@ -39,11 +39,11 @@ class Profile:
     grid_samples: int = 16
     #: chapter 04, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
     #: sampled per evaluation and the network calls of each (a respaced DDPM chain)
-    quick_steps: int = 1800
+    quick_steps: int = 1400
     quick_batch_size: int = 64
-    quick_eval_every: int = 450
+    quick_eval_every: int = 350
     quick_eval_samples: int = 128
-    quick_sampler_steps: int = 100
+    quick_sampler_steps: int = 25
     #: chapter 03: training steps and batch size of the BatchNorm-vs-GroupNorm measurement
     norm_study_steps: int = 150
     norm_study_batch_size: int = 64

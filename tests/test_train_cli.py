@@ -189,3 +189,29 @@ def test_sample_from_a_training_checkpoint(straight_run, tmp_path):
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
     assert samples.shape == (4, 1, 28, 28) and samples.min() >= -1 and samples.max() <= 1
     assert out.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "t.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_preset_sets_the_recipe_and_explicit_options_override_it(monkeypatch, tmp_path):
+    """--preset quick applies PRESETS["quick"] field by field; options spelled out on the command line win."""
+    from ddpm_lib import runner
+
+    seen = []
+
+    def fake_run_training(config, out, resume=False, progress=True):
+        seen.append(config)
+        return {"stopped_by": None, "world_size": 1, "rank": 0, "step": config.steps}
+
+    monkeypatch.setattr(runner, "run_training", fake_run_training)
+    main(["train", "--preset", "quick", "--out", str(tmp_path / "a"), "--no-progress"])
+    main(["train", "--preset", "quick", "--out", str(tmp_path / "b"), "--steps", "7", "--lr", "1e-4",
+          "--units-per-block", "1", "--num-classes", "0", "--no-progress"])  # fmt: skip
+    quick, overridden = seen
+    preset = runner.PRESETS["quick"]
+    for key, value in preset.items():
+        if key != "model":
+            assert getattr(quick, key) == value, key
+    assert {k: quick.model[k] for k in preset["model"]} == preset["model"] and quick.preset == "quick"
+    assert (overridden.steps, overridden.lr) == (7, 1e-4)
+    assert overridden.model["units_per_block"] == 1 and overridden.model["num_classes"] is None
+    assert overridden.model["mid_units"] == preset["model"]["mid_units"]  # not given: still the preset's
+    assert overridden.batch_size == preset["batch_size"] and overridden.loss_weighting == "min_snr"
