@@ -1,4 +1,4 @@
-"""pytest set-up shared by tests/ and the nbval run over chapters/*.ipynb.
+"""pytest set-up shared by tests/ and the chapter runs over chapters/*.ipynb.
 
 The test suite runs every chapter in the small CI profile. ``ddpm_lib.profile`` is the one place
 that reads the variable; here we only set it, before any kernel starts, so notebook kernels
@@ -9,5 +9,9 @@ import os
 
 os.environ.setdefault("DDPM_PROFILE", "ci")
 
-# DDPM_BOOK_CACHE=<folder>: nbval's chapter runs also fill the book's jupyter-cache (tools/book_cache.py)
-pytest_plugins = ["tools.book_cache"]
+# tools/chapter_run.py: chapters/NN_topic.ipynb -> one test each, which executes the chapter once, with
+# the solutions and, at every exercise, the student copy's stub and check (marked slow). Tests of tests/
+# that take over ~3 s on 2 cores carry @pytest.mark.slow, so `python -m pytest -m "not slow"` runs the
+# unit tests alone in about a minute.
+# DDPM_BOOK_CACHE=<folder>: those executions also fill the book's jupyter-cache (tools/book_cache.py).
+pytest_plugins = ["tools.chapter_run", "tools.book_cache"]

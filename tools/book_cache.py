@@ -1,18 +1,19 @@
-"""pytest plugin: the chapter executions nbval does anyway become the book's executions.
+"""pytest plugin: the chapter executions the test run does anyway become the book's executions.
 
 With ``DDPM_BOOK_CACHE`` set to the book's jupyter-cache folder (``execute.cache`` in ``book.yml``,
-``_build/.jupyter_cache``), every chapter whose cells all passed under nbval is stored in that
-cache with the outputs nbval collected, keyed the way Jupyter Book (myst-nb) keys it: by the code
-cells of the chapter's Jupytext ``.py`` source. ``jupyter-book build`` then finds every chapter in
-the cache and renders it without running it again::
+``_build/.jupyter_cache``), every chapter whose test (``tools/chapter_run.py``: one execution per
+chapter) passed is stored in that cache with the outputs of its real cells (the cells as written;
+the student stubs the runner also executes leave no output), keyed the way Jupyter Book (myst-nb)
+keys it: by the code cells of the chapter's Jupytext ``.py`` source. ``jupyter-book build`` then
+finds every chapter in the cache and renders it without running it again::
 
     DDPM_BOOK_CACHE=_build/.jupyter_cache python -m pytest
     DDPM_PROFILE=ci jupyter-book build . --config book.yml --toc toc.yml -W -n --keep-going
 
-A chapter is stored only when nbval ran every one of its code cells and they all passed, and its
+A chapter is stored only when its test passed (every cell ran, every check passed) and its
 ``.ipynb`` has the same code cells as its ``.py``; otherwise the book executes it as usual. What is
-lost against the book's own execution: widget state (nbval ignores the kernel's comm messages), so
-an ipywidgets output shows nothing in the book instead of a static snapshot of the widget.
+lost against the book's own execution: widget state (not stored), so an ipywidgets output shows
+nothing in the book instead of a static snapshot of the widget.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import platform
 from pathlib import Path
 
 import pytest
+
+from tools.chapter_run import ChapterRun
 
 ENV = "DDPM_BOOK_CACHE"
 
@@ -35,9 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
 class BookCache:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.outputs: dict[Path, dict[int, list]] = {}  # .ipynb -> code cell number -> outputs
+        self.runs: dict[Path, ChapterRun] = {}  # .ipynb -> its execution
         self.failed: set[Path] = set()
-        self.seconds: dict[Path, float] = {}
         self.stored: list[str] = []
         self.not_stored: list[str] = []
 
@@ -45,25 +47,25 @@ class BookCache:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         outcome = yield
         report = outcome.get_result()
-        if not hasattr(item, "cell_num") or not hasattr(item, "test_outputs"):
-            return  # not an nbval cell
-        notebook = Path(str(item.parent.fspath))
-        if report.failed:
+        run = getattr(item, "chapter_run", None)  # tools/chapter_run.py's ChapterItem
+        if run is None or report.when != "call":
+            return
+        notebook = Path(str(item.path))
+        if report.failed or not run.complete:
             self.failed.add(notebook)
-        elif report.when == "call" and report.passed and item.test_outputs is not None:
-            self.outputs.setdefault(notebook, {})[item.cell_num] = item.test_outputs
-            self.seconds[notebook] = self.seconds.get(notebook, 0.0) + call.duration
+        else:
+            self.runs[notebook] = run
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        for notebook, outputs in sorted(self.outputs.items()):
-            reason = None if notebook not in self.failed else "a cell failed"
-            if reason is None:
-                reason = self.store(notebook, outputs)
+        for notebook in sorted(self.runs.keys() | self.failed):
+            reason = (
+                "its test failed" if notebook in self.failed else self.store(notebook, self.runs[notebook])
+            )
             (self.not_stored if reason else self.stored).append(
                 f"{notebook.stem} ({reason})" if reason else notebook.stem
             )
 
-    def store(self, notebook: Path, outputs: dict[int, list]) -> str | None:
+    def store(self, notebook: Path, run: ChapterRun) -> str | None:
         """Put the executed chapter into the cache; return why not, or None."""
         import jupytext
         import nbformat
@@ -76,15 +78,12 @@ class BookCache:
         # Read the source as book.yml's nb_custom_formats does, so the cache key is the book's.
         book_nb = jupytext.reads(source.read_text(encoding="utf-8"), fmt="py:percent")
         book_cells = [cell for cell in book_nb.cells if cell.cell_type == "code"]
-        tested = [cell for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"]
+        tested = [cell for cell in run.notebook.cells if cell.cell_type == "code"]
         if [cell.source for cell in book_cells] != [cell.source for cell in tested]:
             return ".py and .ipynb differ: run jupytext --sync"
-        if sorted(outputs) != list(range(len(book_cells))):
-            return "not every cell ran"
-        for number, cell in enumerate(book_cells):
-            cell.outputs = [nbformat.from_dict(dict(output)) for output in outputs[number]]
-            results = [output for output in cell.outputs if output.output_type == "execute_result"]
-            cell.execution_count = results[0].get("execution_count") if results else number + 1
+        for number, (cell, executed) in enumerate(zip(book_cells, tested, strict=True)):
+            cell.outputs = [nbformat.from_dict(dict(output)) for output in executed.outputs]
+            cell.execution_count = executed.get("execution_count") or number + 1
         # What nbclient would record from an ipykernel; myst-nb picks the code highlighting from it.
         book_nb.metadata["language_info"] = {
             "name": "python",
@@ -100,7 +99,7 @@ class BookCache:
         except nbformat.ValidationError as error:
             return f"invalid outputs: {error.message}"
         get_cache(str(self.folder)).cache_notebook_bundle(
-            CacheBundleIn(book_nb, str(source.resolve()), data={"execution_seconds": self.seconds[notebook]}),
+            CacheBundleIn(book_nb, str(source.resolve()), data={"execution_seconds": run.seconds}),
             check_validity=False,
             overwrite=True,
         )
