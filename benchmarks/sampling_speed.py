@@ -1,13 +1,14 @@
 """Seconds per 1000-step sampling run of 64 digits: float32 against faster CPU settings, in one process.
 
     python benchmarks/sampling_speed.py            # full 1000-step chains, about 3-4 minutes on 2 cores
-    python benchmarks/sampling_speed.py --steps 100   # time the first 100 reverse steps, scale to 1000
+    python benchmarks/sampling_speed.py --steps 100   # 100-step respaced chains, time scaled to 1000 steps
 
-Settings, all on the shipped weights and the same starting noise and random numbers:
+Settings, all on the shipped weights and the same starting noise and random numbers, each drawn by
+``ddpm_lib.generation.generate`` (``sample_clip``):
 
-* ``float32``: ``generate`` as the course runs it (``torch.no_grad``);
+* ``float32``: ``generate(..., bf16=False)`` (``torch.no_grad``);
 * ``inference_mode``: the same under ``torch.inference_mode``;
-* ``bf16``: bfloat16 autocast for the network (the update arithmetic stays float32);
+* ``bf16``: bfloat16 autocast for the network (the update arithmetic stays float32): ``generate``'s default;
 * ``bf16 + channels_last``: the network's weights and inputs in channels-last memory format.
 
 Next to each speed-up: the largest pixel difference from the float32 samples (on [-1, 1]), so a
@@ -24,8 +25,8 @@ import time
 
 import torch
 
+from ddpm_lib.generation import generate
 from ddpm_lib.pretrained import load_pretrained
-from ddpm_lib.sampling import sample_clip, sample_loop
 
 
 class ChannelsLast(torch.nn.Module):
@@ -37,19 +38,13 @@ class ChannelsLast(torch.nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last), t).contiguous()
 
 
-def run(model, scheduler, steps, n, context) -> tuple[float, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((n, 1, 28, 28), generator=generator)
+def run(model, scheduler, steps, n, context, bf16: bool) -> tuple[float, torch.Tensor]:
+    steps = min(steps, scheduler.num_timesteps)
     with context():
         start = time.perf_counter()
-        if steps >= scheduler.num_timesteps:
-            out = sample_loop(scheduler, model, x, "clip", generator)
-        else:  # the first `steps` reverse steps, t = T-1 ... T-steps
-            for t in range(scheduler.num_timesteps - 1, scheduler.num_timesteps - 1 - steps, -1):
-                x = sample_clip(scheduler, t, model, x, generator)
-            out = x
+        out = generate(model, scheduler, n, sampler="clip", steps=steps, seed=0, bf16=bf16)
         seconds = time.perf_counter() - start
-    return seconds * scheduler.num_timesteps / min(steps, scheduler.num_timesteps), out.float()
+    return seconds * scheduler.num_timesteps / steps, out
 
 
 def main() -> int:
@@ -60,24 +55,22 @@ def main() -> int:
     print("command:", shlex.join([sys.executable, *sys.argv]))
     model, scheduler, _ = load_pretrained()
     model.requires_grad_(False)
-    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     settings = {
-        "float32": (model, contextlib.nullcontext),
-        "inference_mode": (model, torch.inference_mode),
-        "bf16": (model, bf16),
-        "bf16 + channels_last": (ChannelsLast(model), bf16),
+        "float32": (model, contextlib.nullcontext, False),
+        "inference_mode": (model, torch.inference_mode, False),
+        "bf16": (model, contextlib.nullcontext, True),
+        "bf16 + channels_last": (ChannelsLast(model), contextlib.nullcontext, True),
     }
-    run(model, scheduler, 5, args.n, contextlib.nullcontext)  # warm-up
-    baseline_seconds, baseline = run(
-        *settings["float32"][:1], scheduler, args.steps, args.n, settings["float32"][1]
-    )
+    run(model, scheduler, 5, args.n, contextlib.nullcontext, False)  # warm-up
+    net, context, bf16 = settings["float32"]
+    baseline_seconds, baseline = run(net, scheduler, args.steps, args.n, context, bf16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.n} digits; "
-          f"{args.steps} of 1000 reverse steps timed, scaled to 1000")  # fmt: skip
+          f"{args.steps}-step chains timed, scaled to 1000 steps")  # fmt: skip
     print(f"{'setting':>22}  s/1000 steps  speed-up  max |pixel diff|")
     print(f"{'float32':>22}  {baseline_seconds:12.1f}  {1.0:8.2f}  {0.0:16.4f}")
-    for name, (net, context) in list(settings.items())[1:]:
-        seconds, out = run(net, scheduler, args.steps, args.n, context)
-        diff = (out.clamp(-1, 1) - baseline.clamp(-1, 1)).abs().max().item()
+    for name, (net, context, bf16) in list(settings.items())[1:]:
+        seconds, out = run(net, scheduler, args.steps, args.n, context, bf16)
+        diff = (out - baseline).abs().max().item()
         print(f"{name:>22}  {seconds:12.1f}  {baseline_seconds / seconds:8.2f}  {diff:16.4f}")
     return 0
 

@@ -24,11 +24,10 @@ Prints wall time, steps, images/s and the metrics for both; writes the quick rec
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,35 +35,33 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ddpm_lib.checkpoint import load_denoiser, write_json  # noqa: E402
+from ddpm_lib.config import PRESETS, TrainConfig, preset_defaults, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
-from ddpm_lib.fast_sampling import fast_generate  # noqa: E402
-from ddpm_lib.guidance import ClassifierFreeGuidance  # noqa: E402
-from ddpm_lib.metrics import balanced_labels, baseline_images, class_statistics, classify, features_distance  # noqa: E402
+from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
+from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
-from ddpm_lib.runner import PRESETS, TrainConfig, load_model, run_training, schedule_for  # noqa: E402
+from ddpm_lib.runner import run_training  # noqa: E402
 from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 
 BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "fd_over_floor": 3.0}
-#: the quick recipe's sampler, used for both recipes
-SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["sampler"], PRESETS["quick"]["sampler_steps"]
+#: the quick recipe's sampler, used for both recipes (guidance only where the model is class-conditional)
+SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["grid"]["sampler"], PRESETS["quick"]["grid"]["steps"]
 #: a full run takes this much longer per step than the bare probe (checkpoints, metrics, EMA): measured 1.09x
 RUN_OVERHEAD = 1.09
 
 
 def quick_config() -> TrainConfig:
-    preset = dict(PRESETS["quick"])
-    config = TrainConfig(**{k: v for k, v in preset.items() if k != "model"}, preset="quick")
-    config.model = {**config.model, **preset["model"]}
-    config.eval_every = 0  # one grid at the end only: the budget is for training
-    config.checkpoint_every = 10**9
-    return config
+    # one grid at the end only: the budget is for training
+    return replace(preset_defaults("quick"), eval_every=0, checkpoint_every=10**9)
 
 
 def reference_config(steps: int) -> TrainConfig:
-    return TrainConfig(
-        steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False, eval_every=0,
-        checkpoint_every=10**9, sampler=SAMPLER, sampler_steps=SAMPLER_STEPS, model=dict(REFERENCE_CONFIG),
+    return replace(
+        TrainConfig(), steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False,
+        eval_every=0, checkpoint_every=10**9, grid=SampleSpec(sampler=SAMPLER, steps=SAMPLER_STEPS),
+        model=dict(REFERENCE_CONFIG),
     )  # fmt: skip
 
 
@@ -96,15 +93,13 @@ def train_and_sample(name: str, config: TrainConfig, out: Path, n: int, seed: in
     start = time.perf_counter()
     run_training(config, out / name, progress=False)
     train_s = time.perf_counter() - start
-    model, scheduler, _ = load_model(out / name / "checkpoints" / "last.pt")
+    model, scheduler, _ = load_denoiser(out / name / "checkpoints" / "last.pt")
     start = time.perf_counter()
-    labels = None
-    if model.config.get("num_classes") is not None:
-        model, labels = (
-            ClassifierFreeGuidance(model, guidance),
-            balanced_labels(n, model.config["num_classes"]),
-        )
-    samples = fast_generate(model, scheduler, n, SAMPLER, SAMPLER_STEPS, seed=seed, bf16=True, labels=labels)
+    conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
+    spec = SampleSpec(
+        sampler=SAMPLER, steps=SAMPLER_STEPS, guidance=guidance if conditional else 0.0, seed=seed
+    )
+    samples = generate(model, scheduler, n, spec)
     sample_s = time.perf_counter() - start
     return {
         "name": name,
@@ -147,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the sampling noise (default: 1)")
     parser.add_argument(
-        "--guidance", type=float, default=PRESETS["quick"]["guidance"], help="guidance w of the quick samples"
+        "--guidance",
+        type=float,
+        default=PRESETS["quick"]["grid"]["guidance"],
+        help="guidance w of the quick samples",
     )
     parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
     args = parser.parse_args(argv)
@@ -196,13 +194,8 @@ def main(argv: list[str] | None = None) -> int:
           f"quick samples: {SAMPLER_STEPS}-step DDPM, guidance w = {args.guidance:g}")  # fmt: skip
     print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(
-        json.dumps(
-            {"n": args.n, "guidance": args.guidance, "quick_config": asdict(quick_config()), "rows": report},
-            indent=2,
-        )
-        + "\n"  # fmt: skip
-    )
+    write_json(args.out / "report.json",
+               {"n": args.n, "guidance": args.guidance, "quick_config": asdict(quick_config()), "rows": report})  # fmt: skip
     return 0 if report[0]["bar_met"] else 1
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.runner import TrainConfig, run_training
+from ddpm_lib.config import TrainConfig
+from ddpm_lib.runner import run_training
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import make_lr_scheduler, make_optimizer, train_step
 from ddpm_lib.unet import Unet

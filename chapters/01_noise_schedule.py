@@ -245,6 +245,9 @@ class NoiseSchedule:
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
 
+    ``alpha_bars64`` keeps ᾱ_t in float64: the reverse steps of chapters 05 and 07 compute their
+    coefficients from it, since 1 − ᾱ_t/ᾱ_s loses digits in float32 for nearby t and s.
+
     Subclasses only choose β: :class:`LinearBetaScheduler` here, the cosine schedule in chapter 08.
     Every sampler reads these tables, so it works with any schedule.
     """
@@ -268,6 +271,7 @@ class NoiseSchedule:
         self.alpha_bars_prev = torch.cat([torch.ones(1), self.alpha_bars[:-1]])
         # 1 - alpha_bar loses most digits in float32 near t = 0: derive these from the float64 schedule
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
+        self.alpha_bars64 = alpha_bars64  # float64: the samplers' coefficients (chapter 05) read it
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
         self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()

@@ -42,16 +42,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib import checkpoint
+from ddpm_lib.config import PRESETS
 from ddpm_lib.data import load_mnist
-from ddpm_lib.fast_sampling import fast_generate
-from ddpm_lib.guidance import ClassifierFreeGuidance
-from ddpm_lib.metrics import balanced_labels, baseline_images, class_statistics, classify, features_distance
+from ddpm_lib.generation import generate
+from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
-from ddpm_lib.runner import PRESETS
-from ddpm_lib.sampling import generate
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.unet import Unet
 
@@ -209,29 +207,27 @@ def train_step(
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
     label_dropout: float = 0.0,
+    part: slice | None = None,
+    mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
     ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
-    ``weighting``, ``min_snr_gamma``, ``labels`` and ``label_dropout`` are passed to :func:`ddpm_loss`.
-    Raises :class:`NonFiniteLossError` *before* touching the weights if the loss is not finite.
-    Returns the loss, the gradient norm before clipping and the learning rate used.
+    ``weighting``, ``min_snr_gamma``, ``labels``, ``label_dropout`` and ``part`` are passed to :func:`ddpm_loss`.
+    ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 12: the mean
+    over all processes). Raises :class:`NonFiniteLossError` *before* touching the weights if that loss is not
+    finite. Returns the loss, the gradient norm before clipping and the learning rate used.
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = ddpm_loss(
-            model,
-            scheduler,
-            x0,
-            generator,
-            weighting,
-            min_snr_gamma,
-            labels=labels,
+            model, scheduler, x0, generator, weighting, min_snr_gamma, part=part, labels=labels,
             label_dropout=label_dropout,
-        )
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss.item()}")
+        )  # fmt: skip
+    reported = loss.detach() if mean_loss is None else mean_loss(loss.detach())
+    if not torch.isfinite(reported):
+        raise NonFiniteLossError(f"loss is {reported.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = grad_clip if grad_clip is not None else math.inf
@@ -239,7 +235,7 @@ def train_step(
     optimizer.step()
     if lr_scheduler is not None:
         lr_scheduler.step()
-    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+    return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
 # %% [markdown]
@@ -378,6 +374,12 @@ assert math.isclose(ema.model.weight.item(), 1 - 0.9**10, rel_tol=1e-6)
 # the batches an uninterrupted run would. All randomness of the objective ($t$ and $\varepsilon$) comes
 # from one `torch.Generator` whose state the checkpoint saves. Logging, checkpoints and progress bars
 # are the caller's business, through the `on_step` callback.
+#
+# Two more hooks, `part` and `mean_loss`, are for chapter 12, where several processes share each batch: a
+# process trains on its `part` of every batch (after drawing $t$ and $\varepsilon$ for the whole batch, so the
+# random numbers do not depend on how many processes there are) and reports the `mean_loss` over all of them.
+# With one process both stay `None` and change nothing. This loop is the only training loop of the course:
+# `python -m ddpm_lib train` runs it, on one process or many.
 
 
 # %%
@@ -425,6 +427,8 @@ def train(
     label_dropout: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    part: slice | None = None,
+    mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> int:
     """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
 
@@ -432,6 +436,8 @@ def train(
     (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
+    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 12), passed to :func:`train_step`;
+    one process leaves them at None.
     """
     completed = start_step
     positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
@@ -442,6 +448,7 @@ def train(
             stats = train_step(
                 model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, bf16, weighting,
                 min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
+                part=part, mean_loss=mean_loss,
             )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
@@ -561,8 +568,8 @@ assert resumed.returncode == 0, resumed.stderr
 print("run folder:", sorted(p.name for p in (workdir / "straight").iterdir()))
 
 # %%
-straight_state = load_checkpoint(workdir / "straight" / "checkpoints" / "last.pt")
-resumed_state = load_checkpoint(workdir / "interrupted" / "checkpoints" / "last.pt")
+straight_state = checkpoint.load(workdir / "straight" / "checkpoints" / "last.pt", "run")
+resumed_state = checkpoint.load(workdir / "interrupted" / "checkpoints" / "last.pt", "run")
 same = all(
     torch.equal(straight_state["ema"]["model"][k], v) for k, v in resumed_state["ema"]["model"].items()
 )
@@ -631,7 +638,7 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 #
 # (How the two rows were measured: the checkpoints are the quick runs `benchmarks/time_to_digits.py` trained while
 # this section was written, at 2,200, 1,800 and 1,600 steps; each variant drew 256 digits from the saved checkpoint
-# with `fast_generate` and was scored by the benchmark's `score`, in a scratch script that is not part of the
+# with `generate` and was scored by the benchmark's `score`, in a scratch script that is not part of the
 # course. The recipe then settled at 1,400 steps, $w = 1$ and 25 sampling steps so that the benchmark, which also
 # trains the reference recipe for the same time, fits in 15 minutes: at 1,800 steps and 100 sampling steps it took
 # 16.3.)
@@ -642,7 +649,7 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 # draw from pure noise: that decision is handed to it, and a short run spends its capacity on strokes instead.
 # The 10% of dropped labels also teach it the unconditional model, which guidance needs: chapter 09 explains
 # $\tilde\varepsilon = (1+w)\,\varepsilon_\theta(x_t, t, y) - w\,\varepsilon_\theta(x_t, t, \varnothing)$; here it is one line,
-# `ClassifierFreeGuidance(model, w)`, a model that every sampler accepts.
+# `guidance=w` in `generate`, which wraps the model in `ClassifierFreeGuidance(model, w)`.
 #
 # How the recipe was chosen (development runs, 8 minutes of training each on 2 CPU cores, 256 samples with 100-step
 # DDPM, the same metrics as below; measured once while writing this chapter, not re-run by it):
@@ -695,9 +702,9 @@ def quick_evaluate(step, stats):
     if step % PROFILE.quick_eval_every and step != quick_steps:
         return
     train_seconds[0] += time.perf_counter() - clock[0]
-    guided = ClassifierFreeGuidance(quick_ema.model, quick["guidance"])
-    digits = fast_generate(guided, scheduler, n_quick, "ddpm", PROFILE.quick_sampler_steps, seed=1, bf16=True,
-                           labels=balanced_labels(n_quick))  # fmt: skip
+    grid = quick["grid"]  # the preset's sampler for grids: 25-step DDPM with guidance w = 1
+    digits = generate(quick_ema.model, scheduler, n_quick, sampler=grid["sampler"],
+                      steps=PROFILE.quick_sampler_steps, guidance=grid["guidance"], seed=1)  # fmt: skip
     features, probs = classify(classifier, digits)
     quick_scores[step] = {
         **class_statistics(probs),

@@ -69,60 +69,134 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # number unless we change $\hat x_0$ in between — which is exactly what `sample_clip` does: it clamps
 # $\hat x_0$ to the data range $[-1, 1]$ before forming the mean.
 #
-# **Which $\beta_t$?** `diffusers` recomputes $\beta_t$ inside its step as $1-\bar\alpha_t/\bar\alpha_{t-1}$;
-# we read $\beta_t$ from the schedule's table. Mathematically identical; in float32 they differ by
-# about $10^{-7}$ relative, far inside the $10^{-3}$ our tests allow against `diffusers`. We keep the
-# table: it is the quantity the formulas name.
+# **One step, two samplers.** Both samplers take the same path: the network's $\hat\varepsilon$, the estimate
+# $\hat x_0$ it implies, then the posterior with $\hat x_0$ in place of $x_0$. `sample()` uses $\hat x_0$ as it is
+# (and is therefore Algorithm 2 exactly: a cell below checks it); `sample_clip()` clamps it first. We write the
+# posterior for a step from $t$ to any earlier $s$ — here always $s = t - 1$ — with the step's own
+# $\beta = 1 - \bar\alpha_t / \bar\alpha_s$, which for $s = t-1$ is $\beta_t$:
+#
+# $$ x_s = \frac{\sqrt{\bar\alpha_s}\,\beta}{1-\bar\alpha_t}\,\hat x_0 + \frac{\sqrt{1-\beta}\,(1-\bar\alpha_s)}{1-\bar\alpha_t}\,x_t
+#    + \sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}\,\beta}\; z , \qquad \bar\alpha_{-1} = 1 . $$
+#
+# Chapter 07 uses the same function for chains that jump over timesteps, exactly as `diffusers`'
+# `DDPMScheduler.step` serves both. The coefficients come from $\bar\alpha$ in float64: in float32,
+# $1 - \bar\alpha_t/\bar\alpha_{t-1}$ loses up to three of its seven digits near $t = 0$ (`diffusers` computes it
+# in float32; our tests allow for the difference).
 
 # %%
 #| default_exp sampling
 #| export
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.unet import Conditioned
 
 
 # %%
 #| export
-def _timestep(scheduler: NoiseSchedule, t, x_t: torch.Tensor) -> int:
-    """Check one reverse step's inputs; return t as a Python int."""
-    if isinstance(t, torch.Tensor):
-        if t.numel() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+def _check_int(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int after checking it is an integer (or a one-element integer tensor) in low..high."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
+    return int(value)
+
+
+def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
+        raise ValueError(
+            f"{name} must be a floating-point tensor with a batch dimension, e.g. (B, 1, 28, 28)"
+        )
+    return x
+
+
+def _check_jump(scheduler: NoiseSchedule, t, t_prev) -> tuple[int, int]:
+    """A step from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
+    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    return t, _check_int(t_prev, "t_prev", -1, t - 1)
+
+
+def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
+    """ᾱ_t from the schedule's float64 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
+    return 1.0 if t < 0 else float(scheduler.alpha_bars64[t])
+
+
+def predict_noise(model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """ε̂ = ``model(x_t, t)`` in x_t's dtype — or ``model`` itself when it is already a tensor of predictions."""
+    if isinstance(model, torch.Tensor):
+        if model.shape != x_t.shape:
             raise ValueError(
-                f"t must be a single integer timestep, got a tensor of shape {tuple(t.shape)}, {t.dtype}"
+                f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
             )
-        t = int(t.item())
-    if isinstance(t, bool) or not isinstance(t, int):
-        raise ValueError(f"t must be an integer timestep, got {t!r}")
-    if not 0 <= t < scheduler.num_timesteps:
-        raise ValueError(f"t must lie in 0..{scheduler.num_timesteps - 1}, got {t}")
-    if not isinstance(x_t, torch.Tensor) or not x_t.dtype.is_floating_point or x_t.dim() < 2:
-        raise ValueError("x_t must be a floating-point tensor with a batch dimension")
-    return t
-
-
-def _predict_noise(model: nn.Module, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return model.to(x_t.dtype)
     return model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
 
 
-def _add_noise(
-    mean: torch.Tensor, variance: float, t: int, generator: torch.Generator | None
+# %%
+#| export
+def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
+               clip: bool = False) -> torch.Tensor:  # fmt: skip
+    """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, the clean image the noise estimate implies; clamped to [−1, 1] if ``clip``."""
+    alpha_bar = _alpha_bar(scheduler, t)
+    x0 = (x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+@torch.no_grad()
+def posterior_step(
+    scheduler: NoiseSchedule,
+    t: int,
+    t_prev: int,
+    x0_hat: torch.Tensor,
+    x_t: torch.Tensor,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """mean + σ z, with z drawn only for t > 0 (so t = 0 consumes no random numbers)."""
-    if t == 0:
+    r"""Draw x_s ~ q(x_s | x_t, x_0 = x̂_0) for s = ``t_prev`` < t: the reverse step, given an estimate of x_0.
+
+    With ᾱ_{−1} = 1 and the step's β = 1 − ᾱ_t / ᾱ_s (β_t when s = t − 1):
+    mean = √ᾱ_s β / (1 − ᾱ_t) · x̂_0 + √(1 − β) (1 − ᾱ_s) / (1 − ᾱ_t) · x_t, variance (1 − ᾱ_s) / (1 − ᾱ_t) · β.
+    z ~ N(0, I) is drawn with ``generator`` only when s ≥ 0; the step to the clean end (s = −1) returns
+    the mean, which is x̂_0 itself.
+    """
+    t, t_prev = _check_jump(scheduler, t, t_prev)
+    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    beta = 1.0 - alpha_bar / alpha_bar_prev
+    mean = (math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)) * x0_hat + (
+        math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+    ) * x_t
+    if t_prev < 0:
         return mean
-    z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta
+    z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
     return mean + math.sqrt(variance) * z
+
+
+@torch.no_grad()
+def reverse_step(
+    scheduler: NoiseSchedule,
+    t: int,
+    t_prev: int,
+    model: nn.Module | torch.Tensor,
+    x_t: torch.Tensor,
+    clip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One reverse step from ``t`` to ``t_prev``: ε̂ from ``model``, x̂_0 from ε̂ (clamped if ``clip``), then the posterior."""
+    t, t_prev = _check_jump(scheduler, t, t_prev)
+    _check_sample(x_t, "x_t")
+    x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t), x_t, clip)
+    return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
 
 # %%
 #| export
-@torch.no_grad()
 def sample(
     scheduler: NoiseSchedule,
     t: int,
@@ -130,21 +204,16 @@ def sample(
     x_t: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""One DDPM ancestral step (Algorithm 2) from timestep ``t`` (an int in 0..T−1).
+    r"""One DDPM ancestral step (Algorithm 2) from timestep ``t`` (an int in 0..T−1) to t − 1.
 
-    x_{t−1} = (x_t − β_t / √(1 − ᾱ_t) · ε_θ(x_t, t)) / √α_t + σ_t z,  σ_t² = β̃_t,  no noise at t = 0.
-    ``x_t`` is (B, C, H, W); z ~ N(0, I) is drawn with ``generator`` only when t > 0.
+    x_{t−1} = (x_t − β_t / √(1 − ᾱ_t) · ε_θ(x_t, t)) / √α_t + σ_t z,  σ_t² = β̃_t,  no noise at t = 0:
+    the posterior of x̂_0 (:func:`reverse_step`), which is the same number. ``x_t`` is (B, C, H, W);
+    z ~ N(0, I) is drawn with ``generator`` only when t > 0.
     """
-    t = _timestep(scheduler, t, x_t)
-    beta, alpha, alpha_bar = (
-        float(table[t]) for table in (scheduler.betas, scheduler.alphas, scheduler.alpha_bars)
-    )
-    eps = _predict_noise(model, x_t, t)
-    mean = (x_t - beta / math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha)
-    return _add_noise(mean, float(scheduler.posterior_variances[t]), t, generator)
+    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    return reverse_step(scheduler, t, t - 1, model, x_t, clip=False, generator=generator)
 
 
-@torch.no_grad()
 def sample_clip(
     scheduler: NoiseSchedule,
     t: int,
@@ -152,34 +221,78 @@ def sample_clip(
     x_t: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""One reverse step through a clipped estimate of x_0, from timestep ``t``.
+    r"""One reverse step through a clipped estimate of x_0, from timestep ``t`` to t − 1.
 
     x̂_0 = clamp((x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t, −1, 1), then
     x_{t−1} = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t + σ_t z,
     with ᾱ_{−1} = 1, σ_t² = β̃_t and no noise at t = 0 (so the last step returns x̂_0 itself).
     """
-    t = _timestep(scheduler, t, x_t)
-    alpha_bar = float(scheduler.alpha_bars[t])
-    eps = _predict_noise(model, x_t, t)
-    x0_hat = ((x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)).clamp(-1.0, 1.0)
-    # the posterior-mean coefficients of chapter 01 (exactly 1 and 0 at t = 0)
-    mean = (
-        float(scheduler.posterior_mean_coef_x0[t]) * x0_hat + float(scheduler.posterior_mean_coef_xt[t]) * x_t
-    )
-    return _add_noise(mean, float(scheduler.posterior_variances[t]), t, generator)
+    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    return reverse_step(scheduler, t, t - 1, model, x_t, clip=True, generator=generator)
 
+
+# %% [markdown]
+# Is `sample()` really Algorithm 2? The same $x_t$, the same $z$, the formula of Algorithm 2 written out:
+
+# %%
+x_check = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(3))
+for t in (999, 500, 10, 1):
+    eps = model(x_check, torch.full((4,), t))
+    beta, alpha, alpha_bar = scheduler.betas[t], scheduler.alphas[t], scheduler.alpha_bars[t]
+    z = torch.randn(x_check.shape, generator=torch.Generator().manual_seed(t))
+    algorithm_2 = (x_check - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+    algorithm_2 = algorithm_2 + scheduler.posterior_variances[t].sqrt() * z
+    ours = sample(scheduler, t, model, x_check, torch.Generator().manual_seed(t))
+    print(f"t = {t:3d}: max |sample() - Algorithm 2| = {(ours - algorithm_2).abs().max().item():.1e}")
+    assert torch.allclose(ours, algorithm_2, atol=1e-4)
 
 # %% [markdown]
 # ## 2. The full loop
 #
 # Start from $x_T \sim \mathcal N(0, I)$ and apply the step for $t = T-1, \dots, 0$. One generator supplies
-# both $x_T$ and every $z$, so a seed fixes the whole trajectory. The network runs in eval mode under
-# `torch.no_grad()`; a batch of 64 costs about as much per step as a batch of one on a CPU, so we
-# always sample in batches.
+# both $x_T$ and every $z$, so a seed fixes the whole trajectory. `run_chain` is the loop every sampler of the
+# course uses (chapter 07's too): it walks a list of timesteps, puts the network in eval mode, and shows each
+# $x_t$ to an optional `on_step` hook, which is how this chapter records trajectories below.
+
 
 # %%
 #| export
-SAMPLERS: dict[str, Callable] = {"ddpm": sample, "clip": sample_clip}
+def run_chain(
+    model: nn.Module,
+    timesteps: Sequence[int],
+    step: Callable[[int, int, torch.Tensor], torch.Tensor],
+    x_T: torch.Tensor,
+    *,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    progress: bool = False,
+    desc: str = "sampling",
+) -> torch.Tensor:
+    """Apply ``step(t, t_prev, x)`` for each t of ``timesteps`` (descending), t_prev the next entry (−1 after the last).
+
+    The network runs in eval mode (its mode is restored afterwards); ``on_step(t, x_t)`` sees the image
+    *entering* each step; ``progress`` shows a progress bar.
+    """
+    timesteps = [int(t) for t in timesteps]
+    pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
+    was_training = getattr(model, "training", False)
+    model.eval()
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc=desc, unit="step", leave=False)
+    x = x_T
+    try:
+        for t, t_prev in pairs:
+            if on_step is not None:
+                on_step(t, x)
+            x = step(t, t_prev, x)
+    finally:
+        model.train(was_training)
+    return x
+
+
+#: chapter 05's two samplers: the same step, without and with the clamp on x̂_0
+SAMPLERS = ("ddpm", "clip")
 
 
 @torch.no_grad()
@@ -191,81 +304,26 @@ def sample_loop(
     generator: torch.Generator | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     progress: bool = False,
+    timesteps: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain from ``x_T`` (noise level T−1) to a sample (after the step at t = 0).
 
-    ``sampler`` is ``"clip"`` (:func:`sample_clip`) or ``"ddpm"`` (:func:`sample`).
+    ``sampler`` is ``"clip"`` (:func:`sample_clip`) or ``"ddpm"`` (:func:`sample`). ``timesteps`` (descending)
+    are the timesteps to visit: all T by default; chapter 07 passes fewer, a respaced chain.
     ``on_step(t, x_t)`` sees the image *entering* the step at t, e.g. to record a trajectory.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
-    step = SAMPLERS[sampler]
-    was_training = model.training
-    model.eval()
-    timesteps = range(scheduler.num_timesteps - 1, -1, -1)
-    if progress:
-        from tqdm.auto import tqdm
+    _check_sample(x_T, "x_T")
+    if timesteps is None:
+        timesteps = range(scheduler.num_timesteps - 1, -1, -1)
 
-        timesteps = tqdm(timesteps, desc=f"sampling ({sampler})", unit="step", leave=False)
-    x = x_T
-    try:
-        for t in timesteps:
-            if on_step is not None:
-                on_step(t, x)
-            x = step(scheduler, t, model, x, generator)
-    finally:
-        model.train(was_training)
-    return x
+    def step(t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
+        return reverse_step(scheduler, t, t_prev, model, x, sampler == "clip", generator)
 
-
-def generate(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    n: int,
-    sampler: str = "clip",
-    seed: int = 0,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) in [-1, 1] from noise seeded by ``seed``, on the model's device.
-
-    ``on_step(t, x_t)`` is passed to :func:`sample_loop` (e.g. to record frames of the trajectory).
-    ``labels`` (n,) asks a class-conditional model (chapter 03, section 12) for digits of those classes.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
-    device = next(model.parameters()).device
-    if labels is not None:
-        model = Conditioned(model, labels.to(device))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    x_T = torch.randn((n, *image_shape), generator=generator, device=device)
-    return sample_loop(scheduler, model, x_T, sampler, generator, on_step, progress).clamp(-1.0, 1.0)
-
-
-def save_image(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    path,
-    size: int = 16,
-    sampler: str = "clip",
-    seed: int = 0,
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sample ``size`` digits and save them as a square-ish grid PNG (the reference's ``save_image``).
-
-    Returns the samples. ``size=16`` gives the reference's 4×4 grid; ``labels`` as in :func:`generate`.
-    """
-    samples = generate(
-        model, scheduler, size, sampler, seed, progress=progress, on_step=on_step, labels=labels
+    return run_chain(
+        model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"sampling ({sampler})"
     )
-    grid_image(samples).save(path)
-    return samples
 
 
 def grid_image(images: torch.Tensor, padding: int = 2):
@@ -278,6 +336,26 @@ def grid_image(images: torch.Tensor, padding: int = 2):
     )
     return Image.fromarray((grid[0] * 255).round().to(torch.uint8).cpu().numpy(), mode="L")
 
+
+def save_image(model: nn.Module, scheduler: NoiseSchedule, path, size: int = 16, spec=None, **options):
+    """Sample ``size`` digits and save them as a square-ish grid PNG (the reference's ``save_image``).
+
+    Returns the samples. ``size=16`` gives the reference's 4×4 grid. How they are drawn — sampler, seed,
+    labels, … — is a :class:`ddpm_lib.generation.SampleSpec`, or its options as keywords (``sampler="ddpm"``).
+    """
+    from ddpm_lib.generation import generate
+
+    samples = generate(model, scheduler, size, spec, **options)
+    grid_image(samples).save(path)
+    return samples
+
+
+# %% [markdown]
+# **Drawing a batch.** Starting noise, batching, a seed per batch, labels for a class-conditional model,
+# bfloat16 for speed: the plumbing around this loop lives in one function, `ddpm_lib.generation.generate`,
+# which every later chapter and the command line use. It takes a `SampleSpec` — the sampler and its options —
+# or the same options as keywords: `generate(model, scheduler, 16, sampler="ddpm", seed=0)`. On a CPU, one
+# network call on a batch of 64 costs far less than 64 calls on one image, so it samples in batches of 256.
 
 # %% [markdown]
 # ## 3. Two samplers, one starting noise

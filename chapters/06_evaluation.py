@@ -44,11 +44,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ddpm_lib.checkpoint import load_denoiser
 from ddpm_lib.data import load_mnist
+from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained, snapshot_paths
 from ddpm_lib.profile import PROFILE
-from ddpm_lib.runner import load_model
 
 torch.manual_seed(0)
 train_images, train_labels = load_mnist("train").tensors
@@ -552,45 +553,14 @@ assert (
 # %% [markdown]
 # ## 7. The shipped model: `sample()` vs `sample_clip()`
 #
-# Sampling dominates the cost of evaluation: every digit needs 1000 network calls. `generate_samples`
-# runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native bfloat16, pixels within
-# 0.003 of float32 — measured in `benchmarks/sampling_speed.py`) and in batches.
-
-
-# %%
-#| export
-def generate_samples(model: nn.Module, scheduler, n: int, sampler: str = "clip", seed: int = 0,
-                     bf16: bool = True, batch_size: int = 256, progress: bool = False,
-                     labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``.
-
-    ``labels`` (n,): the classes to ask a class-conditional model for (e.g. :func:`balanced_labels`).
-    """
-    from ddpm_lib.sampling import generate
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
-    device = next(model.parameters()).device
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        size = min(batch_size, n - start)
-        part = None if labels is None else labels[start : start + size]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            batch = generate(model, scheduler, size, sampler, seed + i, progress=progress, labels=part)
-        out.append(batch.float().cpu())
-    return torch.cat(out)
-
-
-def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
-    """Labels 0, 1, …, K−1, 0, 1, … (n,): every class equally often, as in the training data."""
-    return torch.arange(n) % num_classes
-
+# Sampling dominates the cost of evaluation: every digit needs 1000 network calls. `generate`
+# (`ddpm_lib.generation`, met in chapter 05) runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native
+# bfloat16, pixels within 0.003 of float32 — measured in `benchmarks/sampling_speed.py`) and in batches of
+# 256, batch $i$ seeded with `seed + i`.
 
 # %%
 start = time.perf_counter()
-samples = {name: generate_samples(model, scheduler, n_eval, name, seed=1) for name in ("ddpm", "clip")}
+samples = {name: generate(model, scheduler, n_eval, sampler=name, seed=1) for name in ("ddpm", "clip")}
 print(f"sampled 2 × {n_eval} digits in {time.perf_counter() - start:.0f} s")
 results = evaluate_images(
     classifier,
@@ -645,8 +615,7 @@ print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "samp
 
 # %%
 conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
-conditional_samples = generate_samples(conditional_model, conditional_scheduler, n_eval, "ddpm", seed=1,
-                                       labels=balanced_labels(n_eval))  # fmt: skip
+conditional_samples = generate(conditional_model, conditional_scheduler, n_eval, sampler="ddpm", seed=1)
 results["class-conditional (ddpm)"] = evaluate_images(
     classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, PROFILE.bootstrap
 )["class-conditional (ddpm)"]
@@ -671,8 +640,8 @@ snapshots = snapshot_paths()[-PROFILE.eval_snapshots :] if PROFILE.eval_snapshot
 n_snap = PROFILE.eval_snapshot_samples
 curve = []
 for step, path in snapshots:
-    snapshot_model, snapshot_scheduler, _ = load_model(path)
-    images = generate_samples(snapshot_model, snapshot_scheduler, n_snap, "clip", seed=2)
+    snapshot_model, snapshot_scheduler, _ = load_denoiser(path)
+    images = generate(snapshot_model, snapshot_scheduler, n_snap, sampler="clip", seed=2)
     r = evaluate_images(classifier, {f"step {step}": images}, heldout_images, PROFILE.bootstrap)[
         f"step {step}"
     ]

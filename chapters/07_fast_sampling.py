@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from ddpm_lib.data import load_mnist
-from ddpm_lib.metrics import baseline_images, evaluate_images, format_table, generate_samples
+from ddpm_lib.generation import DEFAULT_STEPS, SampleSpec, generate
+from ddpm_lib.metrics import baseline_images, evaluate_images, format_table
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
-from ddpm_lib.sampling import grid_image, sample
+from ddpm_lib.sampling import grid_image, reverse_step, sample
 
 torch.manual_seed(0)
 model, scheduler, provenance = load_pretrained()
@@ -95,7 +96,8 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # Two of `DDIMScheduler`'s defaults differ from ours: it clips by default (`clip_sample=True`; our `clip=False`)
 # and spaces timesteps `"leading"` (ours: `"trailing"`, for the reason of section 2).
 #
-# The first exported cell holds the argument checks every sampler of this chapter shares.
+# The argument checks, $\hat x_0$ and the loop come from chapter 05 (`predict_x0`, `run_chain`): this chapter
+# adds only what is new.
 
 # %%
 #| default_exp fast_sampling
@@ -108,21 +110,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_lib.sampling import (
+    _alpha_bar,
+    _check_int,
+    _check_jump,
+    _check_sample,
+    predict_noise,
+    predict_x0,
+    run_chain,
+)
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.unet import Conditioned
 
 #: the timestep spacings of :func:`timesteps_for`
 SPACINGS = ("leading", "trailing", "linspace")
-
-
-def _check_int(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
-    return int(value)
 
 
 def _check_choice(value, name: str, allowed: tuple[str, ...]) -> str:
@@ -135,46 +135,6 @@ def _check_eta(eta) -> float:
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
     return float(eta)
-
-
-def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
-        raise ValueError(
-            f"{name} must be a floating-point tensor with a batch dimension, e.g. (B, 1, 28, 28)"
-        )
-    return x
-
-
-def _check_pair(scheduler: NoiseSchedule, t, t_prev) -> tuple[int, int]:
-    """A jump from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
-    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
-    t_prev = _check_int(t_prev, "t_prev", -1, t - 1) if t > 0 else _check_int(t_prev, "t_prev", -1, -1)
-    return t, t_prev
-
-
-def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
-    """ᾱ_t from the schedule's float32 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
-    return 1.0 if t < 0 else float(scheduler.alpha_bars[t])
-
-
-def _epsilon(model, x_t: torch.Tensor, t: int) -> torch.Tensor:
-    """ε_θ(x_t, t): call ``model``, or take it as given when ``model`` is already a tensor of predictions."""
-    if isinstance(model, torch.Tensor):
-        if model.shape != x_t.shape:
-            raise ValueError(
-                f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
-            )
-        return model.to(x_t.dtype)
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    return model(x_t, t_batch).to(x_t.dtype)
-
-
-def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
-               clip: bool = False) -> torch.Tensor:  # fmt: skip
-    """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, clamped to [−1, 1] when ``clip``."""
-    alpha_bar = _alpha_bar(scheduler, t)
-    x0 = (x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
-    return x0.clamp(-1.0, 1.0) if clip else x0
 
 
 # %% [markdown]
@@ -283,8 +243,10 @@ assert max(first["trailing"]) == min(first["trailing"])  # trailing always start
 # and the posterior mean and variance of chapter 05 with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
 # $\beta_{t\to s}, \alpha_{t\to s}, \bar\alpha_s$ (Nichol & Dhariwal, 2021, "respacing"; `diffusers`' `DDPMScheduler`
 # does the same). Keeping the single-step $\beta_t$ while skipping steps is a classic bug: the chain removes
-# far too little noise per jump. `respaced_ddpm_step` implements the right version, with the optional
-# clamp of `sample_clip()`. Without the clamp it is `ddim_step` with $\eta = 1$, written differently.
+# far too little noise per jump. Chapter 05 already wrote the step this way: its `reverse_step(scheduler, t,
+# t_prev, ...)` takes the timestep it jumps to, and `sample_loop(..., timesteps=...)` runs DDPM (or
+# `sample_clip()`) on any descending list of timesteps. Without the clamp it is `ddim_step` with $\eta = 1$,
+# written differently.
 
 
 # %%
@@ -307,10 +269,10 @@ def ddim_step(
     clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by default).
     z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
     """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
+    t, t_prev = _check_jump(scheduler, t, t_prev)
     _check_sample(x_t, "x_t")
     eta = _check_eta(eta)
-    eps = _epsilon(model, x_t, t)
+    eps = predict_noise(model, x_t, t)
     x0 = predict_x0(scheduler, t, eps, x_t, clip)
     alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
     sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
@@ -322,42 +284,10 @@ def ddim_step(
     return x_prev
 
 
-@torch.no_grad()
-def respaced_ddpm_step(
-    scheduler: NoiseSchedule,
-    t: int,
-    t_prev: int,
-    model: nn.Module | torch.Tensor,
-    x_t: torch.Tensor,
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    r"""DDPM's ancestral step on a chain that jumps from ``t`` to ``t_prev`` (−1: the clean end).
-
-    With β = 1 − ᾱ_t/ᾱ_s and α = 1 − β for the jump: x_s = √ᾱ_s β/(1 − ᾱ_t) · x̂_0 + √α (1 − ᾱ_s)/(1 − ᾱ_t) · x_t
-    + σ z, σ² = (1 − ᾱ_s)/(1 − ᾱ_t) · β. ``clip`` clamps x̂_0 first (chapter 05's ``sample_clip``). With
-    t_prev = t − 1 this is ``sample`` / ``sample_clip`` itself. z is drawn only when t_prev ≥ 0.
-    """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
-    _check_sample(x_t, "x_t")
-    eps = _epsilon(model, x_t, t)
-    x0 = predict_x0(scheduler, t, eps, x_t, clip)
-    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
-    beta = 1.0 - alpha_bar / alpha_bar_prev
-    mean = (math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)) * x0 + (
-        math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    ) * x_t
-    if t_prev < 0:
-        return mean
-    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta
-    z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
-    return mean + math.sqrt(variance) * z
-
-
 # %% [markdown]
 # Three checks of the algebra, on the shipped model: with $\eta = 1$ and $s = t - 1$ the DDIM step is
-# chapter 05's `sample()` (same random numbers); the respaced DDPM step equals DDIM with $\eta = 1$ for a long
-# jump too; and with $\eta = 0$ the jump to the clean end returns $\hat x_0$ itself.
+# chapter 05's `sample()` (same random numbers); chapter 05's `reverse_step` on a long jump equals DDIM with
+# $\eta = 1$ too; and with $\eta = 0$ the jump to the clean end returns $\hat x_0$ itself.
 
 # %%
 x_t = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(3))
@@ -367,7 +297,7 @@ for t in (999, 500, 1):
     print(f"t={t}: max |ddim_step(eta=1) - sample()| = {(ddim - ddpm).abs().max():.1e}")
     assert torch.allclose(ddim, ddpm, atol=1e-4)
 jump_ddim = ddim_step(scheduler, 600, 400, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(8))
-jump_ddpm = respaced_ddpm_step(scheduler, 600, 400, model, x_t, generator=torch.Generator().manual_seed(8))
+jump_ddpm = reverse_step(scheduler, 600, 400, model, x_t, generator=torch.Generator().manual_seed(8))
 assert torch.allclose(jump_ddim, jump_ddpm, atol=1e-4)
 eps = model(x_t, torch.full((4,), 99))
 assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(scheduler, 99, eps, x_t), atol=1e-6)
@@ -375,35 +305,15 @@ assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(schedul
 # %% [markdown]
 # ## 4. The sampling loops
 #
-# A loop walks the chosen timesteps and jumps each time to the next one, and from the last one to the clean
-# end. One generator supplies $x_T$ and every $z$, as in chapter 05. With $n$ steps each sampler calls the
-# network exactly $n$ times.
+# Chapter 05's `run_chain` walks the chosen timesteps and jumps each time to the next one, and from the last one
+# to the clean end. One generator supplies $x_T$ and every $z$, as in chapter 05. With $n$ steps each sampler calls
+# the network exactly $n$ times. DDPM on a respaced chain needs no new code: it is
+# `sample_loop(scheduler, model, x_T, "ddpm", generator, timesteps=timesteps_for(T, n))`.
 
 
 # %%
 #| export
-def _run_chain(step, model: nn.Module, scheduler: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int],
-               desc: str, progress: bool, on_step) -> torch.Tensor:  # fmt: skip
-    """Apply ``step(t, t_prev, x)`` along ``timesteps`` (descending) and on to the clean end (−1)."""
-    was_training = model.training
-    model.eval()
-    pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
-    if progress:
-        from tqdm.auto import tqdm
-
-        pairs = tqdm(pairs, desc=desc, unit="step", leave=False)
-    x = x_T
-    try:
-        for t, t_prev in pairs:
-            if on_step is not None:
-                on_step(t, x)
-            x = step(t, t_prev, x)
-    finally:
-        model.train(was_training)
-    return x
-
-
-def _schedule_for(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
+def _timesteps(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
     return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
 
 
@@ -427,34 +337,14 @@ def ddim_sample(
     """
     _check_sample(x_T, "x_T")
     eta = _check_eta(eta)
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
 
     def step(t, t_prev, x):
         return ddim_step(scheduler, t, t_prev, model, x, eta, clip, generator)
 
-    return _run_chain(step, model, scheduler, x_T, timesteps, f"DDIM (eta={eta:g})", progress, on_step)
-
-
-@torch.no_grad()
-def respaced_ddpm_sample(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    x_T: torch.Tensor,
-    num_steps: int = 1000,
-    spacing: str = "trailing",
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """DDPM's ancestral sampler (``clip``: chapter 05's ``sample_clip``) on ``num_steps`` respaced timesteps."""
-    _check_sample(x_T, "x_T")
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
-
-    def step(t, t_prev, x):
-        return respaced_ddpm_step(scheduler, t, t_prev, model, x, clip, generator)
-
-    return _run_chain(step, model, scheduler, x_T, timesteps, "DDPM (respaced)", progress, on_step)
+    timesteps = _timesteps(scheduler, num_steps, spacing)
+    return run_chain(
+        model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"DDIM (eta={eta:g})"
+    )
 
 
 # %% [markdown]
@@ -510,7 +400,7 @@ def dpm_solver_pp_update(
     ``previous`` = (t', x̂_0 at t'), the prediction of the step before: second order (2M); ``None``: first
     order (= DDIM with η = 0). The jump to the clean end (t_prev = −1) is first order and returns ``x0``.
     """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
+    t, t_prev = _check_jump(scheduler, t, t_prev)
     if t_prev < 0:
         return x0
     _, sigma_t, lambda_t = _alpha_sigma_lambda(scheduler, t)
@@ -539,16 +429,16 @@ def dpm_solver_pp_sample(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) from ``x_T`` over ``num_steps`` timesteps: deterministic, ``num_steps`` network calls."""
     _check_sample(x_T, "x_T")
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
     previous: list[tuple[int, torch.Tensor]] = []
 
     def step(t, t_prev, x):
-        x0 = predict_x0(scheduler, t, _epsilon(model, x, t), x, clip)
+        x0 = predict_x0(scheduler, t, predict_noise(model, x, t), x, clip)
         x = dpm_solver_pp_update(scheduler, t, t_prev, x, x0, previous[-1] if previous else None)
         previous[:] = [(t, x0)]
         return x
 
-    return _run_chain(step, model, scheduler, x_T, timesteps, "DPM-Solver++(2M)", progress, on_step)
+    timesteps = _timesteps(scheduler, num_steps, spacing)
+    return run_chain(model, timesteps, step, x_T, on_step=on_step, progress=progress, desc="DPM-Solver++(2M)")
 
 
 # %% [markdown]
@@ -567,90 +457,20 @@ print("first-order DPM-Solver++ == DDIM (eta = 0)")
 # %% [markdown]
 # ## 6. One entry point
 #
-# `fast_generate` is the counterpart of chapter 06's `generate_samples`: `n` samples in batches, batch $i$
-# seeded with `seed + i` (so the same `seed` gives every sampler the same starting noise), optionally with
-# bfloat16 autocast for the network, returned on the CPU in $[-1, 1]$. Its methods: `"ddim"`, `"dpmpp"`, and
-# `"ddpm"` / `"clip"` — chapter 05's two samplers on a respaced chain (with `num_steps=1000` they are
-# `sample()` and `sample_clip()`).
+# Every sampler of the course now has a name: `"ddpm"` and `"clip"` (chapter 05's two steps, on all $T$
+# timesteps or a respaced chain), `"ddim"` and `"dpmpp"`. A `SampleSpec` names one with its options — steps,
+# $\eta$, spacing, clipping, and guidance and labels, which chapter 09 adds — and `generate` draws samples
+# from it: batch $i$ seeded with `seed + i` (so the same `seed` gives every sampler the same starting noise),
+# bfloat16 autocast for the network, results on the CPU in $[-1, 1]$. The command line, the training run's
+# grids, chapter 06's metrics and this chapter's measurements all go through it. Its default step counts:
 
 # %%
-#| export
-#: fast_generate's methods: DDIM, DPM-Solver++(2M), and chapter 05's two samplers on a respaced chain
-FAST_SAMPLERS = ("ddim", "dpmpp", "ddpm", "clip")
-
-
-def fast_sample(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    x_T: torch.Tensor,
-    method: str = "ddim",
-    num_steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Run ``method`` (one of :data:`FAST_SAMPLERS`) from ``x_T``; ``eta`` applies to ``"ddim"`` only."""
-    _check_choice(method, "method", FAST_SAMPLERS)
-    if method != "ddim" and _check_eta(eta) != 0.0:
-        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
-    if method == "ddim":
-        return ddim_sample(model, scheduler, x_T, num_steps, eta, spacing, clip, generator, progress, on_step)
-    if method == "dpmpp":
-        return dpm_solver_pp_sample(model, scheduler, x_T, num_steps, spacing, clip, progress, on_step)
-    return respaced_ddpm_sample(
-        model, scheduler, x_T, num_steps, spacing, clip or method == "clip", generator, progress, on_step
+for name, steps in DEFAULT_STEPS.items():
+    print(
+        f"{name:>6}: {steps or T} network evaluations by default; e.g. {SampleSpec(sampler=name).describe(T)}"
     )
-
-
-def fast_generate(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    n: int,
-    method: str = "ddim",
-    num_steps: int = 50,
-    seed: int = 0,
-    eta: float = 0.0,
-    bf16: bool = False,
-    batch_size: int = 256,
-    spacing: str = "trailing",
-    clip: bool = False,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
-    progress: bool = False,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) in [−1, 1], on the CPU, from ``num_steps`` network calls each.
-
-    Batch ``i`` starts from noise seeded by ``seed + i`` (as ``ddpm_lib.metrics.generate_samples``);
-    ``bf16`` runs the network under bfloat16 autocast (the chain itself stays float32). ``labels`` (n,)
-    asks a class-conditional model (chapter 03, section 12) for digits of those classes.
-    """
-    _check_int(n, "n", 1, 10**9)
-    _check_int(batch_size, "batch_size", 1, 10**9)
-    _check_int(seed, "seed", 0, 2**63 - 1)
-    _check_choice(method, "method", FAST_SAMPLERS)
-    _check_int(num_steps, "num_steps", 1, scheduler.num_timesteps)
-    _check_choice(spacing, "spacing", SPACINGS)
-    if method != "ddim" and _check_eta(eta) != 0.0:
-        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
-    device = next(model.parameters()).device
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        size = min(batch_size, n - start)
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        x_T = torch.randn((size, *image_shape), generator=generator, device=device)
-        denoiser = model if labels is None else Conditioned(model, labels[start : start + size].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = fast_sample(
-                denoiser, scheduler, x_T, method, num_steps, eta, spacing, clip, generator, progress
-            )
-        out.append(x.float().clamp(-1.0, 1.0).cpu())
-    return torch.cat(out)
-
+fast = generate(model, scheduler, 4, SampleSpec(sampler="ddim", steps=10))
+assert fast.shape == (4, 1, 28, 28) and fast.abs().max() <= 1
 
 # %% [markdown]
 # ## 7. Side by side: 10, 20 and 50 steps
@@ -668,7 +488,7 @@ methods = {
 }
 n_grid = PROFILE.grid_samples
 grids = {
-    (label, steps): fast_generate(model, scheduler, n_grid, method, steps, seed=0, bf16=True)
+    (label, steps): generate(model, scheduler, n_grid, sampler=method, steps=steps, seed=0)
     for label, method in methods.items()
     for steps in grid_steps
 }
@@ -721,8 +541,8 @@ for images in grids.values():
 # DDPM? For every sampler and every NFE budget we draw the same number of samples (same seeds) and measure
 # the Fréchet distance of chapter 06 against the held-out digits, with its 95% bootstrap interval. The
 # real-vs-real **floor** at the same $n$ is the best any sampler could score. The 1000-NFE points of DDPM and
-# `sample_clip()` are chapter 05's samplers themselves (`generate_samples`); fewer NFE run them on a
-# respaced chain.
+# `sample_clip()` are chapter 05's samplers on the full chain; fewer NFE run them on a respaced chain. All of
+# them are drawn by `generate`, bfloat16 autocast included.
 #
 # Cost: about 1.2 ms per image per network call on two CPU cores (bfloat16 autocast), so the full profile
 # (256 samples per point, every budget, plus a few extra rows) samples for about half an hour. The CI profile
@@ -737,22 +557,19 @@ samples, seconds = {}, {}
 for label, method in methods.items():
     for nfe in nfe_budgets:
         start = time.perf_counter()
-        if nfe == T and method in ("ddpm", "clip"):
-            images = generate_samples(model, scheduler, n_nfe, method, seed=1, bf16=True)
-        else:
-            images = fast_generate(model, scheduler, n_nfe, method, nfe, seed=1, bf16=True)
+        images = generate(model, scheduler, n_nfe, sampler=method, steps=nfe, seed=1)
         samples[f"{label} @ {nfe}"] = images
         seconds[label, nfe] = time.perf_counter() - start
 # the spacing question of section 2, at 10 steps (the rows above use trailing spacing)
 for label, method in (("DDPM sample()", "ddpm"), ("DDIM", "ddim")):
     for spacing in ("leading", "linspace"):
-        samples[f"{label} {spacing} @ 10"] = fast_generate(
-            model, scheduler, n_nfe, method, 10, seed=1, bf16=True, spacing=spacing
+        samples[f"{label} {spacing} @ 10"] = generate(
+            model, scheduler, n_nfe, sampler=method, steps=10, spacing=spacing, seed=1
         )
 # between deterministic DDIM (eta = 0) and DDPM on the respaced chain (eta = 1), at 20 steps
 for eta in (0.25, 0.5, 0.75):
-    samples[f"DDIM eta={eta} @ 20"] = fast_generate(
-        model, scheduler, n_nfe, "ddim", 20, seed=1, eta=eta, bf16=True
+    samples[f"DDIM eta={eta} @ 20"] = generate(
+        model, scheduler, n_nfe, sampler="ddim", steps=20, eta=eta, seed=1
     )
 samples["real digits (floor)"] = baseline_images(n_nfe, seed=1)["real digits (floor)"]
 results = evaluate_images(classifier, samples, heldout_images, PROFILE.bootstrap)

@@ -42,7 +42,7 @@ import torch
 
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import fast_generate
+from ddpm_lib.generation import generate
 from ddpm_lib.metrics import baseline_images, evaluate_images, format_table
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained
@@ -321,12 +321,10 @@ assert 1 / cosine.snr[-1].sqrt() > 100 / linear.snr[-1].sqrt()
 # %%
 n_eval = PROFILE.schedule_eval_samples
 samples = {
-    f"{name} schedule": fast_generate(model, schedule, n_eval, "clip", 100, seed=1, bf16=True)
+    f"{name} schedule": generate(model, schedule, n_eval, sampler="clip", steps=100, seed=1)
     for name, (model, schedule) in models.items()
 }
-samples["cosine, unclipped sample()"] = fast_generate(
-    *models["cosine"], n_eval, "ddpm", 100, seed=1, bf16=True
-)
+samples["cosine, unclipped sample()"] = generate(*models["cosine"], n_eval, sampler="ddpm", steps=100, seed=1)
 samples["real digits (floor)"] = baseline_images(n_eval, seed=1)["real digits (floor)"]
 classifier, _ = load_classifier()
 results = evaluate_images(classifier, samples, heldout, PROFILE.bootstrap)

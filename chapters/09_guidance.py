@@ -39,11 +39,13 @@ import numpy as np
 import torch
 
 from ddpm_lib.data import load_mnist
-from ddpm_lib.fast_sampling import fast_generate, fast_sample
+from ddpm_lib.fast_sampling import timesteps_for
+from ddpm_lib.generation import generate
 from ddpm_lib.metrics import baseline_images, classify, features_distance
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import sample_loop
 from ddpm_lib.training import ddpm_loss
 from ddpm_lib.unet import Conditioned
 
@@ -186,8 +188,8 @@ for w in grid_scales:
     noise_seed = torch.Generator().manual_seed(5)
     x_T = torch.randn((columns, 1, 28, 28), generator=noise_seed).repeat(10, 1, 1, 1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        grids[w] = fast_sample(Conditioned(guided, grid_labels), scheduler, x_T, "ddpm", 100,
-                               generator=torch.Generator().manual_seed(6)).float().clamp(-1, 1)  # fmt: skip
+        grids[w] = sample_loop(scheduler, Conditioned(guided, grid_labels), x_T, "ddpm", torch.Generator().manual_seed(6),
+                               timesteps=timesteps_for(scheduler.num_timesteps, 100)).float().clamp(-1, 1)  # fmt: skip
 fig, axes = plt.subplots(10, len(grid_scales) * columns, figsize=(0.75 * len(grid_scales) * columns, 8.2))
 for block, w in enumerate(grid_scales):
     for index, image in enumerate(grids[w]):
@@ -254,8 +256,9 @@ floor_features, _ = classify(classifier, baseline_images(n_eval, seed=1)["real d
 floor = features_distance(floor_features, real_features)
 table = {}
 for w in [-1.0, *scales]:  # w = -1: the unconditional half of the same network
-    images = fast_generate(ClassifierFreeGuidance(model, w), scheduler, n_eval, "ddpm", 100, seed=1,
-                           bf16=True, labels=eval_labels)  # fmt: skip
+    images = generate(
+        model, scheduler, n_eval, sampler="ddpm", steps=100, guidance=w, seed=1, labels=eval_labels
+    )
     features, probs = classify(classifier, images)
     spread = class_spread(features, eval_labels.numpy())
     table[w] = {

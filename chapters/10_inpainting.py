@@ -43,11 +43,12 @@ import torch
 
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample, q_step
-from ddpm_lib.fast_sampling import respaced_ddpm_sample
+from ddpm_lib.fast_sampling import timesteps_for
 from ddpm_lib.metrics import classify
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import sample_loop
 
 torch.manual_seed(0)
 model, scheduler, provenance = load_pretrained()
@@ -82,14 +83,8 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import (
-    _alpha_bar,
-    _check_choice,
-    _check_int,
-    _check_sample,
-    respaced_ddpm_step,
-    timesteps_for,
-)
+from ddpm_lib.fast_sampling import _check_choice, timesteps_for
+from ddpm_lib.sampling import _alpha_bar, _check_int, _check_sample, reverse_step
 from ddpm_lib.schedule import NoiseSchedule
 
 #: the kinds of :func:`make_mask`, each named after the part of the image that is missing
@@ -210,7 +205,7 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 # The chain starts from pure noise $x_T \sim \mathcal N(0, I)$ and ends with the step to the clean end
 # ($s = -1$, $\bar\alpha_{-1} = 1$, chapter 07), where $q(x_{-1} \mid x_0)$ is $x_0$ itself: the result's known
 # pixels are *exactly* the original's. Like chapter 07 we run it on a respaced chain of $S$ timesteps with
-# the stochastic DDPM step `respaced_ddpm_step`, so it costs $S$ network calls (Song et al., 2021, use the
+# chapter 05's stochastic DDPM step `reverse_step(scheduler, t, s, ...)`, so it costs $S$ network calls (Song et al., 2021, use the
 # same idea for what they call imputation). Every step reads the schedule's $\bar\alpha$ table and assumes
 # nothing else about it, so the method works for any `NoiseSchedule`.
 #
@@ -303,8 +298,8 @@ assert abs(two_jumps.std() - std) < 0.02
 #
 # `inpaint` runs the chain with `resample` = $r$ rounds of resampling per step; $r = 0$ is the replacement
 # method. One generator supplies $x_T$ and every noise draw, so a seed fixes the result. When no pixel is
-# known, nothing is drawn for the known region, and the chain is chapter 07's `respaced_ddpm_sample` from
-# the same seed exactly.
+# known, nothing is drawn for the known region, and the chain is chapter 05's `sample_loop` on the same respaced
+# timesteps, from the same seed, exactly.
 
 
 # %%
@@ -390,7 +385,7 @@ def inpaint(
     try:
         for t, s in zip(timesteps, [*timesteps[1:], -1], strict=True):
             for round_ in range(int(resample) + 1):
-                x_model = respaced_ddpm_step(scheduler, t, s, model, x, generator=generator)
+                x_model = reverse_step(scheduler, t, s, model, x, generator=generator)
                 x_s = _replace_known(scheduler, x0, mask, x_model, s, noise)
                 if s < 0 or round_ == resample:
                     break
@@ -429,7 +424,10 @@ nothing_known = inpaint(
 generator = torch.Generator().manual_seed(0)
 x_T = torch.randn(one.shape, generator=generator)
 assert torch.equal(
-    nothing_known, respaced_ddpm_sample(model, scheduler, x_T, 3, generator=generator).clamp(-1, 1)
+    nothing_known,
+    sample_loop(
+        scheduler, model, x_T, "ddpm", generator, timesteps=timesteps_for(scheduler.num_timesteps, 3)
+    ).clamp(-1, 1),
 )
 steps, resample = PROFILE.inpaint_steps, PROFILE.inpaint_resample
 counted = CountCalls(model)
@@ -711,7 +709,7 @@ print("Exercise 10.1 passed")
 # Write `replacement_inpaint(model, scheduler, x0, mask, num_steps, generator)` without `inpaint`: draw
 # $x_T$ = `torch.randn(x0.shape, generator=generator)`; then for each jump $t \to s$ of the chain
 # (`timesteps_for(scheduler.num_timesteps, num_steps)`, followed by $s = -1$), take the model's step with
-# `respaced_ddpm_step(scheduler, t, s, model, x, generator=generator)` and replace the known pixels by
+# `reverse_step(scheduler, t, s, model, x, generator=generator)` and replace the known pixels by
 # `q_sample(scheduler, x0, s, torch.randn(x0.shape, generator=generator))` (by `x0` itself when $s = -1$). Return the
 # result clamped to $[-1, 1]$. Drawn in this order, your random numbers are `inpaint`'s, and the check compares
 # with `inpaint(..., resample=0)`.
@@ -725,7 +723,7 @@ def replacement_inpaint(model, scheduler, x0, mask, num_steps: int, generator=No
     x = torch.randn(x0.shape, generator=generator)
     with torch.no_grad():
         for t, s in zip(timesteps, [*timesteps[1:], -1], strict=True):
-            x_model = respaced_ddpm_step(scheduler, t, s, model, x, generator=generator)
+            x_model = reverse_step(scheduler, t, s, model, x, generator=generator)
             known = x0 if s < 0 else q_sample(scheduler, x0, s, torch.randn(x0.shape, generator=generator))
             x = mask * known + (1 - mask) * x_model
     return x.clamp(-1, 1)
@@ -779,7 +777,7 @@ def inpaint_jump(model, scheduler, x0, mask, num_steps: int, resample: int, jump
         return torch.randn(x0.shape, generator=generator)
 
     def step(t, s, x):
-        x_model = respaced_ddpm_step(scheduler, t, s, model, x, generator=generator)
+        x_model = reverse_step(scheduler, t, s, model, x, generator=generator)
         known = x0 if s < 0 else q_sample(scheduler, x0, s, noise())
         return mask * known + (1 - mask) * x_model
 

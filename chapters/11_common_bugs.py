@@ -46,11 +46,11 @@ from torch import nn
 
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import ddim_sample, respaced_ddpm_sample, respaced_ddpm_step, timesteps_for
+from ddpm_lib.fast_sampling import ddim_sample, timesteps_for
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
-from ddpm_lib.sampling import sample, sample_clip, sample_loop
+from ddpm_lib.sampling import reverse_step, sample, sample_clip, sample_loop
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import EMA, ddpm_loss, make_optimizer
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet
@@ -487,7 +487,7 @@ assert prediction_change["train"] > 0.1 * prediction_std["train"] and prediction
 # **The test.** Ask for one image alone and inside a batch: the answers must agree. The check runs on a copy of
 # the network, since a train-mode BatchNorm pass would update the running statistics. Applied to the network as
 # a sampler that never calls `.eval()` runs it, and as `ddpm_lib`'s sampling loops run it: we hand
-# `respaced_ddpm_sample` the network in train mode, as a training loop leaves it, and run the check from inside
+# `sample_loop` the network in train mode, as a training loop leaves it, and run the check from inside
 # the loop through its `on_step` hook.
 
 
@@ -505,11 +505,12 @@ def check_batch_invariant(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor) ->
 x_T = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(8))
 inside_the_loop = []
 reference_unet.train()
-respaced_ddpm_sample(
-    reference_unet,
+sample_loop(
     scheduler,
+    reference_unet,
     x_T,
-    num_steps=1,
+    "ddpm",
+    timesteps=[T - 1],
     on_step=lambda t, x: inside_the_loop.append(
         verdict(check_batch_invariant, reference_unet, x, torch.full((len(x),), t))
     ),
@@ -876,17 +877,17 @@ print(
 assert beta_jump > 20 * scheduler.betas[t]
 
 # %% [markdown]
-# Each jump removes about one step's worth of noise instead of fifty. `respaced_ddpm_step` and the bug agree
+# Each jump removes about one step's worth of noise instead of fifty. `reverse_step` and the bug agree
 # exactly when the jump *is* one step, and only then:
 
 # %%
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(9))
 gap = {}
 for t, s in ((500, 499), (500, 450)):
-    ours = respaced_ddpm_step(scheduler, t, s, model, x_t, generator=torch.Generator().manual_seed(10))
+    ours = reverse_step(scheduler, t, s, model, x_t, generator=torch.Generator().manual_seed(10))
     bug = buggy_respaced_step(scheduler, t, s, model, x_t, generator=torch.Generator().manual_seed(10))
     gap[t, s] = (ours - bug).abs().max().item()
-    print(f"jump {t} -> {s}: max |respaced_ddpm_step - buggy_respaced_step| = {gap[t, s]:.2e}")
+    print(f"jump {t} -> {s}: max |reverse_step - buggy_respaced_step| = {gap[t, s]:.2e}")
 
 # %%
 assert gap[500, 499] < 1e-4 < 0.1 < gap[500, 450]
@@ -905,25 +906,25 @@ def run_jumps(step, x_T: torch.Tensor, timesteps: list[int], generator: torch.Ge
 
 
 respaced = {}
-for name, step in (("respaced_ddpm_step", respaced_ddpm_step), ("buggy_respaced_step", buggy_respaced_step)):
+for name, step in (("reverse_step", reverse_step), ("buggy_respaced_step", buggy_respaced_step)):
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((n, 1, 28, 28), generator=generator)
     with torch.no_grad():
         respaced[name] = run_jumps(step, x_T, jumps, generator)
 generator = torch.Generator().manual_seed(0)
-library = respaced_ddpm_sample(
-    model, scheduler, torch.randn((n, 1, 28, 28), generator=generator), 20, generator=generator
+library = sample_loop(
+    scheduler, model, torch.randn((n, 1, 28, 28), generator=generator), "ddpm", generator, timesteps=jumps
 )
 print(
-    f"roughness after 20 jumps: respaced_ddpm_step {roughness(respaced['respaced_ddpm_step']):.3f}, "
+    f"roughness after 20 jumps: reverse_step {roughness(respaced['reverse_step']):.3f}, "
     f"buggy_respaced_step {roughness(respaced['buggy_respaced_step']):.3f} (real digits {roughness(digits):.3f})"
 )
 show_rows(respaced, "11_respaced_single_step_beta")
 
 # %%
-assert torch.allclose(library, respaced["respaced_ddpm_step"], atol=1e-5)  # run_jumps is the library's loop
-assert roughness(respaced["respaced_ddpm_step"]) < 2 * roughness(digits)
-assert roughness(respaced["buggy_respaced_step"]) > 3 * roughness(respaced["respaced_ddpm_step"])
+assert torch.allclose(library, respaced["reverse_step"], atol=1e-5)  # run_jumps is the library's loop
+assert roughness(respaced["reverse_step"]) < 2 * roughness(digits)
+assert roughness(respaced["buggy_respaced_step"]) > 3 * roughness(respaced["reverse_step"])
 
 # %% [markdown]
 # **The test: a perfect denoiser.** Testing a sampler's arithmetic needs no trained network. Noise known digits
@@ -962,17 +963,17 @@ verdicts = run_check(
     check_jumps_keep_the_marginal,
     {
         "buggy_respaced_step": (buggy_respaced_step,),
-        "ddpm_lib.fast_sampling.respaced_ddpm_step": (respaced_ddpm_step,),
+        "ddpm_lib.sampling.reverse_step": (reverse_step,),
     },
 )
 
 # %%
 assert verdicts["buggy_respaced_step"].startswith("caught")
-assert verdicts["ddpm_lib.fast_sampling.respaced_ddpm_step"] == "passes"
+assert verdicts["ddpm_lib.sampling.reverse_step"] == "passes"
 
 # %% [markdown]
 # **In the test suite:** `tests/test_common_bugs.py::test_respaced_jumps_keep_the_marginal_of_q` (the oracle
-# check, for the respaced DDPM step and DDIM with $\eta = 1$); `tests/test_fast_sampling.py::test_respaced_ddpm_matches_diffusers_ddpm_scheduler`.
+# check, for the respaced DDPM step and DDIM with $\eta = 1$); `tests/test_sampling.py::test_respaced_steps_match_diffusers_ddpm_scheduler`.
 #
 # ## 9. The tests, in one place
 #

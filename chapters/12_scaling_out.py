@@ -47,9 +47,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import ddpm_lib
-from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib import checkpoint
 from ddpm_lib.data import load_mnist
-from ddpm_lib.distributed import shard, sharded_loss
+from ddpm_lib.distributed import Distributed, shard
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.schedule import LinearBetaScheduler
@@ -108,13 +108,13 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}; "
 # 3. **the same random draws** — each image needs the timestep $t$ and noise $\varepsilon$ that one process
 #    would have drawn for it.
 #
-# `ddpm_lib.distributed.sharded_loss` meets the third condition the simplest way: every process draws $t$
-# and $\varepsilon$ for the *whole* global batch from the same seeded generator — the same calls, in the
-# same order, as `ddpm_loss` — and keeps its slice. The extra random numbers cost nothing next to the
-# network.
+# Chapter 04's `ddpm_loss` meets the third condition the simplest way, through its `part` argument: every
+# process draws $t$ and $\varepsilon$ for the *whole* global batch from the same seeded generator — the same
+# calls, in the same order, as one process — and keeps its slice, `shard(batch_size, rank, world_size)`. The
+# extra random numbers cost nothing next to the network.
 
 # %%
-print(inspect.getsource(sharded_loss))
+print(inspect.getsource(shard))
 
 # %% [markdown]
 # Now the identity, in float64 on a batch of 8 digits: the gradient of the whole batch against the mean of
@@ -136,7 +136,8 @@ for norm in ("group", "batch"):
     whole = flat_gradient(model, ddpm_loss(model, scheduler, x0, torch.Generator().manual_seed(1)))
     for world_size in (2, 4):
         per_rank = [
-            flat_gradient(model, sharded_loss(model, scheduler, x0, torch.Generator().manual_seed(1), rank, world_size))
+            flat_gradient(model, ddpm_loss(model, scheduler, x0, torch.Generator().manual_seed(1),
+                                           part=shard(len(x0), rank, world_size)))
             for rank in range(world_size)
         ]  # fmt: skip
         averaged = torch.stack(per_rank).mean(dim=0)  # what DDP's all-reduce leaves in every process
@@ -153,8 +154,9 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 #
 # ## 3. What changes in the training loop
 #
-# `ddpm_lib.distributed.train_data_parallel` is chapter 04's `train` loop with these changes, and
-# `ddpm_lib.runner` wraps it for the command line:
+# There is no second training loop: `ddpm_lib.runner` runs chapter 04's `train` under torchrun too, and
+# `ddpm_lib.distributed` supplies what differs through the loop's hooks (`Distributed.train_hooks`: the
+# `part` of each batch, the `mean_loss`, and a `should_stop` every process agrees on). What changes:
 #
 # 1. **Start-up.** Read rank, local rank and world size; pick the device (`cuda:LOCAL_RANK`, or the CPU);
 #    `init_process_group("nccl" | "gloo")`; build the model with the same seed in every process; wrap it:
@@ -175,6 +177,12 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 # 6. **Logged loss.** Each process's loss covers its shard; the metrics hold their mean over all
 #    processes, which is the loss of the global batch.
 #
+# The hooks, as `ddpm_lib.distributed` writes them:
+
+# %%
+print(inspect.getsource(Distributed.train_hooks))
+
+# %% [markdown]
 # Here is the data part on the first batch of epochs 0 and 1 (batch 8, two processes): both processes
 # compute the same global batch and keep different halves of it.
 
@@ -271,7 +279,7 @@ assert len(losses["one"]) == len(losses["two"]) == PROFILE.scaling_steps and los
 # differ by $10^{-4}$ or more — the size of an Adam step, far more than rounding:
 
 # %%
-states = {name: load_checkpoint(workdir / name / "checkpoints" / "last.pt") for name in running}
+states = {name: checkpoint.load(workdir / name / "checkpoints" / "last.pt", "run") for name in running}
 gaps = {
     k: (states["one"]["model"][k] - states["two"]["model"][k]).abs().max().item()
     for k in states["one"]["model"]

@@ -1,64 +1,193 @@
-"""Checkpoints you can trust (hand-written plumbing).
+"""The checkpoint format, and every file write of the package (hand-written plumbing).
 
-A checkpoint is a ``dict`` of tensors and plain data only — model and EMA weights, optimiser and
-LR-scheduler state, step, RNG states and the run's config — so it is read with
-``torch.load(..., weights_only=True)``: loading a file never runs code from it. Writes are atomic:
-the file is written under a temporary name, flushed to disk, then renamed over the old one, so a
-crash or Ctrl-C mid-write leaves the previous checkpoint intact.
+This module is the one owner of what a checkpoint holds, how it is written and how it is read.
+A checkpoint is a ``dict`` of tensors and plain data only, read with ``torch.load(...,
+weights_only=True)``: loading a file never runs code from it. Its keys, exactly:
+
+=============  ===================================================================================
+``format``     ``"ddpm_lib.checkpoint"``
+``version``    :data:`VERSION` (2); version 1 files (ddpm_lib 0.1) are upgraded when read
+``kind``       one of :data:`KINDS`, which fixes the other keys:
+``run``        a training run, written every ``--checkpoint-every`` steps: ``config`` (the run's
+               :class:`~ddpm_lib.config.TrainConfig` as a dict), ``step``, ``model``, ``ema``,
+               ``optimizer``, ``lr_scheduler`` and ``rng`` — everything ``--resume`` needs
+``denoiser``   what sampling needs, and what the package ships: ``config``, ``step``, ``ema``
+``classifier`` chapter 06's evaluation classifier: ``config`` (its constructor's arguments), ``model``
+=============  ===================================================================================
+
+``ema`` is ``EMA.state_dict()`` (``model``, ``decay``, ``warmup``, ``num_updates``); ``rng`` holds the
+run's ``generator`` state and the global ``torch`` state. A key that is missing, or one this version
+does not know, is an error naming the key — never silently dropped.
+
+Every file the package writes goes through :func:`write_atomic`: the bytes go to a temporary file in
+the same folder, which is flushed and fsync'ed, then renamed over the target (and the folder fsync'ed),
+so a crash or Ctrl-C leaves the old file or the new one, never half of one.
+
+Reading a denoiser (:func:`load_denoiser`) imports the U-Net, the schedules and the config, and neither
+the training loop nor the distributed code.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import torch
 
+from .errors import UsageError
+
 FORMAT = "ddpm_lib.checkpoint"
-VERSION = 1
+VERSION = 2
+#: kind -> its keys (besides format, version and kind)
+KINDS: dict[str, tuple[str, ...]] = {
+    "run": ("config", "step", "model", "ema", "optimizer", "lr_scheduler", "rng"),
+    "denoiser": ("config", "step", "ema"),
+    "classifier": ("config", "model"),
+}
+EMA_KEYS = ("model", "decay", "warmup", "num_updates")
+RNG_KEYS = ("generator", "torch")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A file is missing, unreadable, not a ddpm_lib checkpoint, or for another architecture."""
 
 
-def save_checkpoint(payload: dict, path: str | Path) -> Path:
-    """Atomically write ``payload`` (plus format and version fields) to ``path``."""
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    try:  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform that cannot open folders
+        return path
+    try:
+        os.fsync(folder)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(folder)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save(path: str | Path, kind: str, **content) -> Path:
+    """Write a checkpoint of ``kind`` holding exactly the keys :data:`KINDS` names for it."""
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind, **content}
+    _check_payload(payload, path)
+    return write_atomic(path, lambda f: torch.save(payload, f))
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def load(path: str | Path, kind: str | tuple[str, ...] | None = None, map_location="cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; check its format, version, kind and keys.
+
+    ``kind``: the kind(s) the caller can use; another kind is a :class:`CheckpointError` naming both.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a bad file; all mean the same here
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        first_line = f"{type(error).__name__}: {first_line}" if len(first_line) < 20 else first_line
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or not a PyTorch file): {first_line}"
+            f"{path} is not a readable checkpoint (truncated, corrupt, or not a file of tensors "
+            f"and plain data): {first_line}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a PyTorch file but not a ddpm_lib checkpoint (no format={FORMAT!r})"
         )
+    if payload.get("version") == 1:
+        payload = _upgrade_v1(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
-            f"{path} is a version {payload.get('version')} checkpoint; this ddpm_lib reads version {VERSION}"
+            f"{path} is a version {payload.get('version')!r} checkpoint; this ddpm_lib reads versions 1 and {VERSION}"
         )
+    _check_payload(payload, path)
+    wanted = (kind,) if isinstance(kind, str) else kind
+    if wanted is not None and payload["kind"] not in wanted:
+        raise CheckpointError(
+            f"{path} holds a {payload['kind']!r} checkpoint; expected {' or '.join(map(repr, wanted))}"
+        )
+    return payload
+
+
+def _check_payload(payload: dict, path) -> None:
+    kind = payload.get("kind")
+    if kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    _check_keys(payload, ("format", "version", "kind", *KINDS[kind]), f"{path} ({kind} checkpoint)")
+    if "ema" in payload:
+        _check_keys(payload["ema"], EMA_KEYS, f"{path}: its 'ema' entry")
+    if "rng" in payload:
+        _check_keys(payload["rng"], RNG_KEYS, f"{path}: its 'rng' entry")
+
+
+def _check_keys(mapping, expected: tuple[str, ...], what: str) -> None:
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"{what} must be a dict, got {type(mapping).__name__}")
+    unknown = sorted(set(mapping) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{what} has unknown key(s) {', '.join(map(repr, unknown))}")
+    missing = [key for key in expected if key not in mapping]
+    if missing:
+        raise CheckpointError(f"{what} lacks the key(s) {', '.join(map(repr, missing))}")
+
+
+def _upgrade_v1(payload: dict) -> dict:
+    """A version 1 checkpoint (no ``kind``; the grid sampler's options flat in the config) as version 2."""
+    payload = {**payload, "version": VERSION}
+    if "optimizer" in payload:
+        payload["kind"] = "run"
+    elif "ema" in payload:
+        payload["kind"] = "denoiser"
+    else:
+        payload["kind"] = "classifier"
+    config = payload.get("config")
+    if payload["kind"] != "classifier" and isinstance(config, dict) and "grid" not in config:
+        from dataclasses import asdict
+
+        from .generation import SampleSpec
+
+        config = dict(config)
+        config["grid"] = {
+            **asdict(SampleSpec()),
+            "sampler": config.pop("sampler", "clip"),
+            "steps": config.pop("sampler_steps", None),
+            "guidance": config.pop("guidance", 0.0),
+            "seed": config.get("seed", 0),
+            "bf16": config.get("bf16", False),
+        }
+        payload["config"] = config
     return payload
 
 
@@ -72,3 +201,30 @@ def load_state(module: torch.nn.Module, state: dict, path: str | Path, what: str
         raise CheckpointError(
             f"{path}: the {what} weights were made for another architecture ({summary})"
         ) from None
+
+
+def denoiser_content(run_state: dict) -> dict:
+    """The ``denoiser`` content of a ``run`` checkpoint: its config, step and EMA."""
+    return {"config": run_state["config"], "step": run_state["step"], "ema": run_state["ema"]}
+
+
+def load_denoiser(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"):
+    """The (EMA) network of a ``run`` or ``denoiser`` checkpoint, eval mode, with its noise schedule and config.
+
+    Returns ``(model, schedule, config)``; ``config`` is the run's :class:`~ddpm_lib.config.TrainConfig`.
+    ``ema=False`` takes the raw weights of a ``run`` checkpoint instead of their average.
+    """
+    from .config import build_model, config_from_dict, schedule_for
+
+    state = load(path, ("run", "denoiser") if ema else "run", map_location=device)
+    try:
+        config = config_from_dict(state["config"], f"{path}: its config")
+        model = build_model(config)
+    except UsageError as error:
+        raise CheckpointError(str(error)) from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: its model config cannot be built by this ddpm_lib ({error})"
+        ) from None
+    load_state(model, state["ema"]["model"] if ema else state["model"], path)
+    return model.to(device).eval(), schedule_for(config), config

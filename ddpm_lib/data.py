@@ -10,7 +10,7 @@ Two sources, and the loader always says which one it used:
   ``download=True`` and a network is available. ``split="heldout"`` is MNIST's test set.
 
 Every problem a learner can hit (missing root, failed download, corrupt file, bad argument)
-raises one :class:`DataSourceError` (a ``ValueError``) that says how to fix it.
+raises one :class:`DataSourceError` (a :class:`~ddpm_lib.errors.UsageError`) that says how to fix it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .errors import UsageError
+
 SPLITS = ("train", "heldout")
 SOURCES = ("auto", "subset", "torchvision")
 HELDOUT_PER_CLASS = 50
@@ -29,7 +31,7 @@ SUBSET_SIZE = 5_000
 FALLBACK_HINT = "or call load_mnist() without root/download to use the bundled 5,000-digit subset"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UsageError):
     """The requested MNIST source can't be used; the message says what to do instead."""
 
 

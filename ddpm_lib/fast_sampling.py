@@ -5,6 +5,17 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = [
+    "SPACINGS",
+    "timesteps_for",
+    "ddim_step",
+    "ddim_sample",
+    "dpm_solver_pp_update",
+    "dpm_solver_pp_sample",
+]
+
+
+# --- chapters/07_fast_sampling.py, cell 3 (line 105): edit there ---
 import math
 import numbers
 from collections.abc import Callable
@@ -13,21 +24,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_lib.sampling import (
+    _alpha_bar,
+    _check_int,
+    _check_jump,
+    _check_sample,
+    predict_noise,
+    predict_x0,
+    run_chain,
+)
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.unet import Conditioned
 
 #: the timestep spacings of :func:`timesteps_for`
 SPACINGS = ("leading", "trailing", "linspace")
-
-
-def _check_int(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
-    return int(value)
 
 
 def _check_choice(value, name: str, allowed: tuple[str, ...]) -> str:
@@ -42,46 +51,7 @@ def _check_eta(eta) -> float:
     return float(eta)
 
 
-def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
-        raise ValueError(
-            f"{name} must be a floating-point tensor with a batch dimension, e.g. (B, 1, 28, 28)"
-        )
-    return x
-
-
-def _check_pair(scheduler: NoiseSchedule, t, t_prev) -> tuple[int, int]:
-    """A jump from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
-    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
-    t_prev = _check_int(t_prev, "t_prev", -1, t - 1) if t > 0 else _check_int(t_prev, "t_prev", -1, -1)
-    return t, t_prev
-
-
-def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
-    """ᾱ_t from the schedule's float32 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
-    return 1.0 if t < 0 else float(scheduler.alpha_bars[t])
-
-
-def _epsilon(model, x_t: torch.Tensor, t: int) -> torch.Tensor:
-    """ε_θ(x_t, t): call ``model``, or take it as given when ``model`` is already a tensor of predictions."""
-    if isinstance(model, torch.Tensor):
-        if model.shape != x_t.shape:
-            raise ValueError(
-                f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
-            )
-        return model.to(x_t.dtype)
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    return model(x_t, t_batch).to(x_t.dtype)
-
-
-def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
-               clip: bool = False) -> torch.Tensor:  # fmt: skip
-    """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, clamped to [−1, 1] when ``clip``."""
-    alpha_bar = _alpha_bar(scheduler, t)
-    x0 = (x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
-    return x0.clamp(-1.0, 1.0) if clip else x0
-
-
+# --- chapters/07_fast_sampling.py, cell 5 (line 173): edit there ---
 def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
     """``num_steps`` of the ``num_train_timesteps`` training timesteps, descending, as an int64 tensor.
 
@@ -103,6 +73,7 @@ def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trai
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
+# --- chapters/07_fast_sampling.py, cell 9 (line 254): edit there ---
 @torch.no_grad()
 def ddim_step(
     scheduler: NoiseSchedule,
@@ -121,10 +92,10 @@ def ddim_step(
     clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by default).
     z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
     """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
+    t, t_prev = _check_jump(scheduler, t, t_prev)
     _check_sample(x_t, "x_t")
     eta = _check_eta(eta)
-    eps = _epsilon(model, x_t, t)
+    eps = predict_noise(model, x_t, t)
     x0 = predict_x0(scheduler, t, eps, x_t, clip)
     alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
     sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
@@ -136,60 +107,8 @@ def ddim_step(
     return x_prev
 
 
-@torch.no_grad()
-def respaced_ddpm_step(
-    scheduler: NoiseSchedule,
-    t: int,
-    t_prev: int,
-    model: nn.Module | torch.Tensor,
-    x_t: torch.Tensor,
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    r"""DDPM's ancestral step on a chain that jumps from ``t`` to ``t_prev`` (−1: the clean end).
-
-    With β = 1 − ᾱ_t/ᾱ_s and α = 1 − β for the jump: x_s = √ᾱ_s β/(1 − ᾱ_t) · x̂_0 + √α (1 − ᾱ_s)/(1 − ᾱ_t) · x_t
-    + σ z, σ² = (1 − ᾱ_s)/(1 − ᾱ_t) · β. ``clip`` clamps x̂_0 first (chapter 05's ``sample_clip``). With
-    t_prev = t − 1 this is ``sample`` / ``sample_clip`` itself. z is drawn only when t_prev ≥ 0.
-    """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
-    _check_sample(x_t, "x_t")
-    eps = _epsilon(model, x_t, t)
-    x0 = predict_x0(scheduler, t, eps, x_t, clip)
-    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
-    beta = 1.0 - alpha_bar / alpha_bar_prev
-    mean = (math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)) * x0 + (
-        math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    ) * x_t
-    if t_prev < 0:
-        return mean
-    variance = (1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * beta
-    z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
-    return mean + math.sqrt(variance) * z
-
-
-def _run_chain(step, model: nn.Module, scheduler: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int],
-               desc: str, progress: bool, on_step) -> torch.Tensor:  # fmt: skip
-    """Apply ``step(t, t_prev, x)`` along ``timesteps`` (descending) and on to the clean end (−1)."""
-    was_training = model.training
-    model.eval()
-    pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
-    if progress:
-        from tqdm.auto import tqdm
-
-        pairs = tqdm(pairs, desc=desc, unit="step", leave=False)
-    x = x_T
-    try:
-        for t, t_prev in pairs:
-            if on_step is not None:
-                on_step(t, x)
-            x = step(t, t_prev, x)
-    finally:
-        model.train(was_training)
-    return x
-
-
-def _schedule_for(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
+# --- chapters/07_fast_sampling.py, cell 13 (line 316): edit there ---
+def _timesteps(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
     return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
 
 
@@ -213,36 +132,17 @@ def ddim_sample(
     """
     _check_sample(x_T, "x_T")
     eta = _check_eta(eta)
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
 
     def step(t, t_prev, x):
         return ddim_step(scheduler, t, t_prev, model, x, eta, clip, generator)
 
-    return _run_chain(step, model, scheduler, x_T, timesteps, f"DDIM (eta={eta:g})", progress, on_step)
+    timesteps = _timesteps(scheduler, num_steps, spacing)
+    return run_chain(
+        model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"DDIM (eta={eta:g})"
+    )
 
 
-@torch.no_grad()
-def respaced_ddpm_sample(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    x_T: torch.Tensor,
-    num_steps: int = 1000,
-    spacing: str = "trailing",
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """DDPM's ancestral sampler (``clip``: chapter 05's ``sample_clip``) on ``num_steps`` respaced timesteps."""
-    _check_sample(x_T, "x_T")
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
-
-    def step(t, t_prev, x):
-        return respaced_ddpm_step(scheduler, t, t_prev, model, x, clip, generator)
-
-    return _run_chain(step, model, scheduler, x_T, timesteps, "DDPM (respaced)", progress, on_step)
-
-
+# --- chapters/07_fast_sampling.py, cell 15 (line 381): edit there ---
 def _alpha_sigma_lambda(scheduler: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
     if t < 0:
@@ -265,7 +165,7 @@ def dpm_solver_pp_update(
     ``previous`` = (t', x̂_0 at t'), the prediction of the step before: second order (2M); ``None``: first
     order (= DDIM with η = 0). The jump to the clean end (t_prev = −1) is first order and returns ``x0``.
     """
-    t, t_prev = _check_pair(scheduler, t, t_prev)
+    t, t_prev = _check_jump(scheduler, t, t_prev)
     if t_prev < 0:
         return x0
     _, sigma_t, lambda_t = _alpha_sigma_lambda(scheduler, t)
@@ -294,90 +194,13 @@ def dpm_solver_pp_sample(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) from ``x_T`` over ``num_steps`` timesteps: deterministic, ``num_steps`` network calls."""
     _check_sample(x_T, "x_T")
-    timesteps = _schedule_for(scheduler, num_steps, spacing)
     previous: list[tuple[int, torch.Tensor]] = []
 
     def step(t, t_prev, x):
-        x0 = predict_x0(scheduler, t, _epsilon(model, x, t), x, clip)
+        x0 = predict_x0(scheduler, t, predict_noise(model, x, t), x, clip)
         x = dpm_solver_pp_update(scheduler, t, t_prev, x, x0, previous[-1] if previous else None)
         previous[:] = [(t, x0)]
         return x
 
-    return _run_chain(step, model, scheduler, x_T, timesteps, "DPM-Solver++(2M)", progress, on_step)
-
-
-#: fast_generate's methods: DDIM, DPM-Solver++(2M), and chapter 05's two samplers on a respaced chain
-FAST_SAMPLERS = ("ddim", "dpmpp", "ddpm", "clip")
-
-
-def fast_sample(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    x_T: torch.Tensor,
-    method: str = "ddim",
-    num_steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    clip: bool = False,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Run ``method`` (one of :data:`FAST_SAMPLERS`) from ``x_T``; ``eta`` applies to ``"ddim"`` only."""
-    _check_choice(method, "method", FAST_SAMPLERS)
-    if method != "ddim" and _check_eta(eta) != 0.0:
-        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
-    if method == "ddim":
-        return ddim_sample(model, scheduler, x_T, num_steps, eta, spacing, clip, generator, progress, on_step)
-    if method == "dpmpp":
-        return dpm_solver_pp_sample(model, scheduler, x_T, num_steps, spacing, clip, progress, on_step)
-    return respaced_ddpm_sample(
-        model, scheduler, x_T, num_steps, spacing, clip or method == "clip", generator, progress, on_step
-    )
-
-
-def fast_generate(
-    model: nn.Module,
-    scheduler: NoiseSchedule,
-    n: int,
-    method: str = "ddim",
-    num_steps: int = 50,
-    seed: int = 0,
-    eta: float = 0.0,
-    bf16: bool = False,
-    batch_size: int = 256,
-    spacing: str = "trailing",
-    clip: bool = False,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
-    progress: bool = False,
-    labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) in [−1, 1], on the CPU, from ``num_steps`` network calls each.
-
-    Batch ``i`` starts from noise seeded by ``seed + i`` (as ``ddpm_lib.metrics.generate_samples``);
-    ``bf16`` runs the network under bfloat16 autocast (the chain itself stays float32). ``labels`` (n,)
-    asks a class-conditional model (chapter 03, section 12) for digits of those classes.
-    """
-    _check_int(n, "n", 1, 10**9)
-    _check_int(batch_size, "batch_size", 1, 10**9)
-    _check_int(seed, "seed", 0, 2**63 - 1)
-    _check_choice(method, "method", FAST_SAMPLERS)
-    _check_int(num_steps, "num_steps", 1, scheduler.num_timesteps)
-    _check_choice(spacing, "spacing", SPACINGS)
-    if method != "ddim" and _check_eta(eta) != 0.0:
-        raise ValueError(f"eta applies only to method 'ddim', got eta={eta} with method {method!r}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
-    device = next(model.parameters()).device
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        size = min(batch_size, n - start)
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        x_T = torch.randn((size, *image_shape), generator=generator, device=device)
-        denoiser = model if labels is None else Conditioned(model, labels[start : start + size].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = fast_sample(
-                denoiser, scheduler, x_T, method, num_steps, eta, spacing, clip, generator, progress
-            )
-        out.append(x.float().clamp(-1.0, 1.0).cpu())
-    return torch.cat(out)
+    timesteps = _timesteps(scheduler, num_steps, spacing)
+    return run_chain(model, timesteps, step, x_T, on_step=on_step, progress=progress, desc="DPM-Solver++(2M)")

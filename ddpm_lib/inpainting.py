@@ -5,6 +5,10 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = ["MASK_KINDS", "make_mask", "q_jump", "inpaint"]
+
+
+# --- chapters/10_inpainting.py, cell 3 (line 78): edit there ---
 import math
 import numbers
 from collections.abc import Callable
@@ -13,14 +17,8 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import (
-    _alpha_bar,
-    _check_choice,
-    _check_int,
-    _check_sample,
-    respaced_ddpm_step,
-    timesteps_for,
-)
+from ddpm_lib.fast_sampling import _check_choice, timesteps_for
+from ddpm_lib.sampling import _alpha_bar, _check_int, _check_sample, reverse_step
 from ddpm_lib.schedule import NoiseSchedule
 
 #: the kinds of :func:`make_mask`, each named after the part of the image that is missing
@@ -82,6 +80,7 @@ def make_mask(
     return known
 
 
+# --- chapters/10_inpainting.py, cell 8 (line 240): edit there ---
 def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor) -> torch.Tensor:
     r"""The forward process from noise level ``s`` to a later ``t`` in one jump, x_t ~ q(x_t | x_s):
 
@@ -98,6 +97,7 @@ def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: t
     return math.sqrt(ratio) * x_s + math.sqrt(1.0 - ratio) * noise
 
 
+# --- chapters/10_inpainting.py, cell 12 (line 307): edit there ---
 def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
     """Check inpaint's image, mask and generator; return the mask as x0's dtype, on x0's device."""
     if isinstance(model, torch.Tensor) or not callable(model):
@@ -179,7 +179,7 @@ def inpaint(
     try:
         for t, s in zip(timesteps, [*timesteps[1:], -1], strict=True):
             for round_ in range(int(resample) + 1):
-                x_model = respaced_ddpm_step(scheduler, t, s, model, x, generator=generator)
+                x_model = reverse_step(scheduler, t, s, model, x, generator=generator)
                 x_s = _replace_known(scheduler, x0, mask, x_model, s, noise)
                 if s < 0 or round_ == resample:
                     break

@@ -5,6 +5,26 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = [
+    "MnistClassifier",
+    "augment",
+    "outlier_images",
+    "train_classifier",
+    "accuracy",
+    "check_images",
+    "classify",
+    "gaussian_fit",
+    "frechet_distance",
+    "features_distance",
+    "class_statistics",
+    "compare",
+    "baseline_images",
+    "evaluate_images",
+    "format_table",
+]
+
+
+# --- chapters/06_evaluation.py, cell 4 (line 91): edit there ---
 import warnings
 
 import numpy as np
@@ -123,6 +143,7 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     return (predictions == labels).float().mean().item()
 
 
+# --- chapters/06_evaluation.py, cell 10 (line 268): edit there ---
 def check_images(images, name: str = "images") -> torch.Tensor:
     """Raise a clear error unless ``images`` is a finite float tensor (N >= 2, 1, 28, 28) in [-1, 1]."""
     if not isinstance(images, torch.Tensor):
@@ -157,6 +178,7 @@ def classify(
     return torch.cat(features).numpy(), torch.cat(probs).numpy()
 
 
+# --- chapters/06_evaluation.py, cell 13 (line 331): edit there ---
 def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of ``features`` (N, D), N >= 2."""
     features = np.asarray(features, dtype=np.float64)
@@ -198,6 +220,7 @@ def features_distance(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*gaussian_fit(features1), *gaussian_fit(features2))
 
 
+# --- chapters/06_evaluation.py, cell 17 (line 404): edit there ---
 def class_statistics(probs: np.ndarray, threshold: float = 0.9) -> dict:
     """Confident share, class histogram, its entropy (bits), classes present and the IS analogue."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -222,6 +245,7 @@ def class_statistics(probs: np.ndarray, threshold: float = 0.9) -> dict:
     }
 
 
+# --- chapters/06_evaluation.py, cell 20 (line 456): edit there ---
 def compare(probs_and_features: tuple[np.ndarray, np.ndarray], reference_features: np.ndarray,
             n_bootstrap: int = 200, seed: int = 0, threshold: float = 0.9) -> dict:  # fmt: skip
     """Metrics of one set of images against the reference features, with 95% bootstrap intervals.
@@ -297,32 +321,3 @@ def format_table(results: dict[str, dict]) -> str:
             f"{cell(r, 'class_entropy_bits', '.2f'):<21} {r['inception_score']:>5.2f}"
         )
     return "\n".join(lines)
-
-
-def generate_samples(model: nn.Module, scheduler, n: int, sampler: str = "clip", seed: int = 0,
-                     bf16: bool = True, batch_size: int = 256, progress: bool = False,
-                     labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """``n`` samples in [-1, 1] (on the CPU) drawn in batches; batch ``i`` uses seed ``seed + i``.
-
-    ``labels`` (n,): the classes to ask a class-conditional model for (e.g. :func:`balanced_labels`).
-    """
-    from ddpm_lib.sampling import generate
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if labels is not None and tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
-    device = next(model.parameters()).device
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        size = min(batch_size, n - start)
-        part = None if labels is None else labels[start : start + size]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            batch = generate(model, scheduler, size, sampler, seed + i, progress=progress, labels=part)
-        out.append(batch.float().cpu())
-    return torch.cat(out)
-
-
-def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
-    """Labels 0, 1, …, K−1, 0, 1, … (n,): every class equally often, as in the training data."""
-    return torch.arange(n) % num_classes

@@ -5,12 +5,17 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = ["NoiseSchedule", "LinearBetaScheduler", "CosineScheduler", "SCHEDULES", "make_schedule"]
+
+
+# --- chapters/01_noise_schedule.py, cell 15 (line 224): edit there ---
 import math  # chapter 08's cosine schedule
 import numbers
 
 import torch
 
 
+# --- chapters/01_noise_schedule.py, cell 16 (line 232): edit there ---
 class NoiseSchedule:
     r"""Every table the course derives from a sequence of noise variances β_0..β_{T−1}.
 
@@ -26,6 +31,9 @@ class NoiseSchedule:
     - ``posterior_mean_coef_x0``, ``posterior_mean_coef_xt``: the posterior mean
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
+
+    ``alpha_bars64`` keeps ᾱ_t in float64: the reverse steps of chapters 05 and 07 compute their
+    coefficients from it, since 1 − ᾱ_t/ᾱ_s loses digits in float32 for nearby t and s.
 
     Subclasses only choose β: :class:`LinearBetaScheduler` here, the cosine schedule in chapter 08.
     Every sampler reads these tables, so it works with any schedule.
@@ -50,6 +58,7 @@ class NoiseSchedule:
         self.alpha_bars_prev = torch.cat([torch.ones(1), self.alpha_bars[:-1]])
         # 1 - alpha_bar loses most digits in float32 near t = 0: derive these from the float64 schedule
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
+        self.alpha_bars64 = alpha_bars64  # float64: the samplers' coefficients (chapter 05) read it
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
         self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()
@@ -106,6 +115,7 @@ class NoiseSchedule:
         return self._lookup(self.posterior_variances, t)
 
 
+# --- chapters/01_noise_schedule.py, cell 18 (line 338): edit there ---
 class LinearBetaScheduler(NoiseSchedule):
     r"""The linear noise schedule of DDPM (Ho et al., 2020): β_t = linspace(β_start, β_end, T)[t].
 
@@ -140,6 +150,7 @@ class LinearBetaScheduler(NoiseSchedule):
         )
 
 
+# --- chapters/08_cosine_schedule.py, cell 3 (line 81): edit there ---
 class CosineScheduler(NoiseSchedule):
     r"""The cosine schedule of Nichol & Dhariwal (2021): ᾱ_t = f((t+1)/T) / f(0), f(u) = cos²((u+s)/(1+s)·π/2).
 

@@ -5,6 +5,20 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = [
+    "ddpm_loss",
+    "LOSS_WEIGHTINGS",
+    "make_optimizer",
+    "make_lr_scheduler",
+    "NonFiniteLossError",
+    "train_step",
+    "EMA",
+    "batch_stream",
+    "train",
+]
+
+
+# --- chapters/04_training.py, cell 3 (line 79): edit there ---
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -17,6 +31,7 @@ from ddpm_lib.diffusion import q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
+# --- chapters/04_training.py, cell 4 (line 93): edit there ---
 def ddpm_loss(
     model: nn.Module,
     scheduler: NoiseSchedule,
@@ -70,6 +85,7 @@ def ddpm_loss(
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
+# --- chapters/04_training.py, cell 8 (line 179): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -101,29 +117,27 @@ def train_step(
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
     label_dropout: float = 0.0,
+    part: slice | None = None,
+    mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
     ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
-    ``weighting``, ``min_snr_gamma``, ``labels`` and ``label_dropout`` are passed to :func:`ddpm_loss`.
-    Raises :class:`NonFiniteLossError` *before* touching the weights if the loss is not finite.
-    Returns the loss, the gradient norm before clipping and the learning rate used.
+    ``weighting``, ``min_snr_gamma``, ``labels``, ``label_dropout`` and ``part`` are passed to :func:`ddpm_loss`.
+    ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 12: the mean
+    over all processes). Raises :class:`NonFiniteLossError` *before* touching the weights if that loss is not
+    finite. Returns the loss, the gradient norm before clipping and the learning rate used.
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = ddpm_loss(
-            model,
-            scheduler,
-            x0,
-            generator,
-            weighting,
-            min_snr_gamma,
-            labels=labels,
+            model, scheduler, x0, generator, weighting, min_snr_gamma, part=part, labels=labels,
             label_dropout=label_dropout,
-        )
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss.item()}")
+        )  # fmt: skip
+    reported = loss.detach() if mean_loss is None else mean_loss(loss.detach())
+    if not torch.isfinite(reported):
+        raise NonFiniteLossError(f"loss is {reported.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = grad_clip if grad_clip is not None else math.inf
@@ -131,9 +145,10 @@ def train_step(
     optimizer.step()
     if lr_scheduler is not None:
         lr_scheduler.step()
-    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+    return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
+# --- chapters/04_training.py, cell 14 (line 312): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -177,6 +192,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
+# --- chapters/04_training.py, cell 17 (line 387): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -220,6 +236,8 @@ def train(
     label_dropout: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    part: slice | None = None,
+    mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> int:
     """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
 
@@ -227,6 +245,8 @@ def train(
     (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
+    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 12), passed to :func:`train_step`;
+    one process leaves them at None.
     """
     completed = start_step
     positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
@@ -237,6 +257,7 @@ def train(
             stats = train_step(
                 model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, bf16, weighting,
                 min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
+                part=part, mean_loss=mean_loss,
             )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(

@@ -5,6 +5,30 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
+__all__ = [
+    "sinusoidal_embedding",
+    "SinusoidalTimeEmbedding",
+    "TimeMLP",
+    "NORMS",
+    "make_norm",
+    "ConvNormAct",
+    "ChannelShuffle",
+    "ShuffleUnit",
+    "ShuffleDownsample",
+    "DenseUnit",
+    "DenseDownsample",
+    "UNITS",
+    "unit_stack",
+    "EncoderBlock",
+    "DecoderBlock",
+    "TIME_EMBEDDINGS",
+    "Unet",
+    "REFERENCE_CONFIG",
+    "Conditioned",
+]
+
+
+# --- chapters/03_unet.py, cell 3 (line 66): edit there ---
 import itertools
 import math
 import numbers
@@ -14,6 +38,7 @@ import torch
 from torch import nn
 
 
+# --- chapters/03_unet.py, cell 5 (line 89): edit there ---
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     r"""Sinusoidal embedding of timesteps (Vaswani et al., 2017; used by DDPM).
 
@@ -33,6 +58,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+# --- chapters/03_unet.py, cell 8 (line 124): edit there ---
 class SinusoidalTimeEmbedding(nn.Module):
     r"""e(t) = W₂ SiLU(W₁ emb(t) + b₁) + b₂: fixed sinusoids, then a learned MLP (dim → 4·dim → dim).
 
@@ -49,6 +75,7 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
+# --- chapters/03_unet.py, cell 14 (line 215): edit there ---
 class TimeMLP(nn.Module):
     r"""Inject time into a feature map: y = SiLU(x + MLP(e)[:, :, None, None]).
 
@@ -67,6 +94,7 @@ class TimeMLP(nn.Module):
         return self.act(x + self.mlp(e)[:, :, None, None])
 
 
+# --- chapters/03_unet.py, cell 17 (line 252): edit there ---
 NORMS = ("batch", "group")
 
 
@@ -95,6 +123,7 @@ class ConvNormAct(nn.Module):
         return self.module(x)
 
 
+# --- chapters/03_unet.py, cell 20 (line 298): edit there ---
 class ChannelShuffle(nn.Module):
     """Interleave ``groups`` groups of channels: (B, C, H, W) → (B, C, H, W), channel order
     [g₀c₀, g₁c₀, …, g₀c₁, g₁c₁, …] (reshape to (B, groups, C/groups, H, W), swap axes 1 and 2)."""
@@ -109,6 +138,7 @@ class ChannelShuffle(nn.Module):
         return x.transpose(1, 2).reshape(batch, channels, height, width)
 
 
+# --- chapters/03_unet.py, cell 23 (line 330): edit there ---
 class ShuffleUnit(nn.Module):
     r"""ShuffleNet v2 basic unit as the reference uses it (Ma et al., 2018, fig. 3c, both halves transformed).
 
@@ -167,6 +197,7 @@ class ShuffleDownsample(nn.Module):
         return self.channel_shuffle(torch.cat([self.branch1(x), self.branch2(x)], dim=1))
 
 
+# --- chapters/03_unet.py, cell 26 (line 407): edit there ---
 class DenseUnit(nn.Module):
     r"""A residual unit of one dense 3×3 convolution: y = SiLU(norm(conv₃ₓ₃(x))) + skip(x).
 
@@ -198,6 +229,7 @@ class DenseDownsample(nn.Module):
 UNITS = {"shuffle": (ShuffleUnit, ShuffleDownsample), "dense": (DenseUnit, DenseDownsample)}
 
 
+# --- chapters/03_unet.py, cell 29 (line 470): edit there ---
 def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm: str) -> nn.Sequential:
     """``count`` units: count − 1 at width C_in, then one C_in → C_out. (B, C_in, H, W) → (B, C_out, H, W)."""
     make_unit = UNITS[unit][0]
@@ -240,6 +272,7 @@ class DecoderBlock(nn.Module):
         return self.conv1(self.time_mlp(self.conv0(x), e))
 
 
+# --- chapters/03_unet.py, cell 32 (line 543): edit there ---
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
 
@@ -452,6 +485,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
+# --- chapters/03_unet.py, cell 58 (line 1187): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 

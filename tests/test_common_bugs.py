@@ -20,21 +20,14 @@ import struct
 import numpy as np
 import pytest
 import torch
-from stand_ins import StandIn
+from stand_ins import StandIn, oracle_for
 from torch import nn
 
 from ddpm_lib.data import load_mnist, to_model_range
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import (
-    ddim_sample,
-    ddim_step,
-    dpm_solver_pp_sample,
-    fast_sample,
-    respaced_ddpm_sample,
-    respaced_ddpm_step,
-    timesteps_for,
-)
-from ddpm_lib.sampling import sample, sample_clip, sample_loop
+from ddpm_lib.fast_sampling import ddim_sample, ddim_step, dpm_solver_pp_sample, timesteps_for
+from ddpm_lib.generation import generate
+from ddpm_lib.sampling import reverse_step, sample, sample_clip, sample_loop
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss, make_optimizer, train_step
 from ddpm_lib.unet import Unet
@@ -82,9 +75,7 @@ def jump_variance(scheduler, t: int, s: int) -> float:
 STEPS = {
     "sample": lambda scheduler, t, s, model, x, g: sample(scheduler, t, model, x, g),
     "sample_clip": lambda scheduler, t, s, model, x, g: sample_clip(scheduler, t, model, x, g),
-    "respaced_ddpm_step": lambda scheduler, t, s, model, x, g: respaced_ddpm_step(
-        scheduler, t, s, model, x, generator=g
-    ),
+    "reverse_step": lambda scheduler, t, s, model, x, g: reverse_step(scheduler, t, s, model, x, generator=g),
     "ddim_step(eta=1)": lambda scheduler, t, s, model, x, g: ddim_step(
         scheduler, t, s, model, x, eta=1.0, generator=g
     ),
@@ -114,16 +105,6 @@ def test_reverse_step_noise_std_is_the_posterior_std(scheduler, name):
 
 
 # ---------------------------------------------------------------- bug 8: single-step beta on a respaced chain
-
-
-def oracle_for(scheduler, x0: torch.Tensor):
-    """A perfect noise predictor for images noised from ``x0``: eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
-
-    def predict(x_t, t):
-        abar = scheduler.alpha_bars[t].reshape(-1, *([1] * (x_t.dim() - 1)))
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
-
-    return predict
 
 
 @pytest.mark.parametrize("name", STEPS)
@@ -158,7 +139,9 @@ LOOPS = {
     "sample_loop ddpm": lambda net, x: sample_loop(SHORT, net, x, "ddpm", generator(0)),
     "sample_loop clip": lambda net, x: sample_loop(SHORT, net, x, "clip", generator(0)),
     "ddim_sample": lambda net, x: ddim_sample(net, SHORT, x, num_steps=3, eta=0.5, generator=generator(0)),
-    "respaced_ddpm_sample": lambda net, x: respaced_ddpm_sample(net, SHORT, x, 3, generator=generator(0)),
+    "sample_loop respaced": lambda net, x: sample_loop(
+        SHORT, net, x, "ddpm", generator(0), timesteps=[4, 2, 0]
+    ),
     "dpm_solver_pp_sample": lambda net, x: dpm_solver_pp_sample(net, SHORT, x, 3),
 }
 
@@ -259,11 +242,13 @@ def test_training_loss_draws_every_timestep_uniformly():
 
 FAST_LOOPS = {
     "ddim_sample": lambda net, scheduler, x: ddim_sample(net, scheduler, x, num_steps=10),
-    "respaced_ddpm_sample": lambda net, scheduler, x: respaced_ddpm_sample(
-        net, scheduler, x, 10, generator=generator(0)
-    ),
     "dpm_solver_pp_sample": lambda net, scheduler, x: dpm_solver_pp_sample(net, scheduler, x, 10),
-    "fast_sample": lambda net, scheduler, x: fast_sample(net, scheduler, x, num_steps=10),
+    "generate ddpm, 10 steps": lambda net, scheduler, x: generate(
+        net, scheduler, 1, image_shape=x.shape[1:], sampler="ddpm", steps=10
+    ),
+    "generate ddim": lambda net, scheduler, x: generate(
+        net, scheduler, 1, image_shape=x.shape[1:], sampler="ddim", steps=10
+    ),
 }
 
 

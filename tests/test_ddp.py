@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib import checkpoint
 from ddpm_lib.cli import main
-from ddpm_lib.distributed import Distributed, shard, sharded_loss
-from ddpm_lib.runner import TrainConfig, resolve_parallelism, scaled_lr
+from ddpm_lib.config import TrainConfig, scaled_lr
+from ddpm_lib.distributed import Distributed, shard
+from ddpm_lib.runner import resolve_parallelism
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss
 from ddpm_lib.unet import Unet
@@ -89,9 +90,10 @@ def inert_parameters(model_config):
     return {name for name, p in model.named_parameters() if p.grad.abs().max() < 1e-12}
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_weights_of_one(single, pair):
-    a = load_checkpoint(single / "checkpoints" / "last.pt")
-    b = load_checkpoint(pair[0] / "checkpoints" / "last.pt")
+    a = checkpoint.load(single / "checkpoints" / "last.pt")
+    b = checkpoint.load(pair[0] / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == STEPS
     inert = inert_parameters(a["config"]["model"])
     assert all(name.endswith(".bias") for name in inert)
@@ -114,6 +116,7 @@ def test_two_processes_reach_the_weights_of_one(single, pair):
     assert [r["lr"] for r in records(single)] == pytest.approx([r["lr"] for r in records(pair[0])])
 
 
+@pytest.mark.slow
 def test_config_states_the_world_size_batch_split_and_learning_rate(single, pair):
     config = json.loads((pair[0] / "config.json").read_text())
     assert (config["world_size"], config["batch_size"], config["per_process_batch_size"]) == (2, 16, 8)
@@ -123,6 +126,7 @@ def test_config_states_the_world_size_batch_split_and_learning_rate(single, pair
     assert (config["world_size"], config["per_process_batch_size"], config["backend"]) == (1, 16, None)
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_logs_and_files(pair):
     out, result = pair
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
@@ -154,6 +158,7 @@ def descendants(pid):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_a_killed_two_process_run_resumes_to_the_same_weights(pair, tmp_path, capsys):
     out = tmp_path / "killed"
@@ -167,7 +172,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(pair, tmp_path, ca
         except ProcessLookupError:
             pass
     process.wait(timeout=60)
-    killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    killed_at = checkpoint.load(out / "checkpoints" / "last.pt")["step"]
     if killed_at == STEPS:
         pytest.skip("the run finished before it was killed")
 
@@ -178,8 +183,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(pair, tmp_path, ca
 
     resumed = torchrun("--out", str(out), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_checkpoint(out / "checkpoints" / "last.pt")
-    b = load_checkpoint(pair[0] / "checkpoints" / "last.pt")
+    a = checkpoint.load(out / "checkpoints" / "last.pt")
+    b = checkpoint.load(pair[0] / "checkpoints" / "last.pt")
     assert a["step"] == STEPS
     for name, value in b["model"].items():
         assert torch.allclose(a["model"][name], value, rtol=0, atol=1e-6), name
@@ -205,7 +210,7 @@ def test_shard_losses_and_gradients_add_up_to_the_full_batch():
 
     full_loss, full_grads = loss_and_grads(lambda g: ddpm_loss(model, scheduler, x0, g))
     for world_size in (2, 3, 4):
-        shards = [loss_and_grads(lambda g, r=r, n=world_size: sharded_loss(model, scheduler, x0, g, r, n))
+        shards = [loss_and_grads(lambda g, r=r, n=world_size: ddpm_loss(model, scheduler, x0, g, part=shard(12, r, n)))
                   for r in range(world_size)]  # fmt: skip
         mean_loss = sum(loss for loss, _ in shards) / world_size
         assert torch.allclose(mean_loss, full_loss, rtol=1e-6)  # the loss is float32
@@ -277,5 +282,5 @@ def test_the_slurm_example_passes_options_the_command_line_accepts():
     assert "#SBATCH --nodes" in script and "srun torchrun" in script
     command = script.split("-m ddpm_lib train", 1)[1].replace("\\\n", " ").split("\n", 1)[0]
     words = shlex.split(command.replace('"$OUT"', "runs/x").replace("$RESUME", ""))
-    args = build_parser().parse_args(["train", *words])
+    args = build_parser(["train", *words])[0].parse_args(["train", *words])
     assert (args.batch_size, args.lr_scaling, args.bf16) == (1024, "sqrt", True)

@@ -1,8 +1,5 @@
 """ddpm_lib.fast_sampling against diffusers' DDIMScheduler, DDPMScheduler and DPMSolverMultistepScheduler."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from stand_ins import StandIn
@@ -12,13 +9,9 @@ from ddpm_lib.fast_sampling import (
     ddim_step,
     dpm_solver_pp_sample,
     dpm_solver_pp_update,
-    fast_generate,
-    predict_x0,
-    respaced_ddpm_sample,
-    respaced_ddpm_step,
     timesteps_for,
 )
-from ddpm_lib.sampling import sample_loop
+from ddpm_lib.sampling import predict_x0, reverse_step, sample_loop
 from ddpm_lib.schedule import LinearBetaScheduler
 
 diffusers = pytest.importorskip("diffusers")
@@ -164,52 +157,15 @@ def test_last_jump_to_the_clean_end_returns_x0_hat_and_draws_nothing(scheduler):
     for clip in (False, True):
         x0 = predict_x0(scheduler, 19, eps, x_t, clip)
         torch.testing.assert_close(ddim_step(scheduler, 19, -1, model, x_t, 1.0, clip, generator), x0)
-        torch.testing.assert_close(respaced_ddpm_step(scheduler, 19, -1, model, x_t, clip, generator), x0)
+        torch.testing.assert_close(reverse_step(scheduler, 19, -1, model, x_t, clip, generator), x0)
         torch.testing.assert_close(dpm_solver_pp_update(scheduler, 19, -1, x_t, x0, (39, x0 + 1)), x0)
     assert torch.equal(generator.get_state(), state)
 
 
-# ---------------------------------------------------------------- DDPM on a respaced chain
-
-
-@pytest.mark.parametrize("clip", [False, True], ids=["ddpm", "clip"])
-@pytest.mark.parametrize("spacing, n", [("trailing", 10), ("linspace", 25), ("leading", 40)])
-def test_respaced_ddpm_matches_diffusers_ddpm_scheduler(scheduler, clip, spacing, n):
-    model = StandIn()
-    theirs = diffusers.DDPMScheduler(
-        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
-        variance_type="fixed_small", prediction_type="epsilon",
-    )  # fmt: skip
-    timesteps = timesteps_for(T, n, spacing).tolist()
-    theirs.set_timesteps(timesteps=timesteps)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((2, 1, 8, 8), generator=generator)
-    with torch.no_grad():
-        for t in timesteps:
-            x = theirs.step(model(x, torch.full((2,), t)), t, x, generator=generator).prev_sample
-    generator = torch.Generator().manual_seed(0)
-    x_T = torch.randn((2, 1, 8, 8), generator=generator)
-    ours = respaced_ddpm_sample(model, scheduler, x_T, n, spacing, clip, generator)
-    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("sampler", ["ddpm", "clip"])
-def test_respaced_ddpm_over_all_steps_is_chapter_05s_sampler(scheduler, sampler):
-    model = StandIn()
-    generator = torch.Generator().manual_seed(2)
-    reference = sample_loop(
-        scheduler, model, torch.randn((2, 1, 5, 5), generator=generator), sampler, generator
-    )
-    generator = torch.Generator().manual_seed(2)
-    x_T = torch.randn((2, 1, 5, 5), generator=generator)
-    ours = respaced_ddpm_sample(model, scheduler, x_T, T, clip=sampler == "clip", generator=generator)
-    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
-
-
-def test_respaced_ddpm_equals_ddim_eta_one_without_clipping(scheduler):
+def test_a_ddpm_jump_equals_ddim_eta_one_without_clipping(scheduler):
     model = StandIn()
     x_t = x_like(5)
-    a = respaced_ddpm_step(scheduler, 700, 350, model, x_t, generator=torch.Generator().manual_seed(1))
+    a = reverse_step(scheduler, 700, 350, model, x_t, generator=torch.Generator().manual_seed(1))
     b = ddim_step(scheduler, 700, 350, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -266,37 +222,6 @@ def test_first_order_dpm_solver_is_ddim(scheduler):
         )
 
 
-# ---------------------------------------------------------------- fast_generate
-
-
-@pytest.mark.parametrize("method", ["ddim", "dpmpp", "ddpm", "clip"])
-def test_fast_generate_is_seeded_batched_and_in_range(scheduler, method):
-    model = StandIn()
-    a = fast_generate(model, scheduler, 5, method, 4, seed=1, batch_size=2)
-    assert a.shape == (5, 1, 28, 28) and a.device.type == "cpu" and a.min() >= -1 and a.max() <= 1
-    assert torch.equal(a, fast_generate(model, scheduler, 5, method, 4, seed=1, batch_size=2))
-    assert not torch.equal(a, fast_generate(model, scheduler, 5, method, 4, seed=2, batch_size=2))
-    # batch i starts from the noise seeded by seed + i, as metrics.generate_samples does
-    assert torch.equal(a[2:4], fast_generate(model, scheduler, 2, method, 4, seed=2, batch_size=2))
-    assert fast_generate(model, scheduler, 2, method, 3, bf16=True).dtype == torch.float32
-
-
-def test_every_method_starts_from_the_same_noise(scheduler):
-    model = StandIn()
-    one_step = {m: fast_generate(model, scheduler, 3, m, 1, seed=4) for m in ("ddim", "dpmpp", "ddpm")}
-    torch.testing.assert_close(one_step["ddim"], one_step["dpmpp"])
-    torch.testing.assert_close(one_step["ddim"], one_step["ddpm"])
-
-
-def test_fast_generate_over_all_steps_matches_generate_samples(scheduler):
-    from ddpm_lib.metrics import generate_samples
-
-    model = StandIn()
-    ours = fast_generate(model, scheduler, 3, "clip", T, seed=5)
-    reference = generate_samples(model, scheduler, 3, "clip", seed=5, bf16=False)
-    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
-
-
 # ---------------------------------------------------------------- bad input
 
 
@@ -318,22 +243,12 @@ def test_fast_generate_over_all_steps_matches_generate_samples(scheduler):
         (lambda s, m: ddim_step(s, 0, 0, m, x_like(0)), r"t_prev must lie in -1\.\.-1"),
         (lambda s, m: ddim_step(s, 5, 1, torch.zeros(2, 1, 6, 6), x_like(0)), "noise prediction must have"),
         (lambda s, m: ddim_step(s, 5, 1, m, [1.0, 2.0]), "x_t must be a floating-point tensor"),
-        (lambda s, m: respaced_ddpm_step(s, 5, 7, m, x_like(0)), "t_prev"),
         (lambda s, m: ddim_sample(m, s, torch.zeros(2, 1, 4, 4, dtype=torch.long)), "x_T must be"),
         (lambda s, m: dpm_solver_pp_sample(m, s, x_like(0), 0), "num_steps"),
         (
             lambda s, m: dpm_solver_pp_update(s, 500, 400, x_like(0), x_like(1), (300, x_like(1))),
             "previous t",
         ),
-        (
-            lambda s, m: fast_generate(m, s, 2, "euler"),
-            "method must be one of 'ddim', 'dpmpp', 'ddpm', 'clip'",
-        ),
-        (lambda s, m: fast_generate(m, s, 2, "dpmpp", eta=0.5), "eta applies only to method 'ddim'"),
-        (lambda s, m: fast_generate(m, s, 0), r"n must lie in 1\.\."),
-        (lambda s, m: fast_generate(m, s, 2, num_steps=0), "num_steps"),
-        (lambda s, m: fast_generate(m, s, 2, spacing="even"), "spacing"),
-        (lambda s, m: fast_generate(m, s, 2, batch_size=0), "batch_size"),
     ],
 )
 def test_bad_input_names_the_argument(scheduler, call, match):
@@ -376,33 +291,8 @@ def test_cli_evaluate_with_a_fast_sampler(tmp_path, capsys):
     ]
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "DPM-Solver++(2M), 4 steps" in out
+    assert "DPM-Solver++(2M), 4 steps" in out and "dpmpp, 4 steps (trailing), seed 0" in out
     import json
 
     saved = json.loads(report.read_text())
     assert saved["sampler"] == "dpmpp" and saved["steps"] == 4 and saved["n"] == 6
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["sample", "--sampler", "euler"], "invalid choice"),
-        (["sample", "--sampler", "ddim", "--steps", "0"], "a positive integer"),
-        (["sample", "--sampler", "ddim", "--steps", "1001"], "--steps must lie in 1..1000"),
-        (["sample", "--sampler", "ddim", "--eta", "2"], "a number in [0, 1]"),
-        (["sample", "--sampler", "dpmpp", "--eta", "0.5"], "--eta applies only to --sampler ddim"),
-        (
-            ["sample", "--sampler", "clip", "--eta", "1", "--steps", "10"],
-            "--eta applies only to --sampler ddim",
-        ),
-        (["evaluate", "--sampler", "dpmpp", "--eta", "1"], "--eta applies only to --sampler ddim"),
-        (["evaluate", "--sampler", "ddim", "--steps", "5000"], "--steps must lie in 1..1000"),
-    ],
-)
-def test_cli_bad_fast_sampler_arguments_exit_2_with_one_line(args, fragment):
-    result = subprocess.run(
-        [sys.executable, "-m", "ddpm_lib", *args], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert fragment in lines[-1] and "Traceback" not in result.stderr

@@ -1,28 +1,16 @@
-"""ddpm_lib.sampling against Hugging Face diffusers' DDPMScheduler, plus the reference's index bugs."""
-
-import math
+"""ddpm_lib.sampling against Hugging Face diffusers' DDPMScheduler (full and respaced chains), the one
+posterior step, and the reference's index bug at t = 0."""
 
 import pytest
 import torch
-from torch import nn
+from stand_ins import StandIn
 
-from ddpm_lib.sampling import generate, sample, sample_clip, sample_loop, save_image
-from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.fast_sampling import timesteps_for
+from ddpm_lib.sampling import posterior_step, reverse_step, sample, sample_clip, sample_loop, save_image
+from ddpm_lib.schedule import CosineScheduler, LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss
 
 diffusers = pytest.importorskip("diffusers")
-
-
-class StandIn(nn.Module):
-    """A fixed, deterministic 'noise predictor': a smooth function of x and t, no weights to learn."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # so it has a device and parameters
-
-    def forward(self, x, t):
-        scale = (t.to(x.dtype) / 1000.0).reshape(-1, *([1] * (x.dim() - 1)))
-        return 0.9 * torch.tanh(x) * (0.5 + scale) + 0.05 * torch.sin(3 * x) + self.anchor
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +71,69 @@ def test_last_step_returns_clamped_x0_hat_and_draws_no_noise(scheduler):
     assert torch.equal(generator.get_state(), state)
 
 
-def test_no_wrap_around_to_the_last_alpha_bar_at_t_zero(scheduler):
-    """The reference read alpha_bar[t - 1] at t = 0, i.e. alpha_bar[999] ~ 4e-5."""
-    assert scheduler.posterior_mean_coef_x0[0] == 1.0
-    assert scheduler.posterior_mean_coef_xt[0] == 0.0
-    wrapped = math.sqrt(scheduler.alpha_bars[-1]) * scheduler.betas[0] / (1 - scheduler.alpha_bars[0])
-    assert abs(wrapped - 1.0) > 0.9  # what the bug would have used instead
+def test_the_step_at_t_zero_never_reads_the_end_of_the_alpha_bar_table():
+    """The reference read alpha_bar[t - 1] at t = 0, i.e. alpha_bar[T - 1]. Poison that entry: the last step
+    must not change (it uses alpha_bar_{-1} = 1)."""
+    model, x_t = StandIn(), torch.randn((2, 1, 6, 6), generator=torch.Generator().manual_seed(4))
+    clean = LinearBetaScheduler(1000, 1e-4, 0.02)
+    poisoned = LinearBetaScheduler(1000, 1e-4, 0.02)
+    poisoned.alpha_bars[-1] = float("nan")
+    for step in (sample, sample_clip):
+        expected = step(clean, 0, model, x_t)
+        assert torch.equal(step(poisoned, 0, model, x_t), expected), step.__name__
+
+
+@pytest.mark.parametrize("schedule", [LinearBetaScheduler(), CosineScheduler()], ids=["linear", "cosine"])
+def test_posterior_step_of_one_step_is_chapter_01s_posterior(schedule):
+    """posterior_step(t, t - 1) draws from the posterior whose tables chapter 01 computes in float64 from beta:
+    the same mean coefficients and standard deviation (replayed with the same z)."""
+    x0 = torch.rand((3, 1, 4, 4), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x_t = torch.randn((3, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    for t in (1, 10, 500, 998, 999):
+        got = posterior_step(schedule, t, t - 1, x0, x_t, torch.Generator().manual_seed(t))
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
+        expected = (
+            schedule.posterior_mean_coef_x0[t] * x0
+            + schedule.posterior_mean_coef_xt[t] * x_t
+            + schedule.posterior_variances[t].sqrt() * z
+        )
+        torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-5, msg=f"t = {t}")
+    # the last step lands on the clean end and returns x0_hat itself, drawing nothing
+    generator = torch.Generator().manual_seed(9)
+    state = generator.get_state()
+    assert torch.equal(posterior_step(schedule, 0, -1, x0, x_t, generator), x0)
+    assert torch.equal(generator.get_state(), state)
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["ddpm", "clip"])
+@pytest.mark.parametrize("spacing, n", [("trailing", 10), ("leading", 10), ("linspace", 7), ("trailing", 1)])
+def test_respaced_chain_matches_diffusers_ddpm_scheduler(scheduler, clip, spacing, n):
+    """DDPM on a respaced chain (sample_loop with timesteps) is diffusers' DDPMScheduler.step with the jump's
+    own beta. (diffusers picks the previous timestep as t - T/n; for these spacings and n, that is the next
+    entry of the list, so the two chains jump alike.)"""
+    model = StandIn()
+    theirs = their_scheduler(clip)
+    steps = timesteps_for(1000, n, spacing)
+    theirs.timesteps = steps
+    theirs.num_inference_steps = n
+    theirs.custom_timesteps = True  # previous timestep = next entry of the list (diffusers' custom timesteps)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 1, 8, 8), generator=generator)
+    with torch.no_grad():
+        for t in steps.tolist():
+            x = theirs.step(model(x, torch.full((2,), t)), t, x, generator=generator).prev_sample
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn((2, 1, 8, 8), generator=generator)
+    ours = sample_loop(scheduler, model, x_T, "clip" if clip else "ddpm", generator, timesteps=steps.tolist())
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-3)
+
+
+def test_sample_loop_over_every_timestep_is_the_full_chain(scheduler):
+    model = StandIn()
+    full = sample_loop(scheduler, model, torch.ones(2, 1, 4, 4), "ddpm", torch.Generator().manual_seed(3))
+    listed = sample_loop(scheduler, model, torch.ones(2, 1, 4, 4), "ddpm", torch.Generator().manual_seed(3),
+                         timesteps=timesteps_for(1000, 1000).tolist())  # fmt: skip
+    assert torch.equal(full, listed)
 
 
 def test_training_noises_with_sqrt_one_minus_alpha_bar(scheduler):
@@ -110,16 +155,6 @@ def test_training_noises_with_sqrt_one_minus_alpha_bar(scheduler):
     assert not torch.allclose(seen["x_t"], abar.sqrt() * x0 + (1 - abar.sqrt()) * noise, atol=1e-2)
 
 
-def test_generate_is_seeded_batched_and_in_range(scheduler):
-    model = StandIn()
-    short = LinearBetaScheduler(20, 1e-3, 0.2)
-    a = generate(model, short, 5, seed=1)
-    b = generate(model, short, 5, seed=1)
-    c = generate(model, short, 5, seed=2)
-    assert a.shape == (5, 1, 28, 28) and torch.equal(a, b) and not torch.equal(a, c)
-    assert a.min() >= -1 and a.max() <= 1
-
-
 def test_save_image_writes_a_grid(tmp_path):
     from PIL import Image
 
@@ -136,7 +171,7 @@ def test_save_image_writes_a_grid(tmp_path):
         (1000, torch.zeros(1, 1, 2, 2), "0..999"),
         (-1, torch.zeros(1, 1, 2, 2), "0..999"),
         (0.5, torch.zeros(1, 1, 2, 2), "integer"),
-        (torch.tensor([1, 2]), torch.zeros(1, 1, 2, 2), "single integer"),
+        (torch.tensor([1, 2]), torch.zeros(1, 1, 2, 2), "integer"),
         (3, torch.zeros(4, dtype=torch.long), "x_t"),
     ],
 )
@@ -149,5 +184,7 @@ def test_bad_step_input(scheduler, t, x_t, message):
 def test_bad_loop_input(scheduler):
     with pytest.raises(ValueError, match="sampler"):
         sample_loop(scheduler, StandIn(), torch.zeros(1, 1, 2, 2), sampler="ddim")
-    with pytest.raises(ValueError, match="n must"):
-        generate(StandIn(), scheduler, 0)
+    with pytest.raises(ValueError, match="t_prev"):  # timesteps must descend
+        sample_loop(scheduler, StandIn(), torch.zeros(1, 1, 2, 2), timesteps=[5, 7])
+    with pytest.raises(ValueError, match="t_prev must lie in -1..4"):
+        reverse_step(scheduler, 5, 5, StandIn(), torch.zeros(1, 1, 2, 2))

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpm_lib.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from ddpm_lib import checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation", type=Path, default=None, help="JSON of python -m ddpm_lib evaluate")
     args = parser.parse_args(argv)
 
-    state = load_checkpoint(args.run / "checkpoints" / "last.pt")
+    state = checkpoint.load(args.run / "checkpoints" / "last.pt", "run")
     records = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
     last = records[-200:]
     wall_time = sum(state["config"]["batch_size"] / r["images_per_s"] for r in records)
@@ -53,20 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     ema = state["ema"]
     if args.half:
         ema = {**ema, "model": {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}}
-    save_checkpoint({"config": config, "step": state["step"], "ema": ema}, out / f"{args.name}.pt")
+    checkpoint.save(out / f"{args.name}.pt", "denoiser", **{**checkpoint.denoiser_content(state), "ema": ema})
     snapshots = out / f"{args.name}_steps"
     for old in snapshots.glob("step_*.pt"):
         old.unlink()
     wanted = None if args.snapshots is None else {int(step) for step in args.snapshots.split(",") if step}
     for kept in sorted((args.run / "checkpoints").glob("step_*.pt")):
-        earlier = load_checkpoint(kept)
-        if earlier["step"] >= state["step"] or (wanted is not None and earlier["step"] not in wanted):
+        step = int(kept.stem.split("_")[1])  # read the step from the name: skip unwanted files unread
+        if step >= state["step"] or (wanted is not None and step not in wanted):
             continue
+        earlier = checkpoint.load(kept, "run")
         ema = earlier["ema"]
         half = {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}
-        save_checkpoint(
-            {"config": earlier["config"], "step": earlier["step"], "ema": {**ema, "model": half}},
+        checkpoint.save(
             snapshots / kept.name,
+            "denoiser",
+            **{**checkpoint.denoiser_content(earlier), "ema": {**ema, "model": half}},
         )
     final_loss = sum(r["loss"] for r in last) / len(last)
     n_parameters = sum(
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             "frechet_distance": round(mine["frechet_distance"], 2),
             "real_vs_real_floor": round(floor["frechet_distance"], 2),
         }
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    checkpoint.write_json(out / f"{args.name}.json", record)
     print(json.dumps(record, indent=2))
     return 0
 

@@ -1,0 +1,234 @@
+"""Every option of a training run, once (hand-written plumbing).
+
+:class:`TrainConfig` declares each option of ``python -m ddpm_lib train`` with its default, its help
+text and its check (:func:`ddpm_lib.options.option`); the command line is built from these fields, a run
+saves them as ``config.json`` and inside every checkpoint, and :func:`config_from_dict` reads them back
+(an unknown or missing key is an error naming the key). How the run's sample grids are drawn is a
+:class:`~ddpm_lib.generation.SampleSpec` (``grid``); the U-Net's options are the keyword arguments of
+:class:`ddpm_lib.unet.Unet` (``model``), whose defaults stay in its signature.
+
+:data:`PRESETS` are named sets of defaults: ``--preset quick`` replaces the defaults before the command
+line is parsed, so an option given explicitly always wins.
+
+Importing this module imports neither the training loop nor the distributed code, so reading shipped
+weights (which carry a config) does not either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from .errors import UsageError
+from .generation import SampleSpec
+from .options import BOOLEAN, TEXT, check_fields, from_dict, integer, number, one_of, option, optional
+
+
+def _loss_weightings() -> tuple[str, ...]:
+    from .training import LOSS_WEIGHTINGS  # read when checked, so that loading a config stays light
+
+    return LOSS_WEIGHTINGS
+
+
+def _schedules() -> tuple[str, ...]:
+    from .schedule import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+#: the batch size ``--lr`` is tuned for (the reference's); ``--lr-scaling`` scales from it
+LR_REFERENCE_BATCH = 128
+LR_SCALINGS = ("none", "linear", "sqrt")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Saved as ``config.json`` and inside each checkpoint."""
+
+    steps: int = option(3000, "optimisation steps", check=integer(1))
+    batch_size: int = option(
+        128, "the global batch: under torchrun, split evenly across the processes", check=integer(1)
+    )
+    lr: float = option(
+        1e-3,
+        f"peak learning rate at batch {LR_REFERENCE_BATCH}, before --lr-scaling",
+        check=number(0, low_open=True),
+    )
+    lr_scaling: str = option(
+        "none",
+        f"scale --lr by batch/{LR_REFERENCE_BATCH} (linear) or its square root (sqrt)",
+        check=one_of(LR_SCALINGS),
+    )
+    weight_decay: float = option(0.01, "AdamW's weight decay", check=number(0))
+    pct_start: float = option(
+        0.25,
+        "share of the run spent warming up the learning rate",
+        check=number(0, 1, low_open=True, high_open=True),
+    )
+    grad_clip: float = option(1.0, "gradient norm clipping threshold", check=number(0, low_open=True))
+    ema_decay: float = option(0.999, "decay of the EMA of the weights", check=number(0, 1, high_open=True))
+    seed: int = option(0, "seed of the batch order, the noise, the timesteps and the grids", check=integer(0))
+    bf16: bool = option(False, "bfloat16 autocast for the forward pass", check=BOOLEAN)
+    loss_weighting: str = option(
+        "uniform",
+        "per-timestep loss weight: uniform (DDPM) or min_snr (min(SNR, gamma)/SNR, chapter 04)",
+        check=one_of(_loss_weightings),
+    )
+    min_snr_gamma: float = option(5.0, "gamma of min_snr weighting", check=number(0, low_open=True))
+    label_dropout: float = option(
+        0.0,
+        "share of labels replaced by 'no label' (class-conditional models, --num-classes; chapter 09)",
+        check=number(0, 1),
+    )
+    device: str = option("auto", "where to train (auto: a GPU if there is one)", check=one_of(DEVICES))
+    data_root: str | None = option(None, "full MNIST in torchvision's layout (default: the bundled subset)",
+                                   check=optional(TEXT))  # fmt: skip
+    download: bool = option(False, "download full MNIST into --data-root (needs a network)", check=BOOLEAN)
+    eval_every: int = option(
+        500, "steps between sample grids and kept checkpoints; 0: only at the end", check=integer(0)
+    )
+    n_samples: int = option(16, "digits per sample grid", check=integer(1))
+    checkpoint_every: int = option(100, "steps between checkpoints (checkpoints/last.pt)", check=integer(1))
+    grid: SampleSpec = option(
+        default_factory=SampleSpec, help="how the sample grids are drawn (seed and precision: the run's)"
+    )
+    wandb: bool = option(False, "log to Weights & Biases as well", check=BOOLEAN)
+    wandb_project: str = option("ddpm-from-scratch", "the Weights & Biases project", check=TEXT)
+    wandb_run_name: str | None = option(None, "the run's name in Weights & Biases (default: chosen by wandb)",
+                                        check=optional(TEXT))  # fmt: skip
+    wandb_mode: str = option(
+        "offline",
+        "offline needs no account; sync later with `wandb sync`",
+        check=one_of(("offline", "online")),
+    )
+    num_timesteps: int = option(1000, "T, the number of noise levels", check=integer(1))
+    schedule: str = option(
+        "linear", "noise schedule: linear (chapter 01) or cosine (chapter 08)", check=one_of(_schedules)
+    )
+    beta_start: float = option(
+        1e-4, "first beta of the linear schedule", check=number(0, 1, low_open=True, high_open=True)
+    )
+    beta_end: float = option(
+        0.02, "last beta of the linear schedule", check=number(0, 1, low_open=True, high_open=True)
+    )
+    model: dict = option(
+        default_factory=dict,
+        help="keyword arguments of ddpm_lib.unet.Unet (its defaults for the rest)",
+        cli=False,
+    )
+    preset: str | None = option(None, "the --preset the run started from", cli=False)
+    # recorded by the run (see ddpm_lib.runner.resolve_parallelism): how the batch and the LR were used
+    world_size: int = option(1, "processes that trained the run", cli=False)
+    per_process_batch_size: int | None = option(None, "each process's share of the batch", cli=False)
+    backend: str | None = option(None, "torch.distributed backend, if several processes", cli=False)
+    effective_lr: float | None = option(None, "--lr after --lr-scaling", cli=False)
+
+    def check(self) -> TrainConfig:
+        """Raise :class:`~ddpm_lib.errors.UsageError` naming the first bad or contradicting option; return self."""
+        check_fields(self)
+        try:
+            self.grid.check()
+        except UsageError as error:
+            raise UsageError(str(error), option=f"grid.{error.option}" if error.option else "grid") from None
+        if not isinstance(self.model, dict):
+            raise UsageError(
+                f"model must be a dict of Unet options, got {type(self.model).__name__}", "model"
+            )
+        if self.beta_start > self.beta_end:
+            raise UsageError(
+                f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})", "beta_start"
+            )
+        if self.download and self.data_root is None:
+            raise UsageError("download needs data_root: the folder to download full MNIST into", "download")
+        conditional = self.model.get("num_classes") is not None
+        if self.label_dropout and not conditional:
+            raise UsageError(
+                "label_dropout applies to class-conditional models: set num_classes as well", "label_dropout"
+            )
+        if self.grid.guidance and not conditional:
+            raise UsageError(
+                "guidance of the grids needs a class-conditional model: set num_classes as well",
+                "grid.guidance",
+            )
+        if self.grid.label is not None:
+            raise UsageError("the grids draw every class in turn; grid.label must stay None", "grid.label")
+        if self.schedule == "cosine" and self.grid.sampler != "clip" and not self.grid.clip:
+            raise UsageError(
+                f"the cosine schedule's grids need a clipped x0 estimate (chapter 08: at t = T-1 an error in eps "
+                f"is multiplied by about 20,000 in x0, and unclipped samplers give pure noise); use the sampler "
+                f"'clip', or clip the x0 estimate of {self.grid.sampler!r} (--clip-x0)",
+                "grid.sampler",
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from its saved dict; an unknown or missing key is a UsageError naming it."""
+    return from_dict(TrainConfig, values, what)
+
+
+#: Named recipes for ``python -m ddpm_lib train --preset NAME``: defaults that options given explicitly
+#: override (``model`` entries key by key, ``grid`` entries field by field).
+#: ``quick``: the CPU time-to-digits recipe of chapter 04, section 8, measured in
+#: ``benchmarks/time_to_digits.py`` (about 5 minutes of training on 2 CPU cores): a class-conditional U-Net
+#: with two dense units per block (labels dropped 10% of the time, so that it can be guided), bfloat16
+#: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
+#: DDPM and classifier-free guidance w = 1 (chapter 09).
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "steps": 1400,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "pct_start": 0.1,
+        "ema_decay": 0.995,
+        "bf16": True,
+        "loss_weighting": "min_snr",
+        "label_dropout": 0.1,
+        "eval_every": 350,
+        "grid": {"sampler": "ddpm", "steps": 25, "guidance": 1.0},
+        "model": {"units_per_block": 2, "mid_units": 2, "num_classes": 10},
+    },
+}
+
+
+def preset_defaults(name: str | None) -> TrainConfig:
+    """The defaults of a run: :class:`TrainConfig`'s, with the preset ``name``'s values in their place."""
+    config = TrainConfig()
+    if name is None:
+        return config
+    if name not in PRESETS:
+        raise UsageError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    values = dict(PRESETS[name])
+    grid = replace(config.grid, **values.pop("grid", {}))
+    model = {**config.model, **values.pop("model", {})}
+    return replace(config, **values, grid=grid, model=model, preset=name)
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The U-Net a run trains: :class:`ddpm_lib.unet.Unet` with ``config.model``'s options."""
+    from .unet import Unet
+
+    return Unet(**config.model)
+
+
+def schedule_for(config: TrainConfig):
+    """The noise schedule a run trains (and its checkpoints sample) with."""
+    from .schedule import LinearBetaScheduler, make_schedule
+
+    if config.schedule == "linear":
+        return LinearBetaScheduler(config.num_timesteps, config.beta_start, config.beta_end)
+    return make_schedule(config.schedule, config.num_timesteps)
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str = "none") -> float:
+    """``lr`` for the global ``batch_size`` by ``rule``: ``none``, ``linear`` (× B/128) or ``sqrt`` (× √(B/128))."""
+    if rule not in LR_SCALINGS:
+        raise UsageError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}; got {rule!r}")
+    ratio = batch_size / LR_REFERENCE_BATCH
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
