@@ -2,17 +2,17 @@
 
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
 
-1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 04, section 8) on the bundled digits: a
+1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 05, section 8) on the bundled digits: a
    class-conditional U-Net with two dense units per block, bfloat16 autocast, batch 64, min-SNR-γ weighting.
    Then draws ``--n`` digits from its EMA weights, every class equally often (labels 0, 1, ..., 9, 0, ...: a
    sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 25-step DDPM
-   (chapter 07's respaced chain) and the preset's classifier-free guidance w = 1 (chapter 09;
+   (chapter 08's respaced chain) and the preset's classifier-free guidance w = 1 (chapter 10;
    ``--guidance`` changes it, 0 = none).
 2. Trains the reference recipe — the reference's BatchNorm ShuffleNet-v2 U-Net with a learned time table,
    unconditional, float32, AdamW lr 1e-3 + OneCycleLR, batch 128, no EMA — for the same training wall time
    (its step count is set from a short timing probe, less the run's own overhead), then samples it with the same 25-step DDPM chain (this
    compares training recipes; the reference's own 1000-step sampler alone would take several minutes more).
-3. Scores both with chapter 06's metrics: the confident share (max probability >= 0.9), the class histogram
+3. Scores both with chapter 07's metrics: the confident share (max probability >= 0.9), the class histogram
    (every digit between 0.5x and 2x its uniform share) and the classifier Fréchet distance to the held-out
    digits, next to the real-vs-real floor at the same n.
 

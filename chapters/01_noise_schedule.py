@@ -105,7 +105,7 @@ assert relative_error < 1e-6 and one_minus_error > 100 * relative_error
 #
 # $$ \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t , \qquad \bar\alpha_{-1} := 1 , $$
 #
-# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. (Its mean, which chapter 05 needs, is
+# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. (Its mean, which chapter 06 needs, is
 # $\tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}x_0 + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t$;
 # the class below stores both coefficients.) Note the convention $\bar\alpha_{-1} = 1$
 # ("before any step, all the signal is there"). Reading `alpha_bars[t - 1]` at $t = 0$ would silently
@@ -214,14 +214,14 @@ assert 784 * kl_to_standard_normal(short) > 100
 # The reference implementation packs these tables into `LinearBetaScheduler` with three getters,
 # `get_variance(t)` ($\beta_t$), `get_alpha(t)` ($\alpha_t$) and `get_bar_alpha(t)` ($\bar\alpha_t$).
 # We keep its names and add what the later chapters need, in two classes: `NoiseSchedule` derives every
-# table from a sequence of $\beta$ (chapter 08 builds the cosine schedule on it, and every sampler works
+# table from a sequence of $\beta$ (chapter 09 builds the cosine schedule on it, and every sampler works
 # with either), and `LinearBetaScheduler` makes $\beta$ the reference's way. Cells that start with
 # `#| export` are copied into the package by `python tools/promote.py`; this chapter is their only source.
 
 # %%
 #| default_exp schedule
 #| export
-import math  # chapter 08's cosine schedule
+import math  # chapter 09's cosine schedule
 import numbers
 
 import torch
@@ -245,10 +245,10 @@ class NoiseSchedule:
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (1 and 0 at t = 0);
     - ``snr``: ᾱ_t / (1 − ᾱ_t).
 
-    ``alpha_bars64`` keeps ᾱ_t in float64: the reverse steps of chapters 05 and 07 compute their
+    ``alpha_bars64`` keeps ᾱ_t in float64: the reverse steps of chapters 06 and 08 compute their
     coefficients from it, since 1 − ᾱ_t/ᾱ_s loses digits in float32 for nearby t and s.
 
-    Subclasses only choose β: :class:`LinearBetaScheduler` here, the cosine schedule in chapter 08.
+    Subclasses only choose β: :class:`LinearBetaScheduler` here, the cosine schedule in chapter 09.
     Every sampler reads these tables, so it works with any schedule.
     """
 
@@ -271,7 +271,7 @@ class NoiseSchedule:
         self.alpha_bars_prev = torch.cat([torch.ones(1), self.alpha_bars[:-1]])
         # 1 - alpha_bar loses most digits in float32 near t = 0: derive these from the float64 schedule
         alpha_bars64 = torch.cumprod(1.0 - betas64, dim=0)
-        self.alpha_bars64 = alpha_bars64  # float64: the samplers' coefficients (chapter 05) read it
+        self.alpha_bars64 = alpha_bars64  # float64: the samplers' coefficients (chapter 06) read it
         alpha_bars_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars64[:-1]])
         self.posterior_variances = ((1.0 - alpha_bars_prev64) / (1.0 - alpha_bars64) * betas64).float()
         self.posterior_mean_coef_x0 = (alpha_bars_prev64.sqrt() * betas64 / (1.0 - alpha_bars64)).float()
@@ -479,7 +479,7 @@ print("Exercise 1.2 passed")
 # :::{exercise} 1.3 · ★★★ · Fewer, larger steps
 # :nonumber:
 #
-# Training with $T = 1000$ and sampling with fewer steps is chapter 07's topic; here, build a schedule
+# Training with $T = 1000$ and sampling with fewer steps is chapter 08's topic; here, build a schedule
 # with fewer steps directly. Improved DDPM (Nichol & Dhariwal, 2021) keeps the *endpoint* of the linear
 # schedule by scaling both ends by $1000/T$. Write `scaled_linear_scheduler(num_timesteps)` returning a
 # `LinearBetaScheduler` with $\beta_{\text{start}} = 10^{-4}\cdot 1000/T$ and

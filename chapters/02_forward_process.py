@@ -19,7 +19,7 @@
 # Chapter 01 fixed the schedule. Now we use it to destroy digits — on purpose, and in a way we can
 # undo later. The **forward process** adds a little Gaussian noise at each of $T$ steps; its key
 # property is that we can jump straight from a clean image $x_0$ to any noisy $x_t$ without running
-# the $t$ steps in between. Training (chapter 04) relies on that jump millions of times.
+# the $t$ steps in between. Training (chapter 05) relies on that jump millions of times.
 #
 # **After this chapter you can**
 #
@@ -381,7 +381,7 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # :nonumber:
 #
 # Given $x_t$, $t$ and the noise $\varepsilon$ that produced it, recover $x_0$. (This is what the
-# network will do in chapter 05, with a *predicted* $\varepsilon$.) Write `predict_x0(scheduler, x_t, t, noise)`.
+# network will do in chapter 06, with a *predicted* $\varepsilon$.) Write `predict_x0(scheduler, x_t, t, noise)`.
 # :::
 
 
@@ -445,7 +445,7 @@ print("Exercise 2.2 passed")
 #
 # Generalise the closed form: for $s < t$, $q(x_t \mid x_s) = \mathcal N\!\left(\sqrt{\bar\alpha_t/\bar\alpha_s}\,x_s,\
 # (1-\bar\alpha_t/\bar\alpha_s) I\right)$. Derive it (hint: the product of $\alpha$ from $s+1$ to $t$) and write
-# `q_sample_from(scheduler, x_s, s, t, noise)`. DDIM (chapter 07) is built on this identity.
+# `q_sample_from(scheduler, x_s, s, t, noise)`. DDIM (chapter 08) is built on this identity.
 # :::
 
 

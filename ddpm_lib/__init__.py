@@ -3,20 +3,20 @@
 Generated modules (edit the chapter, then ``python tools/promote.py``; CI fails on drift):
 
 - ``ddpm_lib.schedule``  <- ``chapters/01_noise_schedule.py``: ``NoiseSchedule``, ``LinearBetaScheduler``;
-  ``chapters/08_cosine_schedule.py``: ``CosineScheduler``, ``make_schedule``
+  ``chapters/09_cosine_schedule.py``: ``CosineScheduler``, ``make_schedule``
 - ``ddpm_lib.diffusion`` <- ``chapters/02_forward_process.py``: ``q_sample``, ``q_step``
-- ``ddpm_lib.unet``      <- ``chapters/03_unet.py``: ``Unet`` and its pieces, ``Conditioned``
-- ``ddpm_lib.training``  <- ``chapters/04_training.py``: ``ddpm_loss``, ``train_step``, ``EMA``, ``train`` (the
+- ``ddpm_lib.unet``      <- ``chapters/04_unet.py``: ``Unet`` and its pieces, ``Conditioned``
+- ``ddpm_lib.training``  <- ``chapters/05_training.py``: ``ddpm_loss``, ``train_step``, ``EMA``, ``train`` (the
   only training loop: one process or many)
-- ``ddpm_lib.sampling``  <- ``chapters/05_sampling.py``: ``predict_x0``, ``posterior_step`` (the one posterior
+- ``ddpm_lib.sampling``  <- ``chapters/06_sampling.py``: ``predict_x0``, ``posterior_step`` (the one posterior
   step, full and respaced chains), ``reverse_step``, ``sample``, ``sample_clip``, ``run_chain`` (the one
   sampling loop), ``sample_loop``, ``grid_image``, ``save_image``
-- ``ddpm_lib.metrics``   <- ``chapters/06_evaluation.py``: ``MnistClassifier``, ``frechet_distance``,
+- ``ddpm_lib.metrics``   <- ``chapters/07_evaluation.py``: ``MnistClassifier``, ``frechet_distance``,
   ``class_statistics``, ``evaluate_images``
-- ``ddpm_lib.fast_sampling`` <- ``chapters/07_fast_sampling.py``: ``timesteps_for``, ``ddim_step``, ``ddim_sample``,
+- ``ddpm_lib.fast_sampling`` <- ``chapters/08_fast_sampling.py``: ``timesteps_for``, ``ddim_step``, ``ddim_sample``,
   ``dpm_solver_pp_update``, ``dpm_solver_pp_sample``
-- ``ddpm_lib.guidance``  <- ``chapters/09_guidance.py``: ``ClassifierFreeGuidance``, ``class_spread``
-- ``ddpm_lib.inpainting`` <- ``chapters/10_inpainting.py``: ``make_mask``, ``q_jump``, ``inpaint``
+- ``ddpm_lib.guidance``  <- ``chapters/10_guidance.py``: ``ClassifierFreeGuidance``, ``class_spread``
+- ``ddpm_lib.inpainting`` <- ``chapters/12_inpainting.py``: ``make_mask``, ``q_jump``, ``inpaint``
 
 Hand-written plumbing (teaches nothing about diffusion):
 
@@ -31,7 +31,7 @@ Hand-written plumbing (teaches nothing about diffusion):
 - ``ddpm_lib.checkpoint``: the checkpoint format (schema, version, kinds), atomic fsync'ed writes of every file,
   reading with ``weights_only=True``
 - ``ddpm_lib.runner``: training runs from the command line (run folder, resume, Ctrl-C, wandb)
-- ``ddpm_lib.distributed``: torchrun's processes, and the hooks that make chapter 04's loop data-parallel
+- ``ddpm_lib.distributed``: torchrun's processes, and the hooks that make chapter 05's loop data-parallel
 - ``ddpm_lib.pretrained``: the weights the course ships, with their provenance
 - ``ddpm_lib.course``: student copies of the chapters for instructors
 - ``ddpm_lib.cli`` / ``ddpm_lib.__main__``: ``python -m ddpm_lib ...`` and the ``ddpm`` command

@@ -12,7 +12,7 @@ weights_only=True)``: loading a file never runs code from it. Its keys, exactly:
                :class:`~ddpm_lib.config.TrainConfig` as a dict), ``step``, ``model``, ``ema``,
                ``optimizer``, ``lr_scheduler`` and ``rng`` — everything ``--resume`` needs
 ``denoiser``   what sampling needs, and what the package ships: ``config``, ``step``, ``ema``
-``classifier`` chapter 06's evaluation classifier: ``config`` (its constructor's arguments), ``model``
+``classifier`` chapter 07's evaluation classifier: ``config`` (its constructor's arguments), ``model``
 =============  ===================================================================================
 
 ``ema`` is ``EMA.state_dict()`` (``model``, ``decay``, ``warmup``, ``num_updates``); ``rng`` holds the

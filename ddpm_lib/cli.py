@@ -8,9 +8,9 @@ Commands:
 - ``noise``: noise one held-out digit of every class at several timesteps and save the grid
   (the forward process of chapter 02, end to end on the bundled data);
 - ``data``: say which MNIST source is used and count its digits; ``--download`` fetches full MNIST;
-- ``evaluate``: score samples with chapter 06's metrics, next to the real-vs-real floor;
-- ``train-classifier``: retrain chapter 06's evaluation classifier;
-- ``inpaint``: mask held-out digits and fill the missing pixels (chapter 10: the replacement method,
+- ``evaluate``: score samples with chapter 07's metrics, next to the real-vs-real floor;
+- ``train-classifier``: retrain chapter 07's evaluation classifier;
+- ``inpaint``: mask held-out digits and fill the missing pixels (chapter 12: the replacement method,
   ``--resample R`` for RePaint's resampling).
 
 **Options are declared once.** The options of ``train`` are the fields of
@@ -45,7 +45,7 @@ PROG = "python -m ddpm_lib"
 DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 700, 999)
 MODE_ALIASES = {"train": "train", "eval": "sample"}
 #: the shipped weights ``sample`` and ``evaluate`` use without --checkpoint / --weights: the class-conditional
-#: model, the best the course ships (chapter 09; it meets the course's bar, chapter 06).
+#: model, the best the course ships (chapter 10; it meets the course's bar, chapter 07).
 DEFAULT_WEIGHTS = "ddpm_mnist_cond"
 
 #: The U-Net options ``train`` offers (keyword arguments of ddpm_lib.unet.Unet; defaults from its signature).
@@ -188,7 +188,7 @@ def add_model_options(parser, preset_model: dict) -> dict[str, str]:
             "a non-negative integer (0: unconditional)", lambda v: isinstance(v, int) and v >= 0
         ),
     }
-    group = parser.add_argument_group("U-Net options (ddpm_lib.unet.Unet; chapter 03)")
+    group = parser.add_argument_group("U-Net options (ddpm_lib.unet.Unet; chapter 04)")
     spelled = {}
     for name, default in _model_defaults(preset_model).items():
         flag = "--" + name.replace("_", "-")
@@ -236,7 +236,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     train = commands.add_parser(
         "train",
         help="train a denoiser into a run folder",
-        description="Train a DDPM denoiser (chapter 04) and write a run folder: config.json, metrics.jsonl, "
+        description="Train a DDPM denoiser (chapter 05) and write a run folder: config.json, metrics.jsonl, "
         "loss_curve.png, samples/, checkpoints/. Defaults shown are "
         + (f"the preset {preset!r}'s." if preset else "TrainConfig's (a --preset replaces them)."),
     )
@@ -248,7 +248,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named set of defaults (options given explicitly win). quick (chapter 04, section 8): "
+        help="a named set of defaults (options given explicitly win). quick (chapter 05, section 8): "
         + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items()),
     )
     length = train.add_mutually_exclusive_group()
@@ -309,7 +309,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="score samples with chapter 06's metrics (Fréchet distance, confidence, class coverage)",
+        help="score samples with chapter 07's metrics (Fréchet distance, confidence, class coverage)",
         description="Sample digits (or read a saved tensor) and score them against the held-out digits with "
         "the evaluation classifier: Fréchet distance, confident share, class histogram, entropy and the IS "
         "analogue, with 95%% bootstrap intervals, next to the real-vs-real floor and the blurred / noise "
@@ -335,8 +335,8 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
 
     classifier = commands.add_parser(
         "train-classifier",
-        help="train chapter 06's evaluation classifier and write it with its provenance",
-        description="Train the evaluation classifier of chapter 06 on the training split and report its "
+        help="train chapter 07's evaluation classifier and write it with its provenance",
+        description="Train the evaluation classifier of chapter 07 on the training split and report its "
         "held-out accuracy; writes OUT and OUT with a .json suffix (provenance).",
     )
     classifier.add_argument("--out", type=Path, default=Path("runs/classifier/mnist_classifier.pt"),
@@ -348,7 +348,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
 
     inpaint = commands.add_parser(
         "inpaint",
-        help="mask held-out digits and fill in the missing pixels (chapter 10)",
+        help="mask held-out digits and fill in the missing pixels (chapter 12)",
         description="Pick held-out digits, mask them and inpaint the missing pixels with an unconditional "
         "denoiser: the replacement method on a respaced chain, with RePaint's resampling (--resample). Writes a "
         "PNG of three rows: the originals, the masked digits (missing pixels grey) and the inpainted digits.",
@@ -549,7 +549,7 @@ def _warn_if_unclipped_cosine(config, spec) -> None:
     if config.schedule == "cosine" and spec.sampler != "clip" and not spec.clip:
         print(
             f"{PROG}: warning: this model uses the cosine schedule, where samplers without a clipped x0 give "
-            "noise (chapter 08); use --sampler clip, or --clip-x0 with ddim / dpmpp",
+            "noise (chapter 09); use --sampler clip, or --clip-x0 with ddim / dpmpp",
             file=sys.stderr,
         )
 
@@ -592,7 +592,7 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {args.n} samples ({spec.describe(scheduler.num_timesteps)}) from {source}")
 
 
-#: The course's bar for "these are digits" (chapter 06): confident samples and every class present.
+#: The course's bar for "these are digits" (chapter 07): confident samples and every class present.
 BAR_CONFIDENT_SHARE = 0.9
 SAMPLER_NAMES = {
     "clip": "sample_clip()",

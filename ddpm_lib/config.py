@@ -74,13 +74,13 @@ class TrainConfig:
     bf16: bool = option(False, "bfloat16 autocast for the forward pass", check=BOOLEAN)
     loss_weighting: str = option(
         "uniform",
-        "per-timestep loss weight: uniform (DDPM) or min_snr (min(SNR, gamma)/SNR, chapter 04)",
+        "per-timestep loss weight: uniform (DDPM) or min_snr (min(SNR, gamma)/SNR, chapter 05)",
         check=one_of(_loss_weightings),
     )
     min_snr_gamma: float = option(5.0, "gamma of min_snr weighting", check=number(0, low_open=True))
     label_dropout: float = option(
         0.0,
-        "share of labels replaced by 'no label' (class-conditional models, --num-classes; chapter 09)",
+        "share of labels replaced by 'no label' (class-conditional models, --num-classes; chapter 10)",
         check=number(0, 1),
     )
     device: str = option("auto", "where to train (auto: a GPU if there is one)", check=one_of(DEVICES))
@@ -106,7 +106,7 @@ class TrainConfig:
     )
     num_timesteps: int = option(1000, "T, the number of noise levels", check=integer(1))
     schedule: str = option(
-        "linear", "noise schedule: linear (chapter 01) or cosine (chapter 08)", check=one_of(_schedules)
+        "linear", "noise schedule: linear (chapter 01) or cosine (chapter 09)", check=one_of(_schedules)
     )
     beta_start: float = option(
         1e-4, "first beta of the linear schedule", check=number(0, 1, low_open=True, high_open=True)
@@ -157,7 +157,7 @@ class TrainConfig:
             raise UsageError("the grids draw every class in turn; grid.label must stay None", "grid.label")
         if self.schedule == "cosine" and self.grid.sampler != "clip" and not self.grid.clip:
             raise UsageError(
-                f"the cosine schedule's grids need a clipped x0 estimate (chapter 08: at t = T-1 an error in eps "
+                f"the cosine schedule's grids need a clipped x0 estimate (chapter 09: at t = T-1 an error in eps "
                 f"is multiplied by about 20,000 in x0, and unclipped samplers give pure noise); use the sampler "
                 f"'clip', or clip the x0 estimate of {self.grid.sampler!r} (--clip-x0)",
                 "grid.sampler",
@@ -175,11 +175,11 @@ def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
 
 #: Named recipes for ``python -m ddpm_lib train --preset NAME``: defaults that options given explicitly
 #: override (``model`` entries key by key, ``grid`` entries field by field).
-#: ``quick``: the CPU time-to-digits recipe of chapter 04, section 8, measured in
+#: ``quick``: the CPU time-to-digits recipe of chapter 05, section 8, measured in
 #: ``benchmarks/time_to_digits.py`` (about 5 minutes of training on 2 CPU cores): a class-conditional U-Net
 #: with two dense units per block (labels dropped 10% of the time, so that it can be guided), bfloat16
 #: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
-#: DDPM and classifier-free guidance w = 1 (chapter 09).
+#: DDPM and classifier-free guidance w = 1 (chapter 10).
 PRESETS: dict[str, dict] = {
     "quick": {
         "steps": 1400,

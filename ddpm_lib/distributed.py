@@ -13,7 +13,7 @@ replica takes the same optimiser step. What this module adds to the one-process 
   (``cuda:LOCAL_RANK`` on GPUs) and the backend (``nccl`` on GPUs, ``gloo`` on CPUs);
 - :func:`shard`: ``--batch-size`` is the **global** batch, as for the reference's ``nn.DataParallel``;
   rank r trains on the r-th contiguous slice of it;
-- :meth:`Distributed.train_hooks`: what chapter 04's loop, :func:`ddpm_lib.training.train`, needs to run
+- :meth:`Distributed.train_hooks`: what chapter 05's loop, :func:`ddpm_lib.training.train`, needs to run
   data-parallel — there is no second loop. Its hooks: ``part``, this rank's slice of each batch (every rank
   draws the timesteps and noise of the *whole* global batch from the same seeded generator and keeps its
   slice, so N processes compute exactly the loss terms one process would, and the trajectory does not

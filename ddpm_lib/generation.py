@@ -6,10 +6,10 @@ timestep spacing, clipping, classifier-free guidance, the label, the seed, the p
 ``python -m ddpm_lib sample`` and ``evaluate``, the grids of a training run, the chapters' measurements
 and the benchmarks. The samplers themselves are promoted from the chapters:
 
-- ``ddpm`` and ``clip``: chapter 05's reverse step, :func:`ddpm_lib.sampling.sample` and
+- ``ddpm`` and ``clip``: chapter 06's reverse step, :func:`ddpm_lib.sampling.sample` and
   :func:`~ddpm_lib.sampling.sample_clip` (DDPM's ancestral step through the posterior; ``clip``
-  clamps x̂0 to [-1, 1] first), over all T timesteps or a respaced subset of them (chapter 07);
-- ``ddim`` and ``dpmpp``: chapter 07's DDIM and DPM-Solver++(2M).
+  clamps x̂0 to [-1, 1] first), over all T timesteps or a respaced subset of them (chapter 08);
+- ``ddim`` and ``dpmpp``: chapter 08's DDIM and DPM-Solver++(2M).
 
 Seeding, once for all: batch ``i`` (of ``batch_size`` samples) draws its starting noise and every
 later random number from a generator seeded with ``seed + i``, so the first ``batch_size`` samples of
@@ -43,21 +43,21 @@ class SampleSpec:
 
     sampler: str = option(
         "clip",
-        "the reverse process: ddpm (DDPM's ancestral step, chapter 05), clip (the same step through a "
-        "clipped x0 estimate, chapter 05), ddim or dpmpp (DDIM, DPM-Solver++(2M): chapter 07)",
+        "the reverse process: ddpm (DDPM's ancestral step, chapter 06), clip (the same step through a "
+        "clipped x0 estimate, chapter 06), ddim or dpmpp (DDIM, DPM-Solver++(2M): chapter 08)",
         check=one_of(SAMPLERS),
     )
     steps: int | None = option(
         None,
         "network evaluations per sample (default: all T steps for ddpm / clip, 50 for ddim, 20 for dpmpp); "
-        "fewer than T runs the sampler on a respaced chain (chapter 07)",
+        "fewer than T runs the sampler on a respaced chain (chapter 08)",
         check=optional(integer(1)),
     )
     eta: float = option(
         0.0, "DDIM's noise scale: 0 deterministic, 1 DDPM-like (ddim only)", check=number(0, 1)
     )
     spacing: str = option(
-        "trailing", "which timesteps a shortened chain visits (chapter 07)", check=one_of(_spacings)
+        "trailing", "which timesteps a shortened chain visits (chapter 08)", check=one_of(_spacings)
     )
     clip: bool = option(
         False,
@@ -67,7 +67,7 @@ class SampleSpec:
     )
     guidance: float = option(
         0.0,
-        "classifier-free guidance w of a class-conditional model (chapter 09); 0: none",
+        "classifier-free guidance w of a class-conditional model (chapter 10); 0: none",
         check=number(-1),
     )
     label: int | None = option(

@@ -5,9 +5,9 @@ config and the step of a run of ``python -m ddpm_lib train``; tensors and plain 
 ``weights_only=True``); ``NAME.json`` beside it records the exact command, seed, data, steps, wall time,
 machine, final loss and the metrics the weights reach. ``python tools/ship_weights.py RUN_FOLDER`` produces
 both from a finished run, and ``NAME_steps/step_NNNNNN.pt`` (the run's EMA weights at earlier steps, stored
-in float16) for chapter 06's quality-vs-training-steps curve.
+in float16) for chapter 07's quality-vs-training-steps curve.
 
-``mnist_classifier.pt`` / ``.json`` hold the evaluation classifier of chapter 06 (a ``classifier``
+``mnist_classifier.pt`` / ``.json`` hold the evaluation classifier of chapter 07 (a ``classifier``
 checkpoint) and its provenance, written by ``python -m ddpm_lib train-classifier``.
 
 Loading weights imports the U-Net, the schedules and the config — not the training loop, and not the
@@ -67,7 +67,7 @@ def save_classifier(classifier: torch.nn.Module, path: str | Path, record: dict)
 
 
 def load_classifier(path: str | Path | None = None, device: str | torch.device = "cpu"):
-    """The evaluation classifier of chapter 06 (eval mode) and its provenance record.
+    """The evaluation classifier of chapter 07 (eval mode) and its provenance record.
 
     Default: the shipped one; ``path`` reads one written by ``python -m ddpm_lib train-classifier``.
     """

@@ -30,53 +30,53 @@ class Profile:
     monte_carlo_samples: int
     #: digits pushed through the 1000-step forward chain when checking the closed form
     forward_chain_samples: int
-    #: optimisation steps and batch size of the live training run of chapter 04
+    #: optimisation steps and batch size of the live training run of chapter 05
     train_steps: int = 600
     train_batch_size: int = 128
-    #: steps between the sample grids chapter 04 draws during its live run
+    #: steps between the sample grids chapter 05 draws during its live run
     train_grid_every: int = 200
     #: digits per sample grid drawn from a model (1000 network calls each step of the way)
     grid_samples: int = 16
-    #: chapter 04, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
+    #: chapter 05, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
     #: sampled per evaluation and the network calls of each (a respaced DDPM chain)
     quick_steps: int = 1400
     quick_batch_size: int = 64
     quick_eval_every: int = 350
     quick_eval_samples: int = 128
     quick_sampler_steps: int = 25
-    #: chapter 03: training steps and batch size of the BatchNorm-vs-GroupNorm measurement
+    #: chapter 04: training steps and batch size of the BatchNorm-vs-GroupNorm measurement
     norm_study_steps: int = 150
     norm_study_batch_size: int = 64
-    #: chapter 03: timed forward + backward passes per model when comparing the units' speed
+    #: chapter 04: timed forward + backward passes per model when comparing the units' speed
     unit_timing_steps: int = 5
-    #: chapter 06: epochs of the live classifier training (the shipped classifier used 15)
+    #: chapter 07: epochs of the live classifier training (the shipped classifier used 15)
     classifier_epochs: int = 15
-    #: chapter 06: samples per row of the evaluation tables (every sample takes 1000 network calls)
+    #: chapter 07: samples per row of the evaluation tables (every sample takes 1000 network calls)
     eval_samples: int = 256
-    #: chapter 06: samples per checkpoint of the quality-vs-training-steps curve, and how many of the
+    #: chapter 07: samples per checkpoint of the quality-vs-training-steps curve, and how many of the
     #: latest checkpoints to score (None: all)
     eval_snapshot_samples: int = 64
     eval_snapshots: int | None = None
-    #: bootstrap draws behind every 95% interval of chapter 06
+    #: bootstrap draws behind every 95% interval of chapter 07
     bootstrap: int = 200
-    #: chapter 07: samples per point of the quality-vs-network-evaluations plot, and its NFE budgets
+    #: chapter 08: samples per point of the quality-vs-network-evaluations plot, and its NFE budgets
     nfe_samples: int = 256
     nfe_steps: tuple[int, ...] = (10, 20, 50, 100, 250, 1000)
-    #: chapter 08: held-out digits behind the loss-per-noise-level table, samples per row of its metric table
+    #: chapter 09: held-out digits behind the loss-per-noise-level table, samples per row of its metric table
     schedule_loss_digits: int = 500
     schedule_eval_samples: int = 256
-    #: chapter 09: columns per digit of the guidance grids, samples per row of the guidance table, its scales w
+    #: chapter 10: columns per digit of the guidance grids, samples per row of the guidance table, its scales w
     guidance_grid_columns: int = 6
     guidance_eval_samples: int = 256
     guidance_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    #: chapter 10: held-out digits per class inpainted under every mask, and the respaced chain of
+    #: chapter 12: held-out digits per class inpainted under every mask, and the respaced chain of
     #: its measurement (steps, RePaint's resamplings per step)
     inpaint_digits_per_class: int = 5
     inpaint_steps: int = 50
     inpaint_resample: int = 4
-    #: chapter 11: digits per sampled chain (1000 network calls each) when reproducing the sampler bugs
+    #: chapter 13: digits per sampled chain (1000 network calls each) when reproducing the sampler bugs
     bugs_samples: int = 8
-    #: chapter 12: steps of the one-process and two-process runs it compares (on a tiny U-Net)
+    #: chapter 14: steps of the one-process and two-process runs it compares (on a tiny U-Net)
     scaling_steps: int = 40
     #: where chapters save figures for the README / book; None: don't save
     figures_dir: Path | None = None

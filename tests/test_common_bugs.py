@@ -1,4 +1,4 @@
-"""Regression tests for the classic DDPM bugs of chapter 11 (chapters/11_common_bugs.py), against ddpm_lib alone.
+"""Regression tests for the classic DDPM bugs of chapter 13 (chapters/13_common_bugs.py), against ddpm_lib alone.
 
 Bugs whose tests already live elsewhere are not repeated here (the chapter's section 9 lists every test):
 the (1 - sqrt(alpha_bar)) noise coefficient (tests/test_diffusion.py), the wrapped alpha_bar at t = 0
@@ -71,7 +71,7 @@ def jump_variance(scheduler, t: int, s: int) -> float:
 
 
 #: a reverse step or jump t -> s, called as step(scheduler, t, s, model, x_t, generator); the one-step samplers
-#: of chapter 05 only take s = t - 1
+#: of chapter 06 only take s = t - 1
 STEPS = {
     "sample": lambda scheduler, t, s, model, x, g: sample(scheduler, t, model, x, g),
     "sample_clip": lambda scheduler, t, s, model, x, g: sample_clip(scheduler, t, model, x, g),

@@ -1,4 +1,4 @@
-"""Chapter 08: NoiseSchedule (chapter 01's base), CosineScheduler against diffusers, make_schedule, and training
+"""Chapter 09: NoiseSchedule (chapter 01's base), CosineScheduler against diffusers, make_schedule, and training
 and sampling with either schedule."""
 
 import json

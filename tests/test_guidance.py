@@ -1,5 +1,5 @@
-"""Class-conditional U-Nets (chapter 03, section 12), label dropout (chapter 04), classifier-free guidance
-(chapter 09) and their command-line options."""
+"""Class-conditional U-Nets (chapter 04, section 12), label dropout (chapter 05), classifier-free guidance
+(chapter 10) and their command-line options."""
 
 import json
 from itertools import islice

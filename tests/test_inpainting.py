@@ -1,4 +1,4 @@
-"""ddpm_lib.inpainting (chapter 10): masks, the forward jump, the replacement method and RePaint, the CLI."""
+"""ddpm_lib.inpainting (chapter 12): masks, the forward jump, the replacement method and RePaint, the CLI."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Chapter 06's metrics (ddpm_lib.metrics), the shipped evaluation classifier and `python -m ddpm_lib evaluate`."""
+"""Chapter 07's metrics (ddpm_lib.metrics), the shipped evaluation classifier and `python -m ddpm_lib evaluate`."""
 
 import json
 

@@ -25,8 +25,8 @@ def test_provenance_names_how_to_reproduce_them():
     assert record["steps"] == checkpoint.load(pretrained_path())["step"]
 
 
-#: every denoiser the package ships: the unconditional model, the class-conditional one (chapter 09) and the two
-#: short runs that differ only in the noise schedule (chapter 08)
+#: every denoiser the package ships: the unconditional model, the class-conditional one (chapter 10) and the two
+#: short runs that differ only in the noise schedule (chapter 09)
 DENOISERS = ("ddpm_mnist", "ddpm_mnist_cond", "ddpm_mnist_short_linear", "ddpm_mnist_short_cosine")
 
 

@@ -1,4 +1,4 @@
-"""Tests of ``ddpm_lib.unet`` (promoted from chapters/03_unet.py): shapes, time, gradients, checkpoints,
+"""Tests of ``ddpm_lib.unet`` (promoted from chapters/04_unet.py): shapes, time, gradients, checkpoints,
 determinism and input checking. Configurations are tiny so the file runs in seconds on 2 CPU cores."""
 
 import json

@@ -10,7 +10,7 @@ chapter(s) to edit, a docstring, ``__all__`` (the public names the cells define 
 functions, classes and ALL-CAPS constants, in cell order), then the marked cells in chapter order,
 each after a marker line that leads a traceback back to the cell to edit::
 
-    # --- chapters/05_sampling.py, cell 7 (line 91): edit there ---
+    # --- chapters/06_sampling.py, cell 7 (line 91): edit there ---
 
 (cell 7: the cell's 0-based index in the notebook, as JupyterLab numbers it in the ``.py`` and the
 ``.ipynb`` alike; line 91: the line of the ``.py`` where the code that follows the marker starts).

@@ -5,7 +5,7 @@
 Writes ``ddpm_lib/weights/<name>.pt`` (EMA weights, config and step only: no optimiser state) and
 ``ddpm_lib/weights/<name>.json`` (command, seed, data, steps, wall time, machine, final loss), and
 ``ddpm_lib/weights/<name>_steps/step_NNNNNN.pt``: the EMA weights of the run's earlier kept checkpoints
-(``checkpoints/step_NNNNNN.pt``), in float16 to keep the package small, for chapter 06's
+(``checkpoints/step_NNNNNN.pt``), in float16 to keep the package small, for chapter 07's
 quality-vs-training-steps curve (the final step is the shipped file itself).
 
 ``--half`` stores the shipped file's weights in float16 too (half the size; they load into a float32

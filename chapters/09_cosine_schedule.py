@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · The cosine schedule
+# # 09 · The cosine schedule
 #
 # Chapter 01 took the noise schedule from DDPM: $\beta_t$ rises linearly from $10^{-4}$ to $0.02$. Nichol &
 # Dhariwal (2021, *Improved Denoising Diffusion Probabilistic Models*, §3.2) noticed that on small images this
@@ -29,8 +29,8 @@
 #   (`beta_schedule="squaredcos_cap_v2"`);
 # - compare schedules by their $\bar\alpha$ and log-SNR curves, and say where each one spends its steps;
 # - train with either schedule (`python -m ddpm_lib train --schedule cosine`) and sample with every sampler of
-#   chapters 05 and 07, unchanged;
-# - measure what the schedule changes in the samples, with chapter 06's metrics.
+#   chapters 06 and 08, unchanged;
+# - measure what the schedule changes in the samples, with chapter 07's metrics.
 
 # %%
 import math
@@ -172,7 +172,7 @@ for ax in axes:
     ax.set_xlabel("t")
     ax.legend()
 fig.tight_layout()
-save_figure(fig, "08_schedules")
+save_figure(fig, "09_schedules")
 plt.show()
 
 # %%
@@ -217,7 +217,7 @@ for name, schedule in schedules.items():
 #
 # ## 3. Every sampler works with either schedule
 #
-# The samplers of chapters 05 and 07 read $\beta$, $\bar\alpha$ and the posterior tables from the schedule they
+# The samplers of chapters 06 and 08 read $\beta$, $\bar\alpha$ and the posterior tables from the schedule they
 # are given and nothing else, so they need no change. A quick proof with a stand-in network: for a "perfect
 # denoiser" that knows the $x_0$ a chain started from, one step of `sample()` from $t$ must land on
 # $q(x_{t-1} \mid x_t, x_0)$'s mean plus $\tilde\beta_t$ noise — whatever the schedule.
@@ -255,7 +255,7 @@ for name, schedule in schedules.items():
 # ## 4. A model trained with it
 #
 # A schedule is a training decision: the network learns $\varepsilon$ at the noise levels the schedule visits.
-# To see what it changes we trained two short runs that differ *only* in `--schedule`: chapter 04's quick recipe
+# To see what it changes we trained two short runs that differ *only* in `--schedule`: chapter 05's quick recipe
 # without labels (unconditional, `--num-classes 0`), 2,200 steps of batch 64, about 8 minutes each on two CPU cores. Short runs, so
 # read the comparison as "what changes in a short CPU run", not as a verdict at convergence. The package ships
 # both, with the command that trained them:
@@ -300,8 +300,8 @@ for name, values in per_snr.items():
 assert all(np.isfinite(v) for v in per_snr["cosine"][1:-1])
 
 # %% [markdown]
-# Now the samples: the same seeds, chapter 05's `sample_clip()` on a 100-step respaced chain (chapter 07) for both,
-# scored by chapter 06's metrics next to the real-vs-real floor. Why the clipped sampler? Look at what
+# Now the samples: the same seeds, chapter 06's `sample_clip()` on a 100-step respaced chain (chapter 08) for both,
+# scored by chapter 07's metrics next to the real-vs-real floor. Why the clipped sampler? Look at what
 # $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ does to an error in $\hat\varepsilon$ at the
 # first step, $t = T-1$: it multiplies it by $\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t} = 1/\sqrt{\mathrm{SNR}_t}$.
 
@@ -343,7 +343,7 @@ for row, name in enumerate(rows):
         axes[row, column].axis("off")
     axes[row, 0].set_title(name, fontsize=8, loc="left")
 fig.tight_layout()
-save_figure(fig, "08_samples")
+save_figure(fig, "09_samples")
 plt.show()
 confident = {name: results[name]["confident_share"] for name in rows}
 print("confident share: " + ", ".join(f"{k} {v:.1%}" for k, v in confident.items()))
@@ -362,7 +362,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # | cosine, unclipped `sample()` | 2803.2 | 0.0% | 2/10 |
 # | real digits (floor) | 68.9 | 99.6% | 10/10 |
 #
-# (`DDPM_PROFILE=full jupyter nbconvert --to notebook --execute chapters/08_cosine_schedule.ipynb`, under 2 minutes
+# (`DDPM_PROFILE=full jupyter nbconvert --to notebook --execute chapters/09_cosine_schedule.ipynb`, under 2 minutes
 # on two CPU cores: the chapter samples the shipped runs, it does not train them.)
 #
 # - **On a short run, the schedule is not the bottleneck.** With the same recipe, the same 2,200 steps and the
@@ -376,7 +376,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # - **The sampler has to match the schedule.** The same cosine network, sampled without clipping, gives pure
 #   noise — every digit lost at the first step, by the 20,000× amplification computed above; it reads as "2" or
 #   "0" only because the classifier has to pick something. The linear schedule forgives the unclipped sampler (its
-#   amplification is 157), which is why chapter 05 could treat clipping as a small improvement.
+#   amplification is 157), which is why chapter 06 could treat clipping as a small improvement.
 #
 # ## 5. From the command line
 #
@@ -404,7 +404,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #
 # ## Exercises
 #
-# :::{exercise} 8.1 · ★☆☆ · $\bar\alpha$ by hand
+# :::{exercise} 9.1 · ★☆☆ · $\bar\alpha$ by hand
 # :nonumber:
 #
 # Write `cosine_alpha_bar(t, T, s=0.008)`: the cosine schedule's $\bar\alpha_t$ for an integer $t$ in $0..T-1$,
@@ -424,17 +424,17 @@ def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
 
 
 # %%
-# Check 8.1
+# Check 9.1
 for t in (0, 1, 250, 500, 998):
     assert math.isclose(cosine_alpha_bar(t, T), float(cosine.alpha_bars[t]), rel_tol=1e-4), t
 assert cosine_alpha_bar(T - 1, T) < 1e-12 < float(cosine.alpha_bars[T - 1])  # the cap keeps it above zero
 ### BEGIN HIDDEN TESTS
 assert math.isclose(cosine_alpha_bar(4, 10, s=0.0), math.cos(0.5 * math.pi / 2) ** 2, rel_tol=1e-12)
 ### END HIDDEN TESTS
-print("Exercise 8.1 passed")
+print("Exercise 9.1 passed")
 
 # %% [markdown]
-# :::{exercise} 8.2 · ★★☆ · From $\bar\alpha$ back to $\beta$
+# :::{exercise} 9.2 · ★★☆ · From $\bar\alpha$ back to $\beta$
 # :nonumber:
 #
 # Write `betas_from_alpha_bars(alpha_bars)`: the $\beta_t$ of a float64 tensor of $\bar\alpha_t$
@@ -453,7 +453,7 @@ def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-# Check 8.2
+# Check 9.2
 for schedule in (linear, cosine):
     recovered = betas_from_alpha_bars(schedule.alpha_bars.double())
     assert torch.allclose(recovered, schedule.betas.double(), rtol=1e-3, atol=1e-6)
@@ -467,10 +467,10 @@ assert torch.allclose(
 assert torch.allclose(betas_from_alpha_bars(torch.tensor([0.5, 0.25], dtype=torch.float64)),
                       torch.tensor([0.5, 0.5], dtype=torch.float64))  # fmt: skip
 ### END HIDDEN TESTS
-print("Exercise 8.2 passed")
+print("Exercise 9.2 passed")
 
 # %% [markdown]
-# :::{exercise} 8.3 · ★★★ · Zero terminal SNR
+# :::{exercise} 9.3 · ★★★ · Zero terminal SNR
 # :nonumber:
 #
 # Even the cosine schedule ends at an SNR above zero, so the last training image still holds a trace of the
@@ -497,7 +497,7 @@ def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
 
 
 # %%
-# Check 8.3
+# Check 9.3
 rescaled = zero_terminal_snr(linear)
 assert rescaled.alpha_bars[-1] == 0 and math.isclose(rescaled.betas[-1].item(), 1.0)
 assert math.isclose(rescaled.alpha_bars[0].item(), linear.alpha_bars[0].item(), rel_tol=1e-5)
@@ -505,4 +505,4 @@ assert (rescaled.alpha_bars[1:] < rescaled.alpha_bars[:-1]).all()
 ### BEGIN HIDDEN TESTS
 assert zero_terminal_snr(cosine).snr[-1] == 0
 ### END HIDDEN TESTS
-print("Exercise 8.3 passed")
+print("Exercise 9.3 passed")

@@ -14,10 +14,10 @@
 # ---
 
 # %% [markdown]
-# # 10 · Inpainting with an unconditional model
+# # 12 · Inpainting with an unconditional model
 #
 # Cover part of a digit and ask the model to fill it in. The shipped denoiser never saw a mask: it
-# was trained (chapter 04) to predict the noise in whole images. Yet it can inpaint, with no
+# was trained (chapter 05) to predict the noise in whole images. Yet it can inpaint, with no
 # retraining, because the forward process noises every pixel on its own. This chapter derives the
 # simplest method that exploits this, shows where it falls short, fixes it with RePaint's
 # resampling (Lugmayr et al., 2022, "RePaint: Inpainting using denoising diffusion probabilistic
@@ -70,7 +70,7 @@ print(f"evaluation classifier: {classifier_provenance['summary']}")
 # missing: the `"left"`, `"right"`, `"top"` or `"bottom"` half, a `"centre"` square (14 × 14 by
 # default, a quarter of the image), or `"random"` pixels (80% by default, drawn anew for each of the
 # `n` masks). The exported cell starts the module `ddpm_lib.inpainting`; its argument checks reuse
-# chapter 07's.
+# chapter 08's.
 
 # %%
 #| default_exp inpainting
@@ -162,7 +162,7 @@ for ax, (kind, mask) in zip(axes[1:], one_of_each.items(), strict=True):
 for ax in axes:
     ax.axis("off")
 fig.tight_layout()
-save_figure(fig, "10_masks")
+save_figure(fig, "12_masks")
 plt.show()
 
 # %%
@@ -193,7 +193,7 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 #
 # is an exact sample of the known region at noise level $s$ — `q_sample(scheduler, x0, s, noise)`.
 #
-# **The reverse step sees the whole image.** The network's step $p_\theta(x_s \mid x_t)$ (chapters 05
+# **The reverse step sees the whole image.** The network's step $p_\theta(x_s \mid x_t)$ (chapters 06
 # and 07) takes all of $x_t$, so its output for the missing pixels depends on the known ones.
 #
 # Put together: run the reverse chain on the whole image, and after every step $t \to s$ overwrite the known
@@ -203,9 +203,9 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 #    x_s^{\text{known}} \sim q(x_s \mid x_0), \quad x_s^{\text{model}} \sim p_\theta(x_s \mid x_t) . $$
 #
 # The chain starts from pure noise $x_T \sim \mathcal N(0, I)$ and ends with the step to the clean end
-# ($s = -1$, $\bar\alpha_{-1} = 1$, chapter 07), where $q(x_{-1} \mid x_0)$ is $x_0$ itself: the result's known
-# pixels are *exactly* the original's. Like chapter 07 we run it on a respaced chain of $S$ timesteps with
-# chapter 05's stochastic DDPM step `reverse_step(scheduler, t, s, ...)`, so it costs $S$ network calls (Song et al., 2021, use the
+# ($s = -1$, $\bar\alpha_{-1} = 1$, chapter 08), where $q(x_{-1} \mid x_0)$ is $x_0$ itself: the result's known
+# pixels are *exactly* the original's. Like chapter 08 we run it on a respaced chain of $S$ timesteps with
+# chapter 06's stochastic DDPM step `reverse_step(scheduler, t, s, ...)`, so it costs $S$ network calls (Song et al., 2021, use the
 # same idea for what they call imputation). Every step reads the schedule's $\bar\alpha$ table and assumes
 # nothing else about it, so the method works for any `NoiseSchedule`.
 #
@@ -298,7 +298,7 @@ assert abs(two_jumps.std() - std) < 0.02
 #
 # `inpaint` runs the chain with `resample` = $r$ rounds of resampling per step; $r = 0$ is the replacement
 # method. One generator supplies $x_T$ and every noise draw, so a seed fixes the result. When no pixel is
-# known, nothing is drawn for the known region, and the chain is chapter 05's `sample_loop` on the same respaced
+# known, nothing is drawn for the known region, and the chain is chapter 06's `sample_loop` on the same respaced
 # timesteps, from the same seed, exactly.
 
 
@@ -361,7 +361,7 @@ def inpaint(
 ) -> torch.Tensor:
     r"""Fill the missing pixels (``mask`` = 0) of ``x0`` (B, C, H, W) in [−1, 1]; returns the same shape in [−1, 1].
 
-    DDPM on ``num_steps`` respaced timesteps (chapter 07, trailing spacing) from x_T ~ N(0, I). After each
+    DDPM on ``num_steps`` respaced timesteps (chapter 08, trailing spacing) from x_T ~ N(0, I). After each
     step t → s the known pixels are replaced: x_s = m ⊙ q_sample(x0, s, ε) + (1 − m) ⊙ x_s^model, with x0
     itself at the last step (s = −1), so the result's known pixels are exactly ``x0``'s. With ``resample``
     = r > 0 (RePaint), each step but the last is repeated r more times after jumping back with
@@ -399,7 +399,7 @@ def inpaint(
 
 # %% [markdown]
 # Three quick checks on one digit: with every pixel known the output is the original, bit for bit; with
-# none known it is chapter 07's sampler from the same seed, bit for bit; and a small counter around the
+# none known it is chapter 08's sampler from the same seed, bit for bit; and a small counter around the
 # network confirms the cost formula.
 
 
@@ -460,7 +460,7 @@ for ax, image, title in zip(
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 fig.tight_layout()
-save_figure(fig, "10_many_answers")
+save_figure(fig, "12_many_answers")
 plt.show()
 
 # %%
@@ -482,7 +482,7 @@ assert spread > 0.05  # the copies were filled differently
 # (digits the denoiser never trained on), cover each with each of the six masks, and score every filled
 # digit two ways:
 #
-# - **accuracy**: does chapter 06's evaluation classifier read the true label? A filling that turns a 7 into
+# - **accuracy**: does chapter 07's evaluation classifier read the true label? A filling that turns a 7 into
 #   a 1 is a plausible digit but a wrong answer;
 # - **masked MSE**: the mean squared error over the *missing* pixels only, in the model's range $[-1, 1]$
 #   (the known pixels are exact for every method, so they would only dilute it). It rewards the original
@@ -493,7 +493,7 @@ assert spread > 0.05  # the copies were filled differently
 # background: the masked image as a classifier would see it) and **grey fill** (missing pixels set to 0, the
 # masked image as the figures show it). And one row that tests the reason for RePaint's gain: the replacement
 # method given RePaint's number of network calls, spent on a longer chain. The network runs under bfloat16
-# autocast, as in chapter 07 (the chain itself stays float32).
+# autocast, as in chapter 08 (the chain itself stays float32).
 
 # %%
 per_class = PROFILE.inpaint_digits_per_class
@@ -611,7 +611,7 @@ for row, kind in enumerate(MASK_KINDS):
                 ax.set_title(title, fontsize=7)
     axes[row, 0].set_ylabel(kind, fontsize=8)
 fig.tight_layout()
-save_figure(fig, "10_inpainting_grid")
+save_figure(fig, "12_inpainting_grid")
 plt.show()
 
 # %%
@@ -671,7 +671,7 @@ assert torch.equal(true_labels[panels[: len(shown)]], torch.tensor([3, 5, 8]))
 #
 # ## Exercises
 #
-# :::{exercise} 10.1 · ★☆☆ · Outpainting
+# :::{exercise} 12.1 · ★☆☆ · Outpainting
 # :nonumber:
 #
 # Inpainting the *border* of an image is called outpainting. Write `frame_mask(size=28, border=4)`: one mask
@@ -690,7 +690,7 @@ def frame_mask(size: int = 28, border: int = 4) -> torch.Tensor:
 
 
 # %%
-# Check 10.1
+# Check 12.1
 frame = frame_mask()
 assert frame.shape == (1, 1, 28, 28) and frame.dtype == torch.float32
 assert set(frame.unique().tolist()) == {0.0, 1.0}
@@ -700,10 +700,10 @@ assert torch.equal(outpainted * frame, heldout_images[:2] * frame)
 ### BEGIN HIDDEN TESTS
 assert (frame_mask(10, 1) == 0).sum() == 100 - 64 and frame_mask(10, 1)[0, 0, 0].eq(0).all()
 ### END HIDDEN TESTS
-print("Exercise 10.1 passed")
+print("Exercise 12.1 passed")
 
 # %% [markdown]
-# :::{exercise} 10.2 · ★★☆ · The replacement method by hand
+# :::{exercise} 12.2 · ★★☆ · The replacement method by hand
 # :nonumber:
 #
 # Write `replacement_inpaint(model, scheduler, x0, mask, num_steps, generator)` without `inpaint`: draw
@@ -731,7 +731,7 @@ def replacement_inpaint(model, scheduler, x0, mask, num_steps: int, generator=No
 
 
 # %%
-# Check 10.2
+# Check 12.2
 x0, centre = heldout_images[[0, 100, 200]], make_mask("centre")
 ours = replacement_inpaint(model, scheduler, x0, centre, 5, torch.Generator().manual_seed(4))
 theirs = inpaint(model, scheduler, x0, centre, 5, resample=0, generator=torch.Generator().manual_seed(4))
@@ -745,10 +745,10 @@ assert torch.allclose(
     atol=1e-6,
 )
 ### END HIDDEN TESTS
-print("Exercise 10.2 passed")
+print("Exercise 12.2 passed")
 
 # %% [markdown]
-# :::{exercise} 10.3 · ★★★ · Longer time travel
+# :::{exercise} 12.3 · ★★★ · Longer time travel
 # :nonumber:
 #
 # `inpaint` jumps back one step at a time. RePaint's paper jumps back *several*: it takes `jump` steps, noises
@@ -756,7 +756,7 @@ print("Exercise 10.2 passed")
 # `inpaint_jump(model, scheduler, x0, mask, num_steps, resample, jump, generator)`:
 #
 # - every step of the chain except the last (the one to the clean end) belongs to a *block* of `jump`
-#   consecutive steps (the last block may be shorter); each step is a replacement step, as in exercise 10.2;
+#   consecutive steps (the last block may be shorter); each step is a replacement step, as in exercise 12.2;
 # - after a block, jump back from its last $s$ to its first $t$ with `q_jump` and run the block again, `resample`
 #   times; then the next block; the final step to the clean end runs once;
 # - draw random numbers in `inpaint`'s order: $x_T$ first; in each step the model step's, then the known
@@ -797,7 +797,7 @@ def inpaint_jump(model, scheduler, x0, mask, num_steps: int, resample: int, jump
 
 
 # %%
-# Check 10.3
+# Check 12.3
 x0, right = heldout_images[[50, 150]], make_mask("right")
 ours = inpaint_jump(model, scheduler, x0, right, 6, 2, 1, torch.Generator().manual_seed(6))
 theirs = inpaint(model, scheduler, x0, right, 6, 2, torch.Generator().manual_seed(6))
@@ -812,4 +812,4 @@ counted = CountCalls(model)
 inpaint_jump(counted, scheduler, x0, right, 5, 1, 10, torch.Generator().manual_seed(8))
 assert counted.calls == 4 * 2 + 1
 ### END HIDDEN TESTS
-print("Exercise 10.3 passed")
+print("Exercise 12.3 passed")

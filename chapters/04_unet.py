@@ -14,9 +14,9 @@
 # ---
 
 # %% [markdown]
-# # 03 · The U-Net denoiser
+# # 04 · The U-Net denoiser
 #
-# Chapter 02 showed how to turn a digit $x_0$ into a noisy $x_t$ in one jump. Training (chapter 04)
+# Chapter 02 showed how to turn a digit $x_0$ into a noisy $x_t$ in one jump. Training (chapter 05)
 # asks a network to look at $x_t$ and the timestep $t$ and say which noise $\varepsilon$ was added:
 #
 # $$ \varepsilon_\theta(x_t, t) \approx \varepsilon, \qquad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon . $$
@@ -177,7 +177,7 @@ axes[2].set_xlabel(r"$\Delta$")
 axes[2].set_title(r"cosine similarity of codes of $t$ and $t+\Delta$")
 axes[2].legend()
 fig.tight_layout()
-save_figure(fig, "03_time_embeddings")
+save_figure(fig, "04_time_embeddings")
 plt.show()
 
 # %%
@@ -318,7 +318,7 @@ assert shuffled.flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]  # halves interle
 
 # %% [markdown]
 # The **basic unit** splits the channels into halves $x_1, x_2$, sends each through a branch and
-# shuffles the concatenation. In the paper, $x_1$ passes through unchanged (exercise 3.2 builds that
+# shuffles the concatenation. In the paper, $x_1$ passes through unchanged (exercise 4.2 builds that
 # version); the reference transforms both halves, which also lets the output width differ from the
 # input width. The **down-sampling unit** feeds *all* channels to both branches, and a stride-2
 # depthwise convolution in each halves the resolution. Attribute names follow the reference, so the
@@ -569,7 +569,7 @@ class Unet(nn.Module):
     - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck;
     - ``num_classes``: ``None`` (unconditional) or the number of classes K of a class-conditional model
       (section 12): ``forward(x, t, y)`` then adds a learned label embedding to the time embedding, with
-      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 09).
+      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 10).
 
     ``self.config`` holds every argument, so ``Unet(**model.config)`` builds an identical network.
     """
@@ -856,7 +856,7 @@ ax.set_ylabel("output height = width")
 ax.set_ylim(0, 33)
 ax.set_title("feature maps through the course's U-Net (channels on top of each bar)")
 fig.tight_layout()
-save_figure(fig, "03_feature_maps")
+save_figure(fig, "04_feature_maps")
 plt.show()
 
 # %%
@@ -913,14 +913,14 @@ for bad in [dict(base_dim=33), dict(norm="layer"), dict(dim_mults=[]), dict(unit
 #   differ from that mixture — in eval mode the network normalises with the wrong numbers;
 # - forget `model.eval()` and the sampler normalises with the statistics of a single-$t$ batch,
 #   which the network never saw in training; the output of one image now depends on the others;
-# - with an **exponential moving average** of the weights (chapter 04), the running statistics were
+# - with an **exponential moving average** of the weights (chapter 05), the running statistics were
 #   collected for the *live* weights, not for the averaged ones (and an averaging helper that skips
 #   buffers leaves them at their initial values). They need re-estimating with a pass over the data.
 #
 # **GroupNorm** normalises every image on its own, over groups of channels: no batch, no running
 # statistics, identical in train and eval mode, nothing for the EMA to get wrong. What it may cost is
 # speed: at inference an eval-mode BatchNorm can be folded into the convolution before it
-# (exercise 3.3), GroupNorm can't. We time the training steps too.
+# (exercise 4.3), GroupNorm can't. We time the training steps too.
 #
 # The measurement: train the course's architecture twice, identical but for the norm, on the bundled
 # digits (steps alternate between the two models so both see the same machine load). Then evaluate
@@ -1034,7 +1034,7 @@ ax.set_ylabel("held-out noise-prediction MSE")
 ax.set_title(f"after {PROFILE.norm_study_steps} training steps: the same network with two normalisations")
 ax.legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "03_norm_study")
+save_figure(fig, "04_norm_study")
 plt.show()
 
 
@@ -1072,7 +1072,7 @@ assert Unet().config["norm"] == chosen_norm  # the package default follows the m
 # BatchNorm's output moves with the mode and with the batch; relative to the loss the damage is
 # largest at large $t$, where predicting the noise is easy and any disturbance shows. Neither of
 # BatchNorm's modes reproduces the mixed-$t$ batches of training, so there is no "right" mode to
-# sample in — and the EMA weights of chapter 04 would add a third mismatch. The ratio of step times
+# sample in — and the EMA weights of chapter 05 would add a third mismatch. The ratio of step times
 # printed above is what GroupNorm costs in training. The rule in the cell above turns these numbers
 # into the default, `norm="group"`; `norm="batch"` reproduces the reference.
 #
@@ -1140,8 +1140,8 @@ print(
 # also gets the digit's label $y$, and the label enters exactly as time does: a learned embedding, one row
 # per class, **added to the time embedding**, so every `TimeMLP` sees both. One extra row stands for "no
 # label" ($y = -1$, or `y=None`). A model trained with its labels sometimes replaced by that row learns the
-# unconditional $\varepsilon_\theta(x_t, t)$ too; chapter 09 combines the two (classifier-free guidance), and
-# chapter 04 shows that the label alone makes a short CPU run give much better digits.
+# unconditional $\varepsilon_\theta(x_t, t)$ too; chapter 10 combines the two (classifier-free guidance), and
+# chapter 05 shows that the label alone makes a short CPU run give much better digits.
 #
 # `Unet(num_classes=10)` adds $(10 + 1) \times 64$ numbers to the network:
 
@@ -1178,7 +1178,7 @@ else:
     raise AssertionError("an unconditional U-Net accepted labels")
 
 # %% [markdown]
-# Every sampler of chapters 05 and 07 calls `model(x_t, t)`. To sample digits of chosen classes, we fix the
+# Every sampler of chapters 06 and 08 calls `model(x_t, t)`. To sample digits of chosen classes, we fix the
 # labels once and hand the samplers a model that takes only $(x_t, t)$:
 
 
@@ -1230,7 +1230,7 @@ print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 # the exercise before you read it. In the student copies an instructor hands out, it is replaced by
 # `raise NotImplementedError()`, and the check fails until you write your own.
 #
-# :::{exercise} 3.1 · ★☆☆ · Undo the shuffle
+# :::{exercise} 4.1 · ★☆☆ · Undo the shuffle
 # :nonumber:
 #
 # Write `unshuffle_channels(x, groups)` that undoes `ChannelShuffle(groups)`: for every `x` with a
@@ -1249,7 +1249,7 @@ def unshuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 # %%
-# Check 3.1
+# Check 4.1
 x = torch.randn(2, 8, 3, 3)
 assert torch.equal(unshuffle_channels(ChannelShuffle(2)(x), 2), x)
 assert torch.equal(unshuffle_channels(ChannelShuffle(4)(x), 4), x)
@@ -1258,10 +1258,10 @@ x = torch.randn(1, 12, 2, 2)
 assert torch.equal(unshuffle_channels(ChannelShuffle(3)(x), 3), x)
 assert not torch.equal(unshuffle_channels(x, 3), x)  # not the identity
 ### END HIDDEN TESTS
-print("Exercise 3.1 passed")
+print("Exercise 4.1 passed")
 
 # %% [markdown]
-# :::{exercise} 3.2 · ★★☆ · The paper's basic unit
+# :::{exercise} 4.2 · ★★☆ · The paper's basic unit
 # :nonumber:
 #
 # In the ShuffleNet v2 paper the basic unit keeps $C$ channels, passes the first half $x_1$ through
@@ -1296,7 +1296,7 @@ class PaperShuffleUnit(nn.Module):
 
 
 # %%
-# Check 3.2
+# Check 4.2
 unit = PaperShuffleUnit(16)
 x = torch.randn(2, 16, 7, 7)
 y = unit(x)
@@ -1309,10 +1309,10 @@ assert y_group.shape == (3, 32, 14, 14)
 assert any(isinstance(m, nn.Conv2d) and m.groups == 16 for m in PaperShuffleUnit(32).modules())  # depthwise
 assert not torch.allclose(y[:, 1::2], x[:, 8:])  # the other half is transformed
 ### END HIDDEN TESTS
-print("Exercise 3.2 passed")
+print("Exercise 4.2 passed")
 
 # %% [markdown]
-# :::{exercise} 3.3 · ★★★ · What BatchNorm does have going for it
+# :::{exercise} 4.3 · ★★★ · What BatchNorm does have going for it
 # :nonumber:
 #
 # In eval mode BatchNorm is a fixed per-channel affine map,
@@ -1349,7 +1349,7 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 # %%
-# Check 3.3
+# Check 4.3
 def random_batchnorm(channels: int) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels)
     with torch.no_grad():
@@ -1372,4 +1372,4 @@ x = torch.randn(2, 6, 8, 8)
 assert torch.allclose(fold_batchnorm(depthwise, bn)(x), bn(depthwise(x)), atol=1e-5)
 assert fold_batchnorm(depthwise, bn).groups == 6
 ### END HIDDEN TESTS
-print("Exercise 3.3 passed")
+print("Exercise 4.3 passed")

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Sampling
+# # 06 · Sampling
 #
 # Training taught a network to predict the noise in $x_t$. Sampling runs the forward process
 # backwards: start from pure noise $x_T \sim \mathcal N(0, I)$ and remove a little noise at a time
@@ -78,7 +78,7 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # $$ x_s = \frac{\sqrt{\bar\alpha_s}\,\beta}{1-\bar\alpha_t}\,\hat x_0 + \frac{\sqrt{1-\beta}\,(1-\bar\alpha_s)}{1-\bar\alpha_t}\,x_t
 #    + \sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}\,\beta}\; z , \qquad \bar\alpha_{-1} = 1 . $$
 #
-# Chapter 07 uses the same function for chains that jump over timesteps, exactly as `diffusers`'
+# Chapter 08 uses the same function for chains that jump over timesteps, exactly as `diffusers`'
 # `DDPMScheduler.step` serves both. The coefficients come from $\bar\alpha$ in float64: in float32,
 # $1 - \bar\alpha_t/\bar\alpha_{t-1}$ loses up to three of its seven digits near $t = 0$ (`diffusers` computes it
 # in float32; our tests allow for the difference).
@@ -251,7 +251,7 @@ for t in (999, 500, 10, 1):
 #
 # Start from $x_T \sim \mathcal N(0, I)$ and apply the step for $t = T-1, \dots, 0$. One generator supplies
 # both $x_T$ and every $z$, so a seed fixes the whole trajectory. `run_chain` is the loop every sampler of the
-# course uses (chapter 07's too): it walks a list of timesteps, puts the network in eval mode, and shows each
+# course uses (chapter 08's too): it walks a list of timesteps, puts the network in eval mode, and shows each
 # $x_t$ to an optional `on_step` hook, which is how this chapter records trajectories below.
 
 
@@ -291,7 +291,7 @@ def run_chain(
     return x
 
 
-#: chapter 05's two samplers: the same step, without and with the clamp on x̂_0
+#: chapter 06's two samplers: the same step, without and with the clamp on x̂_0
 SAMPLERS = ("ddpm", "clip")
 
 
@@ -309,7 +309,7 @@ def sample_loop(
     """Run the reverse chain from ``x_T`` (noise level T−1) to a sample (after the step at t = 0).
 
     ``sampler`` is ``"clip"`` (:func:`sample_clip`) or ``"ddpm"`` (:func:`sample`). ``timesteps`` (descending)
-    are the timesteps to visit: all T by default; chapter 07 passes fewer, a respaced chain.
+    are the timesteps to visit: all T by default; chapter 08 passes fewer, a respaced chain.
     ``on_step(t, x_t)`` sees the image *entering* the step at t, e.g. to record a trajectory.
     """
     if sampler not in SAMPLERS:
@@ -404,7 +404,7 @@ for row, (name, batch) in enumerate((("sample()", ddpm_samples), ("sample_clip()
         axes[row, column].axis("off")
     axes[row, 0].set_title(name, fontsize=8, loc="left")
 fig.tight_layout()
-save_figure(fig, "05_samplers_side_by_side")
+save_figure(fig, "06_samplers_side_by_side")
 plt.show()
 
 # %%
@@ -434,7 +434,7 @@ for ax in axes.flat:
 axes[0, 0].set_ylabel("$x_t$")
 axes[1, 0].set_ylabel(r"$\hat x_0$")
 fig.tight_layout()
-save_figure(fig, "05_reverse_process")
+save_figure(fig, "06_reverse_process")
 plt.show()
 
 # %%
@@ -476,8 +476,8 @@ assert ddpm_final > clip_final
 # %% [markdown]
 # The unclipped chain ends with pixels outside the data range (we clamp them for display, which hides
 # the problem); the clipped one cannot. On a well-trained model the two give similar digits; on a
-# weak one, or with fewer steps (chapter 07), the unclipped sampler drifts — greyish backgrounds,
-# over-bright strokes — and the difference grows. Chapter 06 measures it.
+# weak one, or with fewer steps (chapter 08), the unclipped sampler drifts — greyish backgrounds,
+# over-bright strokes — and the difference grows. Chapter 07 measures it.
 #
 # ## 6. One trajectory, animated
 #
@@ -527,7 +527,7 @@ assert frame_ts[0] == 975 and frame_ts[-1] == 0
 #
 # ## Exercises
 #
-# :::{exercise} 5.1 · ★☆☆ · The posterior mean
+# :::{exercise} 6.1 · ★☆☆ · The posterior mean
 # :nonumber:
 #
 # Write `posterior_mean(scheduler, t, x0, x_t)` returning $\tilde\mu_t(x_t, x_0)$ from the two coefficient
@@ -543,7 +543,7 @@ def posterior_mean(scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor) -> to
 
 
 # %%
-# Check 5.1
+# Check 6.1
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
 for t in (1, 500, 999):
     eps = model(x_t, torch.full((2,), t))
@@ -554,10 +554,10 @@ for t in (1, 500, 999):
 ### BEGIN HIDDEN TESTS
 assert torch.equal(posterior_mean(scheduler, 0, x0_hat, x_t), x0_hat)
 ### END HIDDEN TESTS
-print("Exercise 5.1 passed")
+print("Exercise 6.1 passed")
 
 # %% [markdown]
-# :::{exercise} 5.2 · ★★☆ · The other variance
+# :::{exercise} 6.2 · ★★☆ · The other variance
 # :nonumber:
 #
 # DDPM reports similar results with $\sigma_t^2 = \beta_t$ (the upper bound) instead of $\tilde\beta_t$ (the lower
@@ -584,7 +584,7 @@ def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=
 
 
 # %%
-# Check 5.2
+# Check 6.2
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(1))
 for t in (0, 1, 700):
     ours = sample_beta_variance(scheduler, t, model, x_t, torch.Generator().manual_seed(2))
@@ -597,10 +597,10 @@ assert torch.allclose(
     sample_beta_variance(scheduler, 0, model, x_t), sample(scheduler, 0, model, x_t), atol=1e-5
 )
 ### END HIDDEN TESTS
-print("Exercise 5.2 passed")
+print("Exercise 6.2 passed")
 
 # %% [markdown]
-# :::{exercise} 5.3 · ★★★ · Dynamic thresholding
+# :::{exercise} 6.3 · ★★★ · Dynamic thresholding
 # :nonumber:
 #
 # Clamping at $\pm 1$ flattens every over-confident pixel to the same value. Imagen's *dynamic
@@ -621,7 +621,7 @@ def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.
 
 
 # %%
-# Check 5.3
+# Check 6.3
 in_range = torch.rand((2, 1, 28, 28)) * 2 - 1
 assert torch.equal(dynamic_threshold(in_range), in_range)
 loud = 3 * torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(4))
@@ -631,4 +631,4 @@ assert (thresholded.abs() == 1).float().mean() < 0.01  # far fewer pixels pinned
 ### BEGIN HIDDEN TESTS
 assert (loud.clamp(-1, 1).abs() == 1).float().mean() > 0.5
 ### END HIDDEN TESTS
-print("Exercise 5.3 passed")
+print("Exercise 6.3 passed")

@@ -14,10 +14,10 @@
 # ---
 
 # %% [markdown]
-# # 09 · Class-conditional generation and classifier-free guidance
+# # 10 · Class-conditional generation and classifier-free guidance
 #
 # So far the sampler decides which digit it draws. This chapter asks for one: a class-conditional model
-# $\varepsilon_\theta(x_t, t, y)$ (chapter 03, section 12) draws digits of the label $y$, and *classifier-free
+# $\varepsilon_\theta(x_t, t, y)$ (chapter 04, section 12) draws digits of the label $y$, and *classifier-free
 # guidance* (Ho & Salimans, 2022) trades diversity for digits that look more like their class, with one number.
 #
 # **After this chapter you can**
@@ -27,7 +27,7 @@
 # - derive the guided prediction $\tilde\varepsilon = (1 + w)\,\varepsilon_\theta(x_t, t, y) - w\,\varepsilon_\theta(x_t, t, \varnothing)$
 #   from Bayes' rule, and implement it as a denoiser that every sampler accepts;
 # - draw a grid with one row per digit for several guidance scales $w$;
-# - measure, with chapter 06's classifier, how often a sample is the digit that was asked for, and what guidance
+# - measure, with chapter 07's classifier, how often a sample is the digit that was asked for, and what guidance
 #   costs in diversity;
 # - sample from the command line: `python -m ddpm_lib sample --label 7 --guidance 2`.
 
@@ -61,7 +61,7 @@ assert model.config["num_classes"] == 10
 # %% [markdown]
 # ## 1. One network, two models: label dropout
 #
-# The shipped model was trained with chapter 04's loop on (digit, label) pairs, `--num-classes 10
+# The shipped model was trained with chapter 05's loop on (digit, label) pairs, `--num-classes 10
 # --label-dropout 0.1`: in every batch each label is replaced, with probability 0.1, by "no label" ($y = -1$,
 # the extra row of the label embedding). The network therefore learns $\varepsilon_\theta(x_t, t, y)$ from 90%
 # of the examples and $\varepsilon_\theta(x_t, t, \varnothing)$ — an ordinary unconditional DDPM — from the other 10%.
@@ -105,8 +105,8 @@ assert abs(dropped - 0.1) < 0.015 and (shown[shown >= 0] == labels[shown >= 0]).
 #
 # $w = 0$ is the conditional model, $w = -1$ the unconditional one, and $w > 0$ samples from a sharpened
 # $p(x \mid y)\,p(y \mid x)^{w}$: images the implicit classifier is surer of. The guided denoiser is a
-# class-conditional model itself — it takes $(x, t, y)$ — so chapter 03's `Conditioned` and every sampler of
-# chapters 05 and 07 use it unchanged. One network call per step evaluates both predictions, as one batch of
+# class-conditional model itself — it takes $(x, t, y)$ — so chapter 04's `Conditioned` and every sampler of
+# chapters 06 and 08 use it unchanged. One network call per step evaluates both predictions, as one batch of
 # $2B$ images.
 
 # %%
@@ -174,8 +174,8 @@ assert gap > 0
 # %% [markdown]
 # ## 3. One row per digit
 #
-# The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: chapter 05's `sample()` on a
-# 100-step respaced chain (chapter 07), which costs 100 (unguided) or 100 double-batch network calls per digit.
+# The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: chapter 06's `sample()` on a
+# 100-step respaced chain (chapter 08), which costs 100 (unguided) or 100 double-batch network calls per digit.
 
 # %%
 columns = PROFILE.guidance_grid_columns
@@ -201,7 +201,7 @@ for block, w in enumerate(grid_scales):
         if row == 0 and column == 0:
             ax.set_title(f"w = {w:g}", fontsize=9, loc="left")
 fig.tight_layout()
-save_figure(fig, "09_guidance_grid")
+save_figure(fig, "10_guidance_grid")
 plt.show()
 
 # %%
@@ -219,7 +219,7 @@ assert all(g.shape == (10 * columns, 1, 28, 28) for g in grids.values())
 # For each guidance scale we draw the same number of digits of every class (same seeds) and measure:
 #
 # - **accuracy**: the share the evaluation classifier assigns to the requested label;
-# - **confident**: the share classified with probability ≥ 0.9 (chapter 06);
+# - **confident**: the share classified with probability ≥ 0.9 (chapter 07);
 # - **diversity**: how spread out each class is, as the mean distance between two samples' classifier features,
 #   relative to the same spread for real held-out digits of that class (1.0: as varied as real digits);
 # - the **Fréchet distance** to all held-out digits, next to the real-vs-real floor at the same $n$ — it
@@ -288,7 +288,7 @@ ax.set_xlabel("guidance scale w")
 ax.set_title(f"{n_eval} samples per point", fontsize=9)
 ax.legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "09_guidance_tradeoff")
+save_figure(fig, "10_guidance_tradeoff")
 plt.show()
 assert all(0 <= table[w]["accuracy"] <= 1 for w in table)
 if n_eval >= 100:  # what the text below reads off the table, where the samples are enough to show it
@@ -308,18 +308,18 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # | 2 | 100.0% | 100.0% | 0.70 | 166.0 |
 # | 4 | 100.0% | 100.0% | 0.64 | 218.2 |
 #
-# (`DDPM_PROFILE=full jupyter nbconvert --to notebook --execute chapters/09_guidance.ipynb`, 11 minutes on two
+# (`DDPM_PROFILE=full jupyter nbconvert --to notebook --execute chapters/10_guidance.ipynb`, 11 minutes on two
 # CPU cores.)
 #
 # - **The label alone does most of the work.** Unguided ($w = 0$), 96.9% of the digits are the requested class,
 #   and their variety matches real digits of that class (diversity 1.01); the Fréchet distance, 52.7, is even below
-#   the floor. The floor is one draw of 256 random real digits (chapter 07's bootstrap interval for it spans
+#   the floor. The floor is one draw of 256 random real digits (chapter 08's bootstrap interval for it spans
 #   97–172), whose class counts are uneven; these samples have exactly 25 or 26 of every class. Read it as "at the
 #   floor". The target of 95% is met already at $w = 0$; the best accuracy, 100%, from $w = 1$ on.
 # - **Guidance buys the last few percent and costs variety.** From $w = 0$ to $w = 4$ the diversity falls from
 #   1.01 to 0.64 and the Fréchet distance quadruples: every class collapses towards its most typical, boldest
 #   shapes (compare the rows of the grid above). Above $w = 1$ there is nothing left to gain in accuracy; only
-#   variety to lose. A short run is different: its unguided samples are less sure of the label, and chapter 04's
+#   variety to lose. A short run is different: its unguided samples are less sure of the label, and chapter 05's
 #   quick recipe measured $w = 1$ as its best choice — better on confidence *and* on the Fréchet distance.
 # - **The unconditional half is a weaker model.** With no label ($w = -1$), the same network draws digits of its
 #   own choosing — so "accuracy" is chance, 10.5%, and the within-label spread is that of all classes mixed (1.85) —
@@ -352,7 +352,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #
 # ## Exercises
 #
-# :::{exercise} 9.1 · ★☆☆ · The guided prediction
+# :::{exercise} 10.1 · ★☆☆ · The guided prediction
 # :nonumber:
 #
 # Write `guided_epsilon(eps_conditional, eps_unconditional, w)`: the classifier-free guidance combination of two
@@ -368,7 +368,7 @@ def guided_epsilon(eps_conditional: torch.Tensor, eps_unconditional: torch.Tenso
 
 
 # %%
-# Check 9.1
+# Check 10.1
 with torch.no_grad():
     for w in (0.5, 3.0):
         assert torch.allclose(guided_epsilon(conditional, unconditional, w),
@@ -376,10 +376,10 @@ with torch.no_grad():
 ### BEGIN HIDDEN TESTS
 assert torch.equal(guided_epsilon(torch.ones(2), torch.zeros(2), 2.0), torch.full((2,), 3.0))
 ### END HIDDEN TESTS
-print("Exercise 9.1 passed")
+print("Exercise 10.1 passed")
 
 # %% [markdown]
-# :::{exercise} 9.2 · ★★☆ · Label dropout by hand
+# :::{exercise} 10.2 · ★★☆ · Label dropout by hand
 # :nonumber:
 #
 # Write `drop_labels(labels, p, generator)`: a copy of the integer tensor `labels` in which each entry is
@@ -398,7 +398,7 @@ def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator) -> t
 
 
 # %%
-# Check 9.2
+# Check 10.2
 original = torch.arange(10_000) % 10
 out = drop_labels(original, 0.2, torch.Generator().manual_seed(0))
 assert out is not original and torch.equal(original, torch.arange(10_000) % 10)
@@ -408,10 +408,10 @@ assert torch.equal(out[out >= 0], original[out >= 0])
 assert (drop_labels(original, 0.0, torch.Generator().manual_seed(1)) == original).all()
 assert (drop_labels(original, 1.0, torch.Generator().manual_seed(1)) == -1).all()
 ### END HIDDEN TESTS
-print("Exercise 9.2 passed")
+print("Exercise 10.2 passed")
 
 # %% [markdown]
-# :::{exercise} 9.3 · ★★★ · Guidance in a limited interval
+# :::{exercise} 10.3 · ★★★ · Guidance in a limited interval
 # :nonumber:
 #
 # Kynkäänniemi et al. (2024) apply guidance only at middle noise levels: at high noise it mostly pushes every
@@ -441,7 +441,7 @@ class IntervalGuidance(torch.nn.Module):
 
 
 # %%
-# Check 9.3
+# Check 10.3
 interval = IntervalGuidance(model, 4.0, 100, 600)
 with torch.no_grad():
     assert torch.allclose(
@@ -454,4 +454,4 @@ with torch.no_grad():
     early = torch.full((6,), 900)
     assert torch.allclose(interval(x, early, y), model(x, early, y), atol=1e-6)
 ### END HIDDEN TESTS
-print("Exercise 9.3 passed")
+print("Exercise 10.3 passed")

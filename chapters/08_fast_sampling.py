@@ -14,11 +14,11 @@
 # ---
 
 # %% [markdown]
-# # 07 · Fast sampling: DDIM and DPM-Solver++
+# # 08 · Fast sampling: DDIM and DPM-Solver++
 #
-# Chapter 05's samplers call the network once per timestep: 1000 network function evaluations
+# Chapter 06's samplers call the network once per timestep: 1000 network function evaluations
 # (**NFE**) per digit. This chapter gets comparable digits from 10–50 NFE with the *same* trained
-# network, and measures what is lost with chapter 06's Fréchet distance.
+# network, and measures what is lost with chapter 07's Fréchet distance.
 #
 # **After this chapter you can**
 #
@@ -60,13 +60,13 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # %% [markdown]
 # ## 1. DDIM from the $\hat x_0$ parameterisation
 #
-# The training objective of chapter 04 only ever looked at the marginals
+# The training objective of chapter 05 only ever looked at the marginals
 # $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I)$: a noisy image and the noise in it.
 # It never used the chain $x_0 \to x_1 \to \dots \to x_T$. So any reverse process that respects those
 # marginals can use the same network, including one that jumps from $t$ straight to an earlier $s < t$.
 #
 # At $x_t$ the network gives $\hat\varepsilon = \varepsilon_\theta(x_t, t)$ and with it the estimate of the clean
-# image (chapter 05)
+# image (chapter 06)
 #
 # $$ \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}} . $$
 #
@@ -83,7 +83,7 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # $$ \sigma_{t\to s}(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}}\,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_s}} . $$
 #
 # - $\eta = 1$: $\sigma^2$ is the posterior variance $\tilde\beta$ of the chain that jumps from $t$ to $s$, and
-#   the update *is* DDPM's ancestral step on that chain (section 3). With $s = t-1$ it is chapter 05's `sample()`.
+#   the update *is* DDPM's ancestral step on that chain (section 3). With $s = t-1$ it is chapter 06's `sample()`.
 # - $\eta = 0$: no fresh noise at all; $x_T$ determines the sample. This is a discretisation of the
 #   *probability-flow ODE* — the deterministic process with the same marginals — and that is why it
 #   tolerates large jumps: an ODE solver with large steps is still a solver, while a stochastic chain
@@ -96,7 +96,7 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # Two of `DDIMScheduler`'s defaults differ from ours: it clips by default (`clip_sample=True`; our `clip=False`)
 # and spaces timesteps `"leading"` (ours: `"trailing"`, for the reason of section 2).
 #
-# The argument checks, $\hat x_0$ and the loop come from chapter 05 (`predict_x0`, `run_chain`): this chapter
+# The argument checks, $\hat x_0$ and the loop come from chapter 06 (`predict_x0`, `run_chain`): this chapter
 # adds only what is new.
 
 # %%
@@ -212,7 +212,7 @@ axes[1].set_xlabel("number of steps n")
 axes[1].set_ylabel(r"$\sqrt{\bar\alpha}$ at the first step")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "07_spacings")
+save_figure(fig, "08_spacings")
 plt.show()
 
 # %%
@@ -232,18 +232,18 @@ assert max(first["trailing"]) == min(first["trailing"])  # trailing always start
 #
 # `ddim_step` is the update of section 1 for a jump $t \to s$ (`t_prev`). It takes either the model, or its
 # prediction $\hat\varepsilon$ as a tensor (useful for tests and for solvers that evaluate the model themselves).
-# Noise is drawn exactly as chapter 05 draws it, and only when $\sigma > 0$ — never at the final jump to the
+# Noise is drawn exactly as chapter 06 draws it, and only when $\sigma > 0$ — never at the final jump to the
 # clean end — so a test can replay it against `diffusers` with an identically seeded generator.
 #
-# **DDPM on a sub-sequence.** Chapter 05's `sample()` can't simply skip steps: its $\beta_t$ is the noise
+# **DDPM on a sub-sequence.** Chapter 06's `sample()` can't simply skip steps: its $\beta_t$ is the noise
 # added by *one* step. A chain that visits only $t_1 > t_2 > \dots$ has its own per-jump quantities,
 #
 # $$ \alpha_{t\to s} = \frac{\bar\alpha_t}{\bar\alpha_s}, \qquad \beta_{t\to s} = 1 - \frac{\bar\alpha_t}{\bar\alpha_s}, $$
 #
-# and the posterior mean and variance of chapter 05 with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
+# and the posterior mean and variance of chapter 06 with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
 # $\beta_{t\to s}, \alpha_{t\to s}, \bar\alpha_s$ (Nichol & Dhariwal, 2021, "respacing"; `diffusers`' `DDPMScheduler`
 # does the same). Keeping the single-step $\beta_t$ while skipping steps is a classic bug: the chain removes
-# far too little noise per jump. Chapter 05 already wrote the step this way: its `reverse_step(scheduler, t,
+# far too little noise per jump. Chapter 06 already wrote the step this way: its `reverse_step(scheduler, t,
 # t_prev, ...)` takes the timestep it jumps to, and `sample_loop(..., timesteps=...)` runs DDPM (or
 # `sample_clip()`) on any descending list of timesteps. Without the clamp it is `ddim_step` with $\eta = 1$,
 # written differently.
@@ -286,7 +286,7 @@ def ddim_step(
 
 # %% [markdown]
 # Three checks of the algebra, on the shipped model: with $\eta = 1$ and $s = t - 1$ the DDIM step is
-# chapter 05's `sample()` (same random numbers); chapter 05's `reverse_step` on a long jump equals DDIM with
+# chapter 06's `sample()` (same random numbers); chapter 06's `reverse_step` on a long jump equals DDIM with
 # $\eta = 1$ too; and with $\eta = 0$ the jump to the clean end returns $\hat x_0$ itself.
 
 # %%
@@ -305,8 +305,8 @@ assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(schedul
 # %% [markdown]
 # ## 4. The sampling loops
 #
-# Chapter 05's `run_chain` walks the chosen timesteps and jumps each time to the next one, and from the last one
-# to the clean end. One generator supplies $x_T$ and every $z$, as in chapter 05. With $n$ steps each sampler calls
+# Chapter 06's `run_chain` walks the chosen timesteps and jumps each time to the next one, and from the last one
+# to the clean end. One generator supplies $x_T$ and every $z$, as in chapter 06. With $n$ steps each sampler calls
 # the network exactly $n$ times. DDPM on a respaced chain needs no new code: it is
 # `sample_loop(scheduler, model, x_T, "ddpm", generator, timesteps=timesteps_for(T, n))`.
 
@@ -360,7 +360,7 @@ def ddim_sample(
 # The linear part is solved exactly; only the integral of $\hat x_0$ is approximated. With $h = \lambda_s - \lambda_t$:
 #
 # - **first order** (hold $\hat x_0$ constant): $x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s (e^{-h} - 1)\,\hat x_0$
-#   — exactly the DDIM step with $\eta = 0$ (exercise 7.2);
+#   — exactly the DDIM step with $\eta = 0$ (exercise 8.2);
 # - **second order, multistep (2M)**: reuse the previous step's prediction $\hat x_0^{\,\prime}$ at $\lambda_{t'}$ to
 #   extrapolate linearly in $\lambda$, at no extra network call:
 #
@@ -457,12 +457,12 @@ print("first-order DPM-Solver++ == DDIM (eta = 0)")
 # %% [markdown]
 # ## 6. One entry point
 #
-# Every sampler of the course now has a name: `"ddpm"` and `"clip"` (chapter 05's two steps, on all $T$
+# Every sampler of the course now has a name: `"ddpm"` and `"clip"` (chapter 06's two steps, on all $T$
 # timesteps or a respaced chain), `"ddim"` and `"dpmpp"`. A `SampleSpec` names one with its options — steps,
-# $\eta$, spacing, clipping, and guidance and labels, which chapter 09 adds — and `generate` draws samples
+# $\eta$, spacing, clipping, and guidance and labels, which chapter 10 adds — and `generate` draws samples
 # from it: batch $i$ seeded with `seed + i` (so the same `seed` gives every sampler the same starting noise),
 # bfloat16 autocast for the network, results on the CPU in $[-1, 1]$. The command line, the training run's
-# grids, chapter 06's metrics and this chapter's measurements all go through it. Its default step counts:
+# grids, chapter 07's metrics and this chapter's measurements all go through it. Its default step counts:
 
 # %%
 for name, steps in DEFAULT_STEPS.items():
@@ -475,7 +475,7 @@ assert fast.shape == (4, 1, 28, 28) and fast.abs().max() <= 1
 # %% [markdown]
 # ## 7. Side by side: 10, 20 and 50 steps
 #
-# The same starting noise for every panel. Rows: chapter 05's `sample()` and `sample_clip()` on the respaced
+# The same starting noise for every panel. Rows: chapter 06's `sample()` and `sample_clip()` on the respaced
 # chain, DDIM ($\eta = 0$) and DPM-Solver++(2M); columns: 10, 20 and 50 network calls. All with trailing spacing.
 
 # %%
@@ -501,7 +501,7 @@ for row, label in enumerate(methods):
         axes[0, column].set_title(f"{steps} NFE", fontsize=9)
     axes[row, 0].set_ylabel(label, fontsize=8)
 fig.tight_layout()
-save_figure(fig, "07_samplers_by_steps")
+save_figure(fig, "08_samplers_by_steps")
 plt.show()
 
 
@@ -539,9 +539,9 @@ for images in grids.values():
 #
 # Now the question that matters: how many network calls does each sampler need to be as good as 1000-step
 # DDPM? For every sampler and every NFE budget we draw the same number of samples (same seeds) and measure
-# the Fréchet distance of chapter 06 against the held-out digits, with its 95% bootstrap interval. The
+# the Fréchet distance of chapter 07 against the held-out digits, with its 95% bootstrap interval. The
 # real-vs-real **floor** at the same $n$ is the best any sampler could score. The 1000-NFE points of DDPM and
-# `sample_clip()` are chapter 05's samplers on the full chain; fewer NFE run them on a respaced chain. All of
+# `sample_clip()` are chapter 06's samplers on the full chain; fewer NFE run them on a respaced chain. All of
 # them are drawn by `generate`, bfloat16 autocast included.
 #
 # Cost: about 1.2 ms per image per network call on two CPU cores (bfloat16 autocast), so the full profile
@@ -607,7 +607,7 @@ ax.set_ylabel("Fréchet distance to held-out digits")
 ax.set_title(f"{n_nfe} samples per point, 95% bootstrap intervals", fontsize=9)
 ax.legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "07_nfe_quality")
+save_figure(fig, "08_nfe_quality")
 plt.show()
 
 # %% [markdown]
@@ -638,7 +638,7 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 
 # %% [markdown]
 # **Reading the plot.** Measured with the full profile (256 samples per point; `DDPM_PROFILE=full jupyter
-# nbconvert --to notebook --execute chapters/07_fast_sampling.ipynb`, 30 minutes on 2 cores of an AMD EPYC CPU,
+# nbconvert --to notebook --execute chapters/08_fast_sampling.ipynb`, 30 minutes on 2 cores of an AMD EPYC CPU,
 # torch 2.14.1, bfloat16 autocast, 1.14 ms per image per network call), the Fréchet distance to the held-out
 # digits (real-vs-real floor: 68.9):
 #
@@ -657,7 +657,7 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 #   differ by 0.014 per pixel (section 7).
 # - **The stochastic samplers are noisier, and best at the full budget.** Their row zig-zags (130, 99, 113, 91,
 #   119, 85) by more than the solvers' rows move: every budget draws different fresh noise, and at 256 samples
-#   that alone moves the distance by ±15 (chapter 06's intervals — which for the Fréchet distance sit above the
+#   that alone moves the distance by ±15 (chapter 07's intervals — which for the Fréchet distance sit above the
 #   point estimate, since resampling with replacement duplicates images). Read the row as "about 100, lower with
 #   more steps", not as a curve.
 # - **$\eta$ and spacing, measured.** DDIM at 20 steps with $\eta$ = 0, 0.25, 0.5, 0.75, 1 scores 114.5, 120.0,
@@ -704,10 +704,10 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 # python -m ddpm_lib sample --sampler ddim --steps 50 --out ddim.png            # deterministic DDIM
 # python -m ddpm_lib sample --sampler ddim --steps 50 --eta 1 --out ddim_eta1.png
 # python -m ddpm_lib sample --sampler dpmpp --steps 20 --out dpmpp.png
-# python -m ddpm_lib evaluate --sampler dpmpp --steps 20 --n 500                   # chapter 06's metrics
+# python -m ddpm_lib evaluate --sampler dpmpp --steps 20 --n 500                   # chapter 07's metrics
 # ```
 #
-# `--sampler ddpm` / `clip` without `--steps` run chapter 05's 1000-step samplers; with `--steps` they run on
+# `--sampler ddpm` / `clip` without `--steps` run chapter 06's 1000-step samplers; with `--steps` they run on
 # a respaced chain.
 #
 # ## Summary
@@ -731,7 +731,7 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 #
 # ## Exercises
 #
-# :::{exercise} 7.1 · ★☆☆ · Leading spacing by hand
+# :::{exercise} 8.1 · ★☆☆ · Leading spacing by hand
 # :nonumber:
 #
 # Write `leading_steps(T, n)` returning the leading timesteps as a plain Python list, largest first,
@@ -748,7 +748,7 @@ def leading_steps(T: int, n: int) -> list[int]:
 
 
 # %%
-# Check 7.1
+# Check 8.1
 for n in (1, 3, 10, 50, 64, 1000):
     assert leading_steps(1000, n) == timesteps_for(1000, n, "leading").tolist(), n
 print(
@@ -757,10 +757,10 @@ print(
 ### BEGIN HIDDEN TESTS
 assert leading_steps(7, 2) == [3, 0]
 ### END HIDDEN TESTS
-print("Exercise 7.1 passed")
+print("Exercise 8.1 passed")
 
 # %% [markdown]
-# :::{exercise} 7.2 · ★★☆ · First-order DPM-Solver++ is DDIM
+# :::{exercise} 8.2 · ★★☆ · First-order DPM-Solver++ is DDIM
 # :nonumber:
 #
 # Write `dpm_solver_1(scheduler, t, s, x_t, x0_hat)`: the first-order update
@@ -781,7 +781,7 @@ def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Ten
 
 
 # %%
-# Check 7.2
+# Check 8.2
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(5))
 for t, s in ((999, 899), (500, 480), (40, 0)):
     eps = model(x_t, torch.full((2,), t))
@@ -796,10 +796,10 @@ assert torch.allclose(
     atol=1e-5,
 )
 ### END HIDDEN TESTS
-print("Exercise 7.2 passed")
+print("Exercise 8.2 passed")
 
 # %% [markdown]
-# :::{exercise} 7.3 · ★★☆ · Walking between two noises
+# :::{exercise} 8.3 · ★★☆ · Walking between two noises
 # :nonumber:
 #
 # Deterministic DDIM turns each $x_T$ into one digit, so a path between two noise images becomes a path between
@@ -826,7 +826,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 
 
 # %%
-# Check 7.3
+# Check 8.3
 generator = torch.Generator().manual_seed(6)
 a, b = torch.randn((3, 1, 28, 28), generator=generator), torch.randn((3, 1, 28, 28), generator=generator)
 assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
@@ -838,4 +838,4 @@ assert ((a + b) / 2).flatten(1).norm(dim=1).mean() < 0.8 * a.flatten(1).norm(
 ### BEGIN HIDDEN TESTS
 assert torch.allclose(slerp(a, b, 0.25).flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=0.1)
 ### END HIDDEN TESTS
-print("Exercise 7.3 passed")
+print("Exercise 8.3 passed")

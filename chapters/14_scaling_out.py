@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 12 · Scaling out: one GPU, many GPUs, many machines
+# # 14 · Scaling out: one GPU, many GPUs, many machines
 #
 # Everything so far ran in one process. The reference implementation reaches for more GPUs with one
 # line, `model = nn.DataParallel(model)`. This chapter replaces that line with PyTorch's
@@ -108,7 +108,7 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}; "
 # 3. **the same random draws** — each image needs the timestep $t$ and noise $\varepsilon$ that one process
 #    would have drawn for it.
 #
-# Chapter 04's `ddpm_loss` meets the third condition the simplest way, through its `part` argument: every
+# Chapter 05's `ddpm_loss` meets the third condition the simplest way, through its `part` argument: every
 # process draws $t$ and $\varepsilon$ for the *whole* global batch from the same seeded generator — the same
 # calls, in the same order, as one process — and keeps its slice, `shard(batch_size, rank, world_size)`. The
 # extra random numbers cost nothing next to the network.
@@ -150,11 +150,11 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 # %% [markdown]
 # With GroupNorm the two agree to float rounding; with BatchNorm the shards see different batch
 # statistics and the gradients differ by far more than rounding — one reason the course's U-Net uses
-# GroupNorm (chapter 03 gives the others).
+# GroupNorm (chapter 04 gives the others).
 #
 # ## 3. What changes in the training loop
 #
-# There is no second training loop: `ddpm_lib.runner` runs chapter 04's `train` under torchrun too, and
+# There is no second training loop: `ddpm_lib.runner` runs chapter 05's `train` under torchrun too, and
 # `ddpm_lib.distributed` supplies what differs through the loop's hooks (`Distributed.train_hooks`: the
 # `part` of each batch, the `mean_loss`, and a `should_stop` every process agrees on). What changes:
 #
@@ -163,12 +163,12 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 #    `DistributedDataParallel(model, device_ids=[local_rank])`. The optimiser, the LR schedule and the EMA
 #    keep using the unwrapped model.
 # 2. **Data.** `--batch-size` stays the **global** batch (as with `DataParallel`), and it must split evenly.
-#    Every process walks the same batch order — chapter 04's `batch_stream`, reshuffled each epoch from
+#    Every process walks the same batch order — chapter 05's `batch_stream`, reshuffled each epoch from
 #    (seed, epoch) — and takes its slice of every batch. PyTorch's `DistributedSampler` splits each *epoch*
-#    instead (you will rebuild it in exercise 12.1) and must be told the epoch with `set_epoch(e)`, or
+#    instead (you will rebuild it in exercise 14.1) and must be told the epoch with `set_epoch(e)`, or
 #    every epoch repeats the same order; splitting each *batch* is what makes N processes reproduce one.
 # 3. **Randomness.** Timesteps and noise for the whole global batch, sliced (section 2).
-# 4. **One writer.** Rank 0 alone writes `config.json`, metrics, checkpoints (atomically, as in chapter 04),
+# 4. **One writer.** Rank 0 alone writes `config.json`, metrics, checkpoints (atomically, as in chapter 05),
 #    sample grids and wandb logs, and shows the progress bar. The EMA lives on rank 0 too: the other
 #    ranks' weights are identical, so their averages would be too.
 # 5. **Agreeing to stop.** Every process stops after the same step, or the others would wait forever in
@@ -207,7 +207,7 @@ for step, batch in batch_stream(positions, batch_size=8, seed=0, start_step=0):
 # train a tiny U-Net for a few steps (the profile decides how many) and run at the same time on this machine.
 
 # %%
-workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch12-"))
+workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch14-"))
 tiny = ["--steps", str(PROFILE.scaling_steps), "--batch-size", "16", "--base-dim", "8", "--dim-mults", "2",
         "--n-samples", "1", "--eval-every", "0", "--checkpoint-every", "4", "--device", "cpu", "--no-progress"]  # fmt: skip
 torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -269,7 +269,7 @@ ax.set_ylabel("training loss")
 ax.set_title("the same run on one and two processes")
 ax.legend()
 fig.tight_layout()
-save_figure(fig, "12_ddp_losses")
+save_figure(fig, "14_ddp_losses")
 plt.show()
 print(f"largest relative difference of the per-step losses: {loss_gap:.1e}")
 assert len(losses["one"]) == len(losses["two"]) == PROFILE.scaling_steps and loss_gap < 1e-5
@@ -414,7 +414,7 @@ print(
 # In the student copies an instructor hands out, it is replaced by `raise NotImplementedError()`, and the
 # check fails until you write your own.
 #
-# :::{exercise} 12.1 · ★☆☆ · DistributedSampler by hand
+# :::{exercise} 14.1 · ★☆☆ · DistributedSampler by hand
 # :nonumber:
 #
 # PyTorch's `DistributedSampler` (with `shuffle=True`, `drop_last=False`) draws a permutation of the $n$
@@ -435,7 +435,7 @@ def distributed_sampler_indices(n: int, rank: int, world_size: int, seed: int, e
 
 
 # %%
-# Check 12.1
+# Check 14.1
 from torch.utils.data import DistributedSampler
 
 for n, world_size, rank, epoch in [(10, 2, 0, 0), (10, 2, 1, 0), (10, 4, 3, 1), (7, 3, 2, 5)]:
@@ -453,10 +453,10 @@ assert (
     == torch.randperm(5, generator=torch.Generator().manual_seed(1)).tolist()
 )
 ### END HIDDEN TESTS
-print("Exercise 12.1 passed")
+print("Exercise 14.1 passed")
 
 # %% [markdown]
-# :::{exercise} 12.2 · ★★☆ · What SyncBatchNorm all-reduces
+# :::{exercise} 14.2 · ★★☆ · What SyncBatchNorm all-reduces
 # :nonumber:
 #
 # With BatchNorm, each process could normalise with the statistics of the *global* batch if the processes
@@ -479,7 +479,7 @@ def sync_batch_stats(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 
 
 # %%
-# Check 12.2
+# Check 14.2
 shards = [torch.randn(b, 3, 5, 5, dtype=torch.float64) * 2 + 1 for b in (4, 2, 7)]
 mean, var = sync_batch_stats(shards)
 together = torch.cat(shards)
@@ -490,10 +490,10 @@ assert torch.allclose(var, together.var(dim=(0, 2, 3), unbiased=False), atol=1e-
 one_shard = [torch.randn(6, 2, 3, 3, dtype=torch.float64)]
 assert torch.allclose(sync_batch_stats(one_shard)[1], one_shard[0].var(dim=(0, 2, 3), unbiased=False))
 ### END HIDDEN TESTS
-print("Exercise 12.2 passed")
+print("Exercise 14.2 passed")
 
 # %% [markdown]
-# :::{exercise} 12.3 · ★★★ · The ring all-reduce
+# :::{exercise} 14.3 · ★★★ · The ring all-reduce
 # :nonumber:
 #
 # NCCL and gloo sum gradients around a ring: each of the $N$ processes cuts its tensor into $N$ chunks and
@@ -529,7 +529,7 @@ def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], in
 
 
 # %%
-# Check 12.3
+# Check 14.3
 grads = [torch.randn(12, dtype=torch.float64) for _ in range(4)]
 reduced, chunks_sent = ring_all_reduce(grads)
 assert len(reduced) == 4 and all(torch.allclose(r, sum(grads), atol=1e-12) for r in reduced)
@@ -541,4 +541,4 @@ reduced, chunks_sent = ring_all_reduce(grads)
 assert all(torch.equal(r, torch.arange(10.0) * 15) for r in reduced) and chunks_sent == 8
 assert ring_all_reduce([torch.ones(2), torch.ones(2)])[1] == 2
 ### END HIDDEN TESTS
-print("Exercise 12.3 passed")
+print("Exercise 14.3 passed")

@@ -14,10 +14,10 @@
 # ---
 
 # %% [markdown]
-# # 04 · Training
+# # 05 · Training
 #
 # We have a noise schedule (chapter 01), a way to noise any digit to any $t$ (chapter 02) and a
-# denoiser network (chapter 03). Training teaches the network to predict the noise that was added.
+# denoiser network (chapter 04). Training teaches the network to predict the noise that was added.
 #
 # **After this chapter you can**
 #
@@ -107,10 +107,10 @@ def ddpm_loss(
     with t ~ U{0, …, T−1} and ε ~ N(0, I) drawn per image from ``generator`` (on x0's device).
     ``x0`` is (B, C, H, W) in [-1, 1]. ``weighting="uniform"``: w_t = 1 (DDPM); ``"min_snr"``:
     w_t = min(SNR_t, γ) / SNR_t (Hang et al. 2023; section 8). ``part`` computes the loss on a slice of
-    the batch only, after drawing t and ε for all of it (data-parallel training, chapter 12, gives each
-    process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 03,
+    the batch only, after drawing t and ε for all of it (data-parallel training, chapter 14, gives each
+    process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 04,
     section 12); each label is replaced by −1 ("no label") with probability ``label_dropout``, drawn from
-    ``generator`` after t and ε (section 8; chapter 09 needs it). Returns a float32 scalar.
+    ``generator`` after t and ε (section 8; chapter 10 needs it). Returns a float32 scalar.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
@@ -145,7 +145,7 @@ LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 # %% [markdown]
 # Before training, what loss should we expect? A network that always answers $0$ scores
-# $\mathbb E\|\varepsilon\|^2/d = 1$. The reference configuration of chapter 03's U-Net starts near there.
+# $\mathbb E\|\varepsilon\|^2/d = 1$. The reference configuration of chapter 04's U-Net starts near there.
 
 # %%
 model = Unet(
@@ -214,7 +214,7 @@ def train_step(
 
     ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
     ``weighting``, ``min_snr_gamma``, ``labels``, ``label_dropout`` and ``part`` are passed to :func:`ddpm_loss`.
-    ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 12: the mean
+    ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 14: the mean
     over all processes). Raises :class:`NonFiniteLossError` *before* touching the weights if that loss is not
     finite. Returns the loss, the gradient norm before clipping and the learning rate used.
     """
@@ -375,7 +375,7 @@ assert math.isclose(ema.model.weight.item(), 1 - 0.9**10, rel_tol=1e-6)
 # from one `torch.Generator` whose state the checkpoint saves. Logging, checkpoints and progress bars
 # are the caller's business, through the `on_step` callback.
 #
-# Two more hooks, `part` and `mean_loss`, are for chapter 12, where several processes share each batch: a
+# Two more hooks, `part` and `mean_loss`, are for chapter 14, where several processes share each batch: a
 # process trains on its `part` of every batch (after drawing $t$ and $\varepsilon$ for the whole batch, so the
 # random numbers do not depend on how many processes there are) and reports the `mean_loss` over all of them.
 # With one process both stay `None` and change nothing. This loop is the only training loop of the course:
@@ -436,7 +436,7 @@ def train(
     (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
-    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 12), passed to :func:`train_step`;
+    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 14), passed to :func:`train_step`;
     one process leaves them at None.
     """
     completed = start_step
@@ -467,7 +467,7 @@ def train(
 #
 # Now the real thing, at the size the profile allows (the learner's full profile trains for a few
 # minutes; CI runs a handful of steps). Every `train_grid_every` steps we sample a few digits from
-# the **EMA** weights. Sampling borrows chapter 05's `generate` (1,000 reverse steps): read that chapter
+# the **EMA** weights. Sampling borrows chapter 06's `generate` (1,000 reverse steps): read that chapter
 # for how it works.
 
 # %%
@@ -545,7 +545,7 @@ assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 f
 # (SIGINT) as soon as its first checkpoint appears, then resumed.
 
 # %%
-workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch04-"))
+workdir = Path(tempfile.mkdtemp(prefix="ddpm-ch05-"))
 tiny = ["--steps", "40", "--batch-size", "16", "--base-dim", "8", "--dim-mults", "2", "--n-samples", "1",
         "--eval-every", "0", "--checkpoint-every", "5", "--no-progress"]  # fmt: skip
 command = [sys.executable, "-m", "ddpm_lib", "train", *tiny]
@@ -597,7 +597,7 @@ for ax, image in zip(axes.flat, shipped_samples, strict=False):
 for ax in axes.flat:
     ax.axis("off")
 fig.tight_layout()
-save_figure(fig, "04_shipped_samples")
+save_figure(fig, "05_shipped_samples")
 plt.show()
 
 # %%
@@ -609,7 +609,7 @@ print(
 assert abs(background_generated - background_real) < 0.1  # digit-like images, not noise (noise: ~0.3)
 
 # %% [markdown]
-# Chapter 06 measures how good these digits are with an MNIST classifier.
+# Chapter 07 measures how good these digits are with an MNIST classifier.
 
 # %% [markdown]
 # ## 8. Digits in minutes on a CPU: the quick recipe
@@ -627,14 +627,14 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 #
 # | lever | what it buys (measured) |
 # | --- | --- |
-# | **dense units** instead of ShuffleNet's depthwise convolutions, GroupNorm, bfloat16 autocast | 4.7× the training images/s of the reference (chapter 03, section 11); GroupNorm also removes BatchNorm's train/eval gap |
+# | **dense units** instead of ShuffleNet's depthwise convolutions, GroupNorm, bfloat16 autocast | 4.7× the training images/s of the reference (chapter 04, section 11); GroupNorm also removes BatchNorm's train/eval gap |
 # | **two units per block**, two in the bottleneck | a deeper network per second of CPU: see the table below |
 # | **batch 64 at peak LR 2e-3**, 10% warm-up | twice the updates per epoch; the higher LR keeps each one useful |
 # | **min-SNR-γ weighting** (Hang et al., 2023): $w_t = \min(\mathrm{SNR}_t, 5)/\mathrm{SNR}_t$ | stops the many easy low-noise steps from dominating the gradient |
 # | **EMA 0.995** with warm-up | a window of ~200 steps: a seventh of this run of 1,400 |
-# | **25-step DDPM** on a respaced chain (chapter 07) | 40× fewer network calls than 1000 steps: on a 1,600-step checkpoint ($w = 1$), 96.1% confident and Fréchet 1.57× the floor at 25 steps, 96.9% and 1.53× at 50. The deterministic solvers fail on a run this short: on a 1,800-step checkpoint ($w = 0.5$), DPM-Solver++ at 20 steps 28.1% and 17.6×, DDIM 20.7% and 21.2×, against 95.7% and 1.19× for 50-step DDPM (chapter 07 explains why) |
-# | **guidance** $w = 1$ when sampling (chapter 09) | on the 1,600-step checkpoint, 50-step DDPM: $w$ = 0.5, 0.75, 1 give 91.8%, 94.1%, 96.9% confident and Fréchet 1.46, 1.43, 1.53× the floor; a 2,200-step run sampled unguided gave 89.5% and 1.43× |
-# | **the label**: a class-conditional U-Net (chapter 03, section 12), trained with 10% of the labels dropped | the largest single gain (table below) |
+# | **25-step DDPM** on a respaced chain (chapter 08) | 40× fewer network calls than 1000 steps: on a 1,600-step checkpoint ($w = 1$), 96.1% confident and Fréchet 1.57× the floor at 25 steps, 96.9% and 1.53× at 50. The deterministic solvers fail on a run this short: on a 1,800-step checkpoint ($w = 0.5$), DPM-Solver++ at 20 steps 28.1% and 17.6×, DDIM 20.7% and 21.2×, against 95.7% and 1.19× for 50-step DDPM (chapter 08 explains why) |
+# | **guidance** $w = 1$ when sampling (chapter 10) | on the 1,600-step checkpoint, 50-step DDPM: $w$ = 0.5, 0.75, 1 give 91.8%, 94.1%, 96.9% confident and Fréchet 1.46, 1.43, 1.53× the floor; a 2,200-step run sampled unguided gave 89.5% and 1.43× |
+# | **the label**: a class-conditional U-Net (chapter 04, section 12), trained with 10% of the labels dropped | the largest single gain (table below) |
 #
 # (How the two rows were measured: the checkpoints are the quick runs `benchmarks/time_to_digits.py` trained while
 # this section was written, at 2,200, 1,800 and 1,600 steps; each variant drew 256 digits from the saved checkpoint
@@ -647,7 +647,7 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 # training digits have exactly 450 of each class — makes its samples a sample of $p(x) = \sum_y p(y)\,p(x \mid y)$,
 # the same distribution an unconditional model targets. But the network no longer has to decide *which* digit to
 # draw from pure noise: that decision is handed to it, and a short run spends its capacity on strokes instead.
-# The 10% of dropped labels also teach it the unconditional model, which guidance needs: chapter 09 explains
+# The 10% of dropped labels also teach it the unconditional model, which guidance needs: chapter 10 explains
 # $\tilde\varepsilon = (1+w)\,\varepsilon_\theta(x_t, t, y) - w\,\varepsilon_\theta(x_t, t, \varnothing)$; here it is one line,
 # `guidance=w` in `generate`, which wraps the model in `ClassifierFreeGuidance(model, w)`.
 #
@@ -675,7 +675,7 @@ assert quick["model"]["num_classes"] == 10 and quick["loss_weighting"] == "min_s
 
 # %% [markdown]
 # Here it is, live: the same `train` loop as section 5, now given the labels. Every `quick_eval_every` steps we
-# sample digits from the EMA weights — every class in turn — and score them with chapter 06's classifier against
+# sample digits from the EMA weights — every class in turn — and score them with chapter 07's classifier against
 # the course's bar: at least 90% of samples classified with confidence ≥ 0.9, every class between half and twice
 # its share, and a Fréchet distance at most 3× the real-vs-real floor. (The full profile runs the whole recipe,
 # about 6 minutes with the evaluations; the CI profile a few steps of it on a smaller batch.)
@@ -747,7 +747,7 @@ axes[1].set_ylim(0, 1.05)
 axes[1].set_title(f"the bar ({n_quick} samples per point): above the blue line, below the orange", fontsize=9)
 axes[1].legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "04_quick_recipe")
+save_figure(fig, "05_quick_recipe")
 plt.show()
 
 fig, grid_axes = plt.subplots(len(quick_grids), 10, figsize=(9, 1.0 * len(quick_grids)), squeeze=False)
@@ -786,7 +786,7 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 #
 # ## Exercises
 #
-# :::{exercise} 4.1 · ★☆☆ · The EMA update, by hand
+# :::{exercise} 5.1 · ★☆☆ · The EMA update, by hand
 # :nonumber:
 #
 # Write `ema_update(average, live, decay)` that returns $d \cdot \text{average} + (1-d)\cdot\text{live}$ for two
@@ -802,17 +802,17 @@ def ema_update(average: torch.Tensor, live: torch.Tensor, decay: float) -> torch
 
 
 # %%
-# Check 4.1
+# Check 5.1
 a, b = torch.zeros(3), torch.ones(3)
 assert torch.allclose(ema_update(a, b, 0.9), torch.full((3,), 0.1))
 assert torch.equal(a, torch.zeros(3)) and torch.equal(b, torch.ones(3))
 ### BEGIN HIDDEN TESTS
 assert torch.allclose(ema_update(torch.tensor([2.0]), torch.tensor([4.0]), 0.5), torch.tensor([3.0]))
 ### END HIDDEN TESTS
-print("Exercise 4.1 passed")
+print("Exercise 5.1 passed")
 
 # %% [markdown]
-# :::{exercise} 4.2 · ★★☆ · How far back does the average look?
+# :::{exercise} 5.2 · ★★☆ · How far back does the average look?
 # :nonumber:
 #
 # Write `weight_on_last(decay, n)`: the share of the EMA's total weight that falls on the last `n`
@@ -829,7 +829,7 @@ def weight_on_last(decay: float, n: int) -> float:
 
 
 # %%
-# Check 4.2
+# Check 5.2
 assert math.isclose(weight_on_last(0.5, 1), 0.5)
 assert math.isclose(weight_on_last(0.999, 1000), 1 - 0.999**1000)
 smallest = min(d for d in (0.99, 0.995, 0.999, 0.9995, 0.9999) if weight_on_last(d, 500) <= 0.5)
@@ -838,10 +838,10 @@ assert smallest == 0.999
 ### BEGIN HIDDEN TESTS
 assert math.isclose(weight_on_last(0.9, 10), 1 - 0.9**10)
 ### END HIDDEN TESTS
-print("Exercise 4.2 passed")
+print("Exercise 5.2 passed")
 
 # %% [markdown]
-# :::{exercise} 4.3 · ★★★ · v-prediction
+# :::{exercise} 5.3 · ★★★ · v-prediction
 # :nonumber:
 #
 # Instead of the noise, a network can predict the *velocity* $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$
@@ -849,7 +849,7 @@ print("Exercise 4.2 passed")
 # `x0_from_v(alpha_bar, x_t, v)` that turn a predicted $v$ back into the noise and the clean image — with them, a
 # $v$-network can be wrapped so that every sampler of this course uses it unchanged. (`alpha_bar` is a tensor
 # that broadcasts against the images.) Why is $\hat x_0$ from $v$ better behaved than from $\varepsilon$ near
-# $t = T-1$? (Chapter 07, section 8 measured how large the $\varepsilon$ version's errors get there.)
+# $t = T-1$? (Chapter 08, section 8 measured how large the $\varepsilon$ version's errors get there.)
 # :::
 
 
@@ -873,7 +873,7 @@ def x0_from_v(alpha_bar: torch.Tensor, x_t: torch.Tensor, v: torch.Tensor) -> to
 
 
 # %%
-# Check 4.3
+# Check 5.3
 g = torch.Generator().manual_seed(0)
 x0_check, noise_check = images[:8], torch.randn((8, 1, 28, 28), generator=g)
 t_check = torch.randint(0, 1000, (8,), generator=g)
@@ -886,4 +886,4 @@ assert torch.allclose(x0_from_v(alpha_bar, x_t_check, v), x0_check, atol=1e-5)
 one = torch.tensor(1.0)
 assert torch.equal(v_target(one, x0_check, noise_check), noise_check)  # no noise added: v is the noise
 ### END HIDDEN TESTS
-print("Exercise 4.3 passed")
+print("Exercise 5.3 passed")

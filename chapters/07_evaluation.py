@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · Evaluation: are these digits?
+# # 07 · Evaluation: are these digits?
 #
 # A grid of samples convinces a human, but it can't tell two samplers apart, show that training longer
 # helped, or notice that the model never draws a 4. This chapter builds the numbers that can, for
@@ -554,7 +554,7 @@ assert (
 # ## 7. The shipped model: `sample()` vs `sample_clip()`
 #
 # Sampling dominates the cost of evaluation: every digit needs 1000 network calls. `generate`
-# (`ddpm_lib.generation`, met in chapter 05) runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native
+# (`ddpm_lib.generation`, met in chapter 06) runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native
 # bfloat16, pixels within 0.003 of float32 — measured in `benchmarks/sampling_speed.py`) and in batches of
 # 256, batch $i$ seeded with `seed + i`.
 
@@ -584,7 +584,7 @@ for ax, image, p in zip(axes.flat, samples["clip"][:show], clip_probs, strict=Fa
     ax.axis("off")
 fig.suptitle("sample_clip() samples: predicted digit and confidence", fontsize=9)
 fig.tight_layout()
-save_figure(fig, "06_classified_samples")
+save_figure(fig, "07_classified_samples")
 plt.show()
 
 fig, ax = plt.subplots(figsize=(6, 2.6))
@@ -609,7 +609,7 @@ plt.show()
 print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "sample_clip()")})
 
 # %% [markdown]
-# The course also ships a **class-conditional** model (chapter 03, section 12; chapter 09 is about it): told which
+# The course also ships a **class-conditional** model (chapter 04, section 12; chapter 10 is about it): told which
 # digit to draw, it gets the class right by construction, so its samples — asked for every digit in turn, which
 # matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds:
 
@@ -674,7 +674,7 @@ fig.suptitle(
     f"quality along the shipped run ({n_snap} samples per point, 95% bootstrap intervals)", fontsize=10
 )
 fig.tight_layout()
-save_figure(fig, "06_quality_vs_steps")
+save_figure(fig, "07_quality_vs_steps")
 plt.show()
 assert all(r["n"] == n_snap for _, r in curve)
 
@@ -691,7 +691,7 @@ assert all(r["n"] == n_snap for _, r in curve)
 # ```
 #
 # Without `--checkpoint` it scores the shipped class-conditional model (every digit in turn; `--guidance` as in
-# chapter 09), the best the course ships. It prints the table above (with the floor and ceilings at the same $n$), a verdict line for the
+# chapter 10), the best the course ships. It prints the table above (with the floor and ceilings at the same $n$), a verdict line for the
 # course's bar (≥ 90% confident samples, every digit present), and writes everything as JSON.
 # `python -m ddpm_lib train-classifier` retrains the evaluation classifier.
 #
@@ -709,7 +709,7 @@ assert all(r["n"] == n_snap for _, r in curve)
 # ## Exercises
 
 # %% [markdown]
-# :::{exercise} 6.1 · ★☆☆ · Precision at a threshold
+# :::{exercise} 7.1 · ★☆☆ · Precision at a threshold
 # :nonumber:
 #
 # Write `confident_share_at(probs, threshold)`: the share of rows of `probs` (N, 10) whose largest
@@ -726,17 +726,17 @@ def confident_share_at(probs: np.ndarray, threshold: float) -> float:
 
 
 # %%
-# Check 6.1
+# Check 7.1
 assert confident_share_at(np.eye(10), 0.9) == 1.0
 assert confident_share_at(np.full((4, 10), 0.1), 0.5) == 0.0
 assert abs(confident_share_at(real_probs, 0.9) - class_statistics(real_probs)["confident_share"]) < 1e-12
 ### BEGIN HIDDEN TESTS
 assert confident_share_at(np.array([[0.9] + [0.1 / 9] * 9]), 0.9) == 1.0
 ### END HIDDEN TESTS
-print("Exercise 6.1 passed")
+print("Exercise 7.1 passed")
 
 # %% [markdown]
-# :::{exercise} 6.2 · ★★☆ · Diagonal Gaussians
+# :::{exercise} 7.2 · ★★☆ · Diagonal Gaussians
 # :nonumber:
 #
 # When both covariances are diagonal, the matrix square root is element-wise and the distance becomes
@@ -755,7 +755,7 @@ def frechet_diagonal(mu1, var1, mu2, var2) -> float:
 
 
 # %%
-# Check 6.2
+# Check 7.2
 rng = np.random.default_rng(0)
 mu_a, mu_b, var_a, var_b = (
     rng.normal(size=5),
@@ -768,10 +768,10 @@ assert abs(frechet_diagonal(mu_a, var_a, mu_b, var_b) - expected) < 1e-9
 ### BEGIN HIDDEN TESTS
 assert frechet_diagonal(mu_a, var_a, mu_a, var_a) == 0.0
 ### END HIDDEN TESTS
-print("Exercise 6.2 passed")
+print("Exercise 7.2 passed")
 
 # %% [markdown]
-# :::{exercise} 6.3 · ★★★ · Kernel distance (KID)
+# :::{exercise} 7.3 · ★★★ · Kernel distance (KID)
 # :nonumber:
 #
 # The Fréchet distance is biased at small $n$. The *Kernel Inception Distance* (Bińkowski et al., 2018) is
@@ -806,7 +806,7 @@ def kernel_distance(features_x: np.ndarray, features_y: np.ndarray) -> float:
 
 
 # %%
-# Check 6.3
+# Check 7.3
 real_a, real_b = real_features[::2], real_features[1::2]
 noise_features, _ = classify(classifier, baseline_images(50)["uniform noise"])
 same, different = kernel_distance(real_a, real_b), kernel_distance(noise_features, real_b)
@@ -815,4 +815,4 @@ assert abs(same) < 0.1 * different
 ### BEGIN HIDDEN TESTS
 assert abs(kernel_distance(real_b, real_a) - same) < 1e-9
 ### END HIDDEN TESTS
-print("Exercise 6.3 passed")
+print("Exercise 7.3 passed")

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 11 · Common bugs, and the tests that catch them
+# # 13 · Common bugs, and the tests that catch them
 #
 # A diffusion model with a bug still trains, its loss still falls, and its sampler still returns images.
 # Most DDPM bugs give no error, only digits that are a little worse — or a lot worse, with no hint why.
@@ -250,7 +250,7 @@ assert wrapped_coef_xt > 1000 and scheduler.posterior_mean_coef_xt[0] == 0
 # A variance of almost exactly 1: the last step throws a unit of fresh noise over the finished digit. (In
 # `sample_clip`'s form the wrapped value breaks the mean as well: the coefficient of $x_t$, which should be 0 at
 # $t = 0$, becomes the huge number printed above.) The bug as a step function, on top of the Algorithm-2 mean
-# of chapter 05, which this section and the next share:
+# of chapter 06, which this section and the next share:
 
 
 # %%
@@ -272,7 +272,7 @@ def buggy_sample_wrapped(scheduler, t: int, model, x_t: torch.Tensor, generator=
 
 
 # %% [markdown]
-# **Symptom.** Run chapter 05's 1000-step `sample()` chain, keep the image entering the last step, and take
+# **Symptom.** Run chapter 06's 1000-step `sample()` chain, keep the image entering the last step, and take
 # that step both ways.
 
 # %%
@@ -342,7 +342,7 @@ assert verdicts["ddpm_lib.sampling.sample"] == verdicts["ddpm_lib.sampling.sampl
 # ## 3. A variance used as a standard deviation
 #
 # The reverse step adds $\sigma_t z$ with $\sigma_t = \sqrt{\tilde\beta_t}$ (or $\sqrt{\beta_t}$, DDPM's other choice,
-# exercise 5.2). Writing `beta * z` or `posterior_variance * z` uses the variance where its square root belongs.
+# exercise 6.2). Writing `beta * z` or `posterior_variance * z` uses the variance where its square root belongs.
 # Since every $\tilde\beta_t$ is below 0.02, that noise is at least seven times too small, and far more at small $t$:
 
 # %%
@@ -435,12 +435,12 @@ assert verdicts["ddpm_lib.sampling.sample"] == verdicts["ddpm_lib.sampling.sampl
 
 # %% [markdown]
 # **In the test suite:** `tests/test_common_bugs.py::test_reverse_step_noise_std_is_the_posterior_std` (for
-# chapter 05's two samplers and chapter 07's jumps). The comparisons with `diffusers` in
+# chapter 06's two samplers and chapter 08's jumps). The comparisons with `diffusers` in
 # `tests/test_sampling.py` would catch it too, but only where `diffusers` is installed.
 #
 # ## 4. BatchNorm in train mode while sampling
 #
-# Chapter 03 measured why the course's U-Net uses GroupNorm: in train mode, BatchNorm normalises with the
+# Chapter 04 measured why the course's U-Net uses GroupNorm: in train mode, BatchNorm normalises with the
 # statistics of the current batch, so one image's prediction depends on the *other* images in it. The
 # reference U-Net (`REFERENCE_CONFIG`) has BatchNorm, and a sampler that forgets `model.eval()` runs it in train
 # mode. We build one and let a few train-mode passes over noisy digits move its running statistics, as training
@@ -785,7 +785,7 @@ assert verdicts["ddpm_lib.training.ddpm_loss"] == "passes"
 #
 # ## 7. Leading spacing never reaches $t = T-1$
 #
-# A fast sampler visits a few of the $T$ timesteps (chapter 07). *Leading* spacing, $k\lfloor T/n\rfloor$, never
+# A fast sampler visits a few of the $T$ timesteps (chapter 08). *Leading* spacing, $k\lfloor T/n\rfloor$, never
 # includes $T-1$, yet the chain still starts from pure noise — and tells the network that this noise is $x_{900}$
 # (for $n = 10$), an image that in training always held a faint trace of a digit.
 
@@ -813,7 +813,7 @@ print(f"pure noise, t = {T - 1}: sqrt(alpha_bar) = {floor:.4f}")
 assert first_signal[10] > 2 * floor and first_signal[50] > 1.1 * floor
 
 # %% [markdown]
-# Whether the mismatch hurts depends on the network: chapter 07 measured that on the shipped model leading
+# Whether the mismatch hurts depends on the network: chapter 08 measured that on the shipped model leading
 # spacing scores *better* at 10 steps, because the network is least accurate at the highest timesteps, which
 # leading spacing skips. The mismatch is still a mismatch; the course's samplers default to trailing spacing,
 # and a test pins that default down.
@@ -854,15 +854,15 @@ assert all(
 #
 # ## 8. Skipping steps with the single-step $\beta_t$
 #
-# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ (chapter 07).
-# The classic bug loops chapter 05's one-step update over the shorter list of timesteps:
+# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ (chapter 08).
+# The classic bug loops chapter 06's one-step update over the shorter list of timesteps:
 
 
 # %%
 def buggy_respaced_step(
     scheduler, t: int, t_prev: int, model, x_t: torch.Tensor, generator=None
 ) -> torch.Tensor:
-    """Jumps to t_prev with chapter 05's single-step update: β_t, α_t and ᾱ_{t−1} instead of the jump's."""
+    """Jumps to t_prev with chapter 06's single-step update: β_t, α_t and ᾱ_{t−1} instead of the jump's."""
     return sample(scheduler, t, model, x_t, generator)
 
 
@@ -1008,7 +1008,7 @@ assert verdicts["ddpm_lib.sampling.reverse_step"] == "passes"
 # Each exercise has a cell for your solution and, right after it, a cell that checks it (its first line is
 # `# Check`). The solution between the two marker comments is ours: try the exercise before you read it.
 #
-# :::{exercise} 11.1 · ★☆☆ · $\bar\alpha_{t-1}$ without the wrap
+# :::{exercise} 13.1 · ★☆☆ · $\bar\alpha_{t-1}$ without the wrap
 # :nonumber:
 #
 # Write `alpha_bar_prev(scheduler, t)` returning $\bar\alpha_{t-1}$ as a Python float for an integer $t$ in
@@ -1024,7 +1024,7 @@ def alpha_bar_prev(scheduler, t: int) -> float:
 
 
 # %%
-# Check 11.1
+# Check 13.1
 for t in (0, 1, 2, 500, T - 1):
     assert alpha_bar_prev(scheduler, t) == float(scheduler.alpha_bars_prev[t]), t
 assert alpha_bar_prev(scheduler, 0) != float(scheduler.alpha_bars[-1])
@@ -1032,10 +1032,10 @@ assert alpha_bar_prev(scheduler, 0) != float(scheduler.alpha_bars[-1])
 assert alpha_bar_prev(LinearBetaScheduler(3), 0) == 1.0
 assert alpha_bar_prev(LinearBetaScheduler(3), 2) == float(LinearBetaScheduler(3).alpha_bars[1])
 ### END HIDDEN TESTS
-print("Exercise 11.1 passed")
+print("Exercise 13.1 passed")
 
 # %% [markdown]
-# :::{exercise} 11.2 · ★★☆ · The paper counts from 1
+# :::{exercise} 13.2 · ★★☆ · The paper counts from 1
 # :nonumber:
 #
 # DDPM's Algorithm 2 loops $t = T, \dots, 1$. Translated to 0-based code, a classic slip is
@@ -1058,7 +1058,7 @@ def labels_seen(loop) -> list[int]:
 
 
 # %%
-# Check 11.2
+# Check 13.2
 def library_loop(schedule, network, x_T):
     return sample_loop(schedule, network, x_T, "ddpm", torch.Generator().manual_seed(1))
 
@@ -1075,13 +1075,13 @@ assert labels_seen(skips_the_last_step) != list(range(19, -1, -1))
 ### BEGIN HIDDEN TESTS
 assert labels_seen(skips_the_last_step) == list(range(19, 0, -1))
 ### END HIDDEN TESTS
-print("Exercise 11.2 passed")
+print("Exercise 13.2 passed")
 
 # %% [markdown]
-# :::{exercise} 11.3 · ★★☆ · An EMA that forgets BatchNorm's statistics
+# :::{exercise} 13.3 · ★★☆ · An EMA that forgets BatchNorm's statistics
 # :nonumber:
 #
-# Chapter 03 warned that an exponential moving average which averages only `parameters()` leaves BatchNorm's
+# Chapter 04 warned that an exponential moving average which averages only `parameters()` leaves BatchNorm's
 # running statistics (they are *buffers*) at their initial values, so the averaged model normalises with mean 0
 # and variance 1. Write `check_ema_copies_buffers(ema_class)`: build a small BatchNorm U-Net,
 # `Unet(timesteps=10, time_embedding_dim=8, base_dim=8, dim_mults=[2], norm="batch")`, wrap it in
@@ -1107,7 +1107,7 @@ def check_ema_copies_buffers(ema_class) -> None:
 
 
 # %%
-# Check 11.3
+# Check 13.3
 class ParametersOnlyEMA(EMA):
     """Averages the parameters and forgets the buffers."""
 
@@ -1124,4 +1124,4 @@ assert verdict(check_ema_copies_buffers, ParametersOnlyEMA).startswith("caught")
 ### BEGIN HIDDEN TESTS
 assert verdict(check_ema_copies_buffers, EMA) == "passes"
 ### END HIDDEN TESTS
-print("Exercise 11.3 passed")
+print("Exercise 13.3 passed")
