@@ -369,6 +369,17 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "--out", type=Path, default=Path("inpaint.png"), help="PNG to write (default: inpaint.png)"
     )
     _add_device(inpaint)
+    export = commands.add_parser(
+        "export-onnx",
+        help="write a denoiser as an ONNX graph and its sampler tables as JSON (the book's Try it page)",
+        description="Export a denoiser for onnxruntime (e.g. onnxruntime-web in a browser): OUT/NAME.onnx, the U-Net "
+        "with a dynamic batch dimension, and OUT/NAME.json, the schedule's alpha_bar in float64 and what else a "
+        "sampler needs (see ddpm_lib.export).",
+    )
+    _add_denoiser_source(export)
+    export.add_argument("--out", type=Path, default=Path("onnx"), help="folder to write into (default: onnx)")
+    export.add_argument("--opset", type=_value_parser("opset", "int", _at_least(14)), default=17,
+                        help="ONNX opset version (default: 17)")  # fmt: skip
     return parser, spelled
 
 
@@ -806,6 +817,14 @@ def run_data(args: argparse.Namespace) -> None:
         print(f"  per class: {torch.bincount(labels, minlength=10).tolist()}")
 
 
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from .export import export
+
+    name = None if args.checkpoint is not None else (args.weights or args.default_weights)
+    onnx_path, json_path = export(name, args.checkpoint, args.out, args.opset)
+    print(f"wrote {onnx_path} and {json_path}")
+
+
 # --- entry point -------------------------------------------------------------------------------------
 
 
@@ -843,6 +862,7 @@ COMMANDS = {
     "evaluate": run_evaluate,
     "train-classifier": run_train_classifier,
     "inpaint": run_inpaint,
+    "export-onnx": run_export_onnx,
 }
 _SPELLED: dict[str, dict[str, str]] = {}
 

@@ -11,6 +11,13 @@
    source): the chapter's paired ``.ipynb`` (no outputs; it runs the full profile by default) is
    copied to ``_sources/`` and offered as ``.ipynb``. No repository URL is needed, so the link
    works offline and on any static host.
+3. **The "Try it" page's assets** (``try_it.md``), assembled at the end of the build into
+   ``_static/try_it/``: the page's scripts from ``web/try_it/``, the shipped denoisers exported by
+   ``ddpm_lib.export`` (ONNX graphs and their tables, made from the package's weights at build time, so
+   they are never stale), and, with ``DDPM_BOOK_ORT`` set to the ``onnxruntime-web`` npm package's folder
+   (version 1.18: ``npm install --prefix ~/.cache/ddpm-book-ort onnxruntime-web@1.18.0``), its
+   WebAssembly runtime in ``_static/ort/``. Nothing loads from a CDN. Without ``DDPM_BOOK_ORT`` the page
+   builds and says on the page that its runtime is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from sphinx.errors import ConfigError
 
 MATHJAX_ENV = "DDPM_BOOK_MATHJAX"
 MATHJAX_ENTRY = "es5/tex-chtml.js"
+ORT_ENV = "DDPM_BOOK_ORT"
+#: onnxruntime-web's single-threaded WebAssembly runtime: the loader and its SIMD and plain builds
+ORT_FILES = ("dist/ort.wasm.min.js", "dist/ort-wasm-simd.wasm", "dist/ort-wasm.wasm")
+TRY_IT_MODELS = ("ddpm_mnist_cond", "ddpm_mnist")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def use_local_mathjax(app: Sphinx, config: Config) -> None:
@@ -63,7 +75,46 @@ def add_notebook_download(app: Sphinx, pagename: str, templatename: str, context
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
+def check_ort(app: Sphinx, config: Config) -> None:
+    folder = os.environ.get(ORT_ENV)
+    if folder and not all((Path(folder).expanduser() / name).is_file() for name in ORT_FILES):
+        raise ConfigError(
+            f"{ORT_ENV}={folder!r} is not the onnxruntime-web 1.18 npm package (it needs {', '.join(ORT_FILES)}); "
+            "install it with: npm install --prefix ~/.cache/ddpm-book-ort onnxruntime-web@1.18.0 and set "
+            f"{ORT_ENV}=~/.cache/ddpm-book-ort/node_modules/onnxruntime-web"
+        )
+
+
+def copy_try_it(app: Sphinx, exception: Exception | None) -> None:
+    """Assemble _static/try_it/ (scripts, exported models) and _static/ort/ (the runtime) after the pages."""
+    if exception is not None or app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    target = static / "try_it"
+    shutil.copytree(ROOT / "web" / "try_it", target, dirs_exist_ok=True)
+    from sphinx.util import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        from ddpm_lib.export import export
+
+        for name in TRY_IT_MODELS:
+            export(name, None, target / "models")
+    except Exception as error:  # the page says the models are missing; the rest of the book is unaffected
+        log.info(f"try_it: the models were not exported ({error})")
+    folder = os.environ.get(ORT_ENV)
+    if folder:
+        for name in ORT_FILES:
+            destination = static / "ort" / Path(name).name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(folder).expanduser() / name, destination)
+    else:
+        log.info(f"try_it: {ORT_ENV} is not set, so the page has no onnxruntime-web to run the models")
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", use_local_mathjax)
+    app.connect("config-inited", check_ort)
+    app.connect("build-finished", copy_try_it)
     app.connect("html-page-context", add_notebook_download, priority=100)  # before the theme's buttons
     return {"parallel_read_safe": True, "parallel_write_safe": True}
