@@ -9,6 +9,13 @@ import os
 
 os.environ.setdefault("DDPM_PROFILE", "ci")
 
+# pyproject.toml runs the tests in two worker processes (pytest-xdist, one test file per worker at a time).
+# Each worker, and every kernel and subprocess it starts, uses one thread: two multi-threaded torch
+# processes on two cores spin-wait for each other, while two single-threaded ones share them well.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = "1"
+
 # tools/chapter_run.py: chapters/NN_topic.ipynb -> one test each, which executes the chapter once, with
 # the solutions and, at every exercise, the student copy's stub and check (marked slow). Tests of tests/
 # that take over ~3 s on 2 cores carry @pytest.mark.slow, so `python -m pytest -m "not slow"` runs the
