@@ -37,4 +37,4 @@ Hand-written plumbing (teaches nothing about diffusion):
 - ``ddpm_lib.cli`` / ``ddpm_lib.__main__``: ``python -m ddpm_lib ...`` and the ``ddpm`` command
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -112,7 +112,21 @@ def copy_try_it(app: Sphinx, exception: Exception | None) -> None:
         log.info(f"try_it: {ORT_ENV} is not set, so the page has no onnxruntime-web to run the models")
 
 
+def add_footer(app: Sphinx, config: Config) -> None:
+    """The footer of every page: the version (ddpm_lib.__version__, the one place it is written) and the licenses."""
+    from ddpm_lib import __version__
+
+    options = dict(config.html_theme_options or {})
+    options["extra_footer"] = (
+        f"<p>Diffusion from Scratch, version {__version__}. Text and figures: "
+        '<a href="https://creativecommons.org/licenses/by/4.0/">CC BY 4.0</a>; code: MIT License '
+        "(LICENSE and LICENSE-TEXT.md in the repository). Cite it with its CITATION.cff.</p>"
+    )
+    config.html_theme_options = options
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", add_footer)
     app.connect("config-inited", use_local_mathjax)
     app.connect("config-inited", check_ort)
     app.connect("build-finished", copy_try_it)
