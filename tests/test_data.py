@@ -1,6 +1,8 @@
 """ddpm_lib.data: the bundled subset, the fixed split, torchvision's layout, and clear errors."""
 
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +127,65 @@ def test_bad_arguments(kwargs, argument):
 def test_bad_batch_size(batch_size):
     with pytest.raises(DataSourceError, match="batch_size"):
         mnist_dataloader(batch_size=batch_size, verbose=False)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (chapter 15)
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_fashion(folder, n_train=30, n_test=20, gz=True):
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, array, magic in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051),
+                                   ("labels-idx1-ubyte", np.arange(n) % 10, 2049)):  # fmt: skip
+            path = folder / f"{prefix}-{kind}"
+            write_idx(path, array, magic)
+            if gz:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                path.unlink()
+    return folder
+
+
+def test_fashion_mnist_from_debians_files():
+    """The real files, as Debian's dataset-fashion-mnist package installs them (.ci/run installs it)."""
+    if not DEBIAN_FASHION.is_dir():
+        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail(f"no Fashion-MNIST under {DEBIAN_FASHION} (REQUIRE_FASHION_MNIST=1)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    train = data.load_dataset("fashion-mnist", "train", root=DEBIAN_FASHION, verbose=False)
+    heldout = data.load_dataset("fashion-mnist", "heldout", verbose=False)  # found without a root
+    for dataset, n in ((train, 4500), (heldout, 500)):
+        images, labels = dataset.tensors
+        assert images.shape == (n, 1, 28, 28) and images.dtype == torch.float32
+        assert images.min() == -1.0 and images.max() == 1.0
+        assert torch.bincount(labels).tolist() == [n // 10] * 10
+    full = data.load_dataset("fashion-mnist", "heldout", root=DEBIAN_FASHION, source="full", verbose=False)
+    assert len(full) == 10_000 and torch.equal(full.tensors[0][:1], full.tensors[0][:1])
+    assert data.CLASS_NAMES["fashion-mnist"][9] == "Ankle boot"
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "plain", "uncompressed"])
+def test_fashion_mnist_from_a_root_in_either_layout(tmp_path, layout, capsys):
+    folder = tmp_path / "FashionMNIST" / "raw" if layout == "torchvision" else tmp_path
+    write_fashion(folder, gz=layout != "uncompressed")
+    dataset = data.load_dataset("fashion-mnist", "train", root=tmp_path, source="full")
+    assert len(dataset) == 30 and "Fashion-MNIST" in capsys.readouterr().out
+
+
+def test_fashion_mnist_errors_say_how_to_fix_them(tmp_path):
+    with pytest.raises(DataSourceError, match="does not exist.*dataset-fashion-mnist"):
+        data.load_dataset("fashion-mnist", root=tmp_path / "nowhere")
+    with pytest.raises(DataSourceError, match="no Fashion-MNIST files under.*download=True"):
+        data.load_dataset("fashion-mnist", root=tmp_path)
+    broken = write_fashion(tmp_path / "broken")
+    (broken / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataSourceError, match="not a readable idx file"):
+        data.load_dataset("fashion-mnist", root=broken, verbose=False)
+    with pytest.raises(DataSourceError, match="name must be one of 'mnist', 'fashion-mnist'"):
+        data.load_dataset("cifar10")
+    with pytest.raises(DataSourceError, match="source must be one of"):
+        data.load_dataset("fashion-mnist", source="torchvision")
