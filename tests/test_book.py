@@ -269,12 +269,28 @@ def test_sidebar_lists_the_pages_in_toc_order(pages):
 def test_chapter_offers_its_notebook(site, pages, name):
     hrefs = [link.get("href", "") for link, _ in pages[name].links]
     notebook = f"{Path(name).name}.ipynb"
-    links = [href for href in hrefs if href.endswith(notebook)]
+    # The download button's link is relative; the launch buttons (Colab, Binder) point elsewhere.
+    links = [href for href in hrefs if href.endswith(notebook) and "://" not in href]
     assert links, f"{name}: no link to {notebook}"
     url = f"{site}/{Path(name).parent}/{links[0]}"
     with urllib.request.urlopen(url, timeout=10) as response:  # localhost only
         assert response.status == 200
         assert b'"nbformat"' in response.read()
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_offers_launch_buttons(pages, name):
+    """Open in Colab and Launch Binder, both at this chapter's notebook in the repository that
+    book.yml names once."""
+
+    repository = yaml.safe_load((ROOT / "book.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    repository = repository.removeprefix("https://github.com/").rstrip("/")
+    hrefs = [link.get("href", "") for link, _ in pages[name].links]
+    notebook = f"{name}.ipynb"
+    colab = [h for h in hrefs if h.startswith("https://colab.research.google.com/github/")]
+    binder = [h for h in hrefs if "mybinder.org" in h]
+    assert any(repository in h and h.endswith(notebook) for h in colab), f"{name}: no Colab link"
+    assert any(repository in h and notebook in h for h in binder), f"{name}: no Binder link"
 
 
 @pytest.mark.parametrize("view", ["top", "figure"])

@@ -106,7 +106,15 @@ class BookCache:
         return None
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.stored and not self.not_stored:
+            # Under pytest-xdist the workers run the chapters and store them; this (controller) process
+            # saw none of it, so report what the cache holds instead.
+            from jupyter_cache import get_cache
+
+            held = len(get_cache(str(self.folder)).list_cache_records()) if self.folder.exists() else 0
+            terminalreporter.write_line(f"book cache ({self.folder}): holds {held} executed chapter(s)")
+            return
         terminalreporter.write_line(
-            f"book cache ({self.folder}): stored {', '.join(self.stored) or 'no chapter'}"
+            f"book cache ({self.folder}): stored {', '.join(self.stored)}"
             + (f"; not stored: {', '.join(self.not_stored)}" if self.not_stored else "")
         )
