@@ -11,7 +11,9 @@ Commands:
 - ``evaluate``: score samples with chapter 07's metrics, next to the real-vs-real floor;
 - ``train-classifier``: retrain chapter 07's evaluation classifier;
 - ``inpaint``: mask held-out digits and fill the missing pixels (chapter 12: the replacement method,
-  ``--resample R`` for RePaint's resampling).
+  ``--resample R`` for RePaint's resampling);
+- ``bound``: the variational bound on held-out digits in bits per dimension, with its Monte-Carlo standard
+  error (chapter 03).
 
 **Options are declared once.** The options of ``train`` are the fields of
 :class:`ddpm_lib.config.TrainConfig`; the sampling options of ``train`` (its grids), ``sample`` and
@@ -248,7 +250,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named set of defaults (options given explicitly win). quick (chapter 05, section 8): "
+        help="a named set of defaults (options given explicitly win). quick (chapter 11): "
         + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items()),
     )
     length = train.add_mutually_exclusive_group()
@@ -312,8 +314,9 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         help="score samples with chapter 07's metrics (Fréchet distance, confidence, class coverage)",
         description="Sample digits (or read a saved tensor) and score them against the held-out digits with "
         "the evaluation classifier: Fréchet distance, confident share, class histogram, entropy and the IS "
-        "analogue, with 95%% bootstrap intervals, next to the real-vs-real floor and the blurred / noise "
-        "ceilings at the same n. Prints a table and writes it as JSON.",
+        "analogue, next to the real-vs-real floor and the blurred / noise ceilings at the same n, with the "
+        "standard errors of the Fréchet distance and the confident share over --draws disjoint draws. Prints a "
+        "table and writes it as JSON.",
     )
     source = _add_denoiser_source(evaluate)
     source.add_argument("--samples", type=Path, default=None,
@@ -323,8 +326,9 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     spelled["evaluate"] = add_dataclass_options(
         evaluate, SampleSpec, SampleSpec(), prefix="spec.", exclude=("label",)
     )
-    evaluate.add_argument("--bootstrap", type=_value_parser("bootstrap", "int", _non_negative()), default=200,
-                          help="bootstrap draws per interval (default: 200)")  # fmt: skip
+    evaluate.add_argument("--draws", type=_value_parser("draws", "int", _at_least(1)), default=4,
+                          help="disjoint draws the samples are split into for the standard errors; each needs "
+                               "2 samples, so at most n // 2 (default: 4; 1: no standard errors)")  # fmt: skip
     evaluate.add_argument("--json", type=Path, default=Path("evaluation.json"),
                           help="where to write the results (default: evaluation.json)")  # fmt: skip
     evaluate.add_argument(
@@ -380,6 +384,25 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     export.add_argument("--out", type=Path, default=Path("onnx"), help="folder to write into (default: onnx)")
     export.add_argument("--opset", type=_value_parser("opset", "int", _at_least(14)), default=17,
                         help="ONNX opset version (default: 17)")  # fmt: skip
+
+    bound = commands.add_parser(
+        "bound",
+        help="the variational bound on held-out digits, in bits per dimension (chapter 03)",
+        description="Estimate the variational bound on -log p(x_0) of an unconditional denoiser for N held-out digits "
+        "(picked by --seed), in bits per dimension, with Ho et al.'s discretised decoder: L_T exactly, and per digit "
+        "K draws of (t uniform in 1..T-1, its noise, the decoder's noise), each an unbiased estimate L_T + L_0 + "
+        "(T - 1) L_t (ddpm_lib.theory.variational_bound; 2 K network calls per digit, float32). Prints the mean and "
+        "its Monte-Carlo standard error over t and the noise.",
+    )
+    _add_denoiser_source(bound, default="ddpm_mnist")
+    bound.add_argument("--n", type=_value_parser("n", "int", _positive()), default=500,
+                       help="held-out digits (default: 500, all of them)")  # fmt: skip
+    bound.add_argument("--t-samples", type=_value_parser("t_samples", "int", _at_least(2)), default=100,
+                       help="draws of t per digit, at least 2 for a standard error (default: 100)")  # fmt: skip
+    bound.add_argument("--seed", type=_value_parser("seed", "int", _non_negative()), default=0,
+                       help="picks the digits and every draw (default: 0)")  # fmt: skip
+    bound.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
+    _add_device(bound)
     return parser, spelled
 
 
@@ -619,10 +642,16 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from . import checkpoint
     from .data import load_mnist
     from .generation import generate
-    from .metrics import baseline_images, check_images, evaluate_images, format_table
+    from .metrics import baseline_images, check_images, draw_difference, evaluate_images, format_table
     from .pretrained import load_classifier
 
     spec = _spec(args)
+
+    def check_draws(n: int) -> None:
+        if args.draws > n // 2:
+            raise UsageError(f"must be at most n // 2 = {n // 2} (each draw needs 2 of the {n} samples), "
+                             f"got {args.draws}", option="draws")  # fmt: skip
+
     try:
         classifier, classifier_info = load_classifier(args.classifier)
     except UsageError as error:
@@ -641,7 +670,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         except (TypeError, ValueError) as error:
             raise UsageError(str(error), option="samples") from None
         name, source, steps = "samples", str(args.samples), None
+        check_draws(len(images))
     else:
+        check_draws(args.n)
         model, scheduler, config, source = _load_denoiser(args, _device(args.device))
         steps = spec.num_steps(scheduler.num_timesteps)
         _warn_if_unclipped_cosine(config, spec)
@@ -653,7 +684,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     n = len(images)
     heldout = load_mnist("heldout", verbose=False).tensors[0]
     sets = {name: images, **baseline_images(min(n, 4500), seed=spec.seed)}
-    results = evaluate_images(classifier, sets, heldout, args.bootstrap, spec.seed)
+    results = evaluate_images(classifier, sets, heldout, args.draws)
     print(
         f"reference: {len(heldout)} held-out digits; classifier: {classifier_info.get('summary', args.classifier)}"
     )
@@ -665,6 +696,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
         f"Fréchet distance {mine['frechet_distance']:.3f} = {mine['frechet_distance'] / max(floor, 1e-12):.2f}x the "
         f"real-vs-real floor ({floor:.3f}) at n = {n}"
     )
+    if args.draws > 1:
+        difference, se = draw_difference(mine, results["real digits (floor)"])
+        print(
+            f"per draw ({args.draws} x {n // args.draws} samples): {difference:.3f} ± {se:.3f} above the floor "
+            f"({difference / se if se > 0 else float('inf'):.1f} standard errors)"
+        )
     print(
         f"bar (>= {BAR_CONFIDENT_SHARE:.0%} of samples confident, all 10 digits present): "
         f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 digits)"
@@ -771,6 +808,58 @@ def run_inpaint(args: argparse.Namespace) -> None:
     )
 
 
+def run_bound(args: argparse.Namespace) -> None:
+    import math
+
+    import torch
+
+    from . import checkpoint
+    from .data import load_mnist
+    from .theory import variational_bound
+
+    images = load_mnist("heldout", verbose=False).tensors[0]
+    if args.n > len(images):
+        raise UsageError(f"must lie in 1..{len(images)} (the held-out digits), got {args.n}", option="n")
+    device = _device(args.device)
+    model, scheduler, config, source = _load_denoiser(args, device)
+    if config.model.get("num_classes") is not None:
+        raise UsageError(
+            "the bound needs an unconditional denoiser, e.g. --weights ddpm_mnist", option="weights"
+        )
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.n]
+    print(f"bound of {source} on {args.n} held-out digits, {args.t_samples} t-samples each "
+          f"({2 * args.n * args.t_samples} network calls)", flush=True)  # fmt: skip
+    estimate = variational_bound(
+        model, scheduler, images[chosen].to(device), args.t_samples, torch.Generator().manual_seed(args.seed)
+    )
+    to_bits = 1 / (estimate.dims * math.log(2))
+    terms = {
+        "L_T": estimate.prior.mean().item() * to_bits,
+        "sum of L_t, t = 1..T-1": estimate.steps.mean().item() * to_bits,
+        "L_0 (decoder)": estimate.decoder.mean().item() * to_bits,
+    }
+    print(
+        f"variational bound: {estimate.bits_per_dim():.3f} ± {estimate.bits_per_dim_standard_error():.3f} bits/dim "
+        f"(Monte-Carlo standard error); {estimate.mean():.1f} ± {estimate.standard_error():.1f} nats per digit"
+    )
+    print("  " + "; ".join(f"{name} {value:.4f}" for name, value in terms.items()) + " bits/dim")
+    if args.json is not None:
+        command = f"{PROG} bound " + (f"--checkpoint {args.checkpoint}" if args.checkpoint is not None
+                                      else f"--weights {args.weights or args.default_weights}")  # fmt: skip
+        report = {
+            "command": f"{command} --n {args.n} --t-samples {args.t_samples} --seed {args.seed}",
+            "source": source,
+            "n": args.n,
+            "t_samples": args.t_samples,
+            "seed": args.seed,
+            "bits_per_dim": estimate.bits_per_dim(),
+            "standard_error": estimate.bits_per_dim_standard_error(),
+            "terms_bits_per_dim": terms,
+        }
+        checkpoint.write_json(args.json, report)
+        print(f"wrote {args.json}")
+
+
 def run_noise(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -863,6 +952,7 @@ COMMANDS = {
     "train-classifier": run_train_classifier,
     "inpaint": run_inpaint,
     "export-onnx": run_export_onnx,
+    "bound": run_bound,
 }
 _SPELLED: dict[str, dict[str, str]] = {}
 

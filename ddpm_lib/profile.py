@@ -30,6 +30,15 @@ class Profile:
     monte_carlo_samples: int
     #: digits pushed through the 1000-step forward chain when checking the closed form
     forward_chain_samples: int
+    #: chapter 03 (the theory on a 2-D toy): optimisation steps of the toy's MLP; toy points per scatter plot,
+    #: sample and Monte-Carlo average; toy points behind each value of the variational bound; held-out digits,
+    #: t-samples per digit and timesteps on the per-term curve of the live MNIST bound
+    theory_train_steps: int = 4000
+    theory_points: int = 4000
+    theory_bound_points: int = 500
+    theory_mnist_digits: int = 20
+    theory_mnist_t_samples: int = 20
+    theory_term_timesteps: int = 40
     #: optimisation steps and batch size of the live training run of chapter 05
     train_steps: int = 600
     train_batch_size: int = 128
@@ -37,7 +46,7 @@ class Profile:
     train_grid_every: int = 200
     #: digits per sample grid drawn from a model (1000 network calls each step of the way)
     grid_samples: int = 16
-    #: chapter 05, section 8: the quick recipe's live run (steps, batch), steps between its evaluations, digits
+    #: chapter 11: the quick recipe's live run (steps, batch), steps between its evaluations, digits
     #: sampled per evaluation and the network calls of each (a respaced DDPM chain)
     quick_steps: int = 1400
     quick_batch_size: int = 64
@@ -57,18 +66,20 @@ class Profile:
     #: latest checkpoints to score (None: all)
     eval_snapshot_samples: int = 64
     eval_snapshots: int | None = None
-    #: bootstrap draws behind every 95% interval of chapter 07
-    bootstrap: int = 200
+    #: disjoint draws each evaluation table splits its samples into, for the standard errors (chapter 07)
+    eval_draws: int = 4
     #: chapter 08: samples per point of the quality-vs-network-evaluations plot, and its NFE budgets
     nfe_samples: int = 256
     nfe_steps: tuple[int, ...] = (10, 20, 50, 100, 250, 1000)
     #: chapter 09: held-out digits behind the loss-per-noise-level table, samples per row of its metric table
     schedule_loss_digits: int = 500
     schedule_eval_samples: int = 256
-    #: chapter 10: columns per digit of the guidance grids, samples per row of the guidance table, its scales w
+    #: chapter 10: columns per digit of the guidance grids, samples per row of the guidance table, its scales w,
+    #: and the steps of the respaced DDPM chain behind both
     guidance_grid_columns: int = 6
     guidance_eval_samples: int = 256
     guidance_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    guidance_steps: int = 100
     #: chapter 12: held-out digits per class inpainted under every mask, and the respaced chain of
     #: its measurement (steps, RePaint's resamplings per step)
     inpaint_digits_per_class: int = 5
@@ -88,6 +99,12 @@ PROFILES = {
         name="ci",
         monte_carlo_samples=20_000,
         forward_chain_samples=200,
+        theory_train_steps=1500,
+        theory_points=1000,
+        theory_bound_points=100,
+        theory_mnist_digits=2,
+        theory_mnist_t_samples=2,
+        theory_term_timesteps=8,
         train_steps=12,
         train_batch_size=32,
         train_grid_every=12,  # one grid, at the end: each costs 1000 network calls
@@ -106,14 +123,15 @@ PROFILES = {
         eval_samples=8,
         eval_snapshot_samples=4,
         eval_snapshots=1,
-        bootstrap=20,
+        eval_draws=2,
         nfe_samples=4,
         nfe_steps=(10, 20, 50),
         schedule_loss_digits=100,
         schedule_eval_samples=8,
         guidance_grid_columns=2,
-        guidance_eval_samples=10,
+        guidance_eval_samples=20,  # two digits per class: the diversity needs pairs
         guidance_scales=(0.0, 2.0),
+        guidance_steps=25,
         inpaint_digits_per_class=1,
         inpaint_steps=20,
         inpaint_resample=2,
