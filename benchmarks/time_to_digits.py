@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
 
-1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 05, section 8) on the bundled digits: a
+1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 11) on the bundled digits: a
    class-conditional U-Net with two dense units per block, bfloat16 autocast, batch 64, min-SNR-γ weighting.
    Then draws ``--n`` digits from its EMA weights, every class equally often (labels 0, 1, ..., 9, 0, ...: a
    sample of p(x) = Σ_y p(y) p(x | y), since the training digits are balanced), with 25-step DDPM

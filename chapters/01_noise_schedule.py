@@ -30,6 +30,7 @@
 # **Notation.** Timesteps run from $0$ to $T-1$, as in the code and the reference implementation:
 # the noising step with index $t$ uses $\beta_t$, and $\bar\alpha_t = \prod_{s=0}^{t} (1-\beta_s)$ is the
 # share of signal power left **after** step $t$. (The DDPM paper counts $1..T$; subtract one to translate.)
+# The [notation](../notation.md) page lists every symbol of the course, and where the paper's differ.
 
 # %%
 import math
@@ -46,7 +47,7 @@ print(f"profile: {PROFILE.name}")
 # %% [markdown]
 # ## 1. Three sequences from one
 #
-# DDPM (Ho et al., 2020) adds noise in $T = 1000$ small steps. Step $t$ keeps a share $\alpha_t$ of the
+# DDPM {cite:p}`ho2020ddpm`, building on {cite:t}`sohl2015deep`, adds noise in $T = 1000$ small steps. Step $t$ keeps a share $\alpha_t$ of the
 # signal's power and adds fresh noise of variance $\beta_t$:
 #
 # $$ q(x_{t} \mid x_{t-1}) = \mathcal N\!\left(\sqrt{1-\beta_t}\,x_{t-1},\; \beta_t I\right), \qquad \alpha_t = 1 - \beta_t .$$
@@ -182,7 +183,10 @@ assert 0.98 < ratio_at_100 < 1.0  # from t = 100 on, the two variances agree wit
 #
 # $$ D_{\mathrm{KL}} = \tfrac12\left(\bar\alpha x_0^2 - \bar\alpha - \ln(1-\bar\alpha)\right) \le \tfrac12\left(-\ln(1-\bar\alpha)\right) \approx \bar\alpha/2 .$$
 #
-# This is the term $L_T$ of the DDPM loss, and it is why the model never has to learn it.
+# This is the term $L_T$ of DDPM's variational bound (chapter 03 derives the bound). It contains no
+# parameters, whatever its size: no choice of network changes it, so training ignores it either way. What its
+# *smallness* buys is the start of sampling. We cannot draw from $q(x_T \mid x_0)$ without knowing the $x_0$
+# we are trying to generate; a tiny $L_T$ says that $\mathcal N(0, I)$ is as good a start, for every digit.
 
 
 # %%
@@ -206,8 +210,9 @@ assert 784 * kl_to_standard_normal(short) > 100
 
 # %% [markdown]
 # A signal coefficient well under one percent and a KL of a few hundredths of a nat per image:
-# $x_T$ is indistinguishable from pure noise. With the same $\beta$ range over only 100 steps, the last
-# image would still hold most of its signal — the schedule and $T$ go together.
+# $x_T$ is practically indistinguishable from pure noise, and starting the sampler from $\mathcal N(0, I)$
+# costs almost nothing. With the same $\beta$ range over only 100 steps, the last image would still hold most
+# of its signal — the schedule and $T$ go together.
 #
 # ## 5. The scheduler class (promoted to `ddpm_lib.schedule`)
 #
@@ -410,7 +415,8 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # - One increasing sequence $\beta_t$ fixes the whole forward process; $\alpha_t = 1-\beta_t$ and
 #   $\bar\alpha_t = \prod_{s\le t}\alpha_s$ follow from it.
 # - $\bar\alpha_t$ is the share of signal power left after step $t$; with the linear schedule it falls to
-#   $\approx 4\cdot10^{-5}$, so $x_T$ is pure noise to within a few hundredths of a nat per image.
+#   $\approx 4\cdot10^{-5}$, so $x_T$ is pure noise to within a few hundredths of a nat per image ($L_T$), which
+#   is what lets sampling start from $\mathcal N(0, I)$.
 # - The posterior variance $\tilde\beta_t$ needs $\bar\alpha_{t-1}$, with $\bar\alpha_{-1}=1$ — never
 #   `alpha_bars[t - 1]` at $t = 0$.
 # - `ddpm_lib.schedule.LinearBetaScheduler` holds the tables and checks its inputs.
@@ -422,27 +428,34 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # the exercise before you read it. In the student copies an instructor hands out, it is replaced by
 # `raise NotImplementedError()`, and the check fails until you write your own.
 #
-# :::{exercise} 1.1 · ★☆☆ · Signal-to-noise ratio
+# :::{exercise} 1.1 · ★☆☆ · Reading the SNR backwards
 # :nonumber:
 #
-# Write `signal_to_noise(alpha_bars)` that returns $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$
-# for a tensor of $\bar\alpha$ values.
+# Later chapters often describe a noise level by its signal-to-noise ratio rather than by $t$. Write
+# `alpha_bar_from_snr(snr)`: the $\bar\alpha$ that has a given $\mathrm{SNR} = \bar\alpha/(1-\bar\alpha)$, for a
+# tensor of SNR values. Then answer: how much of the signal's *amplitude* $\sqrt{\bar\alpha}$ is left when signal
+# and noise have equal power ($\mathrm{SNR} = 1$)? When the noise has 100 times the signal's power?
 # :::
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
-def signal_to_noise(alpha_bars: torch.Tensor) -> torch.Tensor:
+def alpha_bar_from_snr(snr: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    return alpha_bars / (1 - alpha_bars)
+    # Model answer. Solve SNR (1 − ᾱ) = ᾱ for ᾱ: ᾱ = SNR / (1 + SNR). At SNR = 1, ᾱ = 1/2 and the amplitude left
+    # is √(1/2) ≈ 0.71: equal power does not mean half the amplitude. At SNR = 0.01, ᾱ = 1/101 and the amplitude
+    # is still about 0.10 — a tenth of the digit survives under noise with a hundred times its power.
+    return snr / (1 + snr)
     ### END SOLUTION
 
 
 # %%
 # Check 1.1
-assert torch.allclose(signal_to_noise(alpha_bars), snr, rtol=1e-12)  # the float64 tables of section 2
-assert math.isclose(signal_to_noise(torch.tensor(0.5)).item(), 1.0)
+assert torch.allclose(alpha_bar_from_snr(snr), alpha_bars, rtol=1e-9)  # the float64 tables of section 2
+assert math.isclose(alpha_bar_from_snr(torch.tensor(1.0)).item(), 0.5)
+print(f"amplitude left at SNR = 1: {alpha_bar_from_snr(torch.tensor(1.0)).sqrt():.3f}; "
+      f"at SNR = 0.01: {alpha_bar_from_snr(torch.tensor(0.01)).sqrt():.3f}")  # fmt: skip
 ### BEGIN HIDDEN TESTS
-assert math.isclose(signal_to_noise(torch.tensor(0.8)).item(), 4.0, rel_tol=1e-6)
+assert math.isclose(alpha_bar_from_snr(torch.tensor(4.0)).item(), 0.8, rel_tol=1e-6)
 ### END HIDDEN TESTS
 print("Exercise 1.1 passed")
 
@@ -480,7 +493,7 @@ print("Exercise 1.2 passed")
 # :nonumber:
 #
 # Training with $T = 1000$ and sampling with fewer steps is chapter 08's topic; here, build a schedule
-# with fewer steps directly. Improved DDPM (Nichol & Dhariwal, 2021) keeps the *endpoint* of the linear
+# with fewer steps directly. Improved DDPM {cite:p}`nichol2021improved` keeps the *endpoint* of the linear
 # schedule by scaling both ends by $1000/T$. Write `scaled_linear_scheduler(num_timesteps)` returning a
 # `LinearBetaScheduler` with $\beta_{\text{start}} = 10^{-4}\cdot 1000/T$ and
 # $\beta_{\text{end}} = 0.02\cdot 1000/T$. The check asks that $\log\bar\alpha_{T-1}$ stays within 5% of
@@ -492,6 +505,10 @@ print("Exercise 1.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### BEGIN SOLUTION
+    # Model answer. log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first
+    # sum (T terms, each 1000/T times larger) equal to the 1000-step value. The second sum does not stay put:
+    # T terms, each (1000/T)² times larger, so it grows like 1000²/T. The fewer the steps, the larger each β and the
+    # more the β² term pushes log ᾱ_{T−1} below the 1000-step endpoint (T = 250: β_end = 0.08, about a 1% shift).
     scale = 1000 / num_timesteps
     return LinearBetaScheduler(num_timesteps, 1e-4 * scale, 0.02 * scale)
     ### END SOLUTION

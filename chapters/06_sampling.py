@@ -18,8 +18,8 @@
 #
 # Training taught a network to predict the noise in $x_t$. Sampling runs the forward process
 # backwards: start from pure noise $x_T \sim \mathcal N(0, I)$ and remove a little noise at a time
-# until a digit appears. This chapter derives the reverse step and builds the reference's two
-# samplers, `sample()` and `sample_clip()`.
+# until a digit appears. This chapter derives the reverse step — briefly; chapter 03 derives it from the
+# variational bound — and builds the reference's two samplers, `sample()` and `sample_clip()`.
 #
 # **After this chapter you can**
 #
@@ -28,9 +28,13 @@
 # - implement DDPM's ancestral sampler (Algorithm 2) and the clipped variant that predicts $\hat x_0$;
 # - explain why clipping helps, with a measurement;
 # - sample digits from the shipped model with `python -m ddpm_lib sample`.
+#
+# Symbols are those of the [notation](../notation.md) page; note that $\sigma_t$ is a standard deviation.
 
 # %%
 import math
+import statistics
+import time
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -49,8 +53,9 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # %% [markdown]
 # ## 1. The reverse step
 #
-# The forward posterior — the distribution of $x_{t-1}$ given $x_t$ **and** $x_0$ — is Gaussian (DDPM
-# eqs. 6–7), with the posterior variance $\tilde\beta_t$ of chapter 01 and mean
+# The forward posterior — the distribution of $x_{t-1}$ given $x_t$ **and** $x_0$ — is Gaussian
+# ({cite:t}`ho2020ddpm`, eqs. 6–7; chapter 03 shows why), with the posterior variance $\tilde\beta_t$ of
+# chapter 01 and mean
 #
 # $$ \tilde\mu_t(x_t, x_0) = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0
 #    + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t , \qquad \bar\alpha_{-1} = 1 . $$
@@ -354,8 +359,30 @@ def save_image(model: nn.Module, scheduler: NoiseSchedule, path, size: int = 16,
 # **Drawing a batch.** Starting noise, batching, a seed per batch, labels for a class-conditional model,
 # bfloat16 for speed: the plumbing around this loop lives in one function, `ddpm_lib.generation.generate`,
 # which every later chapter and the command line use. It takes a `SampleSpec` — the sampler and its options —
-# or the same options as keywords: `generate(model, scheduler, 16, sampler="ddpm", seed=0)`. On a CPU, one
-# network call on a batch of 64 costs far less than 64 calls on one image, so it samples in batches of 256.
+# or the same options as keywords: `generate(model, scheduler, 16, sampler="ddpm", seed=0)`. It samples in
+# batches of up to 256 images, because per image a network call costs less in a batch than alone: every call
+# pays a fixed price (dozens of operations launched, memory allocated) that a batch shares. How much less, on
+# this machine:
+
+
+# %%
+def milliseconds_per_image(batch: int, repeats: int = 5) -> float:
+    """Median time of one network call on ``batch`` images, divided by ``batch``."""
+    x, t = torch.zeros(batch, 1, 28, 28), torch.full((batch,), 500)
+    times = []
+    with torch.inference_mode():
+        model(x, t)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x, t)
+            times.append((time.perf_counter() - start) / batch)
+    return 1000 * statistics.median(times)
+
+
+cost = {batch: milliseconds_per_image(batch) for batch in (1, 64)}
+print(f"one network call, per image: batch of 1: {cost[1]:.2f} ms; batch of 64: {cost[64]:.2f} ms "
+      f"({cost[1] / cost[64]:.1f}x less per image)")  # fmt: skip
+assert cost[64] < cost[1]
 
 # %% [markdown]
 # ## 3. Two samplers, one starting noise
@@ -512,8 +539,12 @@ assert frame_ts[0] == 975 and frame_ts[-1] == 0
 # python -m ddpm_lib sample --checkpoint runs/ddpm/checkpoints/last.pt --n 64 --tensors samples.pt --gif trajectory.gif
 # ```
 #
-# writes the grid (and, optionally, the samples as a tensor file and an animated trajectory).
-# Sampling is batched: 256 samples cost far less than 256 times one.
+# writes the grid (and, optionally, the samples as a tensor file and an animated trajectory), sampling in
+# batches as `generate` does.
+#
+# The book's [Try it](../try_it.md) page runs this section's sampler (DDPM with clipping) on the shipped
+# weights in your browser, with $x_t$ and $\hat x_0$ side by side as in section 4; its JavaScript step is
+# tested against `posterior_step`.
 #
 # ## Summary
 #
@@ -560,15 +591,21 @@ print("Exercise 6.1 passed")
 # :::{exercise} 6.2 · ★★☆ · The other variance
 # :nonumber:
 #
-# DDPM reports similar results with $\sigma_t^2 = \beta_t$ (the upper bound) instead of $\tilde\beta_t$ (the lower
-# bound). Write `sample_beta_variance(scheduler, t, model, x_t, generator)`: `sample()` with $\sigma_t^2 = \beta_t$
-# (still no noise at $t = 0$). Then sample a grid with it: can you see a difference?
+# {cite:t}`ho2020ddpm` report similar results with $\sigma_t^2 = \beta_t$ (an upper bound on the right variance)
+# instead of $\tilde\beta_t$ (a lower bound). Write `sample_beta_variance(scheduler, t, model, x_t, generator)`:
+# `sample()` with $\sigma_t^2 = \beta_t$ (still no noise at $t = 0$). Then: at which $t$ do the two variances differ
+# noticeably (chapter 01's third panel), and would you expect to see a difference in the samples?
 # :::
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
+    # Model answer. β̃_t / β_t is within 2% of 1 from t = 100 on (chapter 01), so the two samplers differ only
+    # in the last ~100 steps of the chain, and most in the very last ones (at t = 1, β̃_1 is less than half of
+    # β_1). There σ² = β adds a little more fine-grained noise, which the final, noise-free step does not fully
+    # remove: at most slightly grainier digits. With T = 1000 the difference is hard to see in a grid, as Ho et al.
+    # report. With few, large steps (chapter 08) the two variances differ at every step, and the choice matters.
     beta, alpha, alpha_bar = (
         float(scheduler.betas[t]),
         float(scheduler.alphas[t]),
@@ -600,25 +637,67 @@ assert torch.allclose(
 print("Exercise 6.2 passed")
 
 # %% [markdown]
-# :::{exercise} 6.3 · ★★★ · Dynamic thresholding
+# :::{exercise} 6.3 · ★★★ · Mini-project: dynamic thresholding, end to end
 # :nonumber:
 #
 # Clamping at $\pm 1$ flattens every over-confident pixel to the same value. Imagen's *dynamic
-# thresholding* (Saharia et al., 2022) instead picks, per image, $s$ = the 99.5th percentile of $|\hat x_0|$,
-# and if $s > 1$ clamps $\hat x_0$ to $[-s, s]$ and divides by $s$. Write `dynamic_threshold(x0_hat, percentile=0.995)`
-# (hint: `torch.quantile` on the flattened image; use `torch.clamp(s, min=1)` so images already in range are
-# untouched). Swapping it into `sample_clip` is a one-line change: try it.
+# thresholding* {cite:p}`saharia2022imagen` instead picks, per image, $s$ = the 99.5th percentile of $|\hat x_0|$,
+# and if $s > 1$ clamps $\hat x_0$ to $[-s, s]$ and divides by $s$: it shrinks the whole image back into range
+# instead of cutting off its brightest pixels.
+#
+# 1. Write `dynamic_threshold(x0_hat, percentile=0.995)` (hint: `torch.quantile` on the flattened image; use
+#    `torch.clamp(s, min=1)` so images already in range are untouched).
+# 2. Write `sample_dynamic(model, x_T, generator)`: the full 1000-step chain of `sample_clip`, with
+#    `dynamic_threshold` in place of the clamp. Build it from this chapter's pieces — `run_chain`,
+#    `predict_noise`, `predict_x0` and `posterior_step` — not by copying `sample_loop`.
+# 3. Run it and `sample_clip`'s chain from the same `x_T` and generator seed as section 3 and compare the final
+#    images: the share of pixels within 0.01 of $\pm 1$ (saturated), and the mean absolute difference between the
+#    two. When would you expect dynamic thresholding to matter more than it does here?
 # :::
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
     ### BEGIN SOLUTION
-    s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1).clamp(min=1.0)
-    s = s.reshape(-1, *([1] * (x0_hat.dim() - 1)))
+    s = torch.quantile(x0_hat.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0)
+    s = s.to(x0_hat.dtype).reshape(-1, *([1] * (x0_hat.dim() - 1)))
     return x0_hat.clamp(-s, s) / s
     ### END SOLUTION
 
+
+def sample_dynamic(model, x_T: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    def step(t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
+        x0_hat = dynamic_threshold(predict_x0(scheduler, t, predict_noise(model, x, t), x))
+        return posterior_step(scheduler, t, t_prev, x0_hat, x, generator)
+
+    with torch.no_grad():
+        return run_chain(model, range(scheduler.num_timesteps - 1, -1, -1), step, x_T)
+    ### END SOLUTION
+
+
+### BEGIN SOLUTION
+generator = torch.Generator().manual_seed(0)
+x_T = torch.randn((n, 1, 28, 28), generator=generator)
+dynamic_samples = sample_dynamic(model, x_T, generator)
+
+
+def saturated(images: torch.Tensor) -> float:
+    return (images.abs() > 0.99).float().mean().item()
+
+
+print(
+    f"saturated pixels: sample_clip() {saturated(clip_samples):.3f}, dynamic thresholding {saturated(dynamic_samples):.3f}"
+)
+print(f"mean |dynamic - clip| per pixel: {(dynamic_samples - clip_samples).abs().mean():.4f}")
+# Model answer. Dynamic thresholding leaves far fewer saturated pixels, and on MNIST that is a loss, not a gain.
+# The data are saturated — a background of exactly -1, strokes near +1 — and the network's x̂_0 overshoots
+# the range by a little at many background pixels. The clamp cuts the overshoot off and keeps the background at -1;
+# dynamic thresholding divides the whole image by s > 1 instead, so the background ends slightly grey and the
+# strokes slightly dim (the mean difference printed above). It was made for another situation: large guidance
+# weights (chapter 10), which push x̂_0 far out of range so that a clamp flattens whole regions to ±1, on
+# photographs, whose pixels are rarely saturated. There, shrinking the image back into range keeps its detail.
+### END SOLUTION
 
 # %%
 # Check 6.3
@@ -628,7 +707,19 @@ loud = 3 * torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(4
 thresholded = dynamic_threshold(loud)
 assert thresholded.abs().max() <= 1 + 1e-6
 assert (thresholded.abs() == 1).float().mean() < 0.01  # far fewer pixels pinned at the edge than clamp(-1, 1)
+assert dynamic_samples.shape == clip_samples.shape and dynamic_samples.abs().max() <= 1 + 1e-6
 ### BEGIN HIDDEN TESTS
 assert (loud.clamp(-1, 1).abs() == 1).float().mean() > 0.5
+x_small = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(5))
+expected = x_small
+replay = torch.Generator().manual_seed(6)
+with torch.no_grad():
+    for t in range(scheduler.num_timesteps - 1, -1, -1):
+        eps = model(expected, torch.full((2,), t))
+        alpha_bar = scheduler.alpha_bars64[t].item()
+        x0_hat = (expected - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+        scale = torch.quantile(x0_hat.flatten(1).abs(), 0.995, dim=1).clamp(min=1.0).view(-1, 1, 1, 1)
+        expected = posterior_step(scheduler, t, t - 1, x0_hat.clamp(-scale, scale) / scale, expected, replay)
+assert torch.allclose(sample_dynamic(model, x_small, torch.Generator().manual_seed(6)), expected, atol=1e-4)
 ### END HIDDEN TESTS
 print("Exercise 6.3 passed")

@@ -26,13 +26,15 @@
 # - compute the Fréchet distance between two sets of images and say what a value means, by comparing it
 #   with a real-vs-real **floor** and two **ceilings** (a blurred and a pure-noise baseline);
 # - measure mode coverage (class histogram, its entropy, an Inception-Score analogue) and sample
-#   confidence, each with a bootstrap interval;
+#   confidence;
+# - say how sure a number is, with the standard error over disjoint draws — and why a percentile bootstrap
+#   of a biased statistic is not a confidence interval;
 # - compare `sample()` and `sample_clip()`, and checkpoints along a training run, with these numbers;
 # - run the whole evaluation from the command line: `python -m ddpm_lib evaluate`.
 #
-# In the full profile this chapter samples a few hundred digits through all 1000 steps (about 15 minutes
-# on 2 CPU cores); the CI profile samples a handful, enough to run every line, too few for the
-# numbers to mean much — the tables say how many samples they used.
+# Symbols follow the [notation page](../notation.md). Evaluating means sampling, and every sample here takes
+# 1000 network calls: the chapter draws a few hundred digits, which takes a while on a CPU (the
+# instructors' page lists the times). Every table says how many samples it used.
 
 # %%
 #| default_exp metrics
@@ -60,14 +62,14 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # %% [markdown]
 # ## 1. Why not FID with Inception?
 #
-# The standard number for image generators is the **Fréchet Inception Distance** (FID, Heusel et al.,
-# 2017): push real and generated images through an ImageNet classifier (Inception-v3), fit a Gaussian
-# to each set of 2048-dimensional features, and measure the distance between the two Gaussians.
-# For MNIST it is a poor fit: Inception expects 299×299 colour photographs, its weights must be
-# downloaded, and its features describe dogs and cars, not pen strokes. The practice for digits
-# (and the advice of FID's own authors for other domains) is to use a network trained on the domain
-# itself. We train one — a small LeNet-style CNN — on the training split, and keep the held-out split
-# for measuring it.
+# The standard number for image generators is the **Fréchet Inception Distance** (FID)
+# {cite:p}`heusel2017fid`: push real and generated images through an ImageNet classifier (Inception-v3
+# {cite:p}`szegedy2016inception`), fit a Gaussian to each set of 2048-dimensional features, and measure the
+# distance between the two Gaussians. For MNIST it is a poor fit: Inception expects 299×299 colour
+# photographs, its weights must be downloaded, and its features describe dogs and cars, not pen strokes.
+# The usual practice for digits is to keep the recipe and change the network: features from a classifier
+# trained on the domain itself. We train one — a small LeNet-style CNN {cite:p}`lecun1998mnist` — on the
+# training split, and keep the held-out split for measuring it.
 #
 # ## 2. The evaluation classifier
 #
@@ -78,13 +80,11 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # held-out digits.
 #
 # One more ingredient matters for *evaluation*: a classifier trained only on digits has never been told
-# that something is *not* a digit, and softmax happily puts 99% on one class for pure noise (trained
-# without it, ours called every uniform-noise image a confident "8", and 38% of random blobs confident
-# digits). So we also show it non-digits —
-# uniform noise and smooth random blobs, the typical output of an under-trained denoiser — with the
-# uniform distribution as the target (*outlier exposure*, Hendrycks et al., 2019): the loss adds
-# $\lambda \cdot \frac1{10}\sum_k -\log p(k \mid x_{\text{outlier}})$, with $\lambda = 0.5$. Then "confident" means
-# "looks like a digit".
+# that something is *not* a digit, and softmax can put 99% on one class for pure noise (exercise 7.1 asks
+# you to measure it). So we also show it non-digits — uniform noise and smooth random blobs, the typical
+# output of an under-trained denoiser — with the uniform distribution as the target (*outlier exposure*
+# {cite:p}`hendrycks2019oe`): the loss adds $\lambda \cdot \frac1{10}\sum_k -\log p(k \mid x_{\text{outlier}})$,
+# with $\lambda = 0.5$. Then "confident" means "looks like a digit".
 
 # %%
 #| export
@@ -313,7 +313,7 @@ for bad, label in [(heldout_images[:, :, :14], "cropped"), ((heldout_images + 1)
 # ## 4. The Fréchet distance
 #
 # Fit a Gaussian to each set of features — mean $\mu$ and covariance $\Sigma$ — and measure the
-# 2-Wasserstein (Fréchet) distance between the two Gaussians, which has a closed form (Dowson & Landau, 1982):
+# 2-Wasserstein (Fréchet) distance between the two Gaussians, which has a closed form {cite:p}`dowson1982frechet`:
 #
 # $$ d^2\big(\mathcal N(\mu_1, \Sigma_1), \mathcal N(\mu_2, \Sigma_2)\big)
 #    = \lVert \mu_1 - \mu_2 \rVert^2 + \operatorname{tr}\!\Big(\Sigma_1 + \Sigma_2 - 2\,(\Sigma_1 \Sigma_2)^{1/2}\Big). $$
@@ -395,7 +395,7 @@ assert abs(one_d - 5.0) < 1e-9
 # - **class histogram** $h_k = \frac1n \#\{i : \hat y_i = k\}$, and its **entropy** $H(h) = -\sum_k h_k \log_2 h_k$,
 #   at most $\log_2 10 = 3.32$ bits when all ten digits are equally common — are all digits there (mode coverage)?
 # - an **Inception-Score analogue** $\mathrm{IS} = \exp\big(\frac1n \sum_i \mathrm{KL}(p_i \,\Vert\, \bar p)\big)$ with
-#   $\bar p = \frac1n\sum_i p_i$ (Salimans et al., 2016, with our classifier instead of Inception): 1 when every
+#   $\bar p = \frac1n\sum_i p_i$ ({cite:t}`salimans2016improved`, with our classifier instead of Inception): 1 when every
 #   sample gets the same prediction, 10 when each sample is one confident digit and the digits are uniform.
 
 
@@ -433,7 +433,7 @@ assert stats["classes_present"] == 10 and stats["confident_share"] > 0.95
 assert class_statistics(np.full((5, 10), 0.1))["inception_score"] == 1.0
 
 # %% [markdown]
-# ## 6. What a number means: floor, ceilings and bootstrap intervals
+# ## 6. What a number means: floor, ceilings and disjoint draws
 #
 # A Fréchet distance of 3.2 means nothing on its own. Two sets of *real* digits are not at distance 0
 # either: with $n$ samples the estimate carries noise and a positive bias that grows as $n$ shrinks. So
@@ -445,41 +445,80 @@ assert class_statistics(np.full((5, 10), 0.1))["inception_score"] == 1.0
 #
 # The floor uses training digits because the held-out split is all we hold out (500 digits); the
 # classifier has seen them in training, which makes their features a little tidier — the floor is,
-# if anything, slightly optimistic. And every number gets a **95% bootstrap interval**: resample
-# the generated set (and the reference set) with replacement, recompute, and take the 2.5th and
-# 97.5th percentiles. (For the Fréchet distance the interval can sit *above* the estimate: resampling
-# with replacement repeats images, which shrinks the effective $n$ and adds to the same bias.)
+# if anything, slightly optimistic.
+#
+# **How sure is a number?** The usual quick answer, a percentile bootstrap (resample the images with
+# replacement, recompute, read off the 2.5th and 97.5th percentiles), fails for a *biased* statistic. A
+# resample repeats images, which lowers its effective $n$ and so *adds* bias: the "interval" it gives for
+# the Fréchet distance sits above the estimate it is meant to describe. The cell after the next one shows
+# it on the floor. We use **repeated disjoint draws** instead: split the $n$ images into $k$ disjoint parts
+# of $m = n/k$, compute the statistic on each part (against the whole reference set), and report the mean
+# of the $k$ values and its standard error $s/\sqrt k$, $s$ their standard deviation. The parts share no
+# image, so the $k$ values are independent draws of "the statistic at $m$ samples", and mean ± standard
+# error is an honest statement about that quantity, biased or not. The price: it describes the
+# statistic at $m$, not at $n$, so two rows are compared draw mean against draw mean, at the same $m$ —
+# which every table of this course does, since all its rows have the same $n$ and $k$. (The reference
+# set is the same for every row, so its own randomness cancels from such comparisons and is not
+# included.) For a share, such as the confident share, the mean of the draws *is* the share of all
+# $n$ images, so there the standard error belongs to the all-$n$ number directly.
 
 
 # %%
 #| export
-def compare(probs_and_features: tuple[np.ndarray, np.ndarray], reference_features: np.ndarray,
-            n_bootstrap: int = 200, seed: int = 0, threshold: float = 0.9) -> dict:  # fmt: skip
-    """Metrics of one set of images against the reference features, with 95% bootstrap intervals.
+#: the statistics whose spread over disjoint draws :func:`compare` reports
+DRAW_KEYS = ("frechet_distance", "confident_share")
 
-    ``probs_and_features`` is :func:`classify`'s ``(features, probabilities)`` of the images.
+
+def compare(features_and_probs: tuple[np.ndarray, np.ndarray], reference_features: np.ndarray,
+            draws: int = 4, threshold: float = 0.9) -> dict:  # fmt: skip
+    """Metrics of one set of n images against the reference features, and their spread over disjoint draws.
+
+    ``features_and_probs`` is :func:`classify`'s ``(features, probabilities)`` of the images. Every statistic
+    is computed on all n images. With ``draws`` = k > 1, the statistics of :data:`DRAW_KEYS` are also computed
+    on k disjoint consecutive slices of m = n // k images (each against the whole reference set; n % k images
+    are left out of the draws): ``draw_mean[key]`` and ``draw_se[key]`` are their mean and its standard error,
+    s / √k with s the standard deviation of the k values; ``draw_values[key]`` holds the values.
     """
-    features, probs = probs_and_features
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    features, probs = features_and_probs
     n, m = len(features), len(reference_features)
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= n // 2:
+        raise ValueError(f"draws must be an integer from 1 to n // 2 = {n // 2} (each draw needs 2 images), "
+                         f"got {draws!r}")  # fmt: skip
 
-    def point(f, p, r) -> dict:
-        return {"frechet_distance": features_distance(f, r), **class_statistics(p, threshold)}
+    def point(f, p) -> dict:
+        return {
+            "frechet_distance": features_distance(f, reference_features),
+            **class_statistics(p, threshold),
+        }
 
-    result = {"n": n, "reference_n": m, **point(features, probs, reference_features)}
-    rng = np.random.default_rng(seed)
-    draws = {"frechet_distance": [], "confident_share": [], "class_entropy_bits": [], "inception_score": []}
-    for _ in range(n_bootstrap):
-        i, j = rng.integers(0, n, n), rng.integers(0, m, m)
-        values = point(features[i], probs[i], reference_features[j])
-        for key in draws:
-            draws[key].append(values[key])
-    result["interval"] = {
-        key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in draws.items() if v
-    }
-    result["n_bootstrap"] = n_bootstrap
+    result = {"n": n, "reference_n": m, **point(features, probs), "draws": draws, "draw_n": n // draws}
+    if draws > 1:
+        size = n // draws
+        parts = [
+            point(features[i * size : (i + 1) * size], probs[i * size : (i + 1) * size]) for i in range(draws)
+        ]
+        values = {key: [part[key] for part in parts] for key in DRAW_KEYS}
+        result["draw_values"] = values
+        result["draw_mean"] = {key: float(np.mean(v)) for key, v in values.items()}
+        result["draw_se"] = {key: float(np.std(v, ddof=1) / np.sqrt(draws)) for key, v in values.items()}
     return result
+
+
+def draw_difference(a: dict, b: dict, key: str = "frechet_distance") -> tuple[float, float]:
+    """(mean of a's draws − mean of b's draws, standard error of that difference) for ``key``.
+
+    ``a`` and ``b`` are :func:`compare` results with the same number of draws of the same size; the standard
+    error is √(se_a² + se_b²). A difference within about two standard errors is not shown to be real.
+    """
+    for name, r in (("a", a), ("b", b)):
+        if "draw_mean" not in r or key not in r["draw_mean"]:
+            raise ValueError(f"{name} has no draws of {key!r}: compare it with draws > 1")
+    if (a["draws"], a["draw_n"]) != (b["draws"], b["draw_n"]):
+        raise ValueError(
+            f"a and b must be compared at the same draws: {a['draws']} × {a['draw_n']} vs {b['draws']} × {b['draw_n']}"
+        )
+    difference = a["draw_mean"][key] - b["draw_mean"][key]
+    return difference, float(np.hypot(a["draw_se"][key], b["draw_se"][key]))
 
 
 def baseline_images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -501,54 +540,89 @@ def baseline_images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def evaluate_images(classifier: nn.Module, images: dict[str, torch.Tensor], reference: torch.Tensor,
-                    n_bootstrap: int = 200, seed: int = 0) -> dict[str, dict]:  # fmt: skip
-    """:func:`compare` each named set of images with ``reference`` (e.g. the held-out digits)."""
+                    draws: int = 4) -> dict[str, dict]:  # fmt: skip
+    """:func:`compare` each named set of images with ``reference`` (e.g. the held-out digits), in ``draws`` draws."""
     reference_features, _ = classify(classifier, check_images(reference, "reference"))
     return {
-        name: compare(classify(classifier, check_images(x, name)), reference_features, n_bootstrap, seed)
+        name: compare(classify(classifier, check_images(x, name)), reference_features, draws)
         for name, x in images.items()
     }
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A plain-text table of :func:`evaluate_images` results, one row per set of images."""
+    """A plain-text table of :func:`evaluate_images` results, one row per set of images.
 
-    def cell(result: dict, key: str, fmt: str) -> str:
-        low_high = result.get("interval", {}).get(key)
-        text = format(result[key], fmt)
-        return f"{text} [{format(low_high[0], fmt)}, {format(low_high[1], fmt)}]" if low_high else text
+    "per draw" is the mean ± standard error of the Fréchet distance over the row's k disjoint draws of m images;
+    the confident share's ± is its standard error from the same draws.
+    """
 
-    header = f"{'images':<24} {'n':>5}  {'Fréchet distance [95% CI]':<28} {'confident ≥0.9 [95% CI]':<26} " \
-             f"{'classes':>7}  {'entropy bits':<21} {'IS':>5}"  # fmt: skip
+    def spread(result: dict, key: str, fmt: str, value: float | None = None) -> str:
+        value = result["draw_mean"][key] if value is None else value
+        se = result.get("draw_se", {}).get(key)
+        return format(value, fmt) + (f" ± {format(se, fmt)}" if se is not None else "")
+
+    header = f"{'images':<24} {'n':>5}  {'Fréchet distance':>16}  {'per draw: k × m, mean ± s.e.':<30} " \
+             f"{'confident ≥0.9 ± s.e.':<22} {'classes':>7}  {'entropy bits':>12} {'IS':>5}"  # fmt: skip
     lines = [header, "-" * len(header)]
     for name, r in results.items():
+        per_draw = (
+            f"{r['draws']} × {r['draw_n']}: {spread(r, 'frechet_distance', '.2f')}"
+            if "draw_mean" in r
+            else "-"
+        )
+        confident = spread(r, "confident_share", ".1%", r["confident_share"])
         lines.append(
-            f"{name:<24} {r['n']:>5}  {cell(r, 'frechet_distance', '.3f'):<28} "
-            f"{cell(r, 'confident_share', '.1%'):<26} {r['classes_present']:>4}/10  "
-            f"{cell(r, 'class_entropy_bits', '.2f'):<21} {r['inception_score']:>5.2f}"
+            f"{name:<24} {r['n']:>5}  {r['frechet_distance']:>16.2f}  {per_draw:<30} {confident:<22} "
+            f"{r['classes_present']:>4}/10  {r['class_entropy_bits']:>12.2f} {r['inception_score']:>5.2f}"
         )
     return "\n".join(lines)
 
 
 # %% [markdown]
-# The baselines at the chapter's sample size:
+# The baselines at the chapter's sample size, each in `eval_draws` disjoint draws:
 
 # %%
-n_eval = PROFILE.eval_samples
-baselines = evaluate_images(classifier, baseline_images(n_eval), heldout_images, PROFILE.bootstrap)
+n_eval, k_draws = PROFILE.eval_samples, PROFILE.eval_draws
+baselines = evaluate_images(classifier, baseline_images(n_eval), heldout_images, k_draws)
 print(
-    f"{n_eval} samples per row, reference: {len(heldout_images)} held-out digits, {PROFILE.bootstrap} bootstrap draws"
+    f"{n_eval} samples per row in {k_draws} draws of {n_eval // k_draws}; reference: {len(heldout_images)} held-out digits"
 )
 print(format_table(baselines))
-floor = baselines["real digits (floor)"]["frechet_distance"]
+floor_row = baselines["real digits (floor)"]
+floor = floor_row["frechet_distance"]
 assert (
     floor < baselines["blurred digits"]["frechet_distance"] < baselines["uniform noise"]["frechet_distance"]
 )
+assert floor_row["draw_mean"]["frechet_distance"] > floor  # fewer images per draw: more bias
+assert (
+    abs(floor_row["draw_mean"]["confident_share"] - floor_row["confident_share"]) < 1e-12
+)  # a share: the same
 
 # %% [markdown]
-# The floor is far from zero at small $n$ — that is the estimator's bias, not a difference between the
-# sets. Compare a model with the floor *at the same n*, never with zero, and never compare numbers
-# computed at different $n$.
+# The floor is far from zero at small $n$, and its draws, at a quarter of the size, sit higher still: that
+# is the estimator's bias, not a difference between the sets. Compare a model with the floor *at the same
+# n and draw size*, never with zero, and never compare numbers computed at different $n$.
+#
+# And the percentile bootstrap, on the same floor: resample the $n$ real digits with replacement a few dozen
+# times and read off the middle 95% of the recomputed distances. The resamples sit above the estimate; with
+# a few hundred samples the whole "interval" does, and it does not contain the number it claims to describe.
+
+# %%
+rng = np.random.default_rng(0)
+floor_features, _ = classify(classifier, baseline_images(n_eval)["real digits (floor)"])
+heldout_features = real_features
+resampled = [
+    features_distance(floor_features[rng.integers(0, n_eval, n_eval)], heldout_features) for _ in range(40)
+]
+low, middle, high = np.percentile(resampled, [2.5, 50, 97.5])
+print(f"floor estimate at n = {n_eval}: {floor:.2f}")
+print(f"percentile bootstrap: median {middle:.2f}, 'interval' [{low:.2f}, {high:.2f}]; "
+      f"contains the estimate: {'yes' if low <= floor <= high else 'no'}")  # fmt: skip
+print(
+    f"disjoint draws: {k_draws} × {n_eval // k_draws}, "
+    f"{floor_row['draw_mean']['frechet_distance']:.2f} ± {floor_row['draw_se']['frechet_distance']:.2f}"
+)
+assert middle > floor  # resampling with replacement adds bias: the resamples sit above the estimate
 
 # %% [markdown]
 # ## 7. The shipped model: `sample()` vs `sample_clip()`
@@ -566,9 +640,33 @@ results = evaluate_images(
     classifier,
     {"sample() (ddpm)": samples["ddpm"], "sample_clip()": samples["clip"], **baseline_images(n_eval)},
     heldout_images,
-    PROFILE.bootstrap,
+    k_draws,
 )
 print(format_table(results))
+
+# %% [markdown]
+# Which sampler won, and by how much? The difference of the two rows' draw means, in units of its standard
+# error; a difference under about two standard errors is one these draws cannot tell from chance.
+
+
+# %%
+def verdict(a: str, b: str, key: str, lower_is_better: bool, fmt: str) -> str:
+    """One line: which of rows ``a`` and ``b`` of ``results`` scored better on ``key``, by how much, how surely."""
+    difference, se = draw_difference(results[a], results[b], key)
+    better, worse = (a, b) if (difference < 0) == lower_is_better else (b, a)
+    ratio = abs(difference) / se if se > 0 else float("inf")
+    resolved = "a real difference" if ratio > 2 else "within the noise of these draws"
+    return (
+        f"{key}: {better} beats {worse} by {format(abs(difference), fmt)} "
+        f"(± {format(se, fmt)}, {ratio:.1f} standard errors: {resolved})"
+    )
+
+
+fd_verdict = verdict("sample_clip()", "sample() (ddpm)", "frechet_distance", True, ".2f")
+confidence_verdict = verdict("sample_clip()", "sample() (ddpm)", "confident_share", False, ".1%")
+print(fd_verdict)
+print(confidence_verdict)
+assert "beats" in fd_verdict and "beats" in confidence_verdict
 
 # %% [markdown]
 # A look at the samples with the classifier's verdict (red: confidence below 0.9) keeps the numbers
@@ -617,7 +715,7 @@ print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "samp
 conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
 conditional_samples = generate(conditional_model, conditional_scheduler, n_eval, sampler="ddpm", seed=1)
 results["class-conditional (ddpm)"] = evaluate_images(
-    classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, PROFILE.bootstrap
+    classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, k_draws
 )["class-conditional (ddpm)"]
 print(f"class-conditional model: {conditional_info['summary']}")
 print(
@@ -633,7 +731,9 @@ if n_eval >= 100:  # the bar of this course, on enough samples to judge it
 #
 # The shipped run saved its EMA weights at several steps along the way (stored in float16 to keep
 # the package small; the last one is the shipped model). Scoring each with the same metric, at the
-# same $n$ and seed, shows how quality grows with training — and where it stops growing.
+# same $n$ and seed, shows how quality grows with training — and where it stops growing. The error bars
+# are the standard errors of the confident share from the disjoint draws; at this $n$ the draws are too
+# small for a useful Fréchet distance each, so that panel shows the all-$n$ distance next to the floor.
 
 # %%
 snapshots = snapshot_paths()[-PROFILE.eval_snapshots :] if PROFILE.eval_snapshots else snapshot_paths()
@@ -642,41 +742,39 @@ curve = []
 for step, path in snapshots:
     snapshot_model, snapshot_scheduler, _ = load_denoiser(path)
     images = generate(snapshot_model, snapshot_scheduler, n_snap, sampler="clip", seed=2)
-    r = evaluate_images(classifier, {f"step {step}": images}, heldout_images, PROFILE.bootstrap)[
-        f"step {step}"
-    ]
+    r = evaluate_images(classifier, {f"step {step}": images}, heldout_images, k_draws)[f"step {step}"]
     curve.append((step, r))
-    print(f"step {step:5d}: Fréchet distance {r['frechet_distance']:.3f}, confident {r['confident_share']:.0%}, "
-          f"classes {r['classes_present']}/10")  # fmt: skip
+    print(f"step {step:5d}: Fréchet distance {r['frechet_distance']:.3f}, confident {r['confident_share']:.0%} "
+          f"± {r['draw_se']['confident_share']:.0%}, classes {r['classes_present']}/10")  # fmt: skip
 snapshot_floor = evaluate_images(classifier, {"floor": baseline_images(n_snap)["real digits (floor)"]},
-                                 heldout_images, PROFILE.bootstrap)["floor"]  # fmt: skip
+                                 heldout_images, k_draws)["floor"]  # fmt: skip
 print(f"floor at n = {n_snap}: {snapshot_floor['frechet_distance']:.3f}")
 
 # %%
 steps = [s for s, _ in curve]
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
 fd = np.array([r["frechet_distance"] for _, r in curve])
-low_high = np.array([r["interval"]["frechet_distance"] for _, r in curve])
+confident = np.array([r["confident_share"] for _, r in curve])
+confident_se = np.array([r["draw_se"]["confident_share"] for _, r in curve])
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
 ax1.plot(steps, fd, marker="o", label="sample_clip()")
-ax1.fill_between(steps, low_high[:, 0], low_high[:, 1], alpha=0.2, label="95% bootstrap interval")
 ax1.axhline(snapshot_floor["frechet_distance"], color="gray", ls="--", label="real-vs-real floor")
 ax1.set_xlabel("training step")
 ax1.set_ylabel("Fréchet distance")
 ax1.set_yscale("log")
 ax1.legend(fontsize=8)
-ax2.plot(steps, [r["confident_share"] for _, r in curve], marker="o", label="sample_clip()")
+ax2.errorbar(steps, confident, yerr=confident_se, marker="o", capsize=3, label="sample_clip() ± s.e.")
 ax2.axhline(snapshot_floor["confident_share"], color="gray", ls="--", label="real digits")
 ax2.set_xlabel("training step")
 ax2.set_ylabel("confident share (≥ 0.9)")
 ax2.set_ylim(0, 1.02)
 ax2.legend(fontsize=8)
-fig.suptitle(
-    f"quality along the shipped run ({n_snap} samples per point, 95% bootstrap intervals)", fontsize=10
-)
+fig.suptitle(f"quality along the shipped run ({n_snap} samples per point)", fontsize=10)
 fig.tight_layout()
 save_figure(fig, "07_quality_vs_steps")
 plt.show()
-assert all(r["n"] == n_snap for _, r in curve)
+print("steps:", steps, "Fréchet:", fd.round(2).tolist(), "confident:", confident.round(3).tolist())
+assert all(r["n"] == n_snap for _, r in curve) and np.all(np.isfinite(confident_se))
+assert steps == sorted(steps) and steps[-1] == provenance["steps"]  # the last point is the shipped model
 
 # %% [markdown]
 # ## 9. From the command line
@@ -690,10 +788,11 @@ assert all(r["n"] == n_snap for _, r in curve)
 # python -m ddpm_lib evaluate --samples my_samples.pt              # a saved (N, 1, 28, 28) tensor in [-1, 1]
 # ```
 #
-# Without `--checkpoint` it scores the shipped class-conditional model (every digit in turn; `--guidance` as in
-# chapter 10), the best the course ships. It prints the table above (with the floor and ceilings at the same $n$), a verdict line for the
-# course's bar (≥ 90% confident samples, every digit present), and writes everything as JSON.
-# `python -m ddpm_lib train-classifier` retrains the evaluation classifier.
+# Without `--checkpoint` it scores the shipped class-conditional model (every digit in turn), the best the
+# course ships. It prints the table above (with the floor and ceilings at the same $n$, and `--draws`
+# disjoint draws, 4 by default, for the standard errors), how far the sampler's draws sit above the floor's
+# in standard errors, a verdict line for the course's bar (≥ 90% confident samples, every digit present),
+# and writes everything as JSON. `python -m ddpm_lib train-classifier` retrains the evaluation classifier.
 #
 # ## Summary
 #
@@ -703,35 +802,51 @@ assert all(r["n"] == n_snap for _, r in curve)
 #   meaningful next to the **real-vs-real floor** at the same $n$ (and the blurred / noise ceilings).
 # - **Confidence**, the **class histogram** and its **entropy**, and the **IS analogue** say *what* is wrong:
 #   unrecognisable samples, or missing digits.
-# - Bootstrap intervals show which differences are real: two samplers whose intervals overlap are not
-#   shown to differ.
+# - How sure a number is: split the samples into $k$ disjoint draws and report the mean of the statistic over
+#   them with its standard error. A difference of two rows' draw means within about two standard errors of the
+#   difference is not shown to be real. A percentile bootstrap of a biased statistic is no substitute: its
+#   resamples add bias, and its "interval" can miss the estimate altogether.
 #
 # ## Exercises
 
 # %% [markdown]
-# :::{exercise} 7.1 · ★☆☆ · Precision at a threshold
+# :::{exercise} 7.1 · ★☆☆ · How confident is confident?
 # :nonumber:
 #
 # Write `confident_share_at(probs, threshold)`: the share of rows of `probs` (N, 10) whose largest
-# probability is at least `threshold`. Then plot it for thresholds from 0.5 to 0.99 for the held-out digits
-# and for `samples["clip"]`: where do the curves separate?
+# probability is at least `threshold`. The check prints it at thresholds 0.5, 0.9 and 0.99 for the held-out
+# digits and for `samples["clip"]`. Where is the gap between real and generated largest, and why is 0.9 a
+# reasonable place for the course's bar? (Think about what each threshold lets through.)
 # :::
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def confident_share_at(probs: np.ndarray, threshold: float) -> float:
     ### BEGIN SOLUTION
+    # Model answer. At 0.5 almost everything passes: a blurry digit that is "probably a 3" clears it, so
+    # real and generated look alike. The gap opens at high thresholds, where only clean, unambiguous
+    # digits pass. At 0.99 even real digits start to fail (an odd 4 or 9 is not 99% anything), so the
+    # threshold would judge the classifier's calibration as much as the samples. 0.9 sits where nearly all
+    # real digits still pass (the floor row's share) while unclear samples do not.
     return float((np.asarray(probs).max(1) >= threshold).mean())
     ### END SOLUTION
 
 
 # %%
 # Check 7.1
+_, generated_probs = classify(classifier, samples["clip"])
+for threshold in (0.5, 0.9, 0.99):
+    real_share, generated_share = (
+        confident_share_at(real_probs, threshold),
+        confident_share_at(generated_probs, threshold),
+    )
+    print(f"threshold {threshold}: held-out {real_share:.1%}, sample_clip() {generated_share:.1%}")
 assert confident_share_at(np.eye(10), 0.9) == 1.0
 assert confident_share_at(np.full((4, 10), 0.1), 0.5) == 0.0
 assert abs(confident_share_at(real_probs, 0.9) - class_statistics(real_probs)["confident_share"]) < 1e-12
 ### BEGIN HIDDEN TESTS
 assert confident_share_at(np.array([[0.9] + [0.1 / 9] * 9]), 0.9) == 1.0
+assert confident_share_at(real_probs, 0.99) <= confident_share_at(real_probs, 0.5)
 ### END HIDDEN TESTS
 print("Exercise 7.1 passed")
 
@@ -749,6 +864,11 @@ print("Exercise 7.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def frechet_diagonal(mu1, var1, mu2, var2) -> float:
     ### BEGIN SOLUTION
+    # Model answer. The diagonal version sees each feature on its own: its mean and its spread. It ignores
+    # the covariances, i.e. which features occur *together*. A stroke is exactly such a co-occurrence (this
+    # edge detector fires with that one, along a line), so a generator whose features have the right
+    # marginals but the wrong combinations — broken strokes, parts of a 3 glued to parts of a 7 — would
+    # score as well as a perfect one. The full Fréchet distance sees those combinations in its trace term.
     mu1, var1, mu2, var2 = (np.asarray(a, dtype=np.float64) for a in (mu1, var1, mu2, var2))
     return float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(var1) - np.sqrt(var2)) ** 2).sum())
     ### END SOLUTION
@@ -771,18 +891,27 @@ assert frechet_diagonal(mu_a, var_a, mu_a, var_a) == 0.0
 print("Exercise 7.2 passed")
 
 # %% [markdown]
-# :::{exercise} 7.3 · ★★★ · Kernel distance (KID)
+# :::{exercise} 7.3 · ★★★ · Mini-project: the kernel distance (KID), with its standard error
 # :nonumber:
 #
-# The Fréchet distance is biased at small $n$. The *Kernel Inception Distance* (Bińkowski et al., 2018) is
-# an **unbiased** estimate of the squared maximum mean discrepancy with the polynomial kernel
+# The Fréchet distance is biased at small $n$, which is why this chapter compares it only at equal draw sizes.
+# The *Kernel Inception Distance* {cite:p}`binkowski2018kid` avoids the bias: it is an **unbiased** estimate of
+# the squared maximum mean discrepancy between the two feature distributions, with the polynomial kernel
 # $k(a, b) = (a^\top b / D + 1)^3$:
 #
 # $$ \widehat{\mathrm{MMD}}^2 = \frac{1}{n(n-1)}\sum_{i \ne j} k(x_i, x_j) + \frac{1}{m(m-1)}\sum_{i \ne j} k(y_i, y_j)
 #    - \frac{2}{nm}\sum_{i,j} k(x_i, y_j). $$
 #
-# Write `kernel_distance(features_x, features_y)`. Unlike the Fréchet distance, its real-vs-real value
-# is close to 0 even at small $n$ (it can be slightly negative). Compare it on the baselines.
+# 1. Write `kernel_distance(features_x, features_y)`. Mind the $i \ne j$: keeping the diagonal terms
+#    $k(x_i, x_i)$ gives the biased estimate, which is never negative; the unbiased one can be.
+# 2. Write `kernel_distance_draws(features_x, features_y, draws)`: split `features_x` into `draws` disjoint
+#    consecutive slices of `len(features_x) // draws` rows, compute the kernel distance of each slice against
+#    all of `features_y`, and return the mean and its standard error (standard deviation with `ddof=1`,
+#    divided by $\sqrt{\text{draws}}$) as two floats. Because the estimate is unbiased, the mean estimates the
+#    same number whatever the slice size.
+# 3. Score `samples["ddpm"]`, `samples["clip"]` and the floor's real digits against the held-out digits with
+#    it. Does the kernel distance agree with section 7's Fréchet verdict? Is the floor's kernel distance
+#    within its standard error of 0?
 # :::
 
 
@@ -805,14 +934,63 @@ def kernel_distance(features_x: np.ndarray, features_y: np.ndarray) -> float:
     ### END SOLUTION
 
 
+def kernel_distance_draws(features_x: np.ndarray, features_y: np.ndarray, draws: int) -> tuple[float, float]:
+    ### BEGIN SOLUTION
+    size = len(features_x) // draws
+    values = [kernel_distance(features_x[i * size : (i + 1) * size], features_y) for i in range(draws)]
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(draws))
+    ### END SOLUTION
+
+
+### BEGIN SOLUTION
+# Part 3, and a model answer. The kernel distance of each sampler and of the floor, with standard errors:
+kid_rows = {
+    name: kernel_distance_draws(classify(classifier, images)[0], real_features, k_draws)
+    for name, images in (
+        ("sample() (ddpm)", samples["ddpm"]),
+        ("sample_clip()", samples["clip"]),
+        ("real digits (floor)", baseline_images(n_eval)["real digits (floor)"]),
+    )
+}
+for name, (mean, se) in kid_rows.items():
+    print(f"{name:<22} kernel distance {mean:8.4f} ± {se:.4f}")
+# Read it as section 7 read the Fréchet distance: the difference of the two samplers against the combined
+# standard error. Where both metrics resolve a difference they point the same way (both measure how far the
+# generated features sit from the real ones); where the Fréchet verdict was "within the noise", the kernel
+# distance usually is too. Unlike the Fréchet floor, the real digits' kernel distance is within a couple of
+# standard errors of 0: the estimate is unbiased, so a perfect generator scores 0 on average at any n.
+### END SOLUTION
+
 # %%
 # Check 7.3
+x_small, y_small = np.random.default_rng(5).normal(size=(5, 3)), np.random.default_rng(6).normal(size=(4, 3))
+by_hand = (
+    sum((x_small[i] @ x_small[j] / 3 + 1) ** 3 for i in range(5) for j in range(5) if i != j) / 20
+    + sum((y_small[i] @ y_small[j] / 3 + 1) ** 3 for i in range(4) for j in range(4) if i != j) / 12
+    - 2 * sum((x_small[i] @ y_small[j] / 3 + 1) ** 3 for i in range(5) for j in range(4)) / 20
+)
+assert abs(kernel_distance(x_small, y_small) - by_hand) < 1e-9  # the diagonal terms must be left out
+assert kernel_distance(x_small, x_small) < 0  # unbiased: with the diagonal kept it would be exactly 0
 real_a, real_b = real_features[::2], real_features[1::2]
 noise_features, _ = classify(classifier, baseline_images(50)["uniform noise"])
 same, different = kernel_distance(real_a, real_b), kernel_distance(noise_features, real_b)
 print(f"KID real vs real: {same:.4f}; noise vs real: {different:.4f}")
 assert abs(same) < 0.1 * different
+mean, se = kernel_distance_draws(noise_features, real_b, 2)
+assert (
+    abs(
+        mean
+        - np.mean(
+            [kernel_distance(noise_features[:25], real_b), kernel_distance(noise_features[25:], real_b)]
+        )
+    )
+    < 1e-9
+)
 ### BEGIN HIDDEN TESTS
 assert abs(kernel_distance(real_b, real_a) - same) < 1e-9
+values = [kernel_distance(noise_features[i * 12 : (i + 1) * 12], real_b) for i in range(4)]
+mean, se = kernel_distance_draws(noise_features, real_b, 4)
+assert abs(mean - np.mean(values)) < 1e-9 and abs(se - np.std(values, ddof=1) / 2) < 1e-9
+assert set(kid_rows) == {"sample() (ddpm)", "sample_clip()", "real digits (floor)"}
 ### END HIDDEN TESTS
 print("Exercise 7.3 passed")

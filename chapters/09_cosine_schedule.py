@@ -16,11 +16,11 @@
 # %% [markdown]
 # # 09 · The cosine schedule
 #
-# Chapter 01 took the noise schedule from DDPM: $\beta_t$ rises linearly from $10^{-4}$ to $0.02$. Nichol &
-# Dhariwal (2021, *Improved Denoising Diffusion Probabilistic Models*, §3.2) noticed that on small images this
-# schedule destroys the signal too early: a large share of the 1000 steps is spent on images that are already
-# almost pure noise, and skipping them costs little. They proposed to choose $\bar\alpha_t$ directly, as a
-# squared cosine that falls slowly at both ends.
+# Chapter 01 took the noise schedule from DDPM {cite:p}`ho2020ddpm`: $\beta_t$ rises linearly from $10^{-4}$ to
+# $0.02$. {cite:t}`nichol2021improved` (§3.2) noticed that on small images this schedule destroys the signal too
+# early: a large share of the 1000 steps is spent on images that are already almost pure noise, and skipping
+# them costs little. They proposed to choose $\bar\alpha_t$ directly, as a squared cosine that falls slowly at
+# both ends. Symbols are those of the [notation](../notation.md) page.
 #
 # **After this chapter you can**
 #
@@ -43,7 +43,7 @@ import torch
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample
 from ddpm_lib.generation import generate
-from ddpm_lib.metrics import baseline_images, evaluate_images, format_table
+from ddpm_lib.metrics import baseline_images, draw_difference, evaluate_images, format_table
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
@@ -181,6 +181,7 @@ for name, schedule in schedules.items():
     rows[name] = {
         "t at SNR = 1": int(torch.nonzero(schedule.snr < 1)[0]),
         "steps with alpha_bar < 0.01": int((schedule.alpha_bars < 0.01).sum()),
+        "share of the chain": float((schedule.alpha_bars < 0.01).float().mean()),
         "sqrt(alpha_bar) at t = 500": float(schedule.alpha_bars[500].sqrt()),
         "log10 SNR at T-1": float(schedule.snr[-1].log10()),
     }
@@ -188,14 +189,15 @@ for key in rows["linear"]:
     print(f"{key:>28}: linear {rows['linear'][key]:9.3f}   cosine {rows['cosine'][key]:9.3f}")
 assert rows["cosine"]["t at SNR = 1"] > rows["linear"]["t at SNR = 1"]  # the digit survives longer
 assert rows["cosine"]["steps with alpha_bar < 0.01"] < rows["linear"]["steps with alpha_bar < 0.01"] / 2
+assert 0.3 < rows["linear"]["share of the chain"] < 0.36 and rows["cosine"]["share of the chain"] < 0.07
 
 # %% [markdown]
-# Under the linear schedule the SNR falls through 1 before the chain is a third done, and for roughly the last
-# 40% of the steps $\bar\alpha < 0.01$: those steps turn noise into slightly different noise. The cosine schedule
-# crosses SNR = 1 at the middle and spends only its last few percent below $\bar\alpha = 0.01$; its log-SNR is
-# close to a straight line through most of the chain, so the steps are spread evenly over noise levels. It also
-# ends lower: its last SNR is about $10^{-9}$ rather than $4 \cdot 10^{-5}$, which is nearer to the pure noise
-# sampling starts from.
+# Under the linear schedule the SNR falls through 1 a quarter of the way through the chain ($t = 259$), and for
+# about the last third of the steps (327 of 1000) $\bar\alpha < 0.01$: those steps turn noise into slightly
+# different noise. The cosine schedule crosses SNR = 1 at the middle and spends only its last 65 steps below
+# $\bar\alpha = 0.01$; its log-SNR is close to a straight line through most of the chain, so the steps are spread
+# evenly over noise levels. It also ends lower: its last SNR is about $10^{-9}$ rather than $4 \cdot 10^{-5}$, which
+# is nearer to the pure noise sampling starts from.
 #
 # The forward process itself is the same code: `q_sample` reads $\bar\alpha_t$ from whatever schedule it gets,
 # and the variance stays 1.
@@ -255,17 +257,19 @@ for name, schedule in schedules.items():
 # ## 4. A model trained with it
 #
 # A schedule is a training decision: the network learns $\varepsilon$ at the noise levels the schedule visits.
-# To see what it changes we trained two short runs that differ *only* in `--schedule`: chapter 05's quick recipe
-# without labels (unconditional, `--num-classes 0`), 2,200 steps of batch 64, about 8 minutes each on two CPU cores. Short runs, so
-# read the comparison as "what changes in a short CPU run", not as a verdict at convergence. The package ships
-# both, with the command that trained them:
+# To see what it changes, the course ships two short runs of chapter 05's training loop that differ *only* in
+# `--schedule`: 2,200 steps of batch 64 with the settings of the `quick` preset (chapter 11 assembles that
+# recipe), without labels (`--num-classes 0`). Short runs, so read the comparison as "what changes in a short
+# CPU run", not as a verdict at convergence. Each comes with the command that trained it:
 
 # %%
 models = {}
 for name in schedules:
     model, schedule, record = load_pretrained(f"ddpm_mnist_short_{name}")
     models[name] = (model.requires_grad_(False), schedule)
-    print(f"{name:>7}: {type(schedule).__name__}, {record['summary']}\n         {record['command']}")
+    minutes = record["training_wall_time_s"] / 60
+    print(f"{name:>7}: {type(schedule).__name__}, {record['summary']}, {minutes:.0f} min on 2 CPU cores")
+    print(f"         {record['command']}")
     assert f"--schedule {name}" in record["command"]
 assert type(models["cosine"][1]).__name__ == "CosineScheduler" and torch.equal(
     models["cosine"][1].betas, cosine.betas
@@ -327,11 +331,11 @@ samples = {
 samples["cosine, unclipped sample()"] = generate(*models["cosine"], n_eval, sampler="ddpm", steps=100, seed=1)
 samples["real digits (floor)"] = baseline_images(n_eval, seed=1)["real digits (floor)"]
 classifier, _ = load_classifier()
-results = evaluate_images(classifier, samples, heldout, PROFILE.bootstrap)
-print(
-    f"{n_eval} samples per row ({PROFILE.name} profile); 100-step sample_clip() unless the row says otherwise"
-)
+results = evaluate_images(classifier, samples, heldout, PROFILE.eval_draws)
+print(f"{n_eval} samples per row; 100-step sample_clip() unless the row says otherwise")
 print(format_table(results))
+difference, standard_error = draw_difference(results["cosine schedule"], results["linear schedule"])
+print(f"cosine minus linear, Fréchet distance per draw: {difference:+.1f} ± {standard_error:.1f} (s.e.)")
 
 # %%
 rows = [f"{name} schedule" for name in schedules] + ["cosine, unclipped sample()"]
@@ -352,31 +356,33 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
     assert confident["cosine, unclipped sample()"] < 0.1 < 0.5 < confident["cosine schedule"]
 
 # %% [markdown]
-# **What the measurement says** (full profile, 256 samples per row; the CI profile draws a handful, so its
-# numbers mean nothing):
+# **What the measurement says.** The shipped short runs `ddpm_mnist_short_linear` and `ddpm_mnist_short_cosine`,
+# 256 samples per row, measured by running this chapter at full size (`DDPM_PROFILE=full jupyter nbconvert --to
+# notebook --execute chapters/09_cosine_schedule.ipynb`, under 3 minutes on two CPU cores: the chapter samples the
+# shipped runs, it does not train them):
 #
-# | 2,200 steps, 100-step `sample_clip()` | Fréchet distance [95% interval] | confident ≥ 0.9 | classes |
-# | --- | --- | --- | --- |
-# | linear schedule | 305.0 [298.0, 412.5] | 73.8% | 10/10 |
-# | cosine schedule | 322.2 [310.2, 462.0] | 74.2% | 10/10 |
-# | cosine, unclipped `sample()` | 2803.2 | 0.0% | 2/10 |
-# | real digits (floor) | 68.9 | 99.6% | 10/10 |
+# | 2,200 steps, 100-step `sample_clip()` | Fréchet distance | per draw (4 × 64), mean ± s.e. | confident ≥ 0.9 | classes |
+# | --- | --- | --- | --- | --- |
+# | linear schedule | 304.3 | 414.6 ± 21.5 | 73.4% | 10/10 |
+# | cosine schedule | 322.2 | 431.5 ± 26.7 | 74.2% | 10/10 |
+# | cosine, unclipped `sample()` | 2803.2 | 2803.2 ± 0.0 | 0.0% | 1/10 |
+# | real digits (floor) | 68.9 | 185.1 ± 31.9 | 99.6% | 10/10 |
 #
-# (`DDPM_PROFILE=full jupyter nbconvert --to notebook --execute chapters/09_cosine_schedule.ipynb`, under 2 minutes
-# on two CPU cores: the chapter samples the shipped runs, it does not train them.)
+# (The per-draw means sit above the distances of all 256 samples because a Fréchet distance from fewer samples
+# is biased upwards, chapter 07; compare rows within a column.)
 #
 # - **On a short run, the schedule is not the bottleneck.** With the same recipe, the same 2,200 steps and the
-#   same seeds, the two models are equally often confidently classified (73.8% and 74.2%) and their Fréchet
-#   distances overlap within their intervals. The per-SNR loss table above says the same from the other side: the
-#   two networks make nearly the same errors at the same signal-to-noise ratio. What limits these models is
-#   training time, not where the schedule puts its steps. (Nichol & Dhariwal's gains from the cosine schedule were
-#   measured in log-likelihood, on larger images trained far longer. The many steps the linear schedule spends
-#   near pure noise — section 2 — are cheap to learn: there $\varepsilon \approx x_t$, and both models' errors in the
-#   lowest SNR buckets are below 0.002.)
+#   same seeds, the two models are equally often confidently classified (73.4% and 74.2%), and their Fréchet
+#   distances per draw differ by 16.9 ± 34.3: well within chance. The per-SNR loss table above says the same
+#   from the other side: the two networks make nearly the same errors at the same signal-to-noise ratio. What
+#   limits these models is training time, not where the schedule puts its steps. (Nichol & Dhariwal's gains
+#   from the cosine schedule were measured in log-likelihood, on larger images trained far longer. The many steps
+#   the linear schedule spends near pure noise — section 2 — are cheap to learn: there $\varepsilon \approx x_t$, and
+#   both models' errors in the lowest SNR buckets are 0.002 or less.)
 # - **The sampler has to match the schedule.** The same cosine network, sampled without clipping, gives pure
-#   noise — every digit lost at the first step, by the 20,000× amplification computed above; it reads as "2" or
-#   "0" only because the classifier has to pick something. The linear schedule forgives the unclipped sampler (its
-#   amplification is 157), which is why chapter 06 could treat clipping as a small improvement.
+#   noise — every digit lost at the first step, by the 20,000× amplification computed above; its samples read as
+#   one digit only because the classifier has to pick something. The linear schedule forgives the unclipped
+#   sampler (its amplification is 157), which is why chapter 06 could treat clipping as a small improvement.
 #
 # ## 5. From the command line
 #
@@ -386,7 +392,9 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # ```
 #
 # The schedule is stored in the checkpoint's config, so `sample` and `evaluate` rebuild it. With the cosine schedule,
-# keep `--sampler clip` (the default of `sample` and `evaluate`; the quick preset's grids use unclipped DDPM).
+# keep `--sampler clip`, the default of `sample` and `evaluate`: both warn when asked for an unclipped sampler, and
+# `train` refuses a cosine run whose sample grids would be drawn without clipping (the quick preset's grids use
+# unclipped DDPM, hence `--sampler clip` above).
 #
 # ## Summary
 #
@@ -416,6 +424,9 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
     ### BEGIN SOLUTION
+    # Model answer: only at t = T-1. There the formula gives f(1)/f(0) = cos²(π/2)/f(0), zero up to rounding,
+    # and its β would be exactly 1. The class caps every β at 0.999, which bites at that one step only (every
+    # other β is far below the cap, section 1): its ᾱ_{T-1} is 0.001 · ᾱ_{T-2}, about 2·10⁻⁹ instead of 0.
     def f(u):
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
@@ -447,6 +458,11 @@ print("Exercise 9.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
+    # Model answer: with ᾱ falling linearly from 1 to 0.001, SNR = ᾱ/(1 − ᾱ) crosses 1 at the middle, like the
+    # cosine schedule, but its log-SNR is far from straight: it falls from 4 to 0 (log10) in the first half,
+    # only to about −1 by t = 900, and then plunges to −3 in the last few percent, where β_t = 1 − ᾱ_t/ᾱ_{t−1}
+    # grows to 0.5 at the last step. It spends most steps on easy, high-SNR images and rushes through the
+    # noisy end: the opposite mistake to the linear-β schedule, which lingers near pure noise.
     previous = torch.cat([torch.ones(1, dtype=alpha_bars.dtype), alpha_bars[:-1]])
     return 1 - alpha_bars / previous
     ### END SOLUTION
@@ -470,16 +486,21 @@ assert torch.allclose(betas_from_alpha_bars(torch.tensor([0.5, 0.25], dtype=torc
 print("Exercise 9.2 passed")
 
 # %% [markdown]
-# :::{exercise} 9.3 · ★★★ · Zero terminal SNR
+# :::{exercise} 9.3 · ★★★ · Zero terminal SNR and v-prediction
 # :nonumber:
 #
 # Even the cosine schedule ends at an SNR above zero, so the last training image still holds a trace of the
-# digit while sampling starts from pure noise. Lin et al. (2024, *Common Diffusion Noise Schedules and Sample
-# Steps are Flawed*) rescale $\sqrt{\bar\alpha}$ so that it ends at exactly 0 and keeps its first value:
+# digit while sampling starts from pure noise. {cite:t}`lin2024flawed` rescale $\sqrt{\bar\alpha}$ so that it ends
+# at exactly 0 and keeps its first value:
 # $\sqrt{\bar\alpha}' = (\sqrt{\bar\alpha} - \sqrt{\bar\alpha_{T-1}})\cdot\frac{\sqrt{\bar\alpha_0}}{\sqrt{\bar\alpha_0} - \sqrt{\bar\alpha_{T-1}}}$.
-# Write `zero_terminal_snr(schedule)` returning a `NoiseSchedule` whose $\bar\alpha$ is the rescaled one (its last
-# $\beta$ is then exactly 1). With $\bar\alpha_{T-1} = 0$, what can an ε-predicting network *not* do at $t = T-1$,
-# and why do Lin et al. switch to v-prediction?
+#
+# 1. Write `zero_terminal_snr(schedule)` returning a `NoiseSchedule` whose $\bar\alpha$ is the rescaled one (its
+#    last $\beta$ is then exactly 1).
+# 2. With $\bar\alpha_{T-1} = 0$, what can an ε-predicting network *not* do at $t = T-1$? Lin et al. switch to
+#    *v-prediction* {cite:p}`salimans2022progressive`: the network predicts
+#    $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$, and the clean image follows as
+#    $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$. Write `v_target(schedule, t, x0, noise)`, the $v$
+#    that training would ask for at timestep `t` (an int), and say why this target survives $\bar\alpha = 0$.
 # :::
 
 
@@ -496,13 +517,35 @@ def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
     ### END SOLUTION
 
 
+def v_target(schedule: NoiseSchedule, t: int, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    # Model answer to 2. At ᾱ_{T-1} = 0 the training image is x_{T-1} = ε exactly: the ε-target equals the input,
+    # so the network learns the identity and its prediction says nothing about the digit. Worse, sampling turns
+    # it into x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ, a division by zero: the first step, the one that must start deciding
+    # the digit, has no x̂0 at all. The v-target at ᾱ = 0 is v = −x0: the network must predict the clean image
+    # (in effect the average digit, given pure noise), a finite and informative target, and x̂0 = −v̂ needs no
+    # division. At every t, v mixes the two targets so that neither √ᾱ nor √(1 − ᾱ) is ever divided by.
+    alpha_bar = schedule.alpha_bars[t].double()
+    return (alpha_bar.sqrt() * noise.double() - (1 - alpha_bar).sqrt() * x0.double()).to(x0.dtype)
+    ### END SOLUTION
+
+
 # %%
 # Check 9.3
 rescaled = zero_terminal_snr(linear)
 assert rescaled.alpha_bars[-1] == 0 and math.isclose(rescaled.betas[-1].item(), 1.0)
 assert math.isclose(rescaled.alpha_bars[0].item(), linear.alpha_bars[0].item(), rel_tol=1e-5)
 assert (rescaled.alpha_bars[1:] < rescaled.alpha_bars[:-1]).all()
+digits, noise = heldout[:4], torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(9))
+assert torch.allclose(v_target(rescaled, T - 1, digits, noise), -digits, atol=1e-6)  # v = -x0 at zero SNR
+for t in (0, 500, 998):  # x0 comes back from x_t and v at every t, with no division
+    x_t = q_sample(rescaled, digits, torch.full((4,), t), noise)
+    v = v_target(rescaled, t, digits, noise)
+    recovered = rescaled.alpha_bars[t].sqrt() * x_t - (1 - rescaled.alpha_bars[t]).sqrt() * v
+    assert torch.allclose(recovered, digits, atol=1e-4), t
 ### BEGIN HIDDEN TESTS
 assert zero_terminal_snr(cosine).snr[-1] == 0
+assert torch.allclose(v_target(linear, 0, digits, noise),
+                      linear.alpha_bars[0].sqrt() * noise - (1 - linear.alpha_bars[0]).sqrt() * digits)  # fmt: skip
 ### END HIDDEN TESTS
 print("Exercise 9.3 passed")

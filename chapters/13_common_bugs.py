@@ -34,6 +34,10 @@
 #   a set of timesteps, a batch-invariance) instead of looking at samples;
 # - use a *perfect denoiser* (one that knows $x_0$) to test a sampler's arithmetic without training anything;
 # - find where `tests/` checks each of them, and run those tests.
+#
+# Symbols are those of the [notation](../notation.md) page; its first table is the one to keep at hand here,
+# since several of these bugs live in the difference between the paper's indexing {cite:p}`ho2020ddpm` and the
+# code's.
 
 # %%
 import copy
@@ -298,7 +302,7 @@ show_rows(
         "sample()": correct_samples,
         "last step with the wrapped alpha_bar": wrapped_samples,
     },
-    "11_wrapped_last_step",
+    "13_wrapped_last_step",
 )
 
 # %%
@@ -371,8 +375,7 @@ def buggy_sample_variance_as_std(scheduler, t: int, model, x_t: torch.Tensor, ge
 # %% [markdown]
 # **Symptom.** The same 1000-step chain, from the same $x_T$ with the same seed, with the buggy step. Each step
 # replaces the noise it removes with far less fresh noise, so the chain has almost no randomness left to explore
-# with: every chain slides to the same few thin, smooth strokes (on the shipped model, mostly 1s — the digit with
-# the least ink). Two numbers show it: the share of *ink* pixels (brighter than mid-gray) falls, and so does the
+# with: every chain slides to the same few thin, smooth strokes. Two numbers show it: the share of *ink* pixels (brighter than mid-gray) falls, and so does the
 # spread between samples (the pixel standard deviation across the batch, averaged over pixels).
 
 
@@ -394,7 +397,7 @@ ink = {name: (images > 0).float().mean().item() for name, images in sets.items()
 spread = {name: images.clamp(-1, 1).std(dim=0).mean().item() for name, images in sets.items()}
 for name in sets:
     print(f"{name:>16}: ink share {ink[name]:.3f}, spread between samples {spread[name]:.3f}")
-show_rows({"sample()": correct_samples, "variance as std": smooth_samples}, "11_variance_as_std")
+show_rows({"sample()": correct_samples, "variance as std": smooth_samples}, "13_variance_as_std")
 
 # %%
 assert ink["variance as std"] < 0.5 * min(ink["real digits"], ink["sample()"])
@@ -440,8 +443,8 @@ assert verdicts["ddpm_lib.sampling.sample"] == verdicts["ddpm_lib.sampling.sampl
 #
 # ## 4. BatchNorm in train mode while sampling
 #
-# Chapter 04 measured why the course's U-Net uses GroupNorm: in train mode, BatchNorm normalises with the
-# statistics of the current batch, so one image's prediction depends on the *other* images in it. The
+# Chapter 04 measured why the course's U-Net uses GroupNorm {cite:p}`wu2018groupnorm`: in train mode, BatchNorm
+# {cite:p}`ioffe2015batchnorm` normalises with the statistics of the current batch, so one image's prediction depends on the *other* images in it. The
 # reference U-Net (`REFERENCE_CONFIG`) has BatchNorm, and a sampler that forgets `model.eval()` runs it in train
 # mode. We build one and let a few train-mode passes over noisy digits move its running statistics, as training
 # would (its weights stay random: the effect is in the normalisation, not in what the network has learned).
@@ -605,7 +608,7 @@ assert all(range_loss["[0, 1]", t] > 2 * range_loss["[-1, 1]", t] for t in (50, 
 # Below, real digits in each range stand in for what a perfect model of that range would sample:
 
 # %%
-show_rows({"[-1, 1], displayed": digits[:8], "[0, 1], displayed": digits_01[:8]}, "11_data_range")
+show_rows({"[-1, 1], displayed": digits[:8], "[0, 1], displayed": digits_01[:8]}, "13_data_range")
 background = {
     name: to_image(images[0])[0, 0].item() for name, images in (("[-1, 1]", digits), ("[0, 1]", digits_01))
 }
@@ -745,7 +748,7 @@ assert abs(tiny_loss["buggy_ddpm_loss", 1] / tiny_loss["ddpm_loss", 1] - 1) < 0.
 assert row_moved["buggy_ddpm_loss"][0] < 0.02 < row_moved["ddpm_loss"][0]  # weight decay alone moved it
 
 # %% [markdown]
-# Row 0 moved only by AdamW's weight decay; at sampling time the last step uses that untrained row. Would you
+# Row 0 moved only by AdamW's weight decay {cite:p}`loshchilov2019adamw`; at sampling time the last step uses that untrained row. Would you
 # see it in the samples? Barely: the last step computes $\hat x_0 = (x_0 - \sqrt{1-\bar\alpha_0}\,\hat\varepsilon) /
 # \sqrt{\bar\alpha_0}$, and with the course's schedule an error in $\hat\varepsilon$ reaches the image scaled by
 
@@ -813,10 +816,10 @@ print(f"pure noise, t = {T - 1}: sqrt(alpha_bar) = {floor:.4f}")
 assert first_signal[10] > 2 * floor and first_signal[50] > 1.1 * floor
 
 # %% [markdown]
-# Whether the mismatch hurts depends on the network: chapter 08 measured that on the shipped model leading
-# spacing scores *better* at 10 steps, because the network is least accurate at the highest timesteps, which
-# leading spacing skips. The mismatch is still a mismatch; the course's samplers default to trailing spacing,
-# and a test pins that default down.
+# How much the mismatch costs depends on the network and the sampler: on the shipped model, chapter 08 measured
+# no difference between the spacings for DDIM at 10 steps, and for DDPM a difference that one draw of 256 samples
+# cannot settle. {cite:t}`lin2024flawed` show it costing quality on larger models. The mismatch is still a
+# mismatch; the course's samplers default to trailing spacing, and a test pins that default down.
 #
 # **The test.** The first timestep of a chain that starts from pure noise is $T-1$. Applied to leading spacing,
 # to trailing and linspace spacing, and to the first timestep `ddim_sample` actually visits by default (recorded
@@ -854,7 +857,8 @@ assert all(
 #
 # ## 8. Skipping steps with the single-step $\beta_t$
 #
-# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ (chapter 08).
+# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ (chapter 08,
+# after {cite:t}`nichol2021improved`).
 # The classic bug loops chapter 06's one-step update over the shorter list of timesteps:
 
 
@@ -919,7 +923,7 @@ print(
     f"roughness after 20 jumps: reverse_step {roughness(respaced['reverse_step']):.3f}, "
     f"buggy_respaced_step {roughness(respaced['buggy_respaced_step']):.3f} (real digits {roughness(digits):.3f})"
 )
-show_rows(respaced, "11_respaced_single_step_beta")
+show_rows(respaced, "13_respaced_single_step_beta")
 
 # %%
 assert torch.allclose(library, respaced["reverse_step"], atol=1e-5)  # run_jumps is the library's loop
@@ -1125,3 +1129,103 @@ assert verdict(check_ema_copies_buffers, ParametersOnlyEMA).startswith("caught")
 assert verdict(check_ema_copies_buffers, EMA) == "passes"
 ### END HIDDEN TESTS
 print("Exercise 13.3 passed")
+
+# %% [markdown]
+# :::{exercise} 13.4 · ★★★ · One test for any reverse step
+# :nonumber:
+#
+# The checks of sections 2, 3 and 8 each catch one bug. Write one check that catches any slip in the arithmetic of
+# a single reverse step: `check_reverse_step(step)`, for a `step(scheduler, t, model, x_t, generator)` with
+# `sample()`'s signature. Use the perfect denoiser of section 8 (`oracle_for`): when $x_t$ is a draw of
+# $q(x_t \mid x_0)$ and the network knows $x_0$, a correct step returns a draw of the forward posterior
+# $q(x_{t-1} \mid x_t, x_0) = \mathcal N(\tilde\mu_t(x_t, x_0), \tilde\beta_t I)$ — the schedule's `posterior_mean_coef_x0`,
+# `posterior_mean_coef_xt` and `posterior_variances` give both. Test the mean *and* the spread of the step's
+# output around $\tilde\mu_t$ at $t = 0, 1, 10, 500$ and $T-1$ (at $t = 0$, $\tilde\beta_0 = 0$: the output must be
+# $\tilde\mu_0 = x_0$ itself), and fail with an `AssertionError` that says what is wrong. The check runs your test on
+# chapter 06's `sample` and `sample_clip`, which must pass, and on a set of *mutants*, steps with one slip each,
+# which must all be caught; some of the mutants are hidden. Why does the perfect denoiser make this test exact,
+# where a trained network would need tolerances for its own errors?
+# :::
+
+
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+def check_reverse_step(step) -> None:
+    ### BEGIN SOLUTION
+    # Model answer to the question: with the oracle, x̂0 is exactly x0, so the step's mean must be exactly the
+    # posterior mean and its noise exactly σ_t z — any deviation is the step's own arithmetic. With a trained
+    # network the mean would be off by the network's error, which is largest exactly where these bugs hide
+    # (small t, large t), and a tolerance wide enough for that error would let small slips through.
+    x0 = digits[:8]
+    oracle = oracle_for(x0)
+    for t in (0, 1, 10, 500, T - 1):
+        x_t = q_sample(scheduler, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(t)))
+        mean = scheduler.posterior_mean_coef_x0[t] * x0 + scheduler.posterior_mean_coef_xt[t] * x_t
+        with torch.no_grad():
+            residual = step(scheduler, t, oracle, x_t, torch.Generator().manual_seed(t + 1)) - mean
+        sigma = scheduler.posterior_variances[t].sqrt().item()
+        if t == 0:
+            error = residual.abs().max().item()
+            assert error < 1e-4, f"t = 0: the step returns x0 + {error:.3g}, expected x0 exactly"
+            continue
+        spread, offset = residual.std().item(), residual.mean().item()
+        assert abs(spread / sigma - 1) < 0.05, f"t = {t}: noise std {spread:.5f}, expected {sigma:.5f}"
+        limit = 5 * sigma / residual.numel() ** 0.5
+        assert abs(offset) < limit, (
+            f"t = {t}: mean off the posterior mean by {offset:.5f} (limit {limit:.5f})"
+        )
+    ### END SOLUTION
+
+
+# %%
+# Check 13.4
+def step_with(mean_of, std_of):
+    """A reverse step from a mean rule mean_of(scheduler, t, eps, x_t) and a noise rule std_of(scheduler, t)."""
+
+    def step(scheduler, t, model, x_t, generator=None):
+        eps = model(x_t, torch.full((x_t.shape[0],), t))
+        z = torch.randn(x_t.shape, generator=generator)
+        return mean_of(scheduler, t, eps, x_t) + std_of(scheduler, t) * z
+
+    return step
+
+
+def correct_std(s, t):
+    return s.posterior_variances[t].sqrt()
+
+
+mutants = {
+    "divides by sqrt(alpha_bar_t)": step_with(
+        lambda s, t, eps, x: (x - s.betas[t] / (1 - s.alpha_bars[t]).sqrt() * eps) / s.alpha_bars[t].sqrt(),
+        correct_std,
+    ),
+    "eps term with the wrong sign": step_with(
+        lambda s, t, eps, x: (x + s.betas[t] / (1 - s.alpha_bars[t]).sqrt() * eps) / s.alphas[t].sqrt(),
+        correct_std,
+    ),
+    "section 2: the wrapped alpha_bar": buggy_sample_wrapped,
+    "section 3: a variance as std": buggy_sample_variance_as_std,
+}
+for correct in (
+    sample,
+    sample_clip,
+    step_with(lambda s, t, eps, x: algorithm_2_mean(s, t, lambda *_: eps, x), correct_std),
+):
+    check_reverse_step(correct)
+for name, mutant in mutants.items():
+    result = verdict(check_reverse_step, mutant)
+    print(f"{name:>34}: {result}")
+    assert result.startswith("caught"), name
+### BEGIN HIDDEN TESTS
+hidden = {
+    "eps coefficient without the square root": step_with(
+        lambda s, t, eps, x: (x - s.betas[t] / (1 - s.alpha_bars[t]) * eps) / s.alphas[t].sqrt(), correct_std
+    ),
+    "posterior variance ratio upside down": step_with(
+        lambda s, t, eps, x: algorithm_2_mean(s, t, lambda *_: eps, x),
+        lambda s, t: (s.betas[t] * (1 - s.alpha_bars[t]) / (1 - s.alpha_bars_prev[t])).sqrt(),
+    ),
+}
+for name, mutant in hidden.items():
+    assert verdict(check_reverse_step, mutant).startswith("caught"), name
+### END HIDDEN TESTS
+print("Exercise 13.4 passed")

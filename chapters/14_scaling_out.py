@@ -18,8 +18,9 @@
 #
 # Everything so far ran in one process. The reference implementation reaches for more GPUs with one
 # line, `model = nn.DataParallel(model)`. This chapter replaces that line with PyTorch's
-# `DistributedDataParallel` (DDP), launched by `torchrun`, and shows that the course's training command
-# runs unchanged on a laptop, on every GPU of a workstation and across the nodes of a SLURM cluster.
+# `DistributedDataParallel` (DDP) {cite:p}`li2020pytorchddp`, launched by `torchrun`, and shows that the
+# course's training command runs unchanged on a laptop, on every GPU of a workstation and across the nodes
+# of a SLURM cluster. Symbols are those of the [notation](../notation.md) page.
 #
 # **After this chapter you can**
 #
@@ -48,6 +49,7 @@ import torch
 
 import ddpm_lib
 from ddpm_lib import checkpoint
+from ddpm_lib.config import build_model, preset_defaults
 from ddpm_lib.data import load_mnist
 from ddpm_lib.distributed import Distributed, shard
 from ddpm_lib.plotting import save_figure
@@ -102,8 +104,8 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}; "
 # and the right-hand side is exactly what the all-reduce computes. Three conditions hide in that line:
 #
 # 1. **equal shards** — with unequal ones the plain mean of the $L_r$ weights images unequally;
-# 2. **each $\ell_i$ depends on image $i$ only** — true with GroupNorm (the course's default), false with
-#    BatchNorm, whose statistics mix the images of a batch: each process normalises with its own shard's
+# 2. **each $\ell_i$ depends on image $i$ only** — true with GroupNorm {cite:p}`wu2018groupnorm` (the course's
+#    default), false with BatchNorm {cite:p}`ioffe2015batchnorm`, whose statistics mix the images of a batch: each process normalises with its own shard's
 #    statistics (`nn.SyncBatchNorm` all-reduces them instead, at the cost of a collective per layer);
 # 3. **the same random draws** — each image needs the timestep $t$ and noise $\varepsilon$ that one process
 #    would have drawn for it.
@@ -290,8 +292,8 @@ for name, gap in sorted(gaps.items(), key=lambda item: -item[1])[:4]:
 # %% [markdown]
 # All four are convolution biases followed by a GroupNorm group of *one* channel. Normalising a channel
 # removes any constant added to it, so these biases change nothing the network computes and their true
-# gradient is exactly zero. What backward returns is rounding noise of order $10^{-10}$ — and Adam divides
-# the gradient by its own running size, so noise turns into steps of about the learning rate, in a
+# gradient is exactly zero. What backward returns is rounding noise of order $10^{-10}$ — and Adam
+# {cite:p}`kingma2015adam` divides the gradient by its own running size, so noise turns into steps of about the learning rate, in a
 # direction that depends on how each run rounded. Find them by their zero gradient, leave them out, and
 # compare the rest and, better, what the networks compute:
 
@@ -361,7 +363,7 @@ print(
 # - **Batch size and learning rate.** `--batch-size` is the global batch. Keep it, and more GPUs give
 #   the same training, only faster (until each GPU's share gets too small to keep it busy). Raise it to
 #   feed more GPUs, and the peak learning rate usually has to rise too: `--lr-scaling linear` multiplies
-#   `--lr` by batch/128 (Goyal et al., 2017, for SGD), `--lr-scaling sqrt` by its square root, the milder
+#   `--lr` by batch/128 ({cite:t}`goyal2017accurate`, for SGD), `--lr-scaling sqrt` by its square root, the milder
 #   rule often used with Adam. Both are starting points to check against the loss curve, not laws.
 #   `config.json` records `world_size`, `per_process_batch_size`, `lr_scaling` and `effective_lr`.
 # - **Resume** with the same launcher line plus `--resume`. The run keeps its own config, and it needs the
@@ -373,26 +375,44 @@ print(
 #
 # ## 6. What to expect from the speed
 #
-# `python benchmarks/ddp_scaling.py` times the command line on 1 and 2 processes with the same global
-# batch and prints the command behind each figure. Two processes get no more cores than one process with
-# two threads: they only trade intra-op threading (every convolution split across threads) for data
-# parallelism (the batch split across processes, plus one all-reduce of the gradients per step). One run
-# on the 2-core machine this course is tested on, while other jobs kept it busy (load average about 7):
+# Each step, the all-reduce moves the gradient: one number per parameter. How much that is, for the U-Net
+# `python -m ddpm_lib train` builds by default and for the one of the `quick` preset and the shipped weights,
+# and what a ring all-reduce (exercise 14.3) sends per GPU for it:
+
+# %%
+sizes = {
+    "default (python -m ddpm_lib train)": build_model(preset_defaults(None)),
+    "quick preset, shipped weights": build_model(preset_defaults("quick")),
+}
+links = {"NVLink, ~300 GB/s": 300e9, "PCIe 4.0 x16, ~25 GB/s": 25e9, "10 Gb Ethernet, ~1.25 GB/s": 1.25e9}
+gradient_bytes = {}
+for name, net in sizes.items():
+    parameters = sum(p.numel() for p in net.parameters())
+    gradient_bytes[name] = 4 * parameters  # float32 gradients, whatever the forward pass's precision
+    sent = 2 * (8 - 1) / 8 * gradient_bytes[name]  # ring all-reduce, 8 GPUs
+    times = ", ".join(f"{1e3 * sent / rate:.2f} ms over {link}" for link, rate in links.items())
+    print(f"{name}: {parameters:,} parameters, a {gradient_bytes[name] / 1e6:.1f} MB gradient")
+    print(f"    ring all-reduce over 8 GPUs sends {sent / 1e6:.1f} MB per GPU per step: {times}")
+assert 400_000 < sum(p.numel() for p in sizes["default (python -m ddpm_lib train)"].parameters()) < 450_000
+
+# %% [markdown]
+# So a step's all-reduce costs microseconds between GPUs on one NVLink board and a few milliseconds between
+# machines on ordinary Ethernet — next to a forward and backward pass of a batch, little either way, and DDP
+# hides most of it behind the backward pass. What limits data parallelism for a network this small is the
+# batch: each GPU needs enough images to keep busy, so grow the global batch with the number of GPUs (and the
+# learning rate with it, section 5).
 #
-# | configuration (course U-Net, global batch 128, float32) | images/s | ratio |
-# | --- | --- | --- |
-# | 1 process, no launcher, 2 threads | 76.9 | 1.00 |
-# | 1 process, no launcher, 1 thread | 82.7 | 1.08 |
-# | 1 process, `torchrun` (`gloo`), 2 threads | 55.8 | 0.73 |
-# | 2 processes, `torchrun` (`gloo`), 1 thread each | 98.1 | 1.28 |
+# On a CPU the question is different. `python benchmarks/ddp_scaling.py` times the command line on 1 and 2
+# processes with the same global batch and prints the command behind each figure. Two processes get no more
+# cores than one process with two threads: they only trade intra-op threading (every convolution split across
+# threads) for data parallelism (the batch split across processes, plus one all-reduce of the gradients per
+# step). On the 2-core machine the course is tested on (AMD EPYC, torch 2.14.1; course default U-Net, global
+# batch 128, float32; `python benchmarks/ddp_scaling.py --cpu-only --rounds 3`, the median of three rounds):
 #
-# On a busy machine these figures move by 20% or more from run to run (two earlier runs gave the two
-# processes 1.38× and 1.77× the first row), so read them as "no large gain, no large loss". Two processes
-# came out ahead in every run we made, most likely because single-threaded processes never wait for a
-# descheduled sibling thread in the middle of a convolution; on an idle machine expect a smaller gap.
-# Data parallelism really pays when each process brings its own device. The course's U-Net has about
-# 262k parameters, so a step's all-reduce moves about 1 MB per GPU — microseconds over NVLink; what limits
-# it on GPUs is a small per-GPU batch, so grow the global batch with the number of GPUs.
+# BENCHMARK_TABLE
+#
+# Expect no large gain and no large loss: two processes on one CPU exercise the same code as eight GPUs, which
+# is what this chapter needs them for. Data parallelism pays when each process brings its own device.
 #
 # ## Summary
 #
@@ -496,8 +516,8 @@ print("Exercise 14.2 passed")
 # :::{exercise} 14.3 · ★★★ · The ring all-reduce
 # :nonumber:
 #
-# NCCL and gloo sum gradients around a ring: each of the $N$ processes cuts its tensor into $N$ chunks and
-# only ever sends one chunk to its right neighbour $(r + 1) \bmod N$. In $N-1$ **reduce-scatter** steps,
+# NCCL and gloo sum gradients around a ring {cite:p}`patarasuk2009bandwidth`: each of the $N$ processes cuts its
+# tensor into $N$ chunks and only ever sends one chunk to its right neighbour $(r + 1) \bmod N$. In $N-1$ **reduce-scatter** steps,
 # rank $r$ sends chunk $(r - s) \bmod N$ at step $s$, and the neighbour adds it to its own copy of that chunk;
 # afterwards rank $r$ holds the full sum of chunk $(r + 1) \bmod N$. In $N-1$ **all-gather** steps, rank $r$
 # sends chunk $(r + 1 - s) \bmod N$ and the neighbour overwrites its copy. Write
@@ -511,6 +531,13 @@ print("Exercise 14.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     ### BEGIN SOLUTION
+    # Model answer: each rank sends one chunk of size S/N in each of the N − 1 reduce-scatter steps and each of
+    # the N − 1 all-gather steps: 2 (N − 1)/N · S, which grows from S (N = 2) towards 2S and never beyond. All N
+    # links carry their chunk at the same time, so the time of a bandwidth-bound all-reduce stays about 2S over
+    # one link's bandwidth however many GPUs join. A hub that collects and redistributes (DataParallel's GPU 0,
+    # a parameter server) receives and sends N · S: its time grows with N. The ring's cost that does grow is
+    # latency, 2 (N − 1) message steps, which is why NCCL switches to trees across many nodes; and DDP starts
+    # all-reducing gradient buckets during the backward pass, so much of the transfer is hidden.
     n = len(tensors)
     chunks = [list(t.clone().chunk(n)) for t in tensors]  # chunks[rank][chunk]
     sent = 0

@@ -175,7 +175,7 @@ def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
 
 #: Named recipes for ``python -m ddpm_lib train --preset NAME``: defaults that options given explicitly
 #: override (``model`` entries key by key, ``grid`` entries field by field).
-#: ``quick``: the CPU time-to-digits recipe of chapter 05, section 8, measured in
+#: ``quick``: the CPU time-to-digits recipe of chapter 11, measured in
 #: ``benchmarks/time_to_digits.py`` (about 5 minutes of training on 2 CPU cores): a class-conditional U-Net
 #: with two dense units per block (labels dropped 10% of the time, so that it can be guided), bfloat16
 #: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step

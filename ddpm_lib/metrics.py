@@ -17,7 +17,9 @@ __all__ = [
     "frechet_distance",
     "features_distance",
     "class_statistics",
+    "DRAW_KEYS",
     "compare",
+    "draw_difference",
     "baseline_images",
     "evaluate_images",
     "format_table",
@@ -245,34 +247,61 @@ def class_statistics(probs: np.ndarray, threshold: float = 0.9) -> dict:
     }
 
 
-# --- chapters/07_evaluation.py, cell 20 (line 456): edit there ---
-def compare(probs_and_features: tuple[np.ndarray, np.ndarray], reference_features: np.ndarray,
-            n_bootstrap: int = 200, seed: int = 0, threshold: float = 0.9) -> dict:  # fmt: skip
-    """Metrics of one set of images against the reference features, with 95% bootstrap intervals.
+# --- chapters/07_evaluation.py, cell 20 (line 468): edit there ---
+#: the statistics whose spread over disjoint draws :func:`compare` reports
+DRAW_KEYS = ("frechet_distance", "confident_share")
 
-    ``probs_and_features`` is :func:`classify`'s ``(features, probabilities)`` of the images.
+
+def compare(features_and_probs: tuple[np.ndarray, np.ndarray], reference_features: np.ndarray,
+            draws: int = 4, threshold: float = 0.9) -> dict:  # fmt: skip
+    """Metrics of one set of n images against the reference features, and their spread over disjoint draws.
+
+    ``features_and_probs`` is :func:`classify`'s ``(features, probabilities)`` of the images. Every statistic
+    is computed on all n images. With ``draws`` = k > 1, the statistics of :data:`DRAW_KEYS` are also computed
+    on k disjoint consecutive slices of m = n // k images (each against the whole reference set; n % k images
+    are left out of the draws): ``draw_mean[key]`` and ``draw_se[key]`` are their mean and its standard error,
+    s / √k with s the standard deviation of the k values; ``draw_values[key]`` holds the values.
     """
-    features, probs = probs_and_features
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    features, probs = features_and_probs
     n, m = len(features), len(reference_features)
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= n // 2:
+        raise ValueError(f"draws must be an integer from 1 to n // 2 = {n // 2} (each draw needs 2 images), "
+                         f"got {draws!r}")  # fmt: skip
 
-    def point(f, p, r) -> dict:
-        return {"frechet_distance": features_distance(f, r), **class_statistics(p, threshold)}
+    def point(f, p) -> dict:
+        return {
+            "frechet_distance": features_distance(f, reference_features),
+            **class_statistics(p, threshold),
+        }
 
-    result = {"n": n, "reference_n": m, **point(features, probs, reference_features)}
-    rng = np.random.default_rng(seed)
-    draws = {"frechet_distance": [], "confident_share": [], "class_entropy_bits": [], "inception_score": []}
-    for _ in range(n_bootstrap):
-        i, j = rng.integers(0, n, n), rng.integers(0, m, m)
-        values = point(features[i], probs[i], reference_features[j])
-        for key in draws:
-            draws[key].append(values[key])
-    result["interval"] = {
-        key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in draws.items() if v
-    }
-    result["n_bootstrap"] = n_bootstrap
+    result = {"n": n, "reference_n": m, **point(features, probs), "draws": draws, "draw_n": n // draws}
+    if draws > 1:
+        size = n // draws
+        parts = [
+            point(features[i * size : (i + 1) * size], probs[i * size : (i + 1) * size]) for i in range(draws)
+        ]
+        values = {key: [part[key] for part in parts] for key in DRAW_KEYS}
+        result["draw_values"] = values
+        result["draw_mean"] = {key: float(np.mean(v)) for key, v in values.items()}
+        result["draw_se"] = {key: float(np.std(v, ddof=1) / np.sqrt(draws)) for key, v in values.items()}
     return result
+
+
+def draw_difference(a: dict, b: dict, key: str = "frechet_distance") -> tuple[float, float]:
+    """(mean of a's draws − mean of b's draws, standard error of that difference) for ``key``.
+
+    ``a`` and ``b`` are :func:`compare` results with the same number of draws of the same size; the standard
+    error is √(se_a² + se_b²). A difference within about two standard errors is not shown to be real.
+    """
+    for name, r in (("a", a), ("b", b)):
+        if "draw_mean" not in r or key not in r["draw_mean"]:
+            raise ValueError(f"{name} has no draws of {key!r}: compare it with draws > 1")
+    if (a["draws"], a["draw_n"]) != (b["draws"], b["draw_n"]):
+        raise ValueError(
+            f"a and b must be compared at the same draws: {a['draws']} × {a['draw_n']} vs {b['draws']} × {b['draw_n']}"
+        )
+    difference = a["draw_mean"][key] - b["draw_mean"][key]
+    return difference, float(np.hypot(a["draw_se"][key], b["draw_se"][key]))
 
 
 def baseline_images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -294,30 +323,39 @@ def baseline_images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def evaluate_images(classifier: nn.Module, images: dict[str, torch.Tensor], reference: torch.Tensor,
-                    n_bootstrap: int = 200, seed: int = 0) -> dict[str, dict]:  # fmt: skip
-    """:func:`compare` each named set of images with ``reference`` (e.g. the held-out digits)."""
+                    draws: int = 4) -> dict[str, dict]:  # fmt: skip
+    """:func:`compare` each named set of images with ``reference`` (e.g. the held-out digits), in ``draws`` draws."""
     reference_features, _ = classify(classifier, check_images(reference, "reference"))
     return {
-        name: compare(classify(classifier, check_images(x, name)), reference_features, n_bootstrap, seed)
+        name: compare(classify(classifier, check_images(x, name)), reference_features, draws)
         for name, x in images.items()
     }
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A plain-text table of :func:`evaluate_images` results, one row per set of images."""
+    """A plain-text table of :func:`evaluate_images` results, one row per set of images.
 
-    def cell(result: dict, key: str, fmt: str) -> str:
-        low_high = result.get("interval", {}).get(key)
-        text = format(result[key], fmt)
-        return f"{text} [{format(low_high[0], fmt)}, {format(low_high[1], fmt)}]" if low_high else text
+    "per draw" is the mean ± standard error of the Fréchet distance over the row's k disjoint draws of m images;
+    the confident share's ± is its standard error from the same draws.
+    """
 
-    header = f"{'images':<24} {'n':>5}  {'Fréchet distance [95% CI]':<28} {'confident ≥0.9 [95% CI]':<26} " \
-             f"{'classes':>7}  {'entropy bits':<21} {'IS':>5}"  # fmt: skip
+    def spread(result: dict, key: str, fmt: str, value: float | None = None) -> str:
+        value = result["draw_mean"][key] if value is None else value
+        se = result.get("draw_se", {}).get(key)
+        return format(value, fmt) + (f" ± {format(se, fmt)}" if se is not None else "")
+
+    header = f"{'images':<24} {'n':>5}  {'Fréchet distance':>16}  {'per draw: k × m, mean ± s.e.':<30} " \
+             f"{'confident ≥0.9 ± s.e.':<22} {'classes':>7}  {'entropy bits':>12} {'IS':>5}"  # fmt: skip
     lines = [header, "-" * len(header)]
     for name, r in results.items():
+        per_draw = (
+            f"{r['draws']} × {r['draw_n']}: {spread(r, 'frechet_distance', '.2f')}"
+            if "draw_mean" in r
+            else "-"
+        )
+        confident = spread(r, "confident_share", ".1%", r["confident_share"])
         lines.append(
-            f"{name:<24} {r['n']:>5}  {cell(r, 'frechet_distance', '.3f'):<28} "
-            f"{cell(r, 'confident_share', '.1%'):<26} {r['classes_present']:>4}/10  "
-            f"{cell(r, 'class_entropy_bits', '.2f'):<21} {r['inception_score']:>5.2f}"
+            f"{name:<24} {r['n']:>5}  {r['frechet_distance']:>16.2f}  {per_draw:<30} {confident:<22} "
+            f"{r['classes_present']:>4}/10  {r['class_entropy_bits']:>12.2f} {r['inception_score']:>5.2f}"
         )
     return "\n".join(lines)

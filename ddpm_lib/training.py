@@ -48,11 +48,11 @@ def ddpm_loss(
     L = mean over the batch of w_t ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² / (C·H·W),
     with t ~ U{0, …, T−1} and ε ~ N(0, I) drawn per image from ``generator`` (on x0's device).
     ``x0`` is (B, C, H, W) in [-1, 1]. ``weighting="uniform"``: w_t = 1 (DDPM); ``"min_snr"``:
-    w_t = min(SNR_t, γ) / SNR_t (Hang et al. 2023; section 8). ``part`` computes the loss on a slice of
+    w_t = min(SNR_t, γ) / SNR_t (Hang et al. 2023; chapter 11). ``part`` computes the loss on a slice of
     the batch only, after drawing t and ε for all of it (data-parallel training, chapter 14, gives each
     process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 04,
     section 12); each label is replaced by −1 ("no label") with probability ``label_dropout``, drawn from
-    ``generator`` after t and ε (section 8; chapter 10 needs it). Returns a float32 scalar.
+    ``generator`` after t and ε (chapter 10 needs it). Returns a float32 scalar.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
@@ -81,11 +81,11 @@ def ddpm_loss(
     return (per_image * snr.clamp(max=min_snr_gamma) / snr).mean()
 
 
-#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t (section 8)
+#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t (chapter 11)
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-# --- chapters/05_training.py, cell 8 (line 179): edit there ---
+# --- chapters/05_training.py, cell 8 (line 180): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -148,7 +148,7 @@ def train_step(
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 312): edit there ---
+# --- chapters/05_training.py, cell 14 (line 314): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -192,7 +192,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 387): edit there ---
+# --- chapters/05_training.py, cell 17 (line 389): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:

@@ -32,7 +32,7 @@ def call(argv, capsys):
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("train", "sample", "evaluate", "noise", "data", "inpaint", "train-classifier"):
+    for command in ("train", "sample", "evaluate", "noise", "data", "inpaint", "train-classifier", "bound"):
         assert command in result.stdout
 
 
@@ -91,6 +91,8 @@ BAD_INPUTS = [
     (["sample", "--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
     (["sample", "--steps", "2000"], "--steps: steps must lie in 1..1000"),
     (["evaluate", "--n", "1"], "argument --n: expected an integer >= 2"),
+    (["evaluate", "--draws", "0"], "argument --draws: expected a positive integer"),
+    (["evaluate", "--n", "6", "--draws", "4"], "--draws: must be at most n // 2 = 3"),
     (["noise", "--timesteps", "5,1000"], "expected comma-separated integers in 0..999"),
     (["noise", "--seed", "-3"], "expected a non-negative integer"),
     (["--mode", "fly"], "invalid choice: 'fly'"),
@@ -162,6 +164,17 @@ BAD_INPUTS = [
     (["inpaint", "--resample", "-1"], "argument --resample: expected a non-negative integer"),
     (["inpaint", "--weights", "ddpm_mnist_cond"], "--weights: inpainting uses an unconditional denoiser"),
     (["inpaint", "--n", "600"], "--n: must lie in 1..500 (the held-out digits), got 600"),
+    (["bound", "--n", "0"], "argument --n: expected a positive integer"),
+    (["bound", "--n", "501"], "--n: must lie in 1..500 (the held-out digits), got 501"),
+    (["bound", "--t-samples", "1"], "argument --t-samples: expected an integer >= 2, got '1'"),
+    (["bound", "--seed", "-1"], "argument --seed: expected a non-negative integer"),
+    (["bound", "--weights", "ddpm_mnist_cond"], "--weights: the bound needs an unconditional denoiser"),
+    (["bound", "--weights", "foo"], "--weights: no shipped weights called 'foo'"),
+    (["bound", "--checkpoint", "nope.pt"], "no checkpoint at nope.pt"),
+    (
+        ["bound", "--checkpoint", "{good}", "--weights", "ddpm_mnist"],
+        "not allowed with argument --checkpoint",
+    ),
 ]
 
 
@@ -190,3 +203,16 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(generation, "generate", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["sample", "--out", str(tmp_path / "x.png"), "--no-progress"])
+
+
+def test_bound_prints_bits_per_dim_with_a_standard_error_and_writes_json(tmp_path, capsys):
+    """A tiny run of chapter 03's bound on the shipped unconditional weights: 2 digits, 2 t-samples each."""
+    import json
+
+    out = tmp_path / "bound.json"
+    assert main(["bound", "--n", "2", "--t-samples", "2", "--seed", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bits/dim (Monte-Carlo standard error)" in printed and "L_0 (decoder)" in printed
+    report = json.loads(out.read_text())
+    assert report["command"] == "python -m ddpm_lib bound --weights ddpm_mnist --n 2 --t-samples 2 --seed 1"
+    assert 0 < report["bits_per_dim"] < 8 and report["standard_error"] > 0

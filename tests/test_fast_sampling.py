@@ -284,8 +284,8 @@ def test_cli_evaluate_with_a_fast_sampler(tmp_path, capsys):
         "4",
         "--n",
         "6",
-        "--bootstrap",
-        "0",
+        "--draws",
+        "1",
         "--json",
         str(report),
     ]

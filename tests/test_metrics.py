@@ -18,6 +18,7 @@ from ddpm_lib.metrics import (
     class_statistics,
     classify,
     compare,
+    draw_difference,
     evaluate_images,
     features_distance,
     format_table,
@@ -177,31 +178,72 @@ def test_classifier_round_trip_and_bad_files(tmp_path, classifier):
         load_classifier(tmp_path / "missing.pt")
 
 
-# --- comparisons, baselines, bootstrap --------------------------------------------------------------------
+# --- comparisons, baselines, disjoint draws -----------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_baselines_order_floor_below_blur_below_noise(classifier, heldout):
-    results = evaluate_images(classifier, baseline_images(100), heldout[0], n_bootstrap=10)
+    results = evaluate_images(classifier, baseline_images(100), heldout[0], draws=2)
     floor, blur, noise = (results[k]["frechet_distance"] for k in results)
     assert floor < blur < noise
     assert results["real digits (floor)"]["classes_present"] == 10
     table = format_table(results)
-    assert "real digits (floor)" in table and "uniform noise" in table
+    assert "real digits (floor)" in table and "uniform noise" in table and "2 × 50:" in table
 
 
-@pytest.mark.slow
-def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible(classifier, heldout):
-    reference, _ = classify(classifier, heldout[0])
-    images = classify(classifier, baseline_images(64, seed=3)["real digits (floor)"])
-    a = compare(images, reference, n_bootstrap=50, seed=0)
-    b = compare(images, reference, n_bootstrap=50, seed=0)
-    assert a == b
-    low, high = a["interval"]["confident_share"]
-    assert low <= a["confident_share"] <= high
-    assert a["n"] == 64 and a["reference_n"] == 500 and a["n_bootstrap"] == 50
-    with pytest.raises(ValueError, match="n_bootstrap"):
-        compare(images, reference, n_bootstrap=-1)
+def _fake_features_and_probs(n, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(loc=shift, size=(n, 8))
+    logits = rng.normal(size=(n, 10)) * 4
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return features, probs
+
+
+def test_disjoint_draws_are_the_slices_and_their_mean_and_standard_error():
+    features, probs = _fake_features_and_probs(40)
+    reference = np.random.default_rng(9).normal(size=(60, 8))
+    result = compare((features, probs), reference, draws=4)
+    assert (
+        result["n"] == 40 and result["reference_n"] == 60 and result["draws"] == 4 and result["draw_n"] == 10
+    )
+    expected = [features_distance(features[i * 10 : (i + 1) * 10], reference) for i in range(4)]
+    assert result["draw_values"]["frechet_distance"] == pytest.approx(expected, rel=1e-12)
+    assert result["draw_mean"]["frechet_distance"] == pytest.approx(np.mean(expected))
+    assert result["draw_se"]["frechet_distance"] == pytest.approx(np.std(expected, ddof=1) / 2)
+    # a share: the mean of the draws is the share of all n images, so the standard error belongs to it
+    assert result["draw_mean"]["confident_share"] == pytest.approx(result["confident_share"])
+    assert compare((features, probs), reference, draws=4) == result  # no randomness
+    # the interval of every statistic contains its own estimate (what the percentile bootstrap got wrong)
+    for key in ("frechet_distance", "confident_share"):
+        mean, se = result["draw_mean"][key], result["draw_se"][key]
+        assert mean - 2 * se <= mean <= mean + 2 * se and se >= 0
+    single = compare((features, probs), reference, draws=1)
+    assert "draw_mean" not in single and single["frechet_distance"] == result["frechet_distance"]
+    assert "-" in format_table({"one draw": single})
+
+
+def test_compare_rejects_draws_that_leave_fewer_than_two_images():
+    features, probs = _fake_features_and_probs(9)
+    reference = np.random.default_rng(9).normal(size=(60, 8))
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match="draws must be an integer from 1 to n // 2 = 4"):
+            compare((features, probs), reference, draws=bad)
+
+
+def test_draw_difference_is_the_difference_of_means_with_the_combined_standard_error():
+    reference = np.random.default_rng(9).normal(size=(60, 8))
+    a = compare(_fake_features_and_probs(40, seed=1), reference, draws=4)
+    b = compare(_fake_features_and_probs(40, seed=2, shift=1.0), reference, draws=4)
+    difference, se = draw_difference(a, b)
+    assert difference == pytest.approx(
+        a["draw_mean"]["frechet_distance"] - b["draw_mean"]["frechet_distance"]
+    )
+    assert se == pytest.approx(np.hypot(a["draw_se"]["frechet_distance"], b["draw_se"]["frechet_distance"]))
+    assert difference < -2 * se  # the shifted features are resolved as farther from the reference
+    with pytest.raises(ValueError, match="same draws"):
+        draw_difference(a, compare(_fake_features_and_probs(40, seed=2), reference, draws=2))
+    with pytest.raises(ValueError, match="no draws"):
+        draw_difference(a, compare(_fake_features_and_probs(40, seed=2), reference, draws=1))
 
 
 def test_baseline_images_reject_bad_n():
@@ -232,11 +274,10 @@ def test_evaluate_a_saved_tensor(tmp_path, capsys):
     samples = load_mnist("train", verbose=False).tensors[0][:40]
     torch.save(samples, tmp_path / "s.pt")
     out = tmp_path / "eval.json"
-    assert (
-        main(["evaluate", "--samples", str(tmp_path / "s.pt"), "--bootstrap", "5", "--json", str(out)]) == 0
-    )
+    assert main(["evaluate", "--samples", str(tmp_path / "s.pt"), "--draws", "4", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "real digits (floor)" in printed and "bar (>= 90% of samples confident" in printed
+    assert "per draw (4 x 10 samples)" in printed
     report = json.loads(out.read_text())
     assert report["n"] == 40 and set(report["results"]) == {
         "samples",
@@ -245,12 +286,13 @@ def test_evaluate_a_saved_tensor(tmp_path, capsys):
         "uniform noise",
     }
     assert report["results"]["samples"]["confident_share"] > 0.9
+    assert len(report["results"]["samples"]["draw_values"]["frechet_distance"]) == 4
 
 
 @pytest.mark.slow
 def test_evaluate_samples_the_shipped_model(tmp_path, capsys):
     out = tmp_path / "e.json"
-    assert main(["evaluate", "--n", "2", "--bootstrap", "2", "--no-progress", "--json", str(out)]) == 0
+    assert main(["evaluate", "--n", "2", "--draws", "1", "--no-progress", "--json", str(out)]) == 0
     assert "sample_clip()" in capsys.readouterr().out
     assert json.loads(out.read_text())["results"]["sample_clip()"]["n"] == 2
 
