@@ -438,7 +438,7 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def alpha_bar_from_snr(snr: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer. Solve SNR (1 − ᾱ) = ᾱ for ᾱ: ᾱ = SNR / (1 + SNR). At SNR = 1, ᾱ = 1/2 and the amplitude left
@@ -448,7 +448,7 @@ def alpha_bar_from_snr(snr: torch.Tensor) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 1.1
 assert torch.allclose(alpha_bar_from_snr(snr), alpha_bars, rtol=1e-9)  # the float64 tables of section 2
 assert math.isclose(alpha_bar_from_snr(torch.tensor(1.0)).item(), 0.5)
@@ -469,7 +469,7 @@ print("Exercise 1.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def first_timestep_below(scheduler: LinearBetaScheduler, level: float) -> int | None:
     ### BEGIN SOLUTION
     below = torch.nonzero(scheduler.alpha_bars < level)
@@ -477,7 +477,7 @@ def first_timestep_below(scheduler: LinearBetaScheduler, level: float) -> int | 
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 1.2
 assert first_timestep_below(scheduler, 0.5) == t_half
 assert first_timestep_below(scheduler, 1e-9) is None
@@ -502,7 +502,7 @@ print("Exercise 1.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### BEGIN SOLUTION
     # Model answer. log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first
@@ -514,7 +514,7 @@ def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 1.3
 short_schedule = scaled_linear_scheduler(250)
 assert len(short_schedule) == 250

@@ -385,7 +385,7 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def predict_x0(scheduler: NoiseSchedule, x_t: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     alpha_bar = scheduler.alpha_bars[t]
@@ -393,7 +393,7 @@ def predict_x0(scheduler: NoiseSchedule, x_t: torch.Tensor, t: int, noise: torch
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 2.1
 eps = torch.randn(digit.shape, generator=torch.Generator().manual_seed(6))
 for t in (0, 10, 500):
@@ -415,7 +415,7 @@ print("Exercise 2.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def buggy_variance(alpha_bars: torch.Tensor, data_variance: float = 1.0) -> torch.Tensor:
     ### BEGIN SOLUTION
     return alpha_bars * data_variance + (1 - alpha_bars.sqrt()) ** 2
@@ -428,7 +428,7 @@ def worst_timestep(scheduler: NoiseSchedule) -> int:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 2.2
 assert torch.allclose(buggy_variance(alpha_bars_grid), buggy_theory)
 t_worst = worst_timestep(scheduler)
@@ -449,7 +449,7 @@ print("Exercise 2.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def q_sample_from(
     scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor
 ) -> torch.Tensor:
@@ -459,7 +459,7 @@ def q_sample_from(
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 2.3
 # Exactly: run the mean/variance recursion of section 3 from s to t and compare coefficients.
 s, t = 100, 400

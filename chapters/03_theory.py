@@ -1728,7 +1728,7 @@ assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def posterior_variance_from_precision(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     alphas = alpha_bars[1:] / alpha_bars[:-1]
@@ -1737,7 +1737,7 @@ def posterior_variance_from_precision(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 3.1
 ours = posterior_variance_from_precision(alpha_bars64)
 assert ours.shape == (T - 1,)
@@ -1765,7 +1765,7 @@ print("Exercise 3.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def kl_term_beta_variance(
     scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor, eps_hat: torch.Tensor
 ) -> torch.Tensor:
@@ -1781,7 +1781,7 @@ def kl_term_beta_variance(
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 3.2
 generator = torch.Generator().manual_seed(27)
 for t in (1, 50, 700):
@@ -1811,7 +1811,7 @@ print("Exercise 3.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def langevin_step(
     x: torch.Tensor, score, step_size: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -1823,7 +1823,7 @@ def langevin_step(
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 3.3
 target_mean = torch.tensor([0.5, -0.3], dtype=torch.float64)
 target_covariance = torch.tensor([[0.2, 0.05], [0.05, 0.1]], dtype=torch.float64)

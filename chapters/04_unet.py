@@ -1244,7 +1244,7 @@ print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def unshuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
     ### BEGIN SOLUTION
     batch, channels, height, width = x.shape
@@ -1253,7 +1253,7 @@ def unshuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 4.1
 x = torch.randn(2, 8, 3, 3)
 assert torch.equal(unshuffle_channels(ChannelShuffle(2)(x), 2), x)
@@ -1278,7 +1278,7 @@ print("Exercise 4.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 class PaperShuffleUnit(nn.Module):
     def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
@@ -1300,7 +1300,7 @@ class PaperShuffleUnit(nn.Module):
         ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 4.2
 unit = PaperShuffleUnit(16)
 x = torch.randn(2, 16, 7, 7)
@@ -1331,7 +1331,7 @@ print("Exercise 4.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ### BEGIN SOLUTION
     # Model answer. Every one of the reference's BatchNorm layers comes straight after a convolution (in
@@ -1358,7 +1358,7 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 4.3
 def random_batchnorm(channels: int) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels)
@@ -1397,7 +1397,7 @@ print("Exercise 4.3 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def told_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t_true: int, t_told: int) -> float:
     ### BEGIN SOLUTION
     # Model answer. The network has to split x_t = √ᾱ x_0 + √(1 − ᾱ) ε into digit and noise, and the clock tells
@@ -1414,7 +1414,7 @@ def told_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t_true: i
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 4.4
 trained, trained_scheduler, _ = load_pretrained()
 clock_digits = heldout_images[:64]

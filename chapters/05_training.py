@@ -642,7 +642,7 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def loss_at(model, scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> float:
     ### BEGIN SOLUTION
     # Model answer. At t = 900 the image is almost all noise: x_t ≈ ε, so "predict the noise" is nearly "copy
@@ -658,7 +658,7 @@ def loss_at(model, scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> 
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 5.1
 x0_check = images[:128]
 noise_check = torch.randn(x0_check.shape, generator=torch.Generator().manual_seed(1))
@@ -687,14 +687,14 @@ print("Exercise 5.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def weight_on_last(decay: float, n: int) -> float:
     ### BEGIN SOLUTION
     return 1 - decay**n
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 5.2
 assert math.isclose(weight_on_last(0.5, 1), 0.5)
 assert math.isclose(weight_on_last(0.999, 1000), 1 - 0.999**1000)
@@ -719,7 +719,7 @@ print("Exercise 5.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def v_target(alpha_bar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
@@ -742,7 +742,7 @@ def x0_from_v(alpha_bar: torch.Tensor, x_t: torch.Tensor, v: torch.Tensor) -> to
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 5.3
 g = torch.Generator().manual_seed(0)
 x0_check, noise_check = images[:8], torch.randn((8, 1, 28, 28), generator=g)

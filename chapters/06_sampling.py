@@ -566,14 +566,14 @@ assert frame_ts[0] == 975 and frame_ts[-1] == 0
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def posterior_mean(scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return scheduler.posterior_mean_coef_x0[t] * x0 + scheduler.posterior_mean_coef_xt[t] * x_t
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 6.1
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
 for t in (1, 500, 999):
@@ -598,7 +598,7 @@ print("Exercise 6.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer. β̃_t / β_t is within 2% of 1 from t = 100 on (chapter 01), so the two samplers differ only
@@ -620,7 +620,7 @@ def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 6.2
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(1))
 for t in (0, 1, 700):
@@ -656,7 +656,7 @@ print("Exercise 6.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
     ### BEGIN SOLUTION
     s = torch.quantile(x0_hat.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0)
@@ -699,7 +699,7 @@ print(f"mean |dynamic - clip| per pixel: {(dynamic_samples - clip_samples).abs()
 # photographs, whose pixels are rarely saturated. There, shrinking the image back into range keeps its detail.
 ### END SOLUTION
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 6.3
 in_range = torch.rand((2, 1, 28, 28)) * 2 - 1
 assert torch.equal(dynamic_threshold(in_range), in_range)

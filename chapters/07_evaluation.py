@@ -820,7 +820,7 @@ assert steps == sorted(steps) and steps[-1] == provenance["steps"]  # the last p
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def confident_share_at(probs: np.ndarray, threshold: float) -> float:
     ### BEGIN SOLUTION
     # Model answer. At 0.5 almost everything passes: a blurry digit that is "probably a 3" clears it, so
@@ -832,7 +832,7 @@ def confident_share_at(probs: np.ndarray, threshold: float) -> float:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 7.1
 _, generated_probs = classify(classifier, samples["clip"])
 for threshold in (0.5, 0.9, 0.99):
@@ -861,7 +861,7 @@ print("Exercise 7.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def frechet_diagonal(mu1, var1, mu2, var2) -> float:
     ### BEGIN SOLUTION
     # Model answer. The diagonal version sees each feature on its own: its mean and its spread. It ignores
@@ -874,7 +874,7 @@ def frechet_diagonal(mu1, var1, mu2, var2) -> float:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 7.2
 rng = np.random.default_rng(0)
 mu_a, mu_b, var_a, var_b = (
@@ -915,7 +915,7 @@ print("Exercise 7.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def kernel_distance(features_x: np.ndarray, features_y: np.ndarray) -> float:
     ### BEGIN SOLUTION
     x, y = np.asarray(features_x, np.float64), np.asarray(features_y, np.float64)
@@ -961,7 +961,7 @@ for name, (mean, se) in kid_rows.items():
 # standard errors of 0: the estimate is unbiased, so a perfect generator scores 0 on average at any n.
 ### END SOLUTION
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 7.3
 x_small, y_small = np.random.default_rng(5).normal(size=(5, 3)), np.random.default_rng(6).normal(size=(4, 3))
 by_hand = (

@@ -771,7 +771,7 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def leading_steps(T: int, n: int) -> list[int]:
     ### BEGIN SOLUTION
     # Model answer: for n = 3 the steps are 666, 333, 0. At t = 666 the network expects
@@ -781,7 +781,7 @@ def leading_steps(T: int, n: int) -> list[int]:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 8.1
 for n in (1, 3, 10, 50, 64, 1000):
     assert leading_steps(1000, n) == timesteps_for(1000, n, "leading").tolist(), n
@@ -804,7 +804,7 @@ print("Exercise 8.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer, on paper. With e^{-h} = σ_s α_t / (α_s σ_t):
@@ -818,7 +818,7 @@ def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Ten
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 8.2
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(5))
 for t, s in ((999, 899), (500, 480), (40, 0)):
@@ -854,7 +854,7 @@ print("Exercise 8.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer: the decoded path starts at a's digit and ends at b's; on the way the strokes bend and
@@ -871,7 +871,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 8.3
 generator = torch.Generator().manual_seed(6)
 a, b = torch.randn((3, 1, 28, 28), generator=generator), torch.randn((3, 1, 28, 28), generator=generator)
@@ -912,7 +912,7 @@ print("Exercise 8.3 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def sde_dpmpp_update(scheduler, t: int, s: int, x_t, x0, previous=None, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer to 2. With D = x̂0 and e^{-2h} = σ_s² ᾱ_t / (σ_t² ᾱ_s): the coefficient of x̂0 is
@@ -975,7 +975,7 @@ for nfe, result in sde_results.items():
 # second-order D spends the few steps better, as in DPM-Solver++.
 ### END SOLUTION
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 8.4
 x_t = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(11))
 eps = model(x_t, torch.full((3,), 500))

@@ -421,7 +421,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
     ### BEGIN SOLUTION
     # Model answer: only at t = T-1. There the formula gives f(1)/f(0) = cos²(π/2)/f(0), zero up to rounding,
@@ -434,7 +434,7 @@ def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 9.1
 for t in (0, 1, 250, 500, 998):
     assert math.isclose(cosine_alpha_bar(t, T), float(cosine.alpha_bars[t]), rel_tol=1e-4), t
@@ -455,7 +455,7 @@ print("Exercise 9.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer: with ᾱ falling linearly from 1 to 0.001, SNR = ᾱ/(1 − ᾱ) crosses 1 at the middle, like the
@@ -468,7 +468,7 @@ def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 9.2
 for schedule in (linear, cosine):
     recovered = betas_from_alpha_bars(schedule.alpha_bars.double())
@@ -504,7 +504,7 @@ print("Exercise 9.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
     ### BEGIN SOLUTION
     root = schedule.alpha_bars.double().sqrt()
@@ -530,7 +530,7 @@ def v_target(schedule: NoiseSchedule, t: int, x0: torch.Tensor, noise: torch.Ten
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 9.3
 rescaled = zero_terminal_snr(linear)
 assert rescaled.alpha_bars[-1] == 0 and math.isclose(rescaled.betas[-1].item(), 1.0)

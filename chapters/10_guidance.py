@@ -388,7 +388,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def label_effect(
     model, x0: torch.Tensor, labels: torch.Tensor, t: int, noise: torch.Tensor
 ) -> tuple[float, float]:
@@ -409,7 +409,7 @@ def label_effect(
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 10.1
 digits_check, labels_check = heldout_images[:20], heldout_labels[:20]
 noise_check = torch.randn(digits_check.shape, generator=torch.Generator().manual_seed(2))
@@ -451,7 +451,7 @@ print("Exercise 10.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer: one network, one set of weights, two tasks. With the dropout drawn per example, every batch
@@ -466,7 +466,7 @@ def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator) -> t
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 10.2
 original = torch.arange(10_000) % 10
 out = drop_labels(original, 0.2, torch.Generator().manual_seed(0))
@@ -499,7 +499,7 @@ print("Exercise 10.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 class IntervalGuidance(torch.nn.Module):
     def __init__(self, model, w: float, t_low: int, t_high: int):
         super().__init__()
@@ -545,7 +545,7 @@ for name, row in (("w = 0", table[0.0]), (f"w = {w_high:g} everywhere", table[w_
 # model whose unguided samples are often the wrong digit, at the large w such a model needs.
 ### END SOLUTION
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 10.3
 interval = IntervalGuidance(model, 4.0, 100, 600)
 with torch.no_grad():

@@ -308,7 +308,7 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def quieted_timesteps(scheduler, gamma: float) -> list[int]:
     ### BEGIN SOLUTION
     # Model answer. The weight min(SNR, γ)/SNR is below 1 exactly where SNR_t > γ. The SNR falls with t, so
@@ -319,7 +319,7 @@ def quieted_timesteps(scheduler, gamma: float) -> list[int]:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 11.1
 quieted = quieted_timesteps(scheduler, 5.0)
 print(f"gamma = 5: {len(quieted)} timesteps quieted, t = {quieted[0]} .. {quieted[-1]}")
@@ -344,7 +344,7 @@ print("Exercise 11.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def network_images(n: int, steps: int, guidance: float) -> int:
     ### BEGIN SOLUTION
     # Model answer. A guided step runs the network once on the batch [x; x] with labels [y; no label], so
@@ -355,7 +355,7 @@ def network_images(n: int, steps: int, guidance: float) -> int:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 11.2
 class CountingModel(nn.Module):
     """Passes calls through to ``model`` and counts the images it is called on."""
@@ -398,7 +398,7 @@ print("Exercise 11.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def score_sampling(model: nn.Module, n: int, labels: torch.Tensor | None = None, **options) -> dict:
     ### BEGIN SOLUTION
     return bar_scores(generate(model, scheduler, n, labels=labels, seed=1, **options))
@@ -431,7 +431,7 @@ for name, row in lever_table.items():
 # six-minute model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
 ### END SOLUTION
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 11.3
 assert set(lever_table) == {"recipe", "no guidance", "no label", "4x the steps"}
 assert lever_table["recipe"] == quick_scores[quick_steps]  # the same samples as section 4's last evaluation

@@ -699,7 +699,7 @@ assert torch.equal(true_labels[panels[: len(shown)]], torch.tensor([3, 5, 8]))
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def frame_mask(size: int = 28, border: int = 4) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer: almost nothing. MNIST centres every digit in a 20 × 20 box, so in training the outer four rows
@@ -713,7 +713,7 @@ def frame_mask(size: int = 28, border: int = 4) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 12.1
 frame = frame_mask()
 assert frame.shape == (1, 1, 28, 28) and frame.dtype == torch.float32
@@ -740,7 +740,7 @@ print("Exercise 12.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def replacement_inpaint(model, scheduler, x0, mask, num_steps: int, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
     timesteps = timesteps_for(scheduler.num_timesteps, num_steps).tolist()
@@ -754,7 +754,7 @@ def replacement_inpaint(model, scheduler, x0, mask, num_steps: int, generator=No
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 12.2
 x0, centre = heldout_images[[0, 100, 200]], make_mask("centre")
 ours = replacement_inpaint(model, scheduler, x0, centre, 5, torch.Generator().manual_seed(4))
@@ -792,7 +792,7 @@ print("Exercise 12.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def inpaint_jump(model, scheduler, x0, mask, num_steps: int, resample: int, jump: int, generator=None):
     ### BEGIN SOLUTION
     # Model answer (calls): every step but the last runs 1 + r times, whatever the blocks are, so the cost is
@@ -842,7 +842,7 @@ for key, reference in (("mse", per_image_mse[REPAINT]), ("correct", per_image_co
 ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 12.3
 x0, right = heldout_images[[50, 150]], make_mask("right")
 ours = inpaint_jump(model, scheduler, x0, right, 6, 2, 1, torch.Generator().manual_seed(6))

@@ -1020,14 +1020,14 @@ assert verdicts["ddpm_lib.sampling.reverse_step"] == "passes"
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def alpha_bar_prev(scheduler, t: int) -> float:
     ### BEGIN SOLUTION
     return 1.0 if t == 0 else float(scheduler.alpha_bars[t - 1])
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 13.1
 for t in (0, 1, 2, 500, T - 1):
     assert alpha_bar_prev(scheduler, t) == float(scheduler.alpha_bars_prev[t]), t
@@ -1051,7 +1051,7 @@ print("Exercise 13.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def labels_seen(loop) -> list[int]:
     ### BEGIN SOLUTION
     spy = TimestepSpy()
@@ -1061,7 +1061,7 @@ def labels_seen(loop) -> list[int]:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 13.2
 def library_loop(schedule, network, x_T):
     return sample_loop(schedule, network, x_T, "ddpm", torch.Generator().manual_seed(1))
@@ -1095,7 +1095,7 @@ print("Exercise 13.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def check_ema_copies_buffers(ema_class) -> None:
     ### BEGIN SOLUTION
     torch.manual_seed(0)
@@ -1110,7 +1110,7 @@ def check_ema_copies_buffers(ema_class) -> None:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 13.3
 class ParametersOnlyEMA(EMA):
     """Averages the parameters and forgets the buffers."""
@@ -1148,7 +1148,7 @@ print("Exercise 13.3 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def check_reverse_step(step) -> None:
     ### BEGIN SOLUTION
     # Model answer to the question: with the oracle, x̂0 is exactly x0, so the step's mean must be exactly the
@@ -1176,7 +1176,7 @@ def check_reverse_step(step) -> None:
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 13.4
 def step_with(mean_of, std_of):
     """A reverse step from a mean rule mean_of(scheduler, t, eps, x_t) and a noise rule std_of(scheduler, t)."""

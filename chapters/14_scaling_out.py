@@ -444,7 +444,7 @@ assert 400_000 < sum(p.numel() for p in sizes["default (python -m ddpm_lib train
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def distributed_sampler_indices(n: int, rank: int, world_size: int, seed: int, epoch: int) -> list[int]:
     ### BEGIN SOLUTION
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
@@ -454,7 +454,7 @@ def distributed_sampler_indices(n: int, rank: int, world_size: int, seed: int, e
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 14.1
 from torch.utils.data import DistributedSampler
 
@@ -487,7 +487,7 @@ print("Exercise 14.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def sync_batch_stats(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
     count = sum(s.numel() // s.shape[1] for s in shards)
@@ -498,7 +498,7 @@ def sync_batch_stats(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 14.2
 shards = [torch.randn(b, 3, 5, 5, dtype=torch.float64) * 2 + 1 for b in (4, 2, 7)]
 mean, var = sync_batch_stats(shards)
@@ -528,7 +528,7 @@ print("Exercise 14.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     ### BEGIN SOLUTION
     # Model answer: each rank sends one chunk of size S/N in each of the N − 1 reduce-scatter steps and each of
@@ -555,7 +555,7 @@ def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], in
     ### END SOLUTION
 
 
-# %%
+# %% jupyter={"source_hidden": true}
 # Check 14.3
 grads = [torch.randn(12, dtype=torch.float64) for _ in range(4)]
 reduced, chunks_sent = ring_all_reduce(grads)

@@ -118,8 +118,10 @@ def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``notebook`` with solutions replaced by a ``NotImplementedError`` stub and hidden checks removed."""
     try:
         from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
-    except ImportError as error:  # pragma: no cover - nbgrader is in requirements.txt
-        raise SystemExit("student copies need nbgrader: pip install nbgrader") from error
+    except ImportError as error:  # pragma: no cover - nbgrader is in requirements-instructor.txt
+        raise SystemExit(
+            "student copies need nbgrader, an instructor tool: pip install -r requirements-instructor.txt"
+        ) from error
     student = copy.deepcopy(notebook)
     resources = {"language": "python"}
     for preprocessor in (ClearSolutions(enforce_metadata=False), ClearHiddenTests(enforce_metadata=False)):
@@ -127,6 +129,11 @@ def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in student.cells:  # nbgrader tags cells it changed; keep the copy clean of that
         cell.metadata.pop("nbgrader", None)
         cell.metadata.pop("mystnb", None)  # the book's "Show solution" label
+        # The learner's notebooks fold solutions and checks; in the student copy the stub is where the
+        # student writes, and the check has nothing left to hide.
+        cell.metadata.get("jupyter", {}).pop("source_hidden", None)
+        if cell.metadata.get("jupyter") == {}:
+            del cell.metadata["jupyter"]
         if HIDE_TAG in cell.metadata.get("tags", []):
             cell.metadata["tags"].remove(HIDE_TAG)
             if not cell.metadata["tags"]:

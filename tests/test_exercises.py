@@ -50,6 +50,13 @@ def test_chapter_has_two_to_four_exercises_in_the_course_format(source):
         assert check.startswith(f"# Check {exercise.number}\n"), (
             f"{label}: the check starts '# Check {exercise.number}'"
         )
+        # In JupyterLab the learner sees the exercise and a folded "…" for the solution and for the check
+        # (whose hidden tests would give the answer away); the outputs stay visible.
+        for kind, index in (("solution", exercise.solution_cell), ("check", exercise.check_cell)):
+            folded = notebook.cells[index].metadata.get("jupyter", {}).get("source_hidden")
+            assert folded is True, (
+                f'{label}: fold the {kind} cell (# %% ... jupyter={{"source_hidden": true}})'
+            )
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "markdown":  # nbgrader would treat these words as delimiters
             assert not any(word in cell.source for word in NBGRADER_DELIMITERS), f"{source.name} cell {index}"
@@ -133,3 +140,31 @@ def test_nbgrader_grades_the_instructor_copy_full_marks_and_the_student_copy_zer
         }
     total = sum(exercise.stars for exercise in exercises(jupytext.read(source)))
     assert scores == {"solver": (total, total), "untouched": (0.0, total)}
+
+
+@pytest.mark.parametrize("source", CHAPTERS[:1], ids=lambda p: p.stem)
+def test_student_copy_unfolds_the_cells_the_student_works_in(source):
+    student = student_notebook(jupytext.read(source))
+    assert not [cell for cell in student.cells if cell.metadata.get("jupyter", {}).get("source_hidden")]
+
+
+def test_grading_tools_are_instructor_extras_and_the_learner_gets_the_lab_settings():
+    """A learner's `pip install -r requirements.txt` brings no grading menus; the instructor file adds them."""
+    root = CHAPTERS[0].parent.parent
+    names = lambda text: {  # noqa: E731
+        re.split(r"[<>=!~ \[;#]", line.strip(), maxsplit=1)[0].lower()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    learner = names((root / "requirements.txt").read_text(encoding="utf-8"))
+    instructor = names((root / "requirements-instructor.txt").read_text(encoding="utf-8"))
+    assert "nbgrader" not in learner and "otter-grader" not in learner
+    assert {"-r", "nbgrader"} <= instructor
+    assert "jupyterlab-myst" in learner and "./jupyter" in learner
+    import json
+
+    settings = json.loads((root / "jupyter" / "settings" / "ddpm-course.json").read_text(encoding="utf-8"))
+    assert (
+        settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
+    )
+    assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
