@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tools.chapter_run import ChapterRun, current_env_kernel_manager, execute_chapter
+from tools.chapter_run import ChapterRun, current_env_kernel_manager, execute_chapter, poll_in_short_waits
 
 pytest_plugins = ["pytester"]
 
@@ -229,3 +229,29 @@ def test_pytest_collects_a_chapter_as_one_slow_item_and_reports_the_cell(pyteste
             "*assert double(2) == 4*",
         ]
     )
+
+
+def test_channels_poll_in_short_waits_and_keep_the_callers_timeout():
+    """A poll that comes back empty is repeated (nbclient #312); the caller's timeout still ends the wait."""
+    import asyncio
+    from queue import Empty
+
+    class Channel:
+        def __init__(self, empty_polls):
+            self.empty_polls, self.waits = empty_polls, []
+
+        async def get_msg(self, timeout=None):
+            self.waits.append(timeout)
+            if len(self.waits) <= self.empty_polls:
+                raise Empty
+            return {"msg_type": "execute_reply"}
+
+    patient = Channel(empty_polls=3)
+    poll_in_short_waits(patient, wait=0.01)
+    assert asyncio.run(patient.get_msg(timeout=None)) == {"msg_type": "execute_reply"}
+    assert patient.waits == [0.01] * 4  # never one unbounded wait
+    hopeless = Channel(empty_polls=10**9)
+    poll_in_short_waits(hopeless, wait=0.01)
+    with pytest.raises(Empty):
+        asyncio.run(hopeless.get_msg(timeout=0.05))
+    assert all(wait <= 0.01 for wait in hopeless.waits) and len(hopeless.waits) >= 2

@@ -193,6 +193,31 @@ def current_env_kernel_manager():
     return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnv())
 
 
+def poll_in_short_waits(channel, wait: float = 1.0) -> None:
+    """Make ``channel.get_msg`` wait for a message in steps of ``wait`` seconds.
+
+    Waiting on a kernel channel in one long poll can miss a message that arrived while ipywidgets' comm
+    traffic was being read, and then waits for the whole cell timeout with the kernel idle (nbclient
+    issue #312; seen here on chapter 03's slider, about one run in three under load). A poll that ends
+    looks at the socket again, so short polls pick such a message up within ``wait`` seconds; the
+    caller's overall timeout is unchanged."""
+    from queue import Empty
+
+    original = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = wait if deadline is None else min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                return await original(timeout=step)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
 def execute_chapter(
     notebook: nbformat.NotebookNode, label: str, cwd: Path, timeout: int = CELL_TIMEOUT
 ) -> ChapterRun:
@@ -343,6 +368,8 @@ def execute_chapter(
 
     try:
         with client.setup_kernel(cleanup_kc=True):  # shut the kernel down (we own its manager)
+            poll_in_short_waits(client.kc.shell_channel)
+            poll_in_short_waits(client.kc.iopub_channel)
             helpers = repr(KERNEL_HELPERS)
             error = scratch_run(
                 f"exec({helpers}, __import__('sys').modules.setdefault('_chapter_run', "
