@@ -45,6 +45,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ddpm_lib.checkpoint import load_denoiser
 from ddpm_lib.data import load_mnist
@@ -209,7 +210,8 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 # %% [markdown]
 # Train it live (the CI profile trains a single epoch, just to run the code), and load the copy the
 # course ships, trained with the same function by `python -m ddpm_lib train-classifier` (the command
-# and its result are in the provenance file).
+# and its result are in the provenance file). In the full profile the 15 epochs take a minute or two on a
+# 2-core laptop; each epoch prints a line as it ends.
 
 # %%
 start = time.perf_counter()
@@ -630,11 +632,15 @@ assert middle > floor  # resampling with replacement adds bias: the resamples si
 # Sampling dominates the cost of evaluation: every digit needs 1000 network calls. `generate`
 # (`ddpm_lib.generation`, met in chapter 06) runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native
 # bfloat16, pixels within 0.003 of float32 — measured in `benchmarks/sampling_speed.py`) and in batches of
-# 256, batch $i$ seeded with `seed + i`.
+# 256, batch $i$ seeded with `seed + i`. In the full profile the next cell takes about 10 minutes on a 2-core
+# laptop (2 × 256 digits × 1,000 network calls, about 1.1 ms per image per call); a progress bar follows each chain.
 
 # %%
 start = time.perf_counter()
-samples = {name: generate(model, scheduler, n_eval, sampler=name, seed=1) for name in ("ddpm", "clip")}
+samples = {
+    name: generate(model, scheduler, n_eval, sampler=name, seed=1, progress=PROFILE.progress)
+    for name in ("ddpm", "clip")
+}
 print(f"sampled 2 × {n_eval} digits in {time.perf_counter() - start:.0f} s")
 results = evaluate_images(
     classifier,
@@ -709,11 +715,14 @@ print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "samp
 # %% [markdown]
 # The course also ships a **class-conditional** model (chapter 04, section 12; chapter 10 is about it): told which
 # digit to draw, it gets the class right by construction, so its samples — asked for every digit in turn, which
-# matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds:
+# matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds
+# (about 5 minutes in the full profile, with a progress bar):
 
 # %%
 conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
-conditional_samples = generate(conditional_model, conditional_scheduler, n_eval, sampler="ddpm", seed=1)
+conditional_samples = generate(
+    conditional_model, conditional_scheduler, n_eval, sampler="ddpm", seed=1, progress=PROFILE.progress
+)
 results["class-conditional (ddpm)"] = evaluate_images(
     classifier, {"class-conditional (ddpm)": conditional_samples}, heldout_images, k_draws
 )["class-conditional (ddpm)"]
@@ -734,12 +743,14 @@ if n_eval >= 100:  # the bar of this course, on enough samples to judge it
 # same $n$ and seed, shows how quality grows with training — and where it stops growing. The error bars
 # are the standard errors of the confident share from the disjoint draws; at this $n$ the draws are too
 # small for a useful Fréchet distance each, so that panel shows the all-$n$ distance next to the floor.
+# In the full profile the next cell takes about a minute per snapshot on a 2-core laptop (64 digits through
+# 1,000 steps each); a progress bar counts the snapshots.
 
 # %%
 snapshots = snapshot_paths()[-PROFILE.eval_snapshots :] if PROFILE.eval_snapshots else snapshot_paths()
 n_snap = PROFILE.eval_snapshot_samples
 curve = []
-for step, path in snapshots:
+for step, path in tqdm(snapshots, desc="snapshots", disable=not PROFILE.progress):
     snapshot_model, snapshot_scheduler, _ = load_denoiser(path)
     images = generate(snapshot_model, snapshot_scheduler, n_snap, sampler="clip", seed=2)
     r = evaluate_images(classifier, {f"step {step}": images}, heldout_images, k_draws)[f"step {step}"]

@@ -91,12 +91,16 @@ class Profile:
     scaling_steps: int = 40
     #: where chapters save figures for the README / book; None: don't save
     figures_dir: Path | None = None
+    #: progress bars (tqdm.auto) on the cells that run for more than about 30 s in the full profile; off in
+    #: the CI profile, whose outputs the tests and the book keep (no widget output to store or render)
+    progress: bool = True
 
 
 PROFILES = {
     "full": Profile(name="full", monte_carlo_samples=200_000, forward_chain_samples=2_000),
     "ci": Profile(
         name="ci",
+        progress=False,
         monte_carlo_samples=20_000,
         forward_chain_samples=200,
         theory_train_steps=1500,
