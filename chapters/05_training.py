@@ -472,7 +472,7 @@ def train(
 # digits from the **EMA** weights. Sampling borrows chapter 06's `generate` (1,000 reverse steps): read that
 # chapter for how it works.
 #
-# The next cell takes about 10 minutes on a 2-core laptop (full profile: 600 steps of batch 128, and four grids
+# The next cell takes about 10 minutes on a 2-core laptop (full profile: 600 steps of batch 128, and three grids
 # of 16 digits through 1,000 steps each); a progress bar counts the training steps.
 
 # %%

@@ -210,19 +210,22 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 # %% [markdown]
 # Train it live (the CI profile trains a single epoch, just to run the code), and load the copy the
 # course ships, trained with the same function by `python -m ddpm_lib train-classifier` (the command
-# and its result are in the provenance file). In the full profile the 15 epochs take a minute or two on a
-# 2-core laptop; each epoch prints a line as it ends.
+# and its result are in the provenance file). In the full profile the next cell takes a minute or two on a
+# 2-core laptop (15 epochs); each epoch prints a line as it ends, and a progress bar counts the epochs.
 
 # %%
 start = time.perf_counter()
-mine = train_classifier(
-    train_images,
-    train_labels,
-    epochs=PROFILE.classifier_epochs,
-    on_epoch=lambda e, c: print(
-        f"epoch {e:2d}: held-out accuracy {accuracy(c, heldout_images, heldout_labels):.2%}"
-    ),
-)
+epoch_bar = tqdm(total=PROFILE.classifier_epochs, desc="epochs", disable=not PROFILE.progress)
+
+
+def report_epoch(epoch: int, classifier_so_far: nn.Module) -> None:
+    epoch_bar.update(1)
+    held_out = accuracy(classifier_so_far, heldout_images, heldout_labels)
+    print(f"epoch {epoch:2d}: held-out accuracy {held_out:.2%}")
+
+
+mine = train_classifier(train_images, train_labels, epochs=PROFILE.classifier_epochs, on_epoch=report_epoch)
+epoch_bar.close()
 print(f"trained {PROFILE.classifier_epochs} epoch(s) in {time.perf_counter() - start:.0f} s")
 
 classifier, classifier_provenance = load_classifier()
@@ -716,7 +719,7 @@ print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "samp
 # The course also ships a **class-conditional** model (chapter 04, section 12; chapter 10 is about it): told which
 # digit to draw, it gets the class right by construction, so its samples — asked for every digit in turn, which
 # matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds
-# (about 5 minutes in the full profile, with a progress bar):
+# (about 5 minutes on a 2-core laptop in the full profile, with a progress bar):
 
 # %%
 conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
@@ -743,8 +746,8 @@ if n_eval >= 100:  # the bar of this course, on enough samples to judge it
 # same $n$ and seed, shows how quality grows with training — and where it stops growing. The error bars
 # are the standard errors of the confident share from the disjoint draws; at this $n$ the draws are too
 # small for a useful Fréchet distance each, so that panel shows the all-$n$ distance next to the floor.
-# In the full profile the next cell takes about a minute per snapshot on a 2-core laptop (64 digits through
-# 1,000 steps each); a progress bar counts the snapshots.
+# In the full profile the next cell takes about 5 minutes on a 2-core laptop (four snapshots, 64 digits through
+# 1,000 steps each); a progress bar counts the snapshots, and a second one follows each chain.
 
 # %%
 snapshots = snapshot_paths()[-PROFILE.eval_snapshots :] if PROFILE.eval_snapshots else snapshot_paths()
@@ -752,7 +755,9 @@ n_snap = PROFILE.eval_snapshot_samples
 curve = []
 for step, path in tqdm(snapshots, desc="snapshots", disable=not PROFILE.progress):
     snapshot_model, snapshot_scheduler, _ = load_denoiser(path)
-    images = generate(snapshot_model, snapshot_scheduler, n_snap, sampler="clip", seed=2)
+    images = generate(
+        snapshot_model, snapshot_scheduler, n_snap, sampler="clip", seed=2, progress=PROFILE.progress
+    )
     r = evaluate_images(classifier, {f"step {step}": images}, heldout_images, k_draws)[f"step {step}"]
     curve.append((step, r))
     print(f"step {step:5d}: Fréchet distance {r['frechet_distance']:.3f}, confident {r['confident_share']:.0%} "

@@ -190,7 +190,8 @@ assert gap > 0
 #
 # The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: chapter 06's `sample()` on a
 # respaced chain (chapter 08) of `PROFILE.guidance_steps` = 100 steps, which costs 100 (unguided) or 100
-# double-batch network calls per digit.
+# double-batch network calls per digit. In the full profile the next cell takes about half a minute on a 2-core
+# laptop (three grids of 60 digits); a progress bar follows each chain.
 
 # %%
 columns, guidance_steps = PROFILE.guidance_grid_columns, PROFILE.guidance_steps
@@ -204,7 +205,8 @@ for w in grid_scales:
     x_T = torch.randn((columns, 1, 28, 28), generator=noise_seed).repeat(10, 1, 1, 1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         grids[w] = sample_loop(scheduler, Conditioned(guided, grid_labels), x_T, "ddpm", torch.Generator().manual_seed(6),
-                               timesteps=timesteps_for(scheduler.num_timesteps, guidance_steps)).float().clamp(-1, 1)  # fmt: skip
+                               timesteps=timesteps_for(scheduler.num_timesteps, guidance_steps),
+                               progress=PROFILE.progress).float().clamp(-1, 1)  # fmt: skip
 fig, axes = plt.subplots(10, len(grid_scales) * columns, figsize=(0.75 * len(grid_scales) * columns, 8.2))
 for block, w in enumerate(grid_scales):
     for index, image in enumerate(grids[w]):

@@ -173,8 +173,8 @@ assert count_parameters(Unet(**quick["model"])) > count_parameters(Unet())
 #
 # The same `train` loop as chapter 05, now given the labels. Every `quick_eval_every` steps we sample digits
 # from the EMA weights — every class in turn, with the preset's 25-step guided DDPM — and score them against
-# the bar. The full profile runs the whole recipe: the next cell takes about eight minutes on a 2-core laptop
-# (six of training, the rest for the evaluations); a progress bar counts the training steps.
+# the bar. The full profile runs the whole recipe: the next cell takes about seven minutes on a 2-core laptop
+# (six of training, under a minute for the four evaluations); a progress bar counts the training steps.
 
 # %%
 torch.manual_seed(0)

@@ -485,7 +485,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1195): edit there ---
+# --- chapters/04_unet.py, cell 58 (line 1194): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 
