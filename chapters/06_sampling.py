@@ -507,7 +507,16 @@ assert ddpm_final > clip_final
 # The unclipped chain ends with pixels outside the data range (we clamp them for display, which hides
 # the problem); the clipped one cannot. On a well-trained model the two give similar digits; on a
 # weak one, or with fewer steps (chapter 08), the unclipped sampler drifts — greyish backgrounds,
-# over-bright strokes — and the difference grows. Chapter 07 measures it.
+# over-bright strokes — and the difference grows.
+#
+# Which one wins on the shipped model? Measured with chapter 07's metrics on 256 digits each, all 1000 steps
+# (`python -m ddpm_lib evaluate --weights ddpm_mnist --sampler ddpm --n 256 --seed 1`, then `--sampler clip`;
+# about five minutes each on 2 CPU cores): `sample()` reaches a Fréchet distance of 85.4, 1.24× the real-vs-real
+# floor of 68.9, and `sample_clip()` 87.4, 1.27×; both classify 90.2% ± 2.0% of their digits with confidence
+# ≥ 0.9 and draw all ten classes. A difference of 2 against a standard error of about 35 per draw of 64 is a
+# tie: on a well-trained model and the full chain, clipping costs nothing and buys nothing measurable. It
+# earns its place where the chain is short or the schedule ends near pure noise (chapters 08 and 09), and
+# because its output always lies in the data range.
 #
 # ## 6. One trajectory, animated
 #
