@@ -513,8 +513,8 @@ assert ddpm_final > clip_final
 # (`python -m ddpm_lib evaluate --weights ddpm_mnist --sampler ddpm --n 256 --seed 1`, then `--sampler clip`;
 # about five minutes each on 2 CPU cores): `sample()` reaches a Fréchet distance of 85.4, 1.24× the real-vs-real
 # floor of 68.9, and `sample_clip()` 87.4, 1.27×; both classify 90.2% ± 2.0% of their digits with confidence
-# ≥ 0.9 and draw all ten classes. A difference of 2 against a standard error of about 35 per draw of 64 is a
-# tie: on a well-trained model and the full chain, clipping costs nothing and buys nothing measurable. It
+# ≥ 0.9 and draw all ten classes. A difference of 2, against standard errors of about 13 on each sampler's
+# per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained model and the full chain, clipping costs nothing and buys nothing measurable. It
 # earns its place where the chain is short or the schedule ends near pure noise (chapters 08 and 09), and
 # because its output always lies in the data range.
 #
