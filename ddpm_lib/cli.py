@@ -770,14 +770,10 @@ def run_train_classifier(args: argparse.Namespace) -> None:
     print(f"held-out accuracy {held_out:.2%}; wrote {args.out} and {args.out.with_suffix('.json')}")
 
 
-def run_inpaint(args: argparse.Namespace) -> None:
-    import torch
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    from . import checkpoint
+def _heldout_and_unconditional_denoiser(args: argparse.Namespace, needs: str):
+    """The held-out digits (``--n`` of them must exist), the device, and the unconditional denoiser the
+    options name; ``needs`` opens the message when the denoiser is class-conditional."""
     from .data import load_mnist
-    from .inpainting import inpaint, make_mask
 
     images = load_mnist("heldout", verbose=False).tensors[0]
     if args.n > len(images):
@@ -785,9 +781,21 @@ def run_inpaint(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model, scheduler, config, source = _load_denoiser(args, device)
     if config.model.get("num_classes") is not None:
-        raise UsageError(
-            "inpainting uses an unconditional denoiser, e.g. --weights ddpm_mnist", option="weights"
-        )
+        raise UsageError(f"{needs}, e.g. --weights ddpm_mnist", option="weights")
+    return images, device, model, scheduler, source
+
+
+def run_inpaint(args: argparse.Namespace) -> None:
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from . import checkpoint
+    from .inpainting import inpaint, make_mask
+
+    images, device, model, scheduler, source = _heldout_and_unconditional_denoiser(
+        args, "inpainting uses an unconditional denoiser"
+    )
     if args.steps > scheduler.num_timesteps:
         raise UsageError(f"must lie in 1..{scheduler.num_timesteps}, got {args.steps}", option="steps")
     generator = torch.Generator().manual_seed(args.seed)
@@ -814,18 +822,11 @@ def run_bound(args: argparse.Namespace) -> None:
     import torch
 
     from . import checkpoint
-    from .data import load_mnist
     from .theory import variational_bound
 
-    images = load_mnist("heldout", verbose=False).tensors[0]
-    if args.n > len(images):
-        raise UsageError(f"must lie in 1..{len(images)} (the held-out digits), got {args.n}", option="n")
-    device = _device(args.device)
-    model, scheduler, config, source = _load_denoiser(args, device)
-    if config.model.get("num_classes") is not None:
-        raise UsageError(
-            "the bound needs an unconditional denoiser, e.g. --weights ddpm_mnist", option="weights"
-        )
+    images, device, model, scheduler, source = _heldout_and_unconditional_denoiser(
+        args, "the bound needs an unconditional denoiser"
+    )
     chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.n]
     print(f"bound of {source} on {args.n} held-out digits, {args.t_samples} t-samples each "
           f"({2 * args.n * args.t_samples} network calls)", flush=True)  # fmt: skip
