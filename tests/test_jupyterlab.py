@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 REQUIRED = os.environ.get("REQUIRE_BROWSER_TEST") == "1"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHAPTER = "01_noise_schedule"
 COURSE_SETTINGS = Path(sysconfig.get_path("data")) / "share/jupyter/lab/settings/overrides.d/ddpm-course.json"
 NBGRADER_SERVER_EXTENSIONS = [
@@ -170,14 +170,7 @@ def test_a_learner_opens_a_chapter_runs_it_and_sees_boxes_and_folded_solutions(l
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],  # fmt: skip
+            args=FLAGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

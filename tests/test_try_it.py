@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,19 +25,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("DDPM_BOOK_HTML", ROOT / "_build" / "html"))
 REQUIRED = os.environ.get("REQUIRE_BROWSER_TEST") == "1"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NEEDED = [
     "try_it.html",
     "_static/try_it/page.js",
     "_static/try_it/models/ddpm_mnist_cond.onnx",
     "_static/ort/ort-wasm.wasm",
 ]
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 SCALE = 2  # canvas pixels per image pixel (page.js)
 
 pytestmark = pytest.mark.slow
