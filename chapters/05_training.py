@@ -187,6 +187,10 @@ def make_lr_scheduler(
     optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.25
 ) -> torch.optim.lr_scheduler.OneCycleLR:
     """One-cycle schedule: warm up for ``pct_start`` of the run, then cosine-anneal (as the reference)."""
+    # A warm-up that ends at step 0 (e.g. --steps 10 with the quick preset's 0.1) divides by zero inside
+    # OneCycleLR: end it half a step later.
+    if abs(pct_start * total_steps - 1) < 1e-9:
+        pct_start = 1.5 / total_steps
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="cos"
     )

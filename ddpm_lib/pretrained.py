@@ -8,7 +8,9 @@ both from a finished run, and ``NAME_steps/step_NNNNNN.pt`` (the run's EMA weigh
 in float16) for chapter 07's quality-vs-training-steps curve.
 
 ``mnist_classifier.pt`` / ``.json`` hold the evaluation classifier of chapter 07 (a ``classifier``
-checkpoint) and its provenance, written by ``python -m ddpm_lib train-classifier``.
+checkpoint) and its provenance, written by ``python -m ddpm_lib train-classifier``;
+``fashion_mnist_classifier.pt`` / ``.json`` the same network trained on Fashion-MNIST (chapter 15), written by
+``python -m ddpm_lib train-classifier --dataset fashion-mnist``. :data:`CLASSIFIERS` maps each data set to its file.
 
 Loading weights imports the U-Net, the schedules and the config — not the training loop, and not the
 distributed code.
@@ -25,17 +27,22 @@ from . import checkpoint
 from .errors import UsageError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-CLASSIFIER = WEIGHTS / "mnist_classifier.pt"
+#: the shipped evaluation classifier of each data set (see ddpm_lib.data.DATASETS)
+CLASSIFIERS = {
+    "mnist": WEIGHTS / "mnist_classifier.pt",
+    "fashion-mnist": WEIGHTS / "fashion_mnist_classifier.pt",
+}
+CLASSIFIER = CLASSIFIERS["mnist"]
 
 
 def available() -> list[str]:
     """The names of the shipped denoisers."""
-    return sorted(p.stem for p in WEIGHTS.glob("*.pt") if p != CLASSIFIER)
+    return sorted(p.stem for p in WEIGHTS.glob("*.pt") if p not in CLASSIFIERS.values())
 
 
 def pretrained_path(name: str = "ddpm_mnist") -> Path:
     path = WEIGHTS / f"{name}.pt"
-    if not path.is_file() or path == CLASSIFIER:
+    if not path.is_file() or path in CLASSIFIERS.values():
         raise UsageError(f"no shipped weights called {name!r}; available: {', '.join(available()) or 'none'}")
     return path
 
@@ -66,14 +73,22 @@ def save_classifier(classifier: torch.nn.Module, path: str | Path, record: dict)
     return path
 
 
-def load_classifier(path: str | Path | None = None, device: str | torch.device = "cpu"):
+def load_classifier(
+    path: str | Path | None = None, device: str | torch.device = "cpu", dataset: str = "mnist"
+):
     """The evaluation classifier of chapter 07 (eval mode) and its provenance record.
 
-    Default: the shipped one; ``path`` reads one written by ``python -m ddpm_lib train-classifier``.
+    Default: the one shipped for ``dataset`` (``"mnist"`` or ``"fashion-mnist"``); ``path`` reads one written by
+    ``python -m ddpm_lib train-classifier``.
     """
     from .metrics import MnistClassifier
 
-    path = CLASSIFIER if path is None else Path(path)
+    if path is None:
+        if dataset not in CLASSIFIERS:
+            raise UsageError(
+                f"dataset must be one of {', '.join(CLASSIFIERS)}, got {dataset!r}", option="dataset"
+            )
+        path = CLASSIFIERS[dataset]
     state = checkpoint.load(path, "classifier", map_location=device)
     try:
         classifier = MnistClassifier(**state["config"])

@@ -38,7 +38,7 @@ import torch
 
 from . import checkpoint
 from .config import TrainConfig, build_model, config_from_dict, scaled_lr, schedule_for
-from .data import load_mnist
+from .data import load_dataset
 from .distributed import Distributed, shard
 from .errors import UsageError
 from .training import EMA, make_lr_scheduler, make_optimizer, train
@@ -212,11 +212,13 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
     device = dist.device(config.device)
     config = resolve_parallelism(config, dist, device)
     if config.download and dist.is_main:  # one download, before the other ranks look for the files
-        load_mnist("train", root=config.data_root, download=True, verbose=False)
+        load_dataset(config.dataset, "train", root=config.data_root, download=True, verbose=False)
     dist.init(device)
     try:
         dist.barrier()
-        dataset = load_mnist("train", root=config.data_root, download=config.download, verbose=dist.is_main)
+        dataset = load_dataset(
+            config.dataset, "train", root=config.data_root, download=config.download, verbose=dist.is_main
+        )
         if config.batch_size > len(dataset):
             raise UsageError(
                 f"batch_size {config.batch_size} exceeds the {len(dataset)} training images", "batch_size"

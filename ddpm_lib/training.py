@@ -95,6 +95,10 @@ def make_lr_scheduler(
     optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.25
 ) -> torch.optim.lr_scheduler.OneCycleLR:
     """One-cycle schedule: warm up for ``pct_start`` of the run, then cosine-anneal (as the reference)."""
+    # A warm-up that ends at step 0 (e.g. --steps 10 with the quick preset's 0.1) divides by zero inside
+    # OneCycleLR: end it half a step later.
+    if abs(pct_start * total_steps - 1) < 1e-9:
+        pct_start = 1.5 / total_steps
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="cos"
     )
@@ -148,7 +152,7 @@ def train_step(
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 315): edit there ---
+# --- chapters/05_training.py, cell 14 (line 319): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -192,7 +196,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 390): edit there ---
+# --- chapters/05_training.py, cell 17 (line 394): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:

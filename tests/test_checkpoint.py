@@ -205,6 +205,23 @@ def test_a_version_1_run_checkpoint_is_upgraded(tmp_path):
     assert set(loaded["config"]) == set(asdict(TrainConfig()))
 
 
+def test_a_version_2_checkpoint_learnt_mnist(tmp_path):
+    """Version 2 configs predate --dataset: every run then learnt MNIST."""
+    content = run_content()
+    del content["config"]["dataset"]
+    path = tmp_path / "v2.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": 2, "kind": "run", **content}, path)
+    loaded = checkpoint.load(path)
+    assert loaded["version"] == checkpoint.VERSION and loaded["config"]["dataset"] == "mnist"
+    assert set(loaded["config"]) == set(asdict(TrainConfig()))
+    classifier = tmp_path / "c.pt"
+    torch.save(
+        {"format": checkpoint.FORMAT, "version": 2, "kind": "classifier", "config": {}, "model": {}},
+        classifier,
+    )
+    assert checkpoint.load(classifier)["config"] == {}  # a classifier's config is its constructor's
+
+
 def test_shipped_files_are_current_and_loading_them_imports_no_training_code():
     from ddpm_lib.pretrained import WEIGHTS
 

@@ -166,6 +166,18 @@ BAD_INPUTS = [
     (["inpaint", "--n", "600"], "--n: must lie in 1..500 (the held-out digits), got 600"),
     (["bound", "--n", "0"], "argument --n: expected a positive integer"),
     (["bound", "--n", "501"], "--n: must lie in 1..500 (the held-out digits), got 501"),
+    # --dataset (chapter 15): a choice, and weights that learnt another data set are refused by name
+    (["train", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    (["train-classifier", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn'"),
+    (
+        ["sample", "--dataset", "fashion-mnist", "--weights", "ddpm_mnist"],
+        "--dataset: fashion-mnist was asked for, but the shipped weights ddpm_mnist learnt mnist",
+    ),
+    (
+        ["evaluate", "--dataset", "fashion-mnist", "--checkpoint", "{good}"],
+        "--dataset: fashion-mnist was asked for, but {good} learnt mnist",
+    ),
+    (["train", "--dataset", "fashion-mnist", "--data-root", "missing"], "data root missing does not exist"),
     (["bound", "--t-samples", "1"], "argument --t-samples: expected an integer >= 2, got '1'"),
     (["bound", "--seed", "-1"], "argument --seed: expected a non-negative integer"),
     (["bound", "--weights", "ddpm_mnist_cond"], "--weights: the bound needs an unconditional denoiser"),

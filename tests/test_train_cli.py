@@ -228,3 +228,41 @@ def test_epochs_count_batches_of_the_batch_size_actually_used(monkeypatch, tmp_p
     main(["train", "--preset", "quick", "--epochs", "2", "--batch-size", "100", "--out", str(tmp_path / "b")])
     main(["train", "--epochs", "2", "--out", str(tmp_path / "c")])
     assert [config.steps for config in seen] == [2 * (4500 // 64), 2 * (4500 // 100), 2 * (4500 // 128)]
+
+
+def _fashion_files():
+    """Skip (or fail, under .ci/run's REQUIRE_FASHION_MNIST=1) without Debian's Fashion-MNIST files."""
+    import os
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail("no Fashion-MNIST under /usr/share/datasets/fashion-mnist (REQUIRE_FASHION_MNIST=1)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+
+
+@pytest.mark.slow
+def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tmp_path):
+    """--dataset fashion-mnist: the run records it, sample and evaluate follow the checkpoint's data set,
+    evaluate scores against Fashion-MNIST's held-out images with its own classifier and floor."""
+    _fashion_files()
+    out = tmp_path / "fashion"
+    result = cli("train", "--dataset", "fashion-mnist", "--steps", "4", "--eval-every", "0", "--num-classes",
+                 "10", "--sampler", "ddim", "--sampler-steps", "3", "--out", str(out), *TINY)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Fashion-MNIST train: 4,500 images" in result.stdout
+    assert json.loads((out / "config.json").read_text())["dataset"] == "fashion-mnist"
+    last = out / "checkpoints" / "last.pt"
+    sampled = cli("sample", "--checkpoint", str(last), "--dataset", "fashion-mnist", "--sampler", "ddim",
+                  "--steps", "3", "--n", "4", "--out", str(tmp_path / "g.png"), "--no-progress")  # fmt: skip
+    assert sampled.returncode == 0 and (tmp_path / "g.png").is_file(), sampled.stderr
+    report_path = tmp_path / "e.json"
+    evaluated = cli("evaluate", "--checkpoint", str(last), "--sampler", "ddim", "--steps", "3", "--n", "8",
+                    "--draws", "2", "--json", str(report_path), "--no-progress")  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "reference: 500 held-out images" in evaluated.stdout and "real images (floor)" in evaluated.stdout
+    report = json.loads(report_path.read_text())
+    assert report["dataset"] == "fashion-mnist" and report["classifier"]["dataset"] == "fashion-mnist"
+    assert "real images (floor)" in report["results"] and "real digits (floor)" not in report["results"]
+    wrong = cli("evaluate", "--checkpoint", str(last), "--dataset", "mnist", "--n", "8", "--no-progress")
+    assert wrong.returncode == 2 and "learnt fashion-mnist" in wrong.stderr

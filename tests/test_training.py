@@ -189,3 +189,15 @@ def test_non_finite_loss_names_the_step_and_keeps_the_weights(scheduler, images)
         train(Explode(), optimizer, None, scheduler, images, steps=3, batch_size=16, seed=0,
               generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("total_steps, pct_start", [(4, 0.25), (10, 0.1), (2, 0.5), (20, 0.05)])
+def test_one_cycle_survives_a_warm_up_of_exactly_one_step(total_steps, pct_start):
+    """OneCycleLR divides by zero when pct_start * total_steps == 1 (e.g. --steps 10 with the quick preset)."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    lr_scheduler = make_lr_scheduler(optimizer, 1e-3, total_steps, pct_start)
+    for _ in range(total_steps - 1):
+        optimizer.step()
+        lr_scheduler.step()
+    assert 0 < optimizer.param_groups[0]["lr"] <= 1e-3
