@@ -29,6 +29,15 @@
 # - use `ddpm_lib.diffusion.q_sample`, promoted from this chapter.
 
 # %%
+import importlib.util
+import subprocess
+import sys
+
+# On Colab (or anywhere without the course installed): install its package, with the shipped weights.
+if importlib.util.find_spec("ddpm_lib") is None:
+    COURSE = "ddpm_lib @ git+https://github.com/diffusion-from-scratch/diffusion-from-scratch"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE], check=True)
+
 import math
 
 import ipywidgets as widgets

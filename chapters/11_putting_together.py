@@ -34,6 +34,15 @@
 # Symbols are those of the [notation](../notation.md) page.
 
 # %%
+import importlib.util
+import subprocess
+import sys
+
+# On Colab (or anywhere without the course installed): install its package, with the shipped weights.
+if importlib.util.find_spec("ddpm_lib") is None:
+    COURSE = "ddpm_lib @ git+https://github.com/diffusion-from-scratch/diffusion-from-scratch"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE], check=True)
+
 import time
 
 import matplotlib.pyplot as plt

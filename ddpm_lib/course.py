@@ -10,6 +10,11 @@ cells (``instructors.md`` has the templates):
 3. the check cell, whose first line is ``# Check N.K``; lines between ``### BEGIN HIDDEN TESTS``
    and ``### END HIDDEN TESTS`` are checks the student copy does not show.
 
+The same two edits, :func:`clear_hidden_tests` and :func:`clear_solution`, make the book's **learner edition**
+(``tools/build_book.py``): hidden checks removed from every page, solutions folded or, with
+``--no-solutions``, replaced by the stub. Their output is nbgrader's, line for line (tests/test_exercises.py
+compares them with nbgrader's preprocessors on every chapter), without needing nbgrader to build the book.
+
 ``python -m ddpm_lib.course student-copies --out dist`` writes, for every chapter,
 
 - ``dist/student/NN_topic.ipynb``: solutions replaced by ``raise NotImplementedError()`` and hidden
@@ -36,6 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 CHECK_PREFIX = "# Check"
 SOLUTION_BEGIN = "### BEGIN SOLUTION"
+SOLUTION_END = "### END SOLUTION"
+HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
+HIDDEN_END = "### END HIDDEN TESTS"
+#: what a cleared solution becomes (nbgrader's default stub for Python), indented like the BEGIN line
+SOLUTION_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 HIDE_TAG = "hide-input"
 #: the first line of an exercise's Markdown cell: ``:::{exercise} 1.2 · ★★☆ · The half-life of the signal``
 EXERCISE_RE = re.compile(
@@ -90,6 +100,38 @@ def exercises(notebook: nbformat.NotebookNode) -> list[Exercise]:
     return found
 
 
+def _edit_regions(source: str, begin: str, end: str, replacement: tuple[str, ...]) -> str:
+    """``source`` with every region from a line holding ``begin`` to the next holding ``end`` replaced by
+    ``replacement``'s lines, indented like the ``begin`` line. Unbalanced or nested markers are a ValueError."""
+    kept, inside = [], False
+    for line in source.split("\n"):
+        if begin in line:
+            if inside:
+                raise ValueError(f"nested {begin!r}")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            kept.extend(indent + stub for stub in replacement)
+        elif end in line:
+            if not inside:
+                raise ValueError(f"{end!r} without {begin!r}")
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if inside:
+        raise ValueError(f"{begin!r} without {end!r}")
+    return "\n".join(kept)
+
+
+def clear_hidden_tests(source: str) -> str:
+    """A check cell's source without its hidden checks (the lines between the HIDDEN TESTS markers, and them)."""
+    return _edit_regions(source, HIDDEN_BEGIN, HIDDEN_END, ())
+
+
+def clear_solution(source: str) -> str:
+    """A solution cell's source with the solution replaced by the ``raise NotImplementedError()`` stub."""
+    return _edit_regions(source, SOLUTION_BEGIN, SOLUTION_END, SOLUTION_STUB)
+
+
 def instructor_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``notebook`` with nbgrader metadata on every exercise's solution and check cells."""
     instructor = copy.deepcopy(notebook)
@@ -115,18 +157,12 @@ def instructor_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNod
 
 
 def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``notebook`` with solutions replaced by a ``NotImplementedError`` stub and hidden checks removed."""
-    try:
-        from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
-    except ImportError as error:  # pragma: no cover - nbgrader is in requirements-instructor.txt
-        raise SystemExit(
-            "student copies need nbgrader, an instructor tool: pip install -r requirements-instructor.txt"
-        ) from error
+    """A copy of ``notebook`` with solutions replaced by a ``NotImplementedError`` stub and hidden checks removed
+    (what nbgrader's ``ClearSolutions`` and ``ClearHiddenTests`` make of it)."""
     student = copy.deepcopy(notebook)
-    resources = {"language": "python"}
-    for preprocessor in (ClearSolutions(enforce_metadata=False), ClearHiddenTests(enforce_metadata=False)):
-        student, resources = preprocessor.preprocess(student, resources)
-    for cell in student.cells:  # nbgrader tags cells it changed; keep the copy clean of that
+    for cell in student.cells:
+        if cell.cell_type == "code":
+            cell.source = clear_hidden_tests(clear_solution(cell.source))
         cell.metadata.pop("nbgrader", None)
         cell.metadata.pop("mystnb", None)  # the book's "Show solution" label
         # The learner's notebooks fold solutions and checks; in the student copy the stub is where the

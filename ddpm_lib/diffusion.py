@@ -8,13 +8,13 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["expand_like", "q_step", "q_sample"]
 
 
-# --- chapters/02_forward_process.py, cell 5 (line 89): edit there ---
+# --- chapters/02_forward_process.py, cell 5 (line 98): edit there ---
 import torch
 
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/02_forward_process.py, cell 6 (line 96): edit there ---
+# --- chapters/02_forward_process.py, cell 6 (line 105): edit there ---
 def expand_like(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample coefficients of shape (B,) or () to broadcast over ``x`` of shape (B, ...)."""
     return coefficients.to(dtype=x.dtype).reshape(coefficients.shape + (1,) * (x.dim() - coefficients.dim()))
@@ -38,7 +38,7 @@ def _check_batch(x: torch.Tensor, t, noise: torch.Tensor, x_name: str) -> torch.
     return t.to(x.device)
 
 
-# --- chapters/02_forward_process.py, cell 7 (line 121): edit there ---
+# --- chapters/02_forward_process.py, cell 7 (line 130): edit there ---
 def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""One forward step, x_t = √α_t · x_{t−1} + √β_t · ε  (DDPM eq. 2).
 
@@ -51,7 +51,7 @@ def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tenso
     return alpha.sqrt() * x_prev + beta.sqrt() * noise
 
 
-# --- chapters/02_forward_process.py, cell 13 (line 197): edit there ---
+# --- chapters/02_forward_process.py, cell 13 (line 206): edit there ---
 def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""Sample x_t ~ q(x_t | x_0) in one go:  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε  (DDPM eq. 4).
 

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-# --- chapters/06_sampling.py, cell 3 (line 94): edit there ---
+# --- chapters/06_sampling.py, cell 3 (line 103): edit there ---
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -31,7 +31,7 @@ from torch import nn
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/06_sampling.py, cell 4 (line 106): edit there ---
+# --- chapters/06_sampling.py, cell 4 (line 115): edit there ---
 def _check_int(value, name: str, low: int, high: int) -> int:
     """``value`` as an int after checking it is an integer (or a one-element integer tensor) in low..high."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
@@ -73,7 +73,7 @@ def predict_noise(model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int) ->
     return model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
 
 
-# --- chapters/06_sampling.py, cell 5 (line 149): edit there ---
+# --- chapters/06_sampling.py, cell 5 (line 158): edit there ---
 def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
                clip: bool = False) -> torch.Tensor:  # fmt: skip
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, the clean image the noise estimate implies; clamped to [−1, 1] if ``clip``."""
@@ -128,7 +128,7 @@ def reverse_step(
     return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
 
-# --- chapters/06_sampling.py, cell 6 (line 205): edit there ---
+# --- chapters/06_sampling.py, cell 6 (line 214): edit there ---
 def sample(
     scheduler: NoiseSchedule,
     t: int,
@@ -163,7 +163,7 @@ def sample_clip(
     return reverse_step(scheduler, t, t - 1, model, x_t, clip=True, generator=generator)
 
 
-# --- chapters/06_sampling.py, cell 10 (line 265): edit there ---
+# --- chapters/06_sampling.py, cell 10 (line 274): edit there ---
 def run_chain(
     model: nn.Module,
     timesteps: Sequence[int],

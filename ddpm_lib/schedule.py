@@ -8,14 +8,14 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["NoiseSchedule", "LinearBetaScheduler", "CosineScheduler", "SCHEDULES", "make_schedule"]
 
 
-# --- chapters/01_noise_schedule.py, cell 15 (line 229): edit there ---
+# --- chapters/01_noise_schedule.py, cell 15 (line 238): edit there ---
 import math  # chapter 09's cosine schedule
 import numbers
 
 import torch
 
 
-# --- chapters/01_noise_schedule.py, cell 16 (line 237): edit there ---
+# --- chapters/01_noise_schedule.py, cell 16 (line 246): edit there ---
 class NoiseSchedule:
     r"""Every table the course derives from a sequence of noise variances β_0..β_{T−1}.
 
@@ -115,7 +115,7 @@ class NoiseSchedule:
         return self._lookup(self.posterior_variances, t)
 
 
-# --- chapters/01_noise_schedule.py, cell 18 (line 343): edit there ---
+# --- chapters/01_noise_schedule.py, cell 18 (line 352): edit there ---
 class LinearBetaScheduler(NoiseSchedule):
     r"""The linear noise schedule of DDPM (Ho et al., 2020): β_t = linspace(β_start, β_end, T)[t].
 
@@ -150,7 +150,7 @@ class LinearBetaScheduler(NoiseSchedule):
         )
 
 
-# --- chapters/09_cosine_schedule.py, cell 3 (line 81): edit there ---
+# --- chapters/09_cosine_schedule.py, cell 3 (line 90): edit there ---
 class CosineScheduler(NoiseSchedule):
     r"""The cosine schedule of Nichol & Dhariwal (2021): ᾱ_t = f((t+1)/T) / f(0), f(u) = cos²((u+s)/(1+s)·π/2).
 

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# --- chapters/05_training.py, cell 3 (line 80): edit there ---
+# --- chapters/05_training.py, cell 3 (line 89): edit there ---
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -31,7 +31,7 @@ from ddpm_lib.diffusion import q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/05_training.py, cell 4 (line 94): edit there ---
+# --- chapters/05_training.py, cell 4 (line 103): edit there ---
 def ddpm_loss(
     model: nn.Module,
     scheduler: NoiseSchedule,
@@ -85,7 +85,7 @@ def ddpm_loss(
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-# --- chapters/05_training.py, cell 8 (line 181): edit there ---
+# --- chapters/05_training.py, cell 8 (line 190): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -152,7 +152,7 @@ def train_step(
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 319): edit there ---
+# --- chapters/05_training.py, cell 14 (line 328): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -196,7 +196,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 394): edit there ---
+# --- chapters/05_training.py, cell 17 (line 403): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:

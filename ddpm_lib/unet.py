@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-# --- chapters/04_unet.py, cell 3 (line 71): edit there ---
+# --- chapters/04_unet.py, cell 3 (line 80): edit there ---
 import itertools
 import math
 import numbers
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 
-# --- chapters/04_unet.py, cell 5 (line 94): edit there ---
+# --- chapters/04_unet.py, cell 5 (line 103): edit there ---
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     r"""Sinusoidal embedding of timesteps (Vaswani et al., 2017; used by DDPM).
 
@@ -58,7 +58,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-# --- chapters/04_unet.py, cell 8 (line 129): edit there ---
+# --- chapters/04_unet.py, cell 8 (line 138): edit there ---
 class SinusoidalTimeEmbedding(nn.Module):
     r"""e(t) = W₂ SiLU(W₁ emb(t) + b₁) + b₂: fixed sinusoids, then a learned MLP (dim → 4·dim → dim).
 
@@ -75,7 +75,7 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
-# --- chapters/04_unet.py, cell 14 (line 220): edit there ---
+# --- chapters/04_unet.py, cell 14 (line 229): edit there ---
 class TimeMLP(nn.Module):
     r"""Inject time into a feature map: y = SiLU(x + MLP(e)[:, :, None, None]).
 
@@ -94,7 +94,7 @@ class TimeMLP(nn.Module):
         return self.act(x + self.mlp(e)[:, :, None, None])
 
 
-# --- chapters/04_unet.py, cell 17 (line 258): edit there ---
+# --- chapters/04_unet.py, cell 17 (line 267): edit there ---
 NORMS = ("batch", "group")
 
 
@@ -123,7 +123,7 @@ class ConvNormAct(nn.Module):
         return self.module(x)
 
 
-# --- chapters/04_unet.py, cell 20 (line 304): edit there ---
+# --- chapters/04_unet.py, cell 20 (line 313): edit there ---
 class ChannelShuffle(nn.Module):
     """Interleave ``groups`` groups of channels: (B, C, H, W) → (B, C, H, W), channel order
     [g₀c₀, g₁c₀, …, g₀c₁, g₁c₁, …] (reshape to (B, groups, C/groups, H, W), swap axes 1 and 2)."""
@@ -138,7 +138,7 @@ class ChannelShuffle(nn.Module):
         return x.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-# --- chapters/04_unet.py, cell 23 (line 336): edit there ---
+# --- chapters/04_unet.py, cell 23 (line 345): edit there ---
 class ShuffleUnit(nn.Module):
     r"""ShuffleNet v2 basic unit as the reference uses it (Ma et al., 2018, fig. 3c, both halves transformed).
 
@@ -197,7 +197,7 @@ class ShuffleDownsample(nn.Module):
         return self.channel_shuffle(torch.cat([self.branch1(x), self.branch2(x)], dim=1))
 
 
-# --- chapters/04_unet.py, cell 26 (line 413): edit there ---
+# --- chapters/04_unet.py, cell 26 (line 422): edit there ---
 class DenseUnit(nn.Module):
     r"""A residual unit of one dense 3×3 convolution: y = SiLU(norm(conv₃ₓ₃(x))) + skip(x).
 
@@ -229,7 +229,7 @@ class DenseDownsample(nn.Module):
 UNITS = {"shuffle": (ShuffleUnit, ShuffleDownsample), "dense": (DenseUnit, DenseDownsample)}
 
 
-# --- chapters/04_unet.py, cell 29 (line 476): edit there ---
+# --- chapters/04_unet.py, cell 29 (line 485): edit there ---
 def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm: str) -> nn.Sequential:
     """``count`` units: count − 1 at width C_in, then one C_in → C_out. (B, C_in, H, W) → (B, C_out, H, W)."""
     make_unit = UNITS[unit][0]
@@ -272,7 +272,7 @@ class DecoderBlock(nn.Module):
         return self.conv1(self.time_mlp(self.conv0(x), e))
 
 
-# --- chapters/04_unet.py, cell 32 (line 549): edit there ---
+# --- chapters/04_unet.py, cell 32 (line 558): edit there ---
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
 
@@ -485,7 +485,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1194): edit there ---
+# --- chapters/04_unet.py, cell 58 (line 1203): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 

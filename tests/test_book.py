@@ -7,10 +7,9 @@ the order of ``toc.yml``, exercises are boxed and their solutions folded, and ea
 notebook for download. It also saves a screenshot of the first chapter to
 ``_build/screenshots/`` for a person to look at.
 
-Build the book first (offline MathJax, see README "The book")::
+Build the book's learner edition first (offline MathJax, see README "The book")::
 
-    DDPM_PROFILE=ci DDPM_BOOK_MATHJAX=~/.cache/ddpm-book-mathjax/node_modules/mathjax \\
-        jupyter-book build . --config book.yml --toc toc.yml -W -n --keep-going
+    DDPM_BOOK_MATHJAX=~/.cache/ddpm-book-mathjax/node_modules/mathjax python tools/build_book.py
 
 The test is skipped when there is no built site, no ``chromium``, or the site loads MathJax from its
 CDN (which an offline machine cannot reach); ``REQUIRE_BROWSER_TEST=1`` (set by ``.ci/run``) turns each
@@ -186,6 +185,7 @@ class Page(HTMLParser):
         self._in_sidebar = 0
         self._link: dict[str, str] | None = None
         self._text: list[str] = []
+        self.texts: list[str] = []  # every piece of text on the page, as the reader's DOM holds it
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -215,6 +215,7 @@ class Page(HTMLParser):
             self._link = None
 
     def handle_data(self, data):
+        self.texts.append(data)
         if self._link is not None:
             self._text.append(data)
         if data.strip() == "Show solution":
@@ -276,6 +277,40 @@ def test_chapter_offers_its_notebook(site, pages, name):
     with urllib.request.urlopen(url, timeout=10) as response:  # localhost only
         assert response.status == 200
         assert b'"nbformat"' in response.read()
+
+
+def hidden_check_lines(source: Path) -> list[str]:
+    """The lines of a chapter's hidden checks that appear nowhere else in it (at least 12 characters)."""
+    from ddpm_lib.course import HIDDEN_BEGIN, HIDDEN_END
+
+    hidden, visible, inside = [], set(), False
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if HIDDEN_BEGIN in line or HIDDEN_END in line:
+            inside = HIDDEN_BEGIN in line
+            continue
+        (hidden.append if inside else visible.add)(line.strip())
+    return [line for line in hidden if len(line) >= 12 and line not in visible]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_the_learner_edition_shows_no_hidden_checks(pages, name):
+    """The public site is the learner edition (tools/build_book.py): no hidden check of the chapter reaches its page
+    as the browser shows it, nor the sources it offers for download."""
+    import json
+
+    edition = json.loads((HTML / "_static" / "edition.json").read_text(encoding="utf-8"))
+    assert edition["edition"] == "learner", (
+        f"{HTML} holds the {edition['edition']} edition; build the learner one"
+    )
+    lines = hidden_check_lines(ROOT / f"{name}.py")
+    assert lines, f"{name}: no hidden checks to look for"
+    text = "\n".join(pages[name].texts)
+    assert "HIDDEN TESTS" not in text
+    shown = [line for line in lines if line in text]
+    assert not shown, f"{name}: hidden checks on the page: {shown[:3]}"
+    for download in (HTML / "_sources" / Path(name).parent).glob(f"{Path(name).name}.*"):
+        content = download.read_text(encoding="utf-8")
+        assert "HIDDEN TESTS" not in content and not [line for line in lines if line in content], download
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -6,6 +6,7 @@ the solution in place is proved by the chapter runs themselves: ``tools/chapter_
 each chapter once, running every exercise on its stub and then with its solution
 (``tests/test_chapter_run.py`` shows each guarantee can fail)."""
 
+import copy
 import re
 
 import jupytext
@@ -146,6 +147,38 @@ def test_nbgrader_grades_the_instructor_copy_full_marks_and_the_student_copy_zer
 def test_student_copy_unfolds_the_cells_the_student_works_in(source):
     student = student_notebook(jupytext.read(source))
     assert not [cell for cell in student.cells if cell.metadata.get("jupyter", {}).get("source_hidden")]
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_the_course_clears_solutions_and_hidden_tests_as_nbgrader_does(source):
+    """ddpm_lib.course's own edits (used by the student copies and the book's learner edition, which must build
+    without nbgrader) give nbgrader's ClearSolutions + ClearHiddenTests output, cell for cell."""
+    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+
+    notebook = jupytext.read(source)
+    theirs, resources = notebook, {"language": "python"}
+    for preprocessor in (ClearSolutions(enforce_metadata=False), ClearHiddenTests(enforce_metadata=False)):
+        theirs, resources = preprocessor.preprocess(copy.deepcopy(theirs), resources)
+    ours = student_notebook(notebook)
+    assert [cell.source for cell in ours.cells] == [cell.source for cell in theirs.cells]
+    assert any("raise NotImplementedError()" in cell.source for cell in ours.cells)
+    assert not any("BEGIN HIDDEN TESTS" in cell.source for cell in ours.cells)
+
+
+def test_region_edits_refuse_unbalanced_markers():
+    from ddpm_lib.course import clear_hidden_tests, clear_solution
+
+    assert clear_solution("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION") == (
+        "def f():\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    )
+    for broken in (
+        "### BEGIN SOLUTION\nx = 1",
+        "x = 1\n### END SOLUTION",
+        "### BEGIN SOLUTION\n### BEGIN SOLUTION",
+    ):
+        with pytest.raises(ValueError, match="SOLUTION"):
+            clear_solution(broken)
+    assert clear_hidden_tests("a\n### BEGIN HIDDEN TESTS\nb\n### END HIDDEN TESTS\nc") == "a\nc"
 
 
 def test_grading_tools_are_instructor_extras_and_the_learner_gets_the_lab_settings():

@@ -18,6 +18,13 @@
    (version 1.18: ``npm install --prefix ~/.cache/ddpm-book-ort onnxruntime-web@1.18.0``), its
    WebAssembly runtime in ``_static/ort/``. Nothing loads from a CDN. Without ``DDPM_BOOK_ORT`` the page
    builds and says on the page that its runtime is missing.
+4. **Editions** (``tools/build_book.py`` sets them): ``DDPM_BOOK_EDITION=learner`` (the default, the public
+   site) removes every exercise's hidden checks from the pages and from the downloadable ``.py`` / ``.ipynb``
+   sources, with ``DDPM_BOOK_SOLUTIONS=remove`` also the solutions (replaced by the student copy's stub;
+   default ``fold``: shown folded); ``instructor`` shows everything and adds the grading notes
+   (``grading.md``, whose ``{grading-notes}`` directive tabulates every exercise). The edits are
+   ``ddpm_lib.course``'s, the ones that make the student copies. The site records its edition in
+   ``_static/edition.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import shutil
 from pathlib import Path
 
+from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.errors import ConfigError
@@ -37,6 +45,10 @@ ORT_ENV = "DDPM_BOOK_ORT"
 ORT_FILES = ("dist/ort.wasm.min.js", "dist/ort-wasm-simd.wasm", "dist/ort-wasm.wasm")
 TRY_IT_MODELS = ("ddpm_mnist_cond", "ddpm_mnist")
 ROOT = Path(__file__).resolve().parents[1]
+EDITION_ENV = "DDPM_BOOK_EDITION"
+SOLUTIONS_ENV = "DDPM_BOOK_SOLUTIONS"
+EDITIONS = ("learner", "instructor")
+SOLUTION_MODES = ("fold", "remove")
 
 
 def use_local_mathjax(app: Sphinx, config: Config) -> None:
@@ -125,7 +137,126 @@ def add_footer(app: Sphinx, config: Config) -> None:
     config.html_theme_options = options
 
 
+def edition() -> tuple[str, str]:
+    """The edition being built and what happens to the solutions, from the environment (checked)."""
+    name = os.environ.get(EDITION_ENV, "learner") or "learner"
+    solutions = os.environ.get(SOLUTIONS_ENV, "fold") or "fold"
+    if name not in EDITIONS:
+        raise ConfigError(f"{EDITION_ENV} must be one of {', '.join(EDITIONS)}, got {name!r}")
+    if solutions not in SOLUTION_MODES:
+        raise ConfigError(f"{SOLUTIONS_ENV} must be one of {', '.join(SOLUTION_MODES)}, got {solutions!r}")
+    if name == "instructor" and solutions == "remove":
+        raise ConfigError(
+            f"the instructor edition shows the solutions; {SOLUTIONS_ENV}=remove is for learners"
+        )
+    return name, solutions
+
+
+def edit_for_edition(text: str, name: str, solutions: str) -> str:
+    """``text`` (a cell, or a whole chapter source) as the edition shows it."""
+    from ddpm_lib.course import HIDDEN_BEGIN, SOLUTION_BEGIN, clear_hidden_tests, clear_solution
+
+    if name == "learner" and HIDDEN_BEGIN in text:
+        text = clear_hidden_tests(text)
+    if solutions == "remove" and SOLUTION_BEGIN in text:
+        text = clear_solution(text)
+    return text
+
+
+def apply_edition(app: Sphinx, doctree: nodes.document) -> None:
+    """Edit every code block of the page for the edition (cell inputs are literal blocks in myst-nb's doctree)."""
+    name, solutions = edition()
+    if name == "instructor":
+        return
+    for block in list(doctree.findall(nodes.literal_block)):
+        text = block.astext()
+        edited = edit_for_edition(text, name, solutions)
+        if edited != text:
+            replacement = nodes.literal_block(edited, edited)
+            replacement.attributes.update(block.attributes)
+            block.replace_self(replacement)
+
+
+def edit_downloads(app: Sphinx, exception: Exception | None) -> None:
+    """The learner edition's downloadable sources (``_sources/``, executed notebooks) lose what its pages lose."""
+    import json
+
+    if exception is not None or app.builder.format != "html":
+        return
+    name, solutions = edition()
+    outdir = Path(app.outdir)
+    (outdir / "_static").mkdir(parents=True, exist_ok=True)
+    (outdir / "_static" / "edition.json").write_text(
+        json.dumps({"edition": name, "solutions": solutions}) + "\n"
+    )
+    if name == "instructor":
+        return
+    for path in [*outdir.rglob("*.py"), *outdir.rglob("*.ipynb"), *outdir.rglob("*.py.txt")]:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ipynb":
+            notebook = json.loads(text)
+            for cell in notebook.get("cells", []):
+                if cell.get("cell_type") == "code":
+                    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+                    edited = edit_for_edition(source, name, solutions)
+                    if edited != source:
+                        cell["source"] = edited.splitlines(keepends=True)
+            edited_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+            if json.loads(edited_text) != json.loads(text):
+                path.write_text(edited_text, encoding="utf-8")
+        else:
+            edited_text = edit_for_edition(text, name, solutions)
+            if edited_text != text:
+                path.write_text(edited_text, encoding="utf-8")
+
+
+def grading_notes_directive():
+    from docutils.parsers.rst import Directive
+
+    class GradingNotesDirective(Directive):
+        """``{grading-notes}``: a table of every exercise — chapter, number, title, points (its stars), whether its
+        check has hidden tests, and the model answer's first line where the solution states one."""
+
+        def run(self):
+            import jupytext
+
+            from ddpm_lib.course import HIDDEN_BEGIN, chapter_sources, exercises
+
+            header = ("chapter", "exercise", "title", "points", "hidden checks", "model answer (first line)")
+            rows = []
+            for source in chapter_sources():
+                notebook = jupytext.read(source)
+                for exercise in exercises(notebook):
+                    solution = notebook.cells[exercise.solution_cell].source
+                    answers = [line.strip().removeprefix("# Model answer:").strip()
+                               for line in solution.splitlines() if "# Model answer:" in line]  # fmt: skip
+                    check = notebook.cells[exercise.check_cell].source
+                    rows.append((source.stem, exercise.number, exercise.title, str(exercise.stars),
+                                 "yes" if HIDDEN_BEGIN in check else "no", answers[0] if answers else ""))  # fmt: skip
+            table = nodes.table()
+            group = nodes.tgroup(cols=len(header))
+            table += group
+            for _ in header:
+                group += nodes.colspec(colwidth=1)
+            head, body = nodes.thead(), nodes.tbody()
+            group += head
+            group += body
+            for target, values in ((head, [header]), (body, rows)):
+                for values_row in values:
+                    row = nodes.row()
+                    for value in values_row:
+                        row += nodes.entry("", nodes.paragraph(text=value))
+                    target += row
+            return [table]
+
+    return GradingNotesDirective
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", lambda app, config: edition())  # a bad edition fails at once
+    app.connect("doctree-read", apply_edition)
+    app.connect("build-finished", edit_downloads)
+    app.add_directive("grading-notes", grading_notes_directive())
     app.connect("config-inited", add_footer)
     app.connect("config-inited", use_local_mathjax)
     app.connect("config-inited", check_ort)
