@@ -1,0 +1,70 @@
+"""Stored chapter outputs are never stale silently (tools/execute_chapters.py).
+
+A chapter's paired notebook may carry the outputs of a full-profile execution, with a record of what produced
+them (the hash of its code cells, of every ddpm_lib module it used and of the shipped weights). These tests fail
+when one of those changed after the outputs were made, naming the command that refreshes them.
+"""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ddpm_lib.course import chapter_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("execute_chapters", ROOT / "tools" / "execute_chapters.py")
+execute_chapters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(execute_chapters)
+
+STORED = [
+    s for s in chapter_sources() if execute_chapters.KEY in nbformat.read(s.with_suffix(".ipynb"), 4).metadata
+]
+
+
+@pytest.mark.parametrize("source", STORED, ids=lambda p: p.stem)
+def test_stored_outputs_are_current(source):
+    record = nbformat.read(source.with_suffix(".ipynb"), 4).metadata[execute_chapters.KEY]
+    reasons = execute_chapters.stale_reasons(source, record["profile"])
+    assert not reasons, (
+        f"{source.name}: its stored {record['profile']}-profile outputs are stale ({'; '.join(reasons)}); "
+        f"refresh them with:  python tools/execute_chapters.py --profile {record['profile']} {source.name[:2]}"
+    )
+
+
+def test_a_code_change_makes_outputs_stale_and_a_prose_change_does_not(tmp_path, monkeypatch):
+    source = tmp_path / "01_noise_schedule.py"
+    shutil.copy(ROOT / "chapters" / source.name, source)
+    notebook = nbformat.read(ROOT / "chapters" / "01_noise_schedule.ipynb", 4)
+    notebook.metadata[execute_chapters.KEY] = {
+        "profile": "full",
+        "code_sha256": execute_chapters.code_hash(source),
+        "modules": execute_chapters.module_hashes(["ddpm_lib", "ddpm_lib.profile"]),
+        "weights_sha256": execute_chapters.weights_hash(),
+    }
+    nbformat.write(notebook, source.with_suffix(".ipynb"))
+    assert execute_chapters.stale_reasons(source, "full") == []
+    assert execute_chapters.stale_reasons(source, "ci") == ["made in the full profile"]
+    text = source.read_text(encoding="utf-8")
+    source.write_text(text.replace("# # 01 ·", "# # 01 (edited prose) ·", 1), encoding="utf-8")
+    assert execute_chapters.stale_reasons(source, "full") == []  # prose does not count
+    source.write_text(text.replace("import math\n", "import math  # one line changed\n", 1), encoding="utf-8")
+    assert execute_chapters.stale_reasons(source, "full") == ["its code cells changed"]
+    record = notebook.metadata[execute_chapters.KEY]
+    record["modules"]["ddpm_lib/profile.py"] = "0" * 64  # as if profile.py changed since
+    nbformat.write(notebook, source.with_suffix(".ipynb"))
+    source.write_text(text, encoding="utf-8")
+    assert execute_chapters.stale_reasons(source, "full") == ["ddpm_lib changed: ddpm_lib/profile.py"]
+
+
+def test_widget_views_and_state_are_not_stored():
+    notebook = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}})
+    bar = {"text/plain": "HBox(children=(...))", execute_chapters.WIDGET_MIME: {"model_id": "x"}}
+    figure = {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}
+    notebook.cells = [nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("display_data", data=bar),
+                                                              nbformat.v4.new_output("display_data", data=figure)])]  # fmt: skip
+    execute_chapters.clean_outputs(notebook)
+    assert "widgets" not in notebook.metadata
+    assert [output["data"] for output in notebook.cells[0].outputs] == [figure]

@@ -1,0 +1,198 @@
+"""Execute chapters and store their outputs in the paired notebooks, with a record of what produced them.
+
+    python tools/execute_chapters.py --profile full            # every chapter whose stored outputs are stale
+    python tools/execute_chapters.py --profile full 05 07      # chapters 05 and 07
+    python tools/execute_chapters.py --profile full --force 01 # again, although its outputs are current
+    python tools/execute_chapters.py --list                    # what is stored, and what is stale
+
+Each chapter runs top to bottom in a fresh kernel of this Python environment (``DDPM_PROFILE`` set to the
+profile, the chapter's folder as working directory), cell by cell with progress on the terminal; its outputs go
+into ``chapters/NN_topic.ipynb`` (written atomically when the chapter has finished, so an interrupted run loses
+at most the chapter it was in; run the command again to resume: current chapters are skipped). The notebook's
+metadata records, under ``ddpm_course``, what produced the outputs:
+
+- ``code_sha256``: a hash of the chapter's code cells (prose edits leave it unchanged);
+- ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file;
+- ``weights_sha256``: a hash of the shipped weights the package holds;
+- the profile, torch's version, the wall time, the date and this command.
+
+``tests/test_stored_outputs.py`` recomputes the hashes and fails, naming the command that refreshes them, when
+a chapter's code, a module it used or the weights changed after its outputs were made. Widget output (progress
+bars drawn as ipywidgets, sliders) and widget state are not stored: they need a live kernel to mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ddpm_lib.checkpoint import write_text  # noqa: E402
+from ddpm_lib.course import chapter_sources  # noqa: E402
+
+KEY = "ddpm_course"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+PROBE = (
+    "import sys as _s; print(sorted(m for m in _s.modules if m == 'ddpm_lib' or m.startswith('ddpm_lib.')))"
+)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_hash(source: Path) -> str:
+    """The chapter's code cells, joined: what its outputs depend on (prose does not count)."""
+    cells = [cell.source for cell in jupytext.read(source).cells if cell.cell_type == "code"]
+    return sha256("\n\x00\n".join(cells).encode("utf-8"))
+
+
+def module_file(name: str) -> Path:
+    parts = name.split(".")
+    package = ROOT.joinpath(*parts) / "__init__.py"
+    return package if package.is_file() else ROOT.joinpath(*parts[:-1]) / f"{parts[-1]}.py"
+
+
+def module_hashes(names: list[str]) -> dict[str, str]:
+    """``{relative path: sha256}`` of the ``ddpm_lib`` modules called ``names`` (those with a file here)."""
+    files = sorted({module_file(name) for name in names if module_file(name).is_file()})
+    return {path.relative_to(ROOT).as_posix(): sha256(path.read_bytes()) for path in files}
+
+
+def weights_hash() -> str:
+    weights = sorted((ROOT / "ddpm_lib" / "weights").rglob("*.pt"))
+    return sha256(
+        b"".join(p.relative_to(ROOT).as_posix().encode() + sha256(p.read_bytes()).encode() for p in weights)
+    )
+
+
+def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
+    """Why the stored outputs of ``source``'s notebook are out of date ([] when current; no outputs is a reason)."""
+    notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    record = notebook.metadata.get(KEY)
+    if record is None:
+        return ["no stored outputs"]
+    reasons = []
+    if profile is not None and record["profile"] != profile:
+        reasons.append(f"made in the {record['profile']} profile")
+    if record["code_sha256"] != code_hash(source):
+        reasons.append("its code cells changed")
+    now = module_hashes([Path(p).with_suffix("").as_posix().replace("/", ".") for p in record["modules"]])
+    changed = sorted(p for p, digest in record["modules"].items() if now.get(p) != digest)
+    if changed:
+        reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
+    if record["weights_sha256"] != weights_hash():
+        reasons.append("the shipped weights changed")
+    return reasons
+
+
+def clean_outputs(notebook: nbformat.NotebookNode) -> None:
+    """Drop widget views (they need a live kernel) and the widget state; keep everything else."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                data.pop(WIDGET_MIME)
+                if set(data) <= {"text/plain"}:  # only the widget's repr ("HBox(...)") was left
+                    continue
+            kept.append(output)
+        cell.outputs = kept
+
+
+def execute(source: Path, profile: str, timeout: int) -> float:
+    """Run the chapter of ``source``; store its outputs and record; return the wall time in seconds."""
+    from nbclient import NotebookClient
+
+    target = source.with_suffix(".ipynb")
+    notebook = nbformat.read(target, as_version=4)
+    code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    os.environ["DDPM_PROFILE"] = profile
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(source.parent)}})  # fmt: skip
+    started = time.perf_counter()
+    with client.setup_kernel():
+        for n, index in enumerate(code, 1):
+            first = (
+                notebook.cells[index].source.strip().splitlines()[0][:60]
+                if notebook.cells[index].source
+                else ""
+            )
+            print(f"  [{n}/{len(code)}] {time.perf_counter() - started:7.0f} s  {first}", flush=True)
+            client.execute_cell(notebook.cells[index], index)
+        probe = nbformat.v4.new_code_cell(PROBE)  # which ddpm_lib modules the chapter used; not stored
+        notebook.cells.append(probe)
+        try:
+            client.execute_cell(probe, len(notebook.cells) - 1)
+        finally:
+            notebook.cells.pop()
+    wall = time.perf_counter() - started
+    modules = json.loads(probe.outputs[0]["text"].strip().replace("'", '"'))
+    clean_outputs(notebook)
+    import torch
+
+    notebook.metadata[KEY] = {
+        "profile": profile,
+        "code_sha256": code_hash(source),
+        "modules": module_hashes(modules),
+        "weights_sha256": weights_hash(),
+        "torch": torch.__version__,
+        "wall_time_s": round(wall, 1),
+        "date": datetime.date.today().isoformat(),
+        "command": f"python tools/execute_chapters.py --profile {profile} {source.name[:2]}",
+    }
+    write_text(target, nbformat.writes(notebook) + "\n")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chapters", nargs="*", help="chapter numbers, e.g. 05 07 (default: all)")
+    parser.add_argument("--profile", choices=("full", "ci"), default="full")
+    parser.add_argument(
+        "--force", action="store_true", help="execute even chapters whose outputs are current"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="say what is stored and what is stale; run nothing"
+    )
+    parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell (default: 7200)")
+    args = parser.parse_args(argv)
+    sources = chapter_sources()
+    known = {source.name[:2]: source for source in sources}
+    unknown = [number for number in args.chapters if number.zfill(2) not in known]
+    if unknown:
+        parser.error(f"no chapter numbered {', '.join(unknown)}; chapters: {', '.join(known)}")
+    chosen = [known[number.zfill(2)] for number in args.chapters] or sources
+    for i, source in enumerate(chosen, 1):
+        reasons = stale_reasons(source, args.profile)
+        if args.list:
+            print(f"{source.stem}: {'current' if not reasons else 'stale: ' + '; '.join(reasons)}")
+            continue
+        if not reasons and not args.force:
+            print(f"[{i}/{len(chosen)}] {source.stem}: outputs current ({args.profile} profile), skipped")
+            continue
+        print(f"[{i}/{len(chosen)}] {source.stem}: executing in the {args.profile} profile "
+              f"({'; '.join(reasons) or 'forced'})", flush=True)  # fmt: skip
+        wall = execute(source, args.profile, args.timeout)
+        print(
+            f"[{i}/{len(chosen)}] {source.stem}: done in {wall:.0f} s; outputs stored in {source.stem}.ipynb"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
