@@ -18,7 +18,11 @@
    (version 1.18: ``npm install --prefix ~/.cache/ddpm-book-ort onnxruntime-web@1.18.0``), its
    WebAssembly runtime in ``_static/ort/``. Nothing loads from a CDN. Without ``DDPM_BOOK_ORT`` the page
    builds and says on the page that its runtime is missing.
-4. **Editions** (``tools/build_book.py`` sets them): ``DDPM_BOOK_EDITION=learner`` (the default, the public
+4. **Stored outputs**: ``read_chapter`` is the reader ``book.yml`` gives myst-nb for the chapters' ``.py``
+   sources. When the chapter's paired ``.ipynb`` holds outputs stored by ``tools/execute_chapters.py`` (the
+   full profile's) and they are current, the page shows them and the chapter is not executed (myst-nb's
+   ``execution_mode: off`` for that page); otherwise the chapter runs as before, through the execution cache.
+5. **Editions** (``tools/build_book.py`` sets them): ``DDPM_BOOK_EDITION=learner`` (the default, the public
    site) removes every exercise's hidden checks from the pages and from the downloadable ``.py`` / ``.ipynb``
    sources, with ``DDPM_BOOK_SOLUTIONS=remove`` also the solutions (replaced by the student copy's stub;
    default ``fold``: shown folded); ``instructor`` shows everything and adds the grading notes
@@ -135,6 +139,44 @@ def add_footer(app: Sphinx, config: Config) -> None:
         "(LICENSE and LICENSE-TEXT.md in the repository). Cite it with its CITATION.cff.</p>"
     )
     config.html_theme_options = options
+
+
+def read_chapter(text: str, fmt: str = "py:percent"):
+    """A chapter's notebook for myst-nb: its ``.py`` source, with the stored outputs of its paired ``.ipynb`` when
+    they are current (then the page executes nothing)."""
+    import importlib.util
+
+    import jupytext
+    import nbformat
+
+    notebook = jupytext.reads(text, fmt=fmt)
+    source = next((p for p in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+                   if p.read_text(encoding="utf-8") == text), None)  # fmt: skip
+    if source is None:
+        return notebook
+    spec = importlib.util.spec_from_file_location("execute_chapters", ROOT / "tools" / "execute_chapters.py")
+    execute_chapters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute_chapters)
+    stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    record = stored.metadata.get(execute_chapters.KEY)
+    if record is None or execute_chapters.stale_reasons(source, record["profile"]):
+        return notebook  # executed (or read from the cache) as usual; tests/test_stored_outputs.py reports staleness
+    ours = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    theirs = [cell for cell in stored.cells if cell.cell_type == "code"]
+    if [cell.source for cell in ours] != [cell.source for cell in theirs]:
+        return notebook
+    for cell, done in zip(ours, theirs, strict=True):
+        cell.outputs, cell.execution_count = done.outputs, done.execution_count
+    notebook.metadata["mystnb"] = {"execution_mode": "off"}
+    notebook.metadata[execute_chapters.KEY] = record
+    return notebook
+
+
+def note_stored_outputs(app: Sphinx, doctree: nodes.document) -> None:
+    """A chapter's page depends on its paired ``.ipynb`` too (stored outputs): refreshing them rebuilds the page."""
+    source = Path(app.env.doc2path(app.env.docname))
+    if source.suffix == ".py" and source.with_suffix(".ipynb").is_file():
+        app.env.note_dependency(str(source.with_suffix(".ipynb")))
 
 
 def edition() -> tuple[str, str]:
@@ -255,6 +297,7 @@ def grading_notes_directive():
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", lambda app, config: edition())  # a bad edition fails at once
     app.connect("doctree-read", apply_edition)
+    app.connect("doctree-read", note_stored_outputs)
     app.connect("build-finished", edit_downloads)
     app.add_directive("grading-notes", grading_notes_directive())
     app.connect("config-inited", add_footer)
