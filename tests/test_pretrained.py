@@ -6,7 +6,7 @@ import torch
 from ddpm_lib import checkpoint
 from ddpm_lib.data import load_mnist
 from ddpm_lib.generation import generate
-from ddpm_lib.pretrained import WEIGHTS, load_pretrained, pretrained_path, provenance
+from ddpm_lib.pretrained import WEIGHTS, load_classifier, load_pretrained, pretrained_path, provenance
 
 PROVENANCE_FIELDS = {"command", "seed", "data", "steps", "training_wall_time_s", "machine", "parameters"}
 
@@ -25,9 +25,16 @@ def test_provenance_names_how_to_reproduce_them():
     assert record["steps"] == checkpoint.load(pretrained_path())["step"]
 
 
-#: every denoiser the package ships: the unconditional model, the class-conditional one (chapter 10) and the two
-#: short runs that differ only in the noise schedule (chapter 09)
-DENOISERS = ("ddpm_mnist", "ddpm_mnist_cond", "ddpm_mnist_short_linear", "ddpm_mnist_short_cosine")
+#: every denoiser the package ships: the unconditional model, the class-conditional one (chapter 10), the two
+#: short runs that differ only in the noise schedule (chapter 09) and the Fashion-MNIST model (chapter 15)
+DENOISERS = ("ddpm_mnist", "ddpm_mnist_cond", "ddpm_mnist_short_linear", "ddpm_mnist_short_cosine",
+             "ddpm_fashion_mnist_cond")  # fmt: skip
+
+
+def test_every_shipped_denoiser_is_listed_here():
+    from ddpm_lib.pretrained import available
+
+    assert sorted(DENOISERS) == available()
 
 
 @pytest.mark.parametrize("name", DENOISERS)
@@ -49,6 +56,13 @@ def test_the_shipped_models_are_what_the_chapters_say():
     assert load_pretrained("ddpm_mnist_cond")[0].config["num_classes"] == 10
     assert isinstance(load_pretrained("ddpm_mnist_short_cosine")[1], CosineScheduler)
     assert isinstance(load_pretrained("ddpm_mnist_short_linear")[1], LinearBetaScheduler)
+    fashion = load_pretrained("ddpm_fashion_mnist_cond")
+    assert fashion[0].config == load_pretrained("ddpm_mnist_cond")[0].config  # the same network (chapter 15)
+    assert fashion[2]["dataset"] == "fashion-mnist" and "--dataset fashion-mnist" in fashion[2]["command"]
+    _, record = load_classifier(dataset="fashion-mnist")
+    assert record["dataset"] == "fashion-mnist" and record["command"].startswith(
+        "python -m ddpm_lib train-classifier"
+    )
     short = [provenance(f"ddpm_mnist_short_{name}") for name in ("linear", "cosine")]
     assert short[0]["command"].replace("linear", "cosine") == short[1]["command"]  # only the schedule differs
 

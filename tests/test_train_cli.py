@@ -263,6 +263,7 @@ def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tm
     assert "reference: 500 held-out images" in evaluated.stdout and "real images (floor)" in evaluated.stdout
     report = json.loads(report_path.read_text())
     assert report["dataset"] == "fashion-mnist" and report["classifier"]["dataset"] == "fashion-mnist"
+    assert report["bar_met"] is None and "against" in evaluated.stdout  # the digit bar does not apply
     assert "real images (floor)" in report["results"] and "real digits (floor)" not in report["results"]
     wrong = cli("evaluate", "--checkpoint", str(last), "--dataset", "mnist", "--n", "8", "--no-progress")
     assert wrong.returncode == 2 and "learnt fashion-mnist" in wrong.stderr

