@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.checkpoint import write_text  # noqa: E402
 from ddpm_lib.course import chapter_sources  # noqa: E402
+from ddpm_lib.profile import ENV_VAR  # noqa: E402
 
 KEY = "ddpm_course"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -121,11 +122,10 @@ def execute(source: Path, profile: str, timeout: int) -> float:
     target = source.with_suffix(".ipynb")
     notebook = nbformat.read(target, as_version=4)
     code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
-    os.environ["DDPM_PROFILE"] = profile
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(source.parent)}})  # fmt: skip
     started = time.perf_counter()
-    with client.setup_kernel():
+    with client.setup_kernel(env={**os.environ, ENV_VAR: profile}):  # the kernel's profile, not ours
         for n, index in enumerate(code, 1):
             first = (
                 notebook.cells[index].source.strip().splitlines()[0][:60]
