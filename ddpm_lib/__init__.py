@@ -17,6 +17,10 @@ Generated modules (edit the chapter, then ``python tools/promote.py``; CI fails 
   ``dpm_solver_pp_update``, ``dpm_solver_pp_sample``
 - ``ddpm_lib.guidance``  <- ``chapters/10_guidance.py``: ``ClassifierFreeGuidance``, ``class_spread``
 - ``ddpm_lib.inpainting`` <- ``chapters/12_inpainting.py``: ``make_mask``, ``q_jump``, ``inpaint``
+- ``ddpm_lib.domains``  <- ``chapters/15_fashion_mnist.py``: ``image_statistics``, ``accuracy_under_noise``,
+  ``confusion_matrix``
+- ``ddpm_lib.synthetic`` <- ``chapters/16_generated_data.py``: ``SmallClassifier``, ``train_small_classifier``,
+  ``real_subset``, ``mean_and_error``, ``generated_set``
 
 Hand-written plumbing (teaches nothing about diffusion):
 

@@ -89,6 +89,25 @@ class Profile:
     bugs_samples: int = 8
     #: chapter 14: steps of the one-process and two-process runs it compares (on a tiny U-Net)
     scaling_steps: int = 40
+    #: chapter 15: held-out images behind the noise-survival and loss-per-t tables, timesteps of the survival
+    #: curve, samples per class and row of the sample grid, the respaced DDPM chain and guidance scale of the
+    #: samples, samples per row of the evaluation table
+    fashion_noise_images: int = 500
+    fashion_noise_timesteps: int = 10
+    fashion_grid_per_class: int = 6
+    fashion_sampler_steps: int = 100
+    fashion_guidance: float = 2.0
+    fashion_eval_samples: int = 300
+    #: chapter 16: generated digits per class in each pool (and real digits per class behind the classification
+    #: accuracy score's real baseline), steps of the respaced DDPM chain that draws them, the guidance scales w
+    #: compared, real digits per class of the small training sets, seeds per table row, and the optimisation
+    #: steps of every small classifier
+    synthetic_per_class: int = 100
+    synthetic_steps: int = 50
+    synthetic_scales: tuple[float, ...] = (0.0, 1.0, 3.0)
+    synthetic_real_per_class: tuple[int, ...] = (10, 50)
+    synthetic_seeds: int = 5
+    synthetic_train_steps: int = 500
     #: where chapters save figures for the README / book; None: don't save
     figures_dir: Path | None = None
     #: progress bars (tqdm.auto) on the cells that run for more than about 30 s in the full profile; off in
@@ -139,6 +158,16 @@ PROFILES = {
         inpaint_digits_per_class=1,
         inpaint_steps=20,
         inpaint_resample=2,
+        fashion_noise_images=100,
+        fashion_noise_timesteps=4,
+        fashion_grid_per_class=1,
+        fashion_sampler_steps=10,
+        fashion_eval_samples=20,
+        synthetic_per_class=4,
+        synthetic_steps=10,
+        synthetic_scales=(0.0, 3.0),
+        synthetic_seeds=2,
+        synthetic_train_steps=100,
     ),
 }
 
