@@ -31,3 +31,18 @@ def test_the_command_line_prints_the_version(capsys):
         exit_.value.code == 0
         and capsys.readouterr().out.strip() == f"python -m ddpm_lib {ddpm_lib.__version__}"
     )
+
+
+def test_every_chapter_installs_the_course_where_it_is_missing():
+    """The first code cell of every chapter installs ddpm_lib from the repository that book.yml names (the launch
+    buttons' repository) when it cannot be imported — on Colab, which has torch but not the course."""
+    import jupytext
+
+    from ddpm_lib.course import chapter_sources
+
+    repository = yaml.safe_load((ROOT / "book.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    for source in chapter_sources():
+        first = next(cell for cell in jupytext.read(source).cells if cell.cell_type == "code")
+        assert 'if importlib.util.find_spec("ddpm_lib") is None:' in first.source, source.name
+        assert f'"ddpm_lib @ git+{repository}"' in first.source, f"{source.name}: not book.yml's repository"
+        assert "#| export" not in first.source and "default_exp" not in first.source, source.name
