@@ -13,7 +13,8 @@ metadata records, under ``ddpm_course``, what produced the outputs:
 
 - ``code_sha256``: a hash of the chapter's code cells (prose edits leave it unchanged);
 - ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file;
-- ``weights_sha256``: a hash of the shipped weights the package holds;
+- ``weights_sha256``: a hash of the shipped weights the package holds, if the chapter imported
+  ``ddpm_lib.pretrained`` (``null`` otherwise: then new weights do not touch it);
 - the profile, torch's version, the wall time, the date and this command.
 
 ``tests/test_stored_outputs.py`` recomputes the hashes and fails, naming the command that refreshes them, when
@@ -37,6 +38,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from ddpm_lib.checkpoint import write_text  # noqa: E402
 from ddpm_lib.course import chapter_sources  # noqa: E402
@@ -93,7 +95,7 @@ def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
     changed = sorted(p for p, digest in record["modules"].items() if now.get(p) != digest)
     if changed:
         reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
-    if record["weights_sha256"] != weights_hash():
+    if record["weights_sha256"] is not None and record["weights_sha256"] != weights_hash():
         reasons.append("the shipped weights changed")
     return reasons
 
@@ -117,15 +119,21 @@ def clean_outputs(notebook: nbformat.NotebookNode) -> None:
 
 def execute(source: Path, profile: str, timeout: int) -> float:
     """Run the chapter of ``source``; store its outputs and record; return the wall time in seconds."""
+    # the test runner's kernel handling: this interpreter's kernel, polled in short waits (nbclient #312)
+    from chapter_run import current_env_kernel_manager, poll_in_short_waits
     from nbclient import NotebookClient
 
     target = source.with_suffix(".ipynb")
     notebook = nbformat.read(target, as_version=4)
     code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(notebook, timeout=timeout, km=current_env_kernel_manager(),
                             resources={"metadata": {"path": str(source.parent)}})  # fmt: skip
     started = time.perf_counter()
-    with client.setup_kernel(env={**os.environ, ENV_VAR: profile}):  # the kernel's profile, not ours
+    with client.setup_kernel(env={**os.environ, ENV_VAR: profile}, cleanup_kc=True):  # the kernel's profile
+        poll_in_short_waits(
+            client.kc.shell_channel
+        )  # ipywidgets' comm traffic (nbclient #312, see chapter_run)
+        poll_in_short_waits(client.kc.iopub_channel)
         for n, index in enumerate(code, 1):
             first = (
                 notebook.cells[index].source.strip().splitlines()[0][:60]
@@ -149,7 +157,7 @@ def execute(source: Path, profile: str, timeout: int) -> float:
         "profile": profile,
         "code_sha256": code_hash(source),
         "modules": module_hashes(modules),
-        "weights_sha256": weights_hash(),
+        "weights_sha256": weights_hash() if "ddpm_lib.pretrained" in modules else None,
         "torch": torch.__version__,
         "wall_time_s": round(wall, 1),
         "date": datetime.date.today().isoformat(),
