@@ -1128,8 +1128,9 @@ plt.show()
 # %% [markdown]
 # **Check — do the samples follow the data?** Two numbers per sampler, against fresh data points: the share of points
 # each island gets (by the most probable component), and the average exact log-density $\mathbb E[\log q(x_0)]$ of the
-# samples. The exact predictor must match the data within Monte-Carlo error: it checks the sampler. The network must
-# come close: it checks the training.
+# samples. The exact predictor must match the data up to Monte-Carlo error and the sampler's own small error (1000
+# Gaussian reverse steps are not exactly the reverse process; section 5 looks at why they come close): it checks the
+# sampler. The network must come close: it checks the training.
 
 # %%
 data_points = mixture.sample(n_points, torch.Generator().manual_seed(15))
@@ -1154,7 +1155,9 @@ print(
     f"E log q: exact predictor - data {exact_gap:+.3f}, network - data {network_gap:+.3f} (standard error {log_q_se:.3f})"
 )
 assert (island_shares(toy_samples["exact"]) - mixture.weights).abs().max() < share_tolerance
-assert abs(exact_gap) < 4 * log_q_se
+# four standard errors, or 0.15 nats: the 1000-step sampler's own bias is about a tenth of a nat (visible with the
+# full profile's 4,000 points, hidden in the CI profile's noise)
+assert abs(exact_gap) < max(4 * log_q_se, 0.15)
 assert (island_shares(toy_samples["network"]) - mixture.weights).abs().max() < 2 * share_tolerance
 assert network_gap > -1.5  # the network's samples are a little more spread out than the data, not more
 
