@@ -100,8 +100,25 @@ def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
     return reasons
 
 
+def smaller_png(data: str, limit: int = 60_000) -> str:
+    """A base64 PNG over ``limit`` bytes as a 256-colour palette PNG, if that is smaller (scatter plots of thousands of
+    points are the big ones; a palette keeps their look at a third of the size or less)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(data)
+    if len(raw) <= limit:
+        return data
+    image = Image.open(io.BytesIO(raw)).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="png", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii") + "\n" if buffer.tell() < len(raw) else data
+
+
 def clean_outputs(notebook: nbformat.NotebookNode) -> None:
-    """Drop widget views (they need a live kernel) and the widget state; keep everything else."""
+    """Drop widget views (they need a live kernel) and the widget state; store large figures as palette PNGs."""
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         if cell.cell_type != "code":
@@ -113,6 +130,8 @@ def clean_outputs(notebook: nbformat.NotebookNode) -> None:
                 data.pop(WIDGET_MIME)
                 if set(data) <= {"text/plain"}:  # only the widget's repr ("HBox(...)") was left
                     continue
+            if "image/png" in data:
+                data["image/png"] = smaller_png(data["image/png"])
             kept.append(output)
         cell.outputs = kept
 
