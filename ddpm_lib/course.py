@@ -18,8 +18,8 @@ compares them with nbgrader's preprocessors on every chapter), without needing n
 ``python -m ddpm_lib.course student-copies --out dist`` writes, for every chapter,
 
 - ``dist/student/NN_topic.ipynb``: solutions replaced by ``raise NotImplementedError()`` and hidden
-  checks removed, by nbgrader's own ``ClearSolutions`` and ``ClearHiddenTests`` preprocessors
-  (no nbgrader course database needed);
+  checks removed, exactly as nbgrader's ``ClearSolutions`` and ``ClearHiddenTests`` preprocessors do it
+  (:func:`clear_solution`, :func:`clear_hidden_tests`; no nbgrader course database needed);
 - ``dist/instructor/NN_topic.ipynb``: everything, with nbgrader cell metadata (each solution cell an
   nbgrader solution cell, each check cell an autograded test cell worth as many points as the
   exercise has stars), so it can go straight into an nbgrader course's ``source/`` folder.
