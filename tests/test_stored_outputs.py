@@ -5,8 +5,8 @@ them (the hash of its code cells, of every ddpm_lib module it used and of the sh
 when one of those changed after the outputs were made, naming the command that refreshes them.
 """
 
-import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,9 +15,8 @@ import pytest
 from ddpm_lib.course import chapter_sources
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("execute_chapters", ROOT / "tools" / "execute_chapters.py")
-execute_chapters = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(execute_chapters)
+sys.path.insert(0, str(ROOT / "tools"))
+import execute_chapters  # noqa: E402
 
 STORED = [
     s for s in chapter_sources() if execute_chapters.KEY in nbformat.read(s.with_suffix(".ipynb"), 4).metadata
@@ -41,7 +40,7 @@ def test_a_code_change_makes_outputs_stale_and_a_prose_change_does_not(tmp_path,
     notebook.metadata[execute_chapters.KEY] = {
         "profile": "full",
         "code_sha256": execute_chapters.code_hash(source),
-        "modules": execute_chapters.module_hashes(["ddpm_lib", "ddpm_lib.profile"]),
+        "modules": execute_chapters.module_hashes(["ddpm_lib/__init__.py", "ddpm_lib/profile.py"]),
         "weights_sha256": execute_chapters.weights_hash(),
     }
     nbformat.write(notebook, source.with_suffix(".ipynb"))

@@ -144,8 +144,7 @@ def add_footer(app: Sphinx, config: Config) -> None:
 def read_chapter(text: str, fmt: str = "py:percent"):
     """A chapter's notebook for myst-nb: its ``.py`` source, with the stored outputs of its paired ``.ipynb`` when
     they are current (then the page executes nothing)."""
-    import importlib.util
-
+    import execute_chapters  # beside this file (tools/, on sys.path as the book's local extension folder)
     import jupytext
     import nbformat
 
@@ -154,9 +153,6 @@ def read_chapter(text: str, fmt: str = "py:percent"):
                    if p.read_text(encoding="utf-8") == text), None)  # fmt: skip
     if source is None:
         return notebook
-    spec = importlib.util.spec_from_file_location("execute_chapters", ROOT / "tools" / "execute_chapters.py")
-    execute_chapters = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(execute_chapters)
     stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
     record = stored.metadata.get(execute_chapters.KEY)
     if record is None or execute_chapters.stale_reasons(source, record["profile"]):
@@ -233,7 +229,7 @@ def edit_downloads(app: Sphinx, exception: Exception | None) -> None:
     )
     if name == "instructor":
         return
-    for path in [*outdir.rglob("*.py"), *outdir.rglob("*.ipynb"), *outdir.rglob("*.py.txt")]:
+    for path in [*outdir.rglob("*.py"), *outdir.rglob("*.ipynb")]:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".ipynb":
             notebook = json.loads(text)

@@ -46,9 +46,12 @@ from ddpm_lib.profile import ENV_VAR  # noqa: E402
 
 KEY = "ddpm_course"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+#: run after the chapter: the files of the ddpm_lib modules the kernel imported, as JSON
 PROBE = (
-    "import sys as _s; print(sorted(m for m in _s.modules if m == 'ddpm_lib' or m.startswith('ddpm_lib.')))"
+    "import json as _j, sys as _s; print(_j.dumps(sorted(m.__file__ for n, m in _s.modules.items() "
+    "if (n == 'ddpm_lib' or n.startswith('ddpm_lib.')) and getattr(m, '__file__', None))))"
 )
+PRETRAINED = "ddpm_lib/pretrained.py"
 
 
 def sha256(data: bytes) -> str:
@@ -61,16 +64,14 @@ def code_hash(source: Path) -> str:
     return sha256("\n\x00\n".join(cells).encode("utf-8"))
 
 
-def module_file(name: str) -> Path:
-    parts = name.split(".")
-    package = ROOT.joinpath(*parts) / "__init__.py"
-    return package if package.is_file() else ROOT.joinpath(*parts[:-1]) / f"{parts[-1]}.py"
-
-
-def module_hashes(names: list[str]) -> dict[str, str]:
-    """``{relative path: sha256}`` of the ``ddpm_lib`` modules called ``names`` (those with a file here)."""
-    files = sorted({module_file(name) for name in names if module_file(name).is_file()})
-    return {path.relative_to(ROOT).as_posix(): sha256(path.read_bytes()) for path in files}
+def module_hashes(paths: list[str]) -> dict[str, str]:
+    """``{path relative to the repository: sha256}`` of the files ``paths`` (absolute, or relative to the repository);
+    a file that is gone hashes to ``""``."""
+    files = sorted({(ROOT / path).resolve() for path in paths})
+    return {
+        path.relative_to(ROOT).as_posix(): sha256(path.read_bytes()) if path.is_file() else ""
+        for path in files
+    }
 
 
 def weights_hash() -> str:
@@ -91,7 +92,7 @@ def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
         reasons.append(f"made in the {record['profile']} profile")
     if record["code_sha256"] != code_hash(source):
         reasons.append("its code cells changed")
-    now = module_hashes([Path(p).with_suffix("").as_posix().replace("/", ".") for p in record["modules"]])
+    now = module_hashes(list(record["modules"]))
     changed = sorted(p for p, digest in record["modules"].items() if now.get(p) != digest)
     if changed:
         reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
@@ -168,15 +169,15 @@ def execute(source: Path, profile: str, timeout: int) -> float:
         finally:
             notebook.cells.pop()
     wall = time.perf_counter() - started
-    modules = json.loads(probe.outputs[0]["text"].strip().replace("'", '"'))
+    modules = module_hashes(json.loads(probe.outputs[0]["text"]))
     clean_outputs(notebook)
     import torch
 
     notebook.metadata[KEY] = {
         "profile": profile,
         "code_sha256": code_hash(source),
-        "modules": module_hashes(modules),
-        "weights_sha256": weights_hash() if "ddpm_lib.pretrained" in modules else None,
+        "modules": modules,
+        "weights_sha256": weights_hash() if PRETRAINED in modules else None,
         "torch": torch.__version__,
         "wall_time_s": round(wall, 1),
         "date": datetime.date.today().isoformat(),
