@@ -7,6 +7,8 @@ inherit it. Run ``DDPM_PROFILE=full pytest chapters`` to execute the chapters at
 
 import os
 
+import pytest
+
 os.environ.setdefault("DDPM_PROFILE", "ci")
 
 # pyproject.toml runs the tests in two worker processes (pytest-xdist, one test file per worker at a time).
@@ -22,3 +24,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # unit tests alone in about a minute.
 # DDPM_BOOK_CACHE=<folder>: those executions also fill the book's jupyter-cache (tools/book_cache.py).
 pytest_plugins = ["tools.chapter_run", "tools.book_cache"]
+
+
+@pytest.fixture
+def debian_fashion_mnist():
+    """The folder of Debian's dataset-fashion-mnist package (the real files, offline). A test that uses it is skipped
+    without them, and fails under REQUIRE_FASHION_MNIST=1, which .ci/run sets after installing the package."""
+    from ddpm_lib.data import FASHION_DEFAULT_ROOTS
+
+    folder = FASHION_DEFAULT_ROOTS[-1]
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail(f"no Fashion-MNIST under {folder} (REQUIRE_FASHION_MNIST=1)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return folder

@@ -1,8 +1,6 @@
 """ddpm_lib.data: the bundled subset, the fixed split, torchvision's layout, and clear errors."""
 
-import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,8 +129,6 @@ def test_bad_batch_size(batch_size):
 
 # ---------------------------------------------------------------- Fashion-MNIST (chapter 15)
 
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
 
 def write_fashion(folder, n_train=30, n_test=20, gz=True):
     import gzip
@@ -150,20 +146,18 @@ def write_fashion(folder, n_train=30, n_test=20, gz=True):
     return folder
 
 
-def test_fashion_mnist_from_debians_files():
+def test_fashion_mnist_from_debians_files(debian_fashion_mnist):
     """The real files, as Debian's dataset-fashion-mnist package installs them (.ci/run installs it)."""
-    if not DEBIAN_FASHION.is_dir():
-        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
-            pytest.fail(f"no Fashion-MNIST under {DEBIAN_FASHION} (REQUIRE_FASHION_MNIST=1)")
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    train = data.load_dataset("fashion-mnist", "train", root=DEBIAN_FASHION, verbose=False)
+    train = data.load_dataset("fashion-mnist", "train", root=debian_fashion_mnist, verbose=False)
     heldout = data.load_dataset("fashion-mnist", "heldout", verbose=False)  # found without a root
     for dataset, n in ((train, 4500), (heldout, 500)):
         images, labels = dataset.tensors
         assert images.shape == (n, 1, 28, 28) and images.dtype == torch.float32
         assert images.min() == -1.0 and images.max() == 1.0
         assert torch.bincount(labels).tolist() == [n // 10] * 10
-    full = data.load_dataset("fashion-mnist", "heldout", root=DEBIAN_FASHION, source="full", verbose=False)
+    full = data.load_dataset(
+        "fashion-mnist", "heldout", root=debian_fashion_mnist, source="full", verbose=False
+    )
     assert len(full) == 10_000 and torch.equal(full.tensors[0][:1], full.tensors[0][:1])
     assert data.CLASS_NAMES["fashion-mnist"][9] == "Ankle boot"
 

@@ -230,22 +230,10 @@ def test_epochs_count_batches_of_the_batch_size_actually_used(monkeypatch, tmp_p
     assert [config.steps for config in seen] == [2 * (4500 // 64), 2 * (4500 // 100), 2 * (4500 // 128)]
 
 
-def _fashion_files():
-    """Skip (or fail, under .ci/run's REQUIRE_FASHION_MNIST=1) without Debian's Fashion-MNIST files."""
-    import os
-    from pathlib import Path
-
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
-        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
-            pytest.fail("no Fashion-MNIST under /usr/share/datasets/fashion-mnist (REQUIRE_FASHION_MNIST=1)")
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-
-
 @pytest.mark.slow
-def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tmp_path):
+def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tmp_path, debian_fashion_mnist):
     """--dataset fashion-mnist: the run records it, sample and evaluate follow the checkpoint's data set,
     evaluate scores against Fashion-MNIST's held-out images with its own classifier and floor."""
-    _fashion_files()
     out = tmp_path / "fashion"
     result = cli("train", "--dataset", "fashion-mnist", "--steps", "4", "--eval-every", "0", "--num-classes",
                  "10", "--sampler", "ddim", "--sampler-steps", "3", "--out", str(out), *TINY)  # fmt: skip
