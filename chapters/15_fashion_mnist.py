@@ -174,7 +174,7 @@ assert image_statistics(blurred / blurred.abs().max())["high-frequency share"] <
 # command that made it is printed at the top of this chapter; to train your own:
 #
 # ```bash
-# python -m ddpm_lib train --dataset fashion-mnist --preset quick --out runs/fashion   # about 5 minutes
+# python -m ddpm_lib train --dataset fashion-mnist --preset quick --out runs/fashion   # ~5 min (chapter 11)
 # python -m ddpm_lib sample --checkpoint runs/fashion/checkpoints/last.pt --out garments.png
 # python -m ddpm_lib evaluate --checkpoint runs/fashion/checkpoints/last.pt --sampler ddpm --steps 100 --n 500
 # ```
@@ -198,9 +198,9 @@ assert fashion_config == denoisers["mnist"][2]["model"]  # the same network, lay
 #
 # ## 3. The schedule on images with texture
 #
-# The forward process does not know what the images show; the linear schedule was tuned (by
-# {cite:t}`ho2020ddpm`, on CIFAR-10) to erase images of this size by $t = T$. Two measurements show how it
-# treats each data set.
+# The forward process does not know what the images show: the linear schedule (chosen by {cite:t}`ho2020ddpm`,
+# who used it on CIFAR-10) leaves $\bar\alpha_T \approx 4 \cdot 10^{-5}$ (chapter 01 prints it) whatever the data. Two measurements show
+# how it treats each data set.
 #
 # **When do the classes disappear?** Noise the held-out images to level $t$ and ask each data set's evaluation
 # classifier for the class. Accuracy falls from its clean value to chance (10%) as $t$ grows; the $t$ at which it
