@@ -376,6 +376,125 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # loses half of it in the middle of the schedule. `tests/test_diffusion.py` holds a regression test
 # that `q_sample` never does this; the common-bugs chapter shows what the bug does to training.
 #
+# ## 6. Three things a network can predict: $\varepsilon$, $x_0$ and $v$
+#
+# Given $x_t$ and $t$, the closed form ties three unknowns together: knowing any one of the noise
+# $\varepsilon$, the clean image $x_0$, or the *velocity* (Salimans & Ho, 2022)
+#
+# $$ v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0 $$
+#
+# gives the other two. Write $a = \sqrt{\bar\alpha_t}$ and $s = \sqrt{1-\bar\alpha_t}$, so $x_t = a x_0 + s\varepsilon$
+# and $a^2 + s^2 = 1$. Then
+#
+# $$ x_0 = \frac{x_t - s\,\varepsilon}{a}, \qquad \varepsilon = \frac{x_t - a x_0}{s}, \qquad
+#    x_0 = a x_t - s v, \qquad \varepsilon = s x_t + a v . $$
+#
+# DDPM's network predicts $\varepsilon$ (chapter 05); a network may as well be trained to predict $x_0$ or $v$
+# (chapter 05 shows what each does to the loss). Whatever it predicts, every sampler of the course works
+# with $\varepsilon$ and $\hat x_0$, so the conversion lives here, once: `prediction_target` says what a network
+# that predicts `prediction` should output, and `convert_prediction` turns one target into another.
+# A network records its target in `model.config["prediction"]` (`Unet(prediction="v")`, chapter 04);
+# `prediction_of` reads it, through wrappers, and takes $\varepsilon$ for a network that records none.
+
+# %%
+#| export
+#: what a denoiser can be trained to output (chapter 02, section 6): the noise, the velocity, the clean image
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def _coefficients(alpha_bar, like: torch.Tensor):
+    """(√ᾱ, √(1 − ᾱ)) broadcastable over ``like``: ᾱ a float, a 0-d tensor, or one value per image (B,)."""
+    if isinstance(alpha_bar, torch.Tensor):
+        alpha_bar = expand_like(alpha_bar.to(like.device), like)
+        return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+    return float(alpha_bar) ** 0.5, (1.0 - float(alpha_bar)) ** 0.5
+
+
+def _check_prediction(prediction: str, name: str = "prediction") -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+    return prediction
+
+
+def prediction_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar) -> torch.Tensor:
+    r"""What a network trained to predict ``prediction`` should output for x_t = √ᾱ x_0 + √(1 − ᾱ) ε.
+
+    ``"eps"``: ε; ``"x0"``: x_0; ``"v"``: √ᾱ ε − √(1 − ᾱ) x_0. ``alpha_bar`` is ᾱ_t: a float, or a (B,)
+    tensor with one value per image of ``x0``.
+    """
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    a, s = _coefficients(alpha_bar, x0)
+    return a * noise - s * x0
+
+
+def convert_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar, source: str, target: str = "eps"):
+    r"""A network's ``output`` for ``x_t``, as the ``source`` target, re-expressed as the ``target`` one.
+
+    The one conversion between targets in the course: x̂_0 and ε̂ are recovered from ``source``
+    (x̂_0 = (x_t − s ε̂)/a, ε̂ = (x_t − a x̂_0)/s, or x̂_0 = a x_t − s v̂, ε̂ = s x_t + a v̂, with a = √ᾱ,
+    s = √(1 − ᾱ)), then :func:`prediction_target` gives ``target``. ``alpha_bar`` as there.
+    """
+    _check_prediction(source, "source")
+    _check_prediction(target, "target")
+    if source == target:
+        return output
+    a, s = _coefficients(alpha_bar, x_t)
+    if source == "eps":
+        eps, x0 = output, (x_t - s * output) / a
+    elif source == "x0":
+        eps, x0 = (x_t - a * output) / s, output
+    else:
+        eps, x0 = s * x_t + a * output, a * x_t - s * output
+    return prediction_target(target, x0, eps, alpha_bar)
+
+
+def prediction_of(model) -> str:
+    """The target a denoiser predicts: ``config["prediction"]`` of the network inside any wrappers, else ``"eps"``.
+
+    Wrappers are looked through by their ``model``, ``module`` (DistributedDataParallel) or ``_orig_mod``
+    (``torch.compile``) attribute.
+    """
+    for _ in range(16):
+        config = getattr(model, "config", None)
+        if isinstance(config, dict) and "prediction" in config:
+            return _check_prediction(config["prediction"], "config['prediction']")
+        inner = next(
+            (getattr(model, name) for name in ("model", "module", "_orig_mod") if hasattr(model, name)), None
+        )
+        if inner is None or not callable(inner):
+            return "eps"
+        model = inner
+    return "eps"
+
+
+# %% [markdown]
+# Each conversion is exact: starting from a true $(x_0, \varepsilon)$, every target converts back to every
+# other one up to rounding, at every noise level, including $t = 0$ (where $s = 0.01$) and $t = T-1$
+# (where $a \approx 0.006$).
+
+# %%
+generator = torch.Generator().manual_seed(6)
+x0 = images[:8]
+noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+x0 = x0.to(torch.float64)
+worst = 0.0
+for t in (0, 1, 100, 500, T - 1):
+    alpha_bar = float(scheduler.alpha_bars64[t])  # in float64, like x0 and the noise
+    x_t = alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+    for source in PREDICTIONS:
+        output = prediction_target(source, x0, noise, alpha_bar)
+        for target in PREDICTIONS:
+            expected = prediction_target(target, x0, noise, alpha_bar)
+            error = (convert_prediction(output, x_t, alpha_bar, source, target) - expected).abs().max().item()
+            worst = max(worst, error)
+print(f"largest conversion error over 5 noise levels x 9 pairs of targets (float64): {worst:.1e}")
+assert worst < 1e-9
+
+# %% [markdown]
 # ## Summary
 #
 # - One step: $x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon$. Many steps compose into one:
@@ -383,6 +502,8 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # - `ddpm_lib.diffusion.q_sample(scheduler, x0, t, noise)` implements the jump for a batch of timesteps.
 # - The process preserves unit variance. Writing $(1-\sqrt{\bar\alpha_t})$ for the noise coefficient
 #   breaks that, halving the variance mid-schedule.
+# - Given $x_t$, the noise, the clean image and the velocity $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$
+#   determine one another; `convert_prediction` is the course's one conversion between them.
 #
 # ## Exercises
 #

@@ -83,7 +83,10 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ddpm_lib.diffusion import PREDICTIONS
 
 # %% [markdown]
 # ## 1. Telling the network the time
@@ -490,38 +493,43 @@ def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm:
 
 
 class EncoderBlock(nn.Module):
-    """Units (C_in → C_out/2) → skip; TimeMLP; down-sampling unit (C_out/2 → C_out, H/2 × W/2).
+    """Units (C_in → C_out/2) [→ self-attention] → skip; TimeMLP; down-sampling unit (C_out/2 → C_out, H/2 × W/2).
 
     ``forward(x, e)``: x (B, C_in, H, W), e (B, E) → (down (B, C_out, H/2, W/2), skip (B, C_out/2, H, W)).
+    ``attention=True`` adds a :class:`SelfAttention` (section 13) after the units.
     """
 
-    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group"):
+    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group",
+                 attention=False):  # fmt: skip
         super().__init__()
         self.conv0 = unit_stack(unit, in_channels, out_channels // 2, units, norm)
+        self.attention = SelfAttention(out_channels // 2, norm=norm) if attention else nn.Identity()
         self.time_mlp = TimeMLP(time_embedding_dim, out_channels, out_channels // 2)
         self.conv1 = UNITS[unit][1](out_channels // 2, out_channels, norm)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skip = self.conv0(x)
+        skip = self.attention(self.conv0(x))
         return self.conv1(self.time_mlp(skip, e)), skip
 
 
 class DecoderBlock(nn.Module):
-    """Bilinear ×2 up-sampling, concatenate the skip, units (C_in → C_in/2), TimeMLP, unit → C_out/2.
+    """Bilinear ×2 up-sampling, concatenate the skip, units (C_in → C_in/2), TimeMLP [, self-attention], unit → C_out/2.
 
     ``forward(x, skip, e)``: x (B, C_in/2, H/2, W/2), skip (B, C_in/2, H, W), e (B, E) → (B, C_out/2, H, W).
     """
 
-    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group"):
+    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group",
+                 attention=False):  # fmt: skip
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv0 = unit_stack(unit, in_channels, in_channels // 2, units, norm)
         self.time_mlp = TimeMLP(time_embedding_dim, in_channels, in_channels // 2)
+        self.attention = SelfAttention(in_channels // 2, norm=norm) if attention else nn.Identity()
         self.conv1 = UNITS[unit][0](in_channels // 2, out_channels // 2, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.upsample(x), skip], dim=1)
-        return self.conv1(self.time_mlp(self.conv0(x), e))
+        return self.conv1(self.attention(self.time_mlp(self.conv0(x), e)))
 
 
 # %%
@@ -571,6 +579,8 @@ def _check_choice(name: str, value, allowed) -> None:
 class Unet(nn.Module):
     r"""The denoiser ε_θ(x_t, t): (B, C_in, H, W) and timesteps t (B,) → predicted noise (B, C_out, H, W).
 
+    (Or the predicted velocity v or clean image x_0, when built with ``prediction="v"`` or ``"x0"``.)
+
     Widths d_0 = base_dim, d_i = base_dim · dim_mults[i−1]; level i runs at (H, W) / 2^i. Encoder
     block i maps d_i → d_{i+1} and halves the resolution, the bottleneck maps d_L → d_L / 2, decoder
     blocks mirror the encoders with skip connections, and a 1×1 convolution maps d_0 / 2 → C_out.
@@ -584,7 +594,13 @@ class Unet(nn.Module):
     - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck;
     - ``num_classes``: ``None`` (unconditional) or the number of classes K of a class-conditional model
       (section 12): ``forward(x, t, y)`` then adds a learned label embedding to the time embedding, with
-      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 10).
+      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 10);
+    - ``attention``: the levels at which to add multi-head self-attention (section 13): level L =
+      len(dim_mults) is the bottleneck (7×7 for MNIST), L − 1 the level above (14×14), 0 the input's
+      resolution; ``()`` (the default) adds none;
+    - ``prediction``: what the network outputs, ``"eps"`` (the noise, DDPM's choice), ``"v"`` or ``"x0"``
+      (chapter 02, section 6; chapter 05). The network itself is the same; the samplers read this to
+      convert its output (:func:`ddpm_lib.diffusion.prediction_of`).
 
     ``self.config`` holds every argument, so ``Unet(**model.config)`` builds an identical network.
     """
@@ -604,6 +620,8 @@ class Unet(nn.Module):
         units_per_block: int = 1,
         mid_units: int = 1,
         num_classes: int | None = None,
+        attention: Sequence[int] = (),
+        prediction: str = "eps",
     ):
         super().__init__()
         for name, value in [
@@ -633,6 +651,19 @@ class Unet(nn.Module):
         _check_choice("unit", unit, tuple(UNITS))
         if num_classes is not None:
             _check_int("num_classes", num_classes)
+        if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence):
+            raise ValueError(f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}")
+        for level in attention:
+            if (
+                isinstance(level, bool)
+                or not isinstance(level, numbers.Integral)
+                or not 0 <= level <= len(dim_mults)
+            ):
+                raise ValueError(
+                    f"attention must list levels 0..{len(dim_mults)} (len(dim_mults) = {len(dim_mults)} is the "
+                    f"bottleneck), got {list(attention)!r}"
+                )
+        _check_choice("prediction", prediction, PREDICTIONS)
 
         self.config = dict(
             timesteps=int(timesteps),
@@ -647,6 +678,8 @@ class Unet(nn.Module):
             units_per_block=int(units_per_block),
             mid_units=int(mid_units),
             num_classes=None if num_classes is None else int(num_classes),
+            attention=sorted({int(level) for level in attention}),
+            prediction=prediction,
         )
         dims = [base_dim] + [base_dim * m for m in dim_mults]
         widths = list(itertools.pairwise(dims))  # (C_in, C_out) of each level
@@ -658,12 +691,17 @@ class Unet(nn.Module):
             self.time_embedding = nn.Embedding(timesteps, embedding_dim)
         else:
             self.time_embedding = SinusoidalTimeEmbedding(embedding_dim)
+        levels = len(widths)  # encoder block i works at level i; the bottleneck is level `levels`
+        attend = set(self.config["attention"])
         self.encoder_blocks = nn.ModuleList(
-            EncoderBlock(c_in, c_out, embedding_dim, **block_options) for c_in, c_out in widths
+            EncoderBlock(c_in, c_out, embedding_dim, **block_options, attention=level in attend)
+            for level, (c_in, c_out) in enumerate(widths)
         )
         self.decoder_blocks = nn.ModuleList(
-            DecoderBlock(c_out, c_in, embedding_dim, **block_options) for c_in, c_out in reversed(widths)
+            DecoderBlock(c_out, c_in, embedding_dim, **block_options, attention=level in attend)
+            for level, (c_in, c_out) in reversed(list(enumerate(widths)))
         )
+        self.mid_attention = SelfAttention(dims[-1], norm=norm) if levels in attend else nn.Identity()
         self.mid_block = unit_stack(unit, dims[-1], dims[-1] // 2, mid_units, norm)
         self.final_conv = nn.Conv2d(base_dim // 2, out_channels, kernel_size=1)
         if num_classes is not None:  # row num_classes: the "no label" (null) token
@@ -744,7 +782,7 @@ class Unet(nn.Module):
         for block in self.encoder_blocks:
             x, skip = block(x, e)
             skips.append(skip)
-        x = self.mid_block(x)
+        x = self.mid_block(self.mid_attention(x))
         for block, skip in zip(self.decoder_blocks, reversed(skips), strict=True):
             x = block(x, skip, e)
         return self.final_conv(x)
@@ -1222,6 +1260,180 @@ with torch.no_grad():
 print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 
 # %% [markdown]
+# ## 13. Self-attention at low resolution
+#
+# A 3×3 convolution mixes each pixel with its neighbours; what one side of a digit should look like given
+# the other side reaches it only through several layers. **Self-attention** (Vaswani et al., 2017; DDPM used
+# it at 16×16) lets every position read every other one directly, weighted by content. At each of the
+# $N = H W$ positions of a feature map with $C$ channels, a 1×1 convolution of the normalised map gives a
+# query $q_i$, a key $k_j$ and a value $v_j$, split into $h$ heads of $d = C / h$ channels; each head computes
+#
+# $$ a_{ij} = \operatorname{softmax}_j\!\left(\frac{q_i \cdot k_j}{\sqrt d}\right), \qquad
+#    y_i = \sum_j a_{ij}\, v_j , $$
+#
+# and a last 1×1 convolution, added to the input, maps the heads back to $C$ channels. Its cost grows with
+# $N^2$: 49 positions at 7×7 are cheap, 196 at 14×14 cost 16 times as much in the $N^2$ terms, and 784 at
+# 28×28 would cost 256 times as much. `Unet(attention=[2])` adds a block at the bottleneck (level
+# `len(dim_mults)`, 7×7), `attention=[1, 2]` one at 14×14 as well (in the encoder and the decoder block of that
+# level).
+#
+# The output convolution starts at zero, so a freshly added block is the identity: the network starts as
+# the one without attention and learns how much to use it.
+
+
+# %%
+#| export
+class SelfAttention(nn.Module):
+    r"""Multi-head self-attention over the H·W positions of a feature map, with a residual connection.
+
+    y = x + W_o · MHA(q, k, v),  [q, k, v] = W_qkv · norm(x); W_qkv and W_o are 1×1 convolutions; there are
+    max(1, C // ``head_dim``) heads, which must split the C channels evenly; W_o starts at zero (the block
+    starts as the identity). (B, C, H, W) → (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, head_dim: int = 32, norm: str = "group"):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        if channels % self.heads:
+            raise ValueError(
+                f"channels ({channels}) must split evenly into {self.heads} heads (head_dim {head_dim})"
+            )
+        self.norm = make_norm(norm, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each (B, heads, H·W, C / heads)."""
+        batch, channels, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, self.heads, channels // self.heads, height * width)
+        return qkv.transpose(-1, -2).unbind(1)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """a_ij, (B, heads, H·W, H·W): how much query position i reads from key position j (rows sum to 1)."""
+        q, k, _ = self.qkv_heads(x)
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H·W, d)
+        return x + self.out(y.transpose(-1, -2).reshape(x.shape))
+
+
+# %% [markdown]
+# Two checks: the fused `scaled_dot_product_attention` agrees with the formula written out, and a U-Net with
+# a fresh attention block computes exactly what the same U-Net without it computes.
+
+# %%
+torch.manual_seed(13)
+block = SelfAttention(64)
+nn.init.normal_(block.out.weight, std=0.1)  # a block that does something
+features = torch.randn(2, 64, 7, 7)
+weights = block.attention_weights(features)
+_, _, values = block.qkv_heads(features)
+by_hand = features + block.out((weights @ values).transpose(-1, -2).reshape(features.shape))
+with torch.no_grad():
+    gap = (block(features) - by_hand).abs().max().item()
+print(f"{block.heads} heads; attention rows sum to 1: {torch.allclose(weights.sum(-1), torch.ones(1))}; "
+      f"fused vs by hand: {gap:.1e}")  # fmt: skip
+assert gap < 1e-5
+
+plain = Unet(units_per_block=2, mid_units=2)
+attending = Unet(units_per_block=2, mid_units=2, attention=[2])
+missing, unexpected = attending.load_state_dict(plain.state_dict(), strict=False)
+assert not unexpected and all(name.startswith("mid_attention.") for name in missing)
+x_probe, t_probe = torch.randn(4, 1, 28, 28), torch.randint(0, 1000, (4,))
+with torch.no_grad():
+    assert torch.equal(plain.eval()(x_probe, t_probe), attending.eval()(x_probe, t_probe))
+print(f"new parameters: {', '.join(missing)} ({count_parameters(attending) - count_parameters(plain):,} in all); "
+      f"output unchanged at initialisation")  # fmt: skip
+
+# %% [markdown]
+# **What it costs.** `torch.utils.flop_counter` counts the floating-point operations of one forward pass;
+# the timing runs forward and backward on a training batch, as in section 11 (the full measurement, with
+# the optimiser step and sampling, is `python benchmarks/unet_throughput.py`).
+
+# %%
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+
+def forward_flops(net: nn.Module) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))
+    return counter.get_total_flops()
+
+
+attention_variants = {
+    "no attention": Unet(units_per_block=2, mid_units=2),
+    "7x7 (attention=[2])": Unet(units_per_block=2, mid_units=2, attention=[2]),
+    "7x7 and 14x14 (attention=[1, 2])": Unet(units_per_block=2, mid_units=2, attention=[1, 2]),
+}
+attention_batch = torch.randn(PROFILE.norm_study_batch_size, 1, 28, 28)
+attention_t = torch.randint(0, 1000, (len(attention_batch),))
+attention_seconds = {name: [] for name in attention_variants}
+for repeat in range(2 + PROFILE.unit_timing_steps):  # interleaved; the first two repeats warm up
+    for name, net in attention_variants.items():
+        start = time.perf_counter()
+        net.train()(attention_batch, attention_t).pow(2).mean().backward()
+        if repeat >= 2:
+            attention_seconds[name].append(time.perf_counter() - start)
+base_flops = forward_flops(attention_variants["no attention"])
+base_rate = len(attention_batch) / statistics.median(attention_seconds["no attention"])
+print(f"{'two dense units per block':34s} {'parameters':>10s} {'MFLOPs/image':>13s} {'train images/s':>15s}")
+for name, net in attention_variants.items():
+    flops, rate = forward_flops(net), len(attention_batch) / statistics.median(attention_seconds[name])
+    print(f"{name:34s} {count_parameters(net):10,d} {flops / 1e6:9.1f} ({flops / base_flops:4.2f}x) "
+          f"{rate:8.0f} ({rate / base_rate:4.2f}x)")  # fmt: skip
+assert forward_flops(attention_variants["7x7 (attention=[2])"]) < 1.1 * base_flops
+
+# %% [markdown]
+# At 7×7 the block adds a few percent of the operations; at 14×14 the $N^2$ terms start to show. Wall time
+# on a CPU moves more than the count suggests, because attention is a few large matrix products between
+# many small convolutions (the fused kernel helps). Chapter 11's benchmark of denoisers trains each variant
+# for the same CPU time and measures what the block buys in samples.
+#
+# **What attends to what.** The shipped unconditional model `ddpm_mnist` has a block at 7×7. For a noisy
+# digit at $t = 300$ we show, for three query positions (the red square), the attention weights over the
+# 7×7 keys, averaged over the heads and drawn over the digit (each key position covers 4×4 pixels).
+
+# %%
+shipped, shipped_scheduler, _ = load_pretrained("ddpm_mnist")
+assert 2 in shipped.config["attention"], shipped.config
+captured = {}
+hook = shipped.mid_attention.register_forward_hook(
+    lambda module, inputs, output: captured.update(weights=module.attention_weights(inputs[0]))
+)
+probe_digit = load_mnist("heldout", verbose=False).tensors[0][:1]
+noisy = q_sample(
+    shipped_scheduler,
+    probe_digit,
+    300,
+    torch.randn(probe_digit.shape, generator=torch.Generator().manual_seed(4)),
+)
+with torch.no_grad():
+    shipped.eval()(noisy, torch.tensor([300]))
+hook.remove()
+attention_map = captured["weights"][0].mean(0)  # (49, 49), averaged over heads
+queries = [(1, 3), (3, 3), (5, 2)]
+fig, axes = plt.subplots(1, 4, figsize=(8, 2.3))
+axes[0].imshow(noisy[0, 0], cmap="gray")
+axes[0].set_title("x_t, t = 300", fontsize=9)
+for ax, (row, col) in zip(axes[1:], queries, strict=True):
+    heat = attention_map[row * 7 + col].reshape(7, 7)
+    ax.imshow(probe_digit[0, 0], cmap="gray", alpha=0.6)
+    ax.imshow(heat.repeat_interleave(4, 0).repeat_interleave(4, 1), cmap="magma", alpha=0.6)
+    ax.add_patch(plt.Rectangle((col * 4 - 0.5, row * 4 - 0.5), 4, 4, fill=False, ec="red", lw=1.5))
+    ax.set_title(f"query ({row}, {col}): max {heat.max():.2f}", fontsize=9)
+for ax in axes:
+    ax.axis("off")
+fig.tight_layout()
+save_figure(fig, "04_attention_map")
+plt.show()
+spread = (attention_map > 1 / 49).sum(-1).float().mean().item()
+print(f"a query reads more than the uniform share 1/49 from {spread:.1f} of the 49 key positions on average")
+
+# %% [markdown]
 # ## Summary
 #
 # - The denoiser $\varepsilon_\theta(x_t, t)$ maps an image and a timestep to an image of the same
@@ -1238,6 +1450,9 @@ print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 # - `ddpm_lib.unet.Unet(**REFERENCE_CONFIG)` rebuilds the reference; `Unet()` is the course's model.
 # - `Unet(num_classes=10)` is class-conditional: a label embedding (plus a "no label" row) is added to the
 #   time embedding; `Conditioned(model, labels)` fixes the labels so any sampler can use it.
+# - `Unet(attention=[2])` adds multi-head self-attention at the 7×7 bottleneck: every position reads every
+#   other one, weighted by content, for a few percent more operations; `Unet(prediction="v")` records that the
+#   network outputs $v$ instead of $\varepsilon$ (chapter 02, section 6).
 #
 # ## Exercises
 #

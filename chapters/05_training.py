@@ -59,6 +59,7 @@ from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
+from ddpm_lib.sampling import predict_noise, predict_x0
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.unet import Unet
 
@@ -94,7 +95,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lib.diffusion import q_sample
+from ddpm_lib.diffusion import prediction_of, prediction_target, q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
@@ -121,6 +122,11 @@ def ddpm_loss(
     process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 04,
     section 12); each label is replaced by −1 ("no label") with probability ``label_dropout``, drawn from
     ``generator`` after t and ε (chapter 10 needs it). Returns a float32 scalar.
+
+    A network built to predict v or x_0 (``model.config["prediction"]``, section 8) is compared with that
+    target instead of ε (:func:`ddpm_lib.diffusion.prediction_target`); ``"min_snr"`` then weights it so that
+    every target gets the same weight per noise level in terms of x_0's error: min(SNR_t, γ) / (SNR_t + 1)
+    for v, min(SNR_t, γ) for x_0.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
@@ -141,15 +147,21 @@ def ddpm_loss(
         x0, t, noise = x0[part], t[part], noise[part]
         labels = None if labels is None else labels[part]
     x_t = q_sample(scheduler, x0, t, noise)
-    prediction = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+    output = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+    target_kind = prediction_of(model)
+    alpha_bar = scheduler.get_bar_alpha(t).to(x0.device)
+    target = prediction_target(target_kind, x0.float(), noise.float(), alpha_bar)
     if weighting == "uniform":
-        return F.mse_loss(prediction, noise.float())
-    per_image = (prediction - noise.float()).pow(2).flatten(1).mean(1)
+        return F.mse_loss(output, target)
+    per_image = (output - target).pow(2).flatten(1).mean(1)
     snr = scheduler.snr.to(x0.device)[t]
-    return (per_image * snr.clamp(max=min_snr_gamma) / snr).mean()
+    # the squared error of ε (of v) is SNR (SNR + 1) times that of the x_0 it implies
+    clamped = snr.clamp(max=min_snr_gamma)
+    weight = {"eps": clamped / snr, "v": clamped / (snr + 1), "x0": clamped}[target_kind]
+    return (per_image * weight).mean()
 
 
-#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t (chapter 11)
+#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t for ε (chapter 11; section 8 for v and x_0)
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
@@ -554,7 +566,7 @@ assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 f
 # The recipe here is the reference's, on the course's default network; chapters 07–10 add a way to measure
 # samples, a sampling chain 40 times shorter and a label to condition on, and chapter 11 puts them together
 # with a few levers of this chapter's loop (a larger learning rate, a shorter EMA, a loss weighting): digits that
-# pass the course's bar after about six minutes of training on the same CPU.
+# pass the course's bar after about five minutes of training on the same CPU.
 #
 # ## 6. From the command line, with checkpoints you can trust
 #
@@ -637,6 +649,118 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 # %% [markdown]
 # Chapter 07 measures how good these digits are with an MNIST classifier.
 #
+# ## 8. What the network predicts: $\varepsilon$, $v$ or $x_0$
+#
+# Chapter 02 (section 6) showed that, given $x_t$, the noise $\varepsilon$, the clean image $x_0$ and the velocity
+# $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ determine one another. A network can be trained to
+# output any of them: `Unet(prediction="v")` (or `python -m ddpm_lib train --prediction v`) records the choice,
+# `ddpm_loss` compares the output with that target, and every sampler converts the output to $\hat\varepsilon$ in
+# one place (`predict_noise`, chapter 06), so nothing else changes.
+#
+# What does change is *which errors the loss cares about*. Errors convert with the same coefficients as the
+# targets: if the $\hat x_0$ a network implies is off by $\delta$, its $\hat\varepsilon$ is off by
+# $-\sqrt{\mathrm{SNR}_t}\,\delta$ and its $\hat v$ by $-\delta/\sqrt{1-\bar\alpha_t}$. So the same squared error on each
+# target weighs the error in $x_0$ by
+#
+# $$ \underbrace{\mathrm{SNR}_t}_{\varepsilon} , \qquad \underbrace{\mathrm{SNR}_t + 1}_{v} , \qquad \underbrace{1}_{x_0} . $$
+#
+# Predicting $\varepsilon$ spends the loss on the nearly clean end ($\mathrm{SNR}_0 \approx 10^4$) and almost nothing on
+# the noisy end; predicting $x_0$ does the opposite; $v$ follows $\varepsilon$ where the SNR is high and $x_0$ where it
+# is low. Min-SNR-$\gamma$ weighting (chapter 11) caps the weight at $\gamma$ whatever the target: `ddpm_lib` divides
+# by each target's own factor, so with `weighting="min_snr"` all three put the weight $\min(\mathrm{SNR}_t, \gamma)$ on
+# the error in $x_0$.
+
+# %%
+snr = scheduler.snr.double()
+implied = {
+    "ε": snr,
+    "v": snr + 1,
+    "x₀": torch.ones_like(snr),
+    "any target, min-SNR (γ = 5)": snr.clamp(max=5.0),
+}
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+for (name, weight), style in zip(implied.items(), ["-", "--", ":", "-."], strict=True):
+    ax.plot(range(len(snr)), weight, style, label=name)
+ax.set_yscale("log")
+ax.set_xlabel("t")
+ax.set_ylabel("weight on the error in $x_0$")
+ax.legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, "05_prediction_weights")
+plt.show()
+print(f"SNR at t = 0: {snr[0]:.0f}; at t = 999: {snr[-1]:.1e}; v's weight never drops below 1")
+assert (implied["v"] >= 1).all() and snr[0] > 1e3 and snr[-1] < 1e-3
+
+# %% [markdown]
+# **Three short runs.** The same network, recipe, batches and noise — the quick recipe of chapter 11 without labels,
+# with min-SNR weighting, so all three weigh the error in $x_0$ alike — trained to predict $\varepsilon$, $v$ and $x_0$.
+# The only difference is what the last layer is asked to output. We measure each one's error in $x_0$ per noise
+# level on held-out digits (one common currency), and draw digits from each with 25-step DDPM. (Full profile: three
+# runs of 800 steps of batch 64, about 3 minutes each on 2 cores; chapter 11's benchmark compares longer runs.)
+
+# %%
+heldout_digits = load_mnist("heldout", verbose=False).tensors[0][: PROFILE.prediction_loss_digits]
+probe_t = [0, 10, 50, 100, 200, 400, 600, 800, 999]
+target_models, x0_errors, target_samples = {}, {}, {}
+for target in ("eps", "v", "x0"):
+    torch.manual_seed(0)
+    net = Unet(units_per_block=2, mid_units=2, prediction=target)
+    optimizer = make_optimizer(net, lr=2e-3)
+    ema = EMA(net, decay=0.995)
+    started = time.perf_counter()
+    train(
+        net, optimizer, make_lr_scheduler(optimizer, 2e-3, PROFILE.prediction_steps, pct_start=0.1), scheduler,
+        images, steps=PROFILE.prediction_steps, batch_size=PROFILE.quick_batch_size, seed=0,
+        generator=torch.Generator().manual_seed(0), ema=ema, bf16=True, weighting="min_snr",
+    )  # fmt: skip
+    target_models[target] = ema.model
+    errors = []
+    noise = torch.randn(heldout_digits.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for t in probe_t:
+            x_t = q_sample(scheduler, heldout_digits, t, noise)
+            eps_hat = predict_noise(ema.model, x_t, t, scheduler)
+            errors.append((predict_x0(scheduler, t, eps_hat, x_t) - heldout_digits).pow(2).mean().item())
+    x0_errors[target] = errors
+    target_samples[target] = generate(ema.model, scheduler, 8, sampler="ddpm", steps=25, seed=0)
+    print(f"{target:>3}: {PROFILE.prediction_steps} steps in {time.perf_counter() - started:.0f} s")
+
+print(f"\nmean squared error of x̂_0 on {len(heldout_digits)} held-out digits")
+print("    t " + " ".join(f"{t:>7d}" for t in probe_t))
+for target, errors in x0_errors.items():
+    print(f"{target:>5} " + " ".join(f"{e:7.4f}" for e in errors))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3), gridspec_kw={"width_ratios": [1.1, 1.6]})
+for target, errors in x0_errors.items():
+    axes[0].plot(probe_t, errors, "o-", ms=3, label=target)
+axes[0].set_yscale("log")
+axes[0].set_xlabel("t")
+axes[0].set_ylabel(r"MSE of $\hat x_0$")
+axes[0].legend(fontsize=8)
+strip = torch.cat([torch.cat(list(target_samples[target][:, 0]), dim=1) for target in target_samples], dim=0)
+axes[1].imshow(to_image(strip[None]), cmap="gray")
+axes[1].set_yticks([14 + 28 * i for i in range(3)], list(target_samples))
+axes[1].set_xticks([])
+axes[1].set_title("25-step DDPM samples", fontsize=9)
+fig.tight_layout()
+save_figure(fig, "05_prediction_targets")
+plt.show()
+worst_gap = max(
+    abs(x0_errors["v"][i] - x0_errors["eps"][i]) / x0_errors["eps"][i] for i in range(len(probe_t))
+)
+print(f"largest relative gap between ε's and v's x̂_0 error over these t: {worst_gap:.0%}")
+
+# %% [markdown]
+# The three curves share one shape — the error in $x_0$ grows with the noise, and at $t = 999$ the best any network
+# can do is the average digit. Where they part is the network's job at each end: to output a clean image at
+# $t \approx 0$, an $x_0$-predicting network must copy its input through every layer, while an $\varepsilon$-predicting one
+# need only find a little noise; at $t \approx T$ the $\varepsilon$-predicting network's $\hat x_0$ divides by
+# $\sqrt{\bar\alpha_t} \approx 0.006$, so a small error in $\hat\varepsilon$ becomes a large one in $\hat x_0$ (chapter 09 meets
+# that with the cosine schedule). The $v$ target keeps both ends well scaled. Printed above is what this
+# profile's short runs show; whether a target gives better digits per CPU-minute is a question of longer runs,
+# which chapter 11's benchmark of denoisers answers.
+#
 # ## Summary
 #
 # - The DDPM objective is a mean squared error between the noise that was added and the noise the
@@ -646,8 +770,11 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 #   ($d = 0.999$ for a few thousand steps), with a warm-up so the average forgets the initialisation.
 # - `python -m ddpm_lib train` runs the loop with atomic, resumable checkpoints; `ddpm_lib.pretrained`
 #   loads the weights the course ships, with their provenance.
+# - A network may predict $\varepsilon$, $v$ or $x_0$ (`Unet(prediction=...)`); the same squared error then weighs the
+#   error in $x_0$ by $\mathrm{SNR}_t$, $\mathrm{SNR}_t + 1$ or 1. Min-SNR weighting makes the three alike, and the samplers
+#   convert every target to $\hat\varepsilon$ in one place.
 # - A few minutes of this recipe on a CPU give strokes, not digits; chapter 11 shows the levers that give digits
-#   in about six minutes.
+#   in about five minutes.
 #
 # ## Exercises
 #

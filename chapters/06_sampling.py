@@ -107,6 +107,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ddpm_lib.diffusion import convert_prediction, prediction_of
 from ddpm_lib.schedule import NoiseSchedule
 
 
@@ -142,15 +143,29 @@ def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
     return 1.0 if t < 0 else float(scheduler.alpha_bars64[t])
 
 
-def predict_noise(model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
-    """ε̂ = ``model(x_t, t)`` in x_t's dtype — or ``model`` itself when it is already a tensor of predictions."""
+def predict_noise(
+    model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int, scheduler: NoiseSchedule | None = None
+) -> torch.Tensor:
+    """ε̂ = ``model(x_t, t)`` in x_t's dtype — or ``model`` itself when it is already a tensor of predictions.
+
+    A network that predicts v or x_0 (``prediction_of(model)``, chapter 02, section 6) has its output
+    converted to ε̂ with ``scheduler``'s ᾱ_t, which it then needs.
+    """
     if isinstance(model, torch.Tensor):
         if model.shape != x_t.shape:
             raise ValueError(
                 f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
             )
         return model.to(x_t.dtype)
-    return model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
+    output = model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
+    kind = prediction_of(model)
+    if kind == "eps":
+        return output
+    if scheduler is None:
+        raise ValueError(
+            f"this network predicts {kind!r}, not the noise: pass scheduler= to convert its output"
+        )
+    return convert_prediction(output, x_t, _alpha_bar(scheduler, t), kind, "eps")
 
 
 # %%
@@ -205,7 +220,7 @@ def reverse_step(
     """One reverse step from ``t`` to ``t_prev``: ε̂ from ``model``, x̂_0 from ε̂ (clamped if ``clip``), then the posterior."""
     t, t_prev = _check_jump(scheduler, t, t_prev)
     _check_sample(x_t, "x_t")
-    x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t), x_t, clip)
+    x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t, scheduler), x_t, clip)
     return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
 
@@ -689,7 +704,7 @@ def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.
 def sample_dynamic(model, x_T: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     ### BEGIN SOLUTION
     def step(t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
-        x0_hat = dynamic_threshold(predict_x0(scheduler, t, predict_noise(model, x, t), x))
+        x0_hat = dynamic_threshold(predict_x0(scheduler, t, predict_noise(model, x, t, scheduler), x))
         return posterior_step(scheduler, t, t_prev, x0_hat, x, generator)
 
     with torch.no_grad():

@@ -283,7 +283,7 @@ def ddim_step(
     t, t_prev = _check_jump(scheduler, t, t_prev)
     _check_sample(x_t, "x_t")
     eta = _check_eta(eta)
-    eps = predict_noise(model, x_t, t)
+    eps = predict_noise(model, x_t, t, scheduler)
     x0 = predict_x0(scheduler, t, eps, x_t, clip)
     alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
     sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
@@ -445,7 +445,7 @@ def dpm_solver_pp_sample(
     previous: list[tuple[int, torch.Tensor]] = []
 
     def step(t, t_prev, x):
-        x0 = predict_x0(scheduler, t, predict_noise(model, x, t), x, clip)
+        x0 = predict_x0(scheduler, t, predict_noise(model, x, t, scheduler), x, clip)
         x = dpm_solver_pp_update(scheduler, t, t_prev, x, x0, previous[-1] if previous else None)
         previous[:] = [(t, x0)]
         return x
@@ -963,7 +963,7 @@ def sde_dpmpp_sample(model, scheduler, x_T: torch.Tensor, num_steps: int, genera
     previous = []
 
     def step(t, t_prev, x):
-        x0 = predict_x0(scheduler, t, predict_noise(model, x, t), x)
+        x0 = predict_x0(scheduler, t, predict_noise(model, x, t, scheduler), x)
         x = sde_dpmpp_update(scheduler, t, t_prev, x, x0, previous[-1] if previous else None, generator)
         previous[:] = [(t, x0)]
         return x

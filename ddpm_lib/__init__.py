@@ -4,11 +4,13 @@ Generated modules (edit the chapter, then ``python tools/promote.py``; CI fails 
 
 - ``ddpm_lib.schedule``  <- ``chapters/01_noise_schedule.py``: ``NoiseSchedule``, ``LinearBetaScheduler``;
   ``chapters/09_cosine_schedule.py``: ``CosineScheduler``, ``make_schedule``
-- ``ddpm_lib.diffusion`` <- ``chapters/02_forward_process.py``: ``q_sample``, ``q_step``
-- ``ddpm_lib.unet``      <- ``chapters/04_unet.py``: ``Unet`` and its pieces, ``Conditioned``
+- ``ddpm_lib.diffusion`` <- ``chapters/02_forward_process.py``: ``q_sample``, ``q_step``; ``convert_prediction`` (the
+  one conversion between the targets ε, v and x_0), ``prediction_target``, ``prediction_of``
+- ``ddpm_lib.unet``      <- ``chapters/04_unet.py``: ``Unet`` and its pieces (``SelfAttention`` among them),
+  ``Conditioned``
 - ``ddpm_lib.training``  <- ``chapters/05_training.py``: ``ddpm_loss``, ``train_step``, ``EMA``, ``train`` (the
   only training loop: one process or many)
-- ``ddpm_lib.sampling``  <- ``chapters/06_sampling.py``: ``predict_x0``, ``posterior_step`` (the one posterior
+- ``ddpm_lib.sampling``  <- ``chapters/06_sampling.py``: ``predict_noise`` (ε̂ from any target), ``predict_x0``, ``posterior_step`` (the one posterior
   step, full and respaced chains), ``reverse_step``, ``sample``, ``sample_clip``, ``run_chain`` (the one
   sampling loop), ``sample_loop``, ``grid_image``, ``save_image``
 - ``ddpm_lib.metrics``   <- ``chapters/07_evaluation.py``: ``MnistClassifier``, ``frechet_distance``,

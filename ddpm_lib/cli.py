@@ -66,6 +66,9 @@ MODEL_OPTIONS = {
     "norm": "normalisation: group (the course's) or batch (the reference's)",
     "time_embedding": "time embedding: sinusoidal (the course's) or learned (the reference's table)",
     "num_classes": "classes of a class-conditional U-Net (10 for MNIST's digits); 0: unconditional",
+    "attention": "levels with self-attention, comma-separated: len(dim_mults) is the 7x7 bottleneck, one less "
+    "14x14; none: no attention (chapter 04, section 13)",
+    "prediction": "what the network learns to output: eps (the noise), v or x0 (chapter 05)",
 }
 #: ``train``'s flags for the fields of its grid's SampleSpec (``--steps`` is the training length there)
 GRID_FLAGS = {
@@ -112,6 +115,8 @@ def _value_parser(name: str, annotation, check):
     if base == "int_list":
 
         def convert(text: str):
+            if text.strip().lower() == "none":
+                return []
             return [int(v) for v in text.split(",") if v.strip()]
     else:
         convert = {"int": int, "float": float, "str": str}[base]
@@ -137,7 +142,7 @@ def _add_option(target, flag: str, dest: str, default, help_text: str, annotatio
         target.add_argument(flag, dest=dest, action=action, default=default, help=help_text)
         return
     allowed = check.allowed() if check is not None and hasattr(check, "allowed") else None
-    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    shown = (",".join(map(str, default)) or "none") if isinstance(default, (list, tuple)) else default
     target.add_argument(
         flag,
         dest=dest,
@@ -181,6 +186,7 @@ def _model_defaults(preset_model: dict) -> dict:
 
 def add_model_options(parser, preset_model: dict) -> dict[str, str]:
     from . import unet
+    from .diffusion import PREDICTIONS
     from .options import Check, integer, integer_list, one_of
 
     signature = inspect.signature(unet.Unet.__init__).parameters
@@ -195,6 +201,11 @@ def add_model_options(parser, preset_model: dict) -> dict[str, str]:
         "num_classes": Check(
             "a non-negative integer (0: unconditional)", lambda v: isinstance(v, int) and v >= 0
         ),
+        "attention": Check(
+            "levels 0..len(dim_mults), comma-separated, or none",
+            lambda v: isinstance(v, list) and all(isinstance(x, int) and x >= 0 for x in v),
+        ),
+        "prediction": one_of(PREDICTIONS),
     }
     group = parser.add_argument_group("U-Net options (ddpm_lib.unet.Unet; chapter 04)")
     spelled = {}
@@ -501,6 +512,7 @@ def run_train(args: argparse.Namespace) -> None:
     model = {name: vars(args)[f"model.{name}"] for name in MODEL_OPTIONS}
     model["num_classes"] = model["num_classes"] or None
     model["dim_mults"] = list(model["dim_mults"])
+    model["attention"] = list(model["attention"])
     config = replace(defaults, **given, grid=grid, model={**defaults.model, **model})
     if args.resume:
         _check_resume_options(args, defaults, config)

@@ -5,7 +5,15 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
-__all__ = ["expand_like", "q_step", "q_sample"]
+__all__ = [
+    "expand_like",
+    "q_step",
+    "q_sample",
+    "PREDICTIONS",
+    "prediction_target",
+    "convert_prediction",
+    "prediction_of",
+]
 
 
 # --- chapters/02_forward_process.py, cell 5 (line 98): edit there ---
@@ -61,3 +69,77 @@ def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor)
     t = _check_batch(x0, t, noise, "x0")
     alpha_bar = expand_like(scheduler.get_bar_alpha(t), x0)
     return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
+
+
+# --- chapters/02_forward_process.py, cell 25 (line 401): edit there ---
+#: what a denoiser can be trained to output (chapter 02, section 6): the noise, the velocity, the clean image
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def _coefficients(alpha_bar, like: torch.Tensor):
+    """(√ᾱ, √(1 − ᾱ)) broadcastable over ``like``: ᾱ a float, a 0-d tensor, or one value per image (B,)."""
+    if isinstance(alpha_bar, torch.Tensor):
+        alpha_bar = expand_like(alpha_bar.to(like.device), like)
+        return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+    return float(alpha_bar) ** 0.5, (1.0 - float(alpha_bar)) ** 0.5
+
+
+def _check_prediction(prediction: str, name: str = "prediction") -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+    return prediction
+
+
+def prediction_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar) -> torch.Tensor:
+    r"""What a network trained to predict ``prediction`` should output for x_t = √ᾱ x_0 + √(1 − ᾱ) ε.
+
+    ``"eps"``: ε; ``"x0"``: x_0; ``"v"``: √ᾱ ε − √(1 − ᾱ) x_0. ``alpha_bar`` is ᾱ_t: a float, or a (B,)
+    tensor with one value per image of ``x0``.
+    """
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    a, s = _coefficients(alpha_bar, x0)
+    return a * noise - s * x0
+
+
+def convert_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar, source: str, target: str = "eps"):
+    r"""A network's ``output`` for ``x_t``, as the ``source`` target, re-expressed as the ``target`` one.
+
+    The one conversion between targets in the course: x̂_0 and ε̂ are recovered from ``source``
+    (x̂_0 = (x_t − s ε̂)/a, ε̂ = (x_t − a x̂_0)/s, or x̂_0 = a x_t − s v̂, ε̂ = s x_t + a v̂, with a = √ᾱ,
+    s = √(1 − ᾱ)), then :func:`prediction_target` gives ``target``. ``alpha_bar`` as there.
+    """
+    _check_prediction(source, "source")
+    _check_prediction(target, "target")
+    if source == target:
+        return output
+    a, s = _coefficients(alpha_bar, x_t)
+    if source == "eps":
+        eps, x0 = output, (x_t - s * output) / a
+    elif source == "x0":
+        eps, x0 = (x_t - a * output) / s, output
+    else:
+        eps, x0 = s * x_t + a * output, a * x_t - s * output
+    return prediction_target(target, x0, eps, alpha_bar)
+
+
+def prediction_of(model) -> str:
+    """The target a denoiser predicts: ``config["prediction"]`` of the network inside any wrappers, else ``"eps"``.
+
+    Wrappers are looked through by their ``model``, ``module`` (DistributedDataParallel) or ``_orig_mod``
+    (``torch.compile``) attribute.
+    """
+    for _ in range(16):
+        config = getattr(model, "config", None)
+        if isinstance(config, dict) and "prediction" in config:
+            return _check_prediction(config["prediction"], "config['prediction']")
+        inner = next(
+            (getattr(model, name) for name in ("model", "module", "_orig_mod") if hasattr(model, name)), None
+        )
+        if inner is None or not callable(inner):
+            return "eps"
+        model = inner
+    return "eps"

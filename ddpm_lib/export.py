@@ -101,6 +101,13 @@ def export(
             raise UsageError(str(error), "weights") from None
         model, scheduler, _ = checkpoint.load_denoiser(path)
         summary = f"the shipped weights {name} ({provenance(name)['summary']})"
+    from .diffusion import prediction_of
+
+    if prediction_of(model) != "eps":
+        raise UsageError(
+            f"the browser sampler reads noise predictions; {summary} predicts {prediction_of(model)!r}",
+            "weights",
+        )
     out = Path(out)
     graph = onnx_bytes(model, opset)
     onnx_path = checkpoint.write_atomic(out / f"{stem}.onnx", lambda f: f.write(graph))

@@ -44,6 +44,10 @@ class Profile:
     train_batch_size: int = 128
     #: steps between the sample grids chapter 05 draws during its live run
     train_grid_every: int = 200
+    #: chapter 05, section 8: steps of each of the three short runs (ε, v, x_0), and the digits that measure
+    #: their loss per noise level
+    prediction_steps: int = 800
+    prediction_loss_digits: int = 256
     #: digits per sample grid drawn from a model (1000 network calls each step of the way)
     grid_samples: int = 16
     #: chapter 11: the quick recipe's live run (steps, batch), steps between its evaluations, digits
@@ -131,6 +135,8 @@ PROFILES = {
         train_steps=12,
         train_batch_size=32,
         train_grid_every=12,  # one grid, at the end: each costs 1000 network calls
+        prediction_steps=30,
+        prediction_loss_digits=32,
         grid_samples=4,
         quick_steps=6,
         quick_batch_size=16,

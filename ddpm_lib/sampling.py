@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ddpm_lib.diffusion import convert_prediction, prediction_of
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/06_sampling.py, cell 4 (line 115): edit there ---
+# --- chapters/06_sampling.py, cell 4 (line 116): edit there ---
 def _check_int(value, name: str, low: int, high: int) -> int:
     """``value`` as an int after checking it is an integer (or a one-element integer tensor) in low..high."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
@@ -62,18 +63,32 @@ def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
     return 1.0 if t < 0 else float(scheduler.alpha_bars64[t])
 
 
-def predict_noise(model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
-    """ε̂ = ``model(x_t, t)`` in x_t's dtype — or ``model`` itself when it is already a tensor of predictions."""
+def predict_noise(
+    model: nn.Module | torch.Tensor, x_t: torch.Tensor, t: int, scheduler: NoiseSchedule | None = None
+) -> torch.Tensor:
+    """ε̂ = ``model(x_t, t)`` in x_t's dtype — or ``model`` itself when it is already a tensor of predictions.
+
+    A network that predicts v or x_0 (``prediction_of(model)``, chapter 02, section 6) has its output
+    converted to ε̂ with ``scheduler``'s ᾱ_t, which it then needs.
+    """
     if isinstance(model, torch.Tensor):
         if model.shape != x_t.shape:
             raise ValueError(
                 f"a noise prediction must have x_t's shape {tuple(x_t.shape)}, got {tuple(model.shape)}"
             )
         return model.to(x_t.dtype)
-    return model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
+    output = model(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)).to(x_t.dtype)
+    kind = prediction_of(model)
+    if kind == "eps":
+        return output
+    if scheduler is None:
+        raise ValueError(
+            f"this network predicts {kind!r}, not the noise: pass scheduler= to convert its output"
+        )
+    return convert_prediction(output, x_t, _alpha_bar(scheduler, t), kind, "eps")
 
 
-# --- chapters/06_sampling.py, cell 5 (line 158): edit there ---
+# --- chapters/06_sampling.py, cell 5 (line 173): edit there ---
 def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
                clip: bool = False) -> torch.Tensor:  # fmt: skip
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, the clean image the noise estimate implies; clamped to [−1, 1] if ``clip``."""
@@ -124,11 +139,11 @@ def reverse_step(
     """One reverse step from ``t`` to ``t_prev``: ε̂ from ``model``, x̂_0 from ε̂ (clamped if ``clip``), then the posterior."""
     t, t_prev = _check_jump(scheduler, t, t_prev)
     _check_sample(x_t, "x_t")
-    x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t), x_t, clip)
+    x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t, scheduler), x_t, clip)
     return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
 
-# --- chapters/06_sampling.py, cell 6 (line 214): edit there ---
+# --- chapters/06_sampling.py, cell 6 (line 229): edit there ---
 def sample(
     scheduler: NoiseSchedule,
     t: int,
@@ -163,7 +178,7 @@ def sample_clip(
     return reverse_step(scheduler, t, t - 1, model, x_t, clip=True, generator=generator)
 
 
-# --- chapters/06_sampling.py, cell 10 (line 274): edit there ---
+# --- chapters/06_sampling.py, cell 10 (line 289): edit there ---
 def run_chain(
     model: nn.Module,
     timesteps: Sequence[int],

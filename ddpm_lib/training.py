@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# --- chapters/05_training.py, cell 3 (line 89): edit there ---
+# --- chapters/05_training.py, cell 3 (line 90): edit there ---
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lib.diffusion import q_sample
+from ddpm_lib.diffusion import prediction_of, prediction_target, q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/05_training.py, cell 4 (line 103): edit there ---
+# --- chapters/05_training.py, cell 4 (line 104): edit there ---
 def ddpm_loss(
     model: nn.Module,
     scheduler: NoiseSchedule,
@@ -53,6 +53,11 @@ def ddpm_loss(
     process one slice). ``labels`` (B,) trains a class-conditional model ε_θ(x_t, t, y) (chapter 04,
     section 12); each label is replaced by −1 ("no label") with probability ``label_dropout``, drawn from
     ``generator`` after t and ε (chapter 10 needs it). Returns a float32 scalar.
+
+    A network built to predict v or x_0 (``model.config["prediction"]``, section 8) is compared with that
+    target instead of ε (:func:`ddpm_lib.diffusion.prediction_target`); ``"min_snr"`` then weights it so that
+    every target gets the same weight per noise level in terms of x_0's error: min(SNR_t, γ) / (SNR_t + 1)
+    for v, min(SNR_t, γ) for x_0.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
@@ -73,19 +78,25 @@ def ddpm_loss(
         x0, t, noise = x0[part], t[part], noise[part]
         labels = None if labels is None else labels[part]
     x_t = q_sample(scheduler, x0, t, noise)
-    prediction = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+    output = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+    target_kind = prediction_of(model)
+    alpha_bar = scheduler.get_bar_alpha(t).to(x0.device)
+    target = prediction_target(target_kind, x0.float(), noise.float(), alpha_bar)
     if weighting == "uniform":
-        return F.mse_loss(prediction, noise.float())
-    per_image = (prediction - noise.float()).pow(2).flatten(1).mean(1)
+        return F.mse_loss(output, target)
+    per_image = (output - target).pow(2).flatten(1).mean(1)
     snr = scheduler.snr.to(x0.device)[t]
-    return (per_image * snr.clamp(max=min_snr_gamma) / snr).mean()
+    # the squared error of ε (of v) is SNR (SNR + 1) times that of the x_0 it implies
+    clamped = snr.clamp(max=min_snr_gamma)
+    weight = {"eps": clamped / snr, "v": clamped / (snr + 1), "x0": clamped}[target_kind]
+    return (per_image * weight).mean()
 
 
-#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t (chapter 11)
+#: ``ddpm_loss``'s weightings w_t: 1 (DDPM), or min(SNR_t, γ) / SNR_t for ε (chapter 11; section 8 for v and x_0)
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-# --- chapters/05_training.py, cell 8 (line 190): edit there ---
+# --- chapters/05_training.py, cell 8 (line 202): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -152,7 +163,7 @@ def train_step(
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 328): edit there ---
+# --- chapters/05_training.py, cell 14 (line 340): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -196,7 +207,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 403): edit there ---
+# --- chapters/05_training.py, cell 17 (line 415): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:

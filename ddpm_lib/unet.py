@@ -25,6 +25,7 @@ __all__ = [
     "Unet",
     "REFERENCE_CONFIG",
     "Conditioned",
+    "SelfAttention",
 ]
 
 
@@ -35,10 +36,13 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ddpm_lib.diffusion import PREDICTIONS
 
-# --- chapters/04_unet.py, cell 5 (line 103): edit there ---
+
+# --- chapters/04_unet.py, cell 5 (line 106): edit there ---
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     r"""Sinusoidal embedding of timesteps (Vaswani et al., 2017; used by DDPM).
 
@@ -58,7 +62,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-# --- chapters/04_unet.py, cell 8 (line 138): edit there ---
+# --- chapters/04_unet.py, cell 8 (line 141): edit there ---
 class SinusoidalTimeEmbedding(nn.Module):
     r"""e(t) = W₂ SiLU(W₁ emb(t) + b₁) + b₂: fixed sinusoids, then a learned MLP (dim → 4·dim → dim).
 
@@ -75,7 +79,7 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
-# --- chapters/04_unet.py, cell 14 (line 229): edit there ---
+# --- chapters/04_unet.py, cell 14 (line 232): edit there ---
 class TimeMLP(nn.Module):
     r"""Inject time into a feature map: y = SiLU(x + MLP(e)[:, :, None, None]).
 
@@ -94,7 +98,7 @@ class TimeMLP(nn.Module):
         return self.act(x + self.mlp(e)[:, :, None, None])
 
 
-# --- chapters/04_unet.py, cell 17 (line 267): edit there ---
+# --- chapters/04_unet.py, cell 17 (line 270): edit there ---
 NORMS = ("batch", "group")
 
 
@@ -123,7 +127,7 @@ class ConvNormAct(nn.Module):
         return self.module(x)
 
 
-# --- chapters/04_unet.py, cell 20 (line 313): edit there ---
+# --- chapters/04_unet.py, cell 20 (line 316): edit there ---
 class ChannelShuffle(nn.Module):
     """Interleave ``groups`` groups of channels: (B, C, H, W) → (B, C, H, W), channel order
     [g₀c₀, g₁c₀, …, g₀c₁, g₁c₁, …] (reshape to (B, groups, C/groups, H, W), swap axes 1 and 2)."""
@@ -138,7 +142,7 @@ class ChannelShuffle(nn.Module):
         return x.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-# --- chapters/04_unet.py, cell 23 (line 345): edit there ---
+# --- chapters/04_unet.py, cell 23 (line 348): edit there ---
 class ShuffleUnit(nn.Module):
     r"""ShuffleNet v2 basic unit as the reference uses it (Ma et al., 2018, fig. 3c, both halves transformed).
 
@@ -197,7 +201,7 @@ class ShuffleDownsample(nn.Module):
         return self.channel_shuffle(torch.cat([self.branch1(x), self.branch2(x)], dim=1))
 
 
-# --- chapters/04_unet.py, cell 26 (line 422): edit there ---
+# --- chapters/04_unet.py, cell 26 (line 425): edit there ---
 class DenseUnit(nn.Module):
     r"""A residual unit of one dense 3×3 convolution: y = SiLU(norm(conv₃ₓ₃(x))) + skip(x).
 
@@ -229,7 +233,7 @@ class DenseDownsample(nn.Module):
 UNITS = {"shuffle": (ShuffleUnit, ShuffleDownsample), "dense": (DenseUnit, DenseDownsample)}
 
 
-# --- chapters/04_unet.py, cell 29 (line 485): edit there ---
+# --- chapters/04_unet.py, cell 29 (line 488): edit there ---
 def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm: str) -> nn.Sequential:
     """``count`` units: count − 1 at width C_in, then one C_in → C_out. (B, C_in, H, W) → (B, C_out, H, W)."""
     make_unit = UNITS[unit][0]
@@ -238,41 +242,46 @@ def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm:
 
 
 class EncoderBlock(nn.Module):
-    """Units (C_in → C_out/2) → skip; TimeMLP; down-sampling unit (C_out/2 → C_out, H/2 × W/2).
+    """Units (C_in → C_out/2) [→ self-attention] → skip; TimeMLP; down-sampling unit (C_out/2 → C_out, H/2 × W/2).
 
     ``forward(x, e)``: x (B, C_in, H, W), e (B, E) → (down (B, C_out, H/2, W/2), skip (B, C_out/2, H, W)).
+    ``attention=True`` adds a :class:`SelfAttention` (section 13) after the units.
     """
 
-    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group"):
+    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group",
+                 attention=False):  # fmt: skip
         super().__init__()
         self.conv0 = unit_stack(unit, in_channels, out_channels // 2, units, norm)
+        self.attention = SelfAttention(out_channels // 2, norm=norm) if attention else nn.Identity()
         self.time_mlp = TimeMLP(time_embedding_dim, out_channels, out_channels // 2)
         self.conv1 = UNITS[unit][1](out_channels // 2, out_channels, norm)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skip = self.conv0(x)
+        skip = self.attention(self.conv0(x))
         return self.conv1(self.time_mlp(skip, e)), skip
 
 
 class DecoderBlock(nn.Module):
-    """Bilinear ×2 up-sampling, concatenate the skip, units (C_in → C_in/2), TimeMLP, unit → C_out/2.
+    """Bilinear ×2 up-sampling, concatenate the skip, units (C_in → C_in/2), TimeMLP [, self-attention], unit → C_out/2.
 
     ``forward(x, skip, e)``: x (B, C_in/2, H/2, W/2), skip (B, C_in/2, H, W), e (B, E) → (B, C_out/2, H, W).
     """
 
-    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group"):
+    def __init__(self, in_channels, out_channels, time_embedding_dim, unit="dense", units=1, norm="group",
+                 attention=False):  # fmt: skip
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv0 = unit_stack(unit, in_channels, in_channels // 2, units, norm)
         self.time_mlp = TimeMLP(time_embedding_dim, in_channels, in_channels // 2)
+        self.attention = SelfAttention(in_channels // 2, norm=norm) if attention else nn.Identity()
         self.conv1 = UNITS[unit][0](in_channels // 2, out_channels // 2, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.upsample(x), skip], dim=1)
-        return self.conv1(self.time_mlp(self.conv0(x), e))
+        return self.conv1(self.attention(self.time_mlp(self.conv0(x), e)))
 
 
-# --- chapters/04_unet.py, cell 32 (line 558): edit there ---
+# --- chapters/04_unet.py, cell 32 (line 566): edit there ---
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
 
@@ -289,6 +298,8 @@ def _check_choice(name: str, value, allowed) -> None:
 class Unet(nn.Module):
     r"""The denoiser ε_θ(x_t, t): (B, C_in, H, W) and timesteps t (B,) → predicted noise (B, C_out, H, W).
 
+    (Or the predicted velocity v or clean image x_0, when built with ``prediction="v"`` or ``"x0"``.)
+
     Widths d_0 = base_dim, d_i = base_dim · dim_mults[i−1]; level i runs at (H, W) / 2^i. Encoder
     block i maps d_i → d_{i+1} and halves the resolution, the bottleneck maps d_L → d_L / 2, decoder
     blocks mirror the encoders with skip connections, and a 1×1 convolution maps d_0 / 2 → C_out.
@@ -302,7 +313,13 @@ class Unet(nn.Module):
     - ``units_per_block``: units in each encoder/decoder block's stack; ``mid_units``: in the bottleneck;
     - ``num_classes``: ``None`` (unconditional) or the number of classes K of a class-conditional model
       (section 12): ``forward(x, t, y)`` then adds a learned label embedding to the time embedding, with
-      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 10).
+      one extra row for "no label" (y = −1, or ``y=None``), which classifier-free guidance needs (chapter 10);
+    - ``attention``: the levels at which to add multi-head self-attention (section 13): level L =
+      len(dim_mults) is the bottleneck (7×7 for MNIST), L − 1 the level above (14×14), 0 the input's
+      resolution; ``()`` (the default) adds none;
+    - ``prediction``: what the network outputs, ``"eps"`` (the noise, DDPM's choice), ``"v"`` or ``"x0"``
+      (chapter 02, section 6; chapter 05). The network itself is the same; the samplers read this to
+      convert its output (:func:`ddpm_lib.diffusion.prediction_of`).
 
     ``self.config`` holds every argument, so ``Unet(**model.config)`` builds an identical network.
     """
@@ -322,6 +339,8 @@ class Unet(nn.Module):
         units_per_block: int = 1,
         mid_units: int = 1,
         num_classes: int | None = None,
+        attention: Sequence[int] = (),
+        prediction: str = "eps",
     ):
         super().__init__()
         for name, value in [
@@ -351,6 +370,19 @@ class Unet(nn.Module):
         _check_choice("unit", unit, tuple(UNITS))
         if num_classes is not None:
             _check_int("num_classes", num_classes)
+        if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence):
+            raise ValueError(f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}")
+        for level in attention:
+            if (
+                isinstance(level, bool)
+                or not isinstance(level, numbers.Integral)
+                or not 0 <= level <= len(dim_mults)
+            ):
+                raise ValueError(
+                    f"attention must list levels 0..{len(dim_mults)} (len(dim_mults) = {len(dim_mults)} is the "
+                    f"bottleneck), got {list(attention)!r}"
+                )
+        _check_choice("prediction", prediction, PREDICTIONS)
 
         self.config = dict(
             timesteps=int(timesteps),
@@ -365,6 +397,8 @@ class Unet(nn.Module):
             units_per_block=int(units_per_block),
             mid_units=int(mid_units),
             num_classes=None if num_classes is None else int(num_classes),
+            attention=sorted({int(level) for level in attention}),
+            prediction=prediction,
         )
         dims = [base_dim] + [base_dim * m for m in dim_mults]
         widths = list(itertools.pairwise(dims))  # (C_in, C_out) of each level
@@ -376,12 +410,17 @@ class Unet(nn.Module):
             self.time_embedding = nn.Embedding(timesteps, embedding_dim)
         else:
             self.time_embedding = SinusoidalTimeEmbedding(embedding_dim)
+        levels = len(widths)  # encoder block i works at level i; the bottleneck is level `levels`
+        attend = set(self.config["attention"])
         self.encoder_blocks = nn.ModuleList(
-            EncoderBlock(c_in, c_out, embedding_dim, **block_options) for c_in, c_out in widths
+            EncoderBlock(c_in, c_out, embedding_dim, **block_options, attention=level in attend)
+            for level, (c_in, c_out) in enumerate(widths)
         )
         self.decoder_blocks = nn.ModuleList(
-            DecoderBlock(c_out, c_in, embedding_dim, **block_options) for c_in, c_out in reversed(widths)
+            DecoderBlock(c_out, c_in, embedding_dim, **block_options, attention=level in attend)
+            for level, (c_in, c_out) in reversed(list(enumerate(widths)))
         )
+        self.mid_attention = SelfAttention(dims[-1], norm=norm) if levels in attend else nn.Identity()
         self.mid_block = unit_stack(unit, dims[-1], dims[-1] // 2, mid_units, norm)
         self.final_conv = nn.Conv2d(base_dim // 2, out_channels, kernel_size=1)
         if num_classes is not None:  # row num_classes: the "no label" (null) token
@@ -462,7 +501,7 @@ class Unet(nn.Module):
         for block in self.encoder_blocks:
             x, skip = block(x, e)
             skips.append(skip)
-        x = self.mid_block(x)
+        x = self.mid_block(self.mid_attention(x))
         for block, skip in zip(self.decoder_blocks, reversed(skips), strict=True):
             x = block(x, skip, e)
         return self.final_conv(x)
@@ -485,7 +524,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1203): edit there ---
+# --- chapters/04_unet.py, cell 58 (line 1241): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 
@@ -500,3 +539,42 @@ class Conditioned(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         return self.model(x, t, self.labels)
+
+
+# --- chapters/04_unet.py, cell 61 (line 1286): edit there ---
+class SelfAttention(nn.Module):
+    r"""Multi-head self-attention over the H·W positions of a feature map, with a residual connection.
+
+    y = x + W_o · MHA(q, k, v),  [q, k, v] = W_qkv · norm(x); W_qkv and W_o are 1×1 convolutions; there are
+    max(1, C // ``head_dim``) heads, which must split the C channels evenly; W_o starts at zero (the block
+    starts as the identity). (B, C, H, W) → (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, head_dim: int = 32, norm: str = "group"):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        if channels % self.heads:
+            raise ValueError(
+                f"channels ({channels}) must split evenly into {self.heads} heads (head_dim {head_dim})"
+            )
+        self.norm = make_norm(norm, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each (B, heads, H·W, C / heads)."""
+        batch, channels, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, self.heads, channels // self.heads, height * width)
+        return qkv.transpose(-1, -2).unbind(1)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """a_ij, (B, heads, H·W, H·W): how much query position i reads from key position j (rows sum to 1)."""
+        q, k, _ = self.qkv_heads(x)
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H·W, d)
+        return x + self.out(y.transpose(-1, -2).reshape(x.shape))

@@ -11,6 +11,7 @@ from ddpm_lib.unet import (
     ChannelShuffle,
     DenseDownsample,
     DenseUnit,
+    SelfAttention,
     ShuffleDownsample,
     ShuffleUnit,
     Unet,
@@ -25,6 +26,7 @@ CONFIGS = {
     ),
     "three levels, rgb": dict(TINY, in_channels=3, out_channels=2, dim_mults=[1, 2, 2], mid_units=2),
     "shuffle + group": dict(TINY, unit="shuffle", norm="group", dim_mults=[2]),
+    "attention at two levels": dict(TINY, dim_mults=[2, 2], attention=[1, 2], prediction="v"),
 }
 
 
@@ -71,6 +73,9 @@ def test_time_input_changes_output(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gradients_reach_every_parameter(name):
     model = tiny_model(name).train()
+    for module in model.modules():  # attention's output starts at zero, which blocks its inputs' gradient
+        if isinstance(module, SelfAttention):  # at the very first step only: move it off zero
+            torch.nn.init.normal_(module.out.weight, std=0.1)
     x, t = inputs(model, batch=4)
     model(x, t).pow(2).mean().backward()
     for parameter_name, parameter in model.named_parameters():
@@ -196,6 +201,10 @@ BAD_CONFIGS = {
     "unknown time embedding": (dict(time_embedding="fourier"), "time_embedding"),
     "zero units": (dict(units_per_block=0), "units_per_block"),
     "zero mid units": (dict(mid_units=0), "mid_units"),
+    "attention below the bottleneck": (dict(attention=[3]), "attention must list levels 0..2"),
+    "attention as text": (dict(attention="2"), "attention must be a list of levels"),
+    "attention as a bool": (dict(attention=[True]), "attention must list levels"),
+    "unknown prediction": (dict(prediction="noise"), "prediction must be one of 'eps', 'v', 'x0'"),
 }
 
 
@@ -204,3 +213,43 @@ def test_bad_configuration_raises_value_error(what):
     config, message = BAD_CONFIGS[what]
     with pytest.raises(ValueError, match=message):
         Unet(**config)
+
+
+def test_attention_goes_where_it_is_asked_and_starts_as_the_identity():
+    torch.manual_seed(0)
+    plain = Unet(**TINY, dim_mults=[2, 2])
+    attending = Unet(**TINY, dim_mults=[2, 2], attention=[1, 2])
+    assert isinstance(attending.mid_attention, SelfAttention)  # level 2: the bottleneck
+    assert isinstance(attending.encoder_blocks[1].attention, SelfAttention)  # level 1, on the way down
+    assert isinstance(attending.decoder_blocks[0].attention, SelfAttention)  # level 1, on the way up
+    assert not isinstance(attending.encoder_blocks[0].attention, SelfAttention)
+    assert not isinstance(attending.decoder_blocks[1].attention, SelfAttention)
+    # no attention: no new parameters, so checkpoints written before the option still load
+    assert set(plain.state_dict()) == set(Unet(**TINY, dim_mults=[2, 2], attention=[]).state_dict())
+    missing, unexpected = attending.load_state_dict(plain.state_dict(), strict=False)
+    assert (
+        not unexpected
+        and missing
+        and all(".attention." in f".{name}" or name.startswith("mid_attention") for name in missing)
+    )
+    x, t = inputs(plain)
+    with torch.no_grad():
+        assert torch.equal(attending.eval()(x, t), plain.eval()(x, t))
+
+
+def test_self_attention_is_softmax_of_queries_and_keys_over_positions():
+    torch.manual_seed(1)
+    block = SelfAttention(64, head_dim=16)
+    torch.nn.init.normal_(block.out.weight, std=0.1)
+    x = torch.randn(2, 64, 5, 3)
+    q, k, v = block.qkv_heads(x)
+    assert block.heads == 4 and q.shape == (2, 4, 15, 16)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)
+    torch.testing.assert_close(block.attention_weights(x), weights)
+    expected = x + block.out((weights @ v).transpose(-1, -2).reshape(x.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert SelfAttention(8).heads == 1  # narrower than one head: one head
+    assert SelfAttention(48).heads == 1 and SelfAttention(96).heads == 3
+    with pytest.raises(ValueError, match="split evenly"):
+        SelfAttention(100)  # 3 heads of 33.3 channels
