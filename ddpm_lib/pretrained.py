@@ -32,7 +32,6 @@ CLASSIFIERS = {
     "mnist": WEIGHTS / "mnist_classifier.pt",
     "fashion-mnist": WEIGHTS / "fashion_mnist_classifier.pt",
 }
-CLASSIFIER = CLASSIFIERS["mnist"]
 
 
 def available() -> list[str]:

@@ -85,3 +85,35 @@ def test_samples_look_like_digits_not_noise():
     # and not a blank canvas: every sample has a stroke
     assert ((samples > 0.5).flatten(1).float().mean(1) > 0.03).all()
     assert torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("name", [n for n in DENOISERS])
+def test_the_recorded_command_still_builds_the_shipped_network(monkeypatch, tmp_path, name):
+    """Re-running a shipped denoiser's command (``command_now`` where the options have moved since) would train the
+    network that was shipped: the same U-Net options, schedule and data set."""
+    import shlex
+
+    from ddpm_lib import runner
+    from ddpm_lib.cli import main
+    from ddpm_lib.unet import Unet
+
+    record = provenance(name)
+    words = [
+        w
+        for w in shlex.split(record.get("command_now", record["command"]))
+        if "=" not in w or w.startswith("-")
+    ]
+    assert words[:4] == ["python", "-m", "ddpm_lib", "train"], words
+    out = words.index("--out")
+    args = words[4:out] + words[out + 2 :] + ["--out", str(tmp_path / "run"), "--no-progress"]
+    seen = []
+    monkeypatch.setattr(runner, "run_training", lambda config, *a, **k: seen.append(config) or
+                        {"stopped_by": None, "world_size": 1, "rank": 0, "step": config.steps})  # fmt: skip
+    assert main(["train", *args]) in (0, None)
+    (config,) = seen
+    assert Unet(**config.model).config == Unet(**record["model"]).config
+    assert (config.steps, config.seed, config.dataset) == (
+        record["steps"],
+        record["seed"],
+        record.get("dataset", "mnist"),
+    )
