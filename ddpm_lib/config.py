@@ -190,9 +190,12 @@ def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
 #: override (``model`` entries key by key, ``grid`` entries field by field).
 #: ``quick``: the CPU time-to-digits recipe of chapter 11, measured in
 #: ``benchmarks/time_to_digits.py`` (about 5 minutes of training on 2 CPU cores): a class-conditional U-Net
-#: with two dense units per block (labels dropped 10% of the time, so that it can be guided), bfloat16
+#: with two dense units per block, self-attention at 7×7 and v-prediction (the winner of chapter 11's equal-time
+#: benchmark of denoisers; labels dropped 10% of the time, so that it can be guided), bfloat16
 #: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
-#: DDPM and classifier-free guidance w = 1 (chapter 10).
+#: DDPM and classifier-free guidance w = 1 (chapter 10). ``quick-unconditional``: the same recipe without labels
+#: (no guidance), trained longer, so that training and sampling fit in 12 minutes on 2 CPU cores
+#: (``benchmarks/time_to_digits.py --preset quick-unconditional``).
 PRESETS: dict[str, dict] = {
     "quick": {
         "steps": 1400,
@@ -205,7 +208,19 @@ PRESETS: dict[str, dict] = {
         "label_dropout": 0.1,
         "eval_every": 350,
         "grid": {"sampler": "ddpm", "steps": 25, "guidance": 1.0},
-        "model": {"units_per_block": 2, "mid_units": 2, "num_classes": 10},
+        "model": {"units_per_block": 2, "mid_units": 2, "num_classes": 10, "attention": [2], "prediction": "v"},
+    },
+    "quick-unconditional": {
+        "steps": 3500,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "pct_start": 0.1,
+        "ema_decay": 0.995,
+        "bf16": True,
+        "loss_weighting": "min_snr",
+        "eval_every": 875,
+        "grid": {"sampler": "ddpm", "steps": 25},
+        "model": {"units_per_block": 2, "mid_units": 2, "attention": [2], "prediction": "v"},
     },
 }
 

@@ -207,6 +207,40 @@ def test_preset_sets_the_recipe_and_explicit_options_override_it(monkeypatch, tm
     assert overridden.grid.guidance == preset["grid"]["guidance"]
 
 
+@pytest.mark.parametrize("name", ["quick", "quick-unconditional"])
+def test_every_preset_is_a_valid_run_and_reaches_the_command_line(monkeypatch, tmp_path, name):
+    from ddpm_lib.config import PRESETS, preset_defaults
+    from ddpm_lib.unet import Unet
+
+    config = preset_defaults(name).check()
+    Unet(**config.model)  # builds
+    seen = _capture_configs(monkeypatch)
+    main(["train", "--preset", name, "--out", str(tmp_path / name), "--no-progress"])
+    (parsed,) = seen
+    assert parsed.steps == PRESETS[name]["steps"] and parsed.preset == name
+    assert (parsed.model.get("num_classes") is None) == (name == "quick-unconditional")
+
+
+def test_the_prediction_target_and_attention_are_train_options(monkeypatch, tmp_path, capsys):
+    seen = _capture_configs(monkeypatch)
+    main(["train", "--prediction", "v", "--attention", "1,2", "--out", str(tmp_path / "a"), "--no-progress"])
+    main(["train", "--attention", "none", "--out", str(tmp_path / "b"), "--no-progress"])
+    first, second = seen
+    assert first.model["prediction"] == "v" and first.model["attention"] == [1, 2]
+    assert second.model["attention"] == [] and second.model["prediction"] == "eps"
+    for bad, message in (
+        (["--prediction", "noise"], "invalid choice"),
+        (["--attention", "3"], "--attention"),
+    ):
+        try:
+            code = main(["train", *bad, "--out", str(tmp_path / "c"), "--no-progress"])
+        except SystemExit as exit_info:
+            code = exit_info.code
+        assert code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_an_explicit_batch_size_wins_over_the_preset_and_abbreviations_are_refused(
     monkeypatch, tmp_path, capsys
 ):

@@ -1,0 +1,47 @@
+"""benchmarks/denoisers.py: its wall-clock learning-rate schedule is OneCycleLR's, a tiny run writes the record
+chapter 11 reads, and the shipped record has every row with the command behind it."""
+
+import json
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import denoisers  # noqa: E402
+
+
+def test_the_wall_clock_schedule_is_one_cycle():
+    optimizer = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), 2e-3)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=2001, pct_start=0.1)
+    for step in range(2000):
+        expected = optimizer.param_groups[0]["lr"]
+        assert denoisers.one_cycle_lr(step / 2000, 2e-3, 0.1) == pytest.approx(expected, rel=0.01, abs=2e-5)
+        optimizer.step()
+        theirs.step()
+
+
+@pytest.mark.slow
+def test_a_tiny_run_records_what_chapter_11_reads(tmp_path, capsys):
+    record = tmp_path / "denoisers.json"
+    assert denoisers.main(["--rows", "default,v", "--budget", "1", "--n", "8", "--record", str(record)]) == 0
+    data = json.loads(record.read_text())
+    assert [row["row"] for row in data["rows"]] == ["default", "v"]
+    for row in data["rows"]:
+        assert row["steps"] >= 1 and row["train_s"] >= 1 and 0 <= row["confident_share"] <= 1
+        assert row["command"].startswith(f"python benchmarks/denoisers.py --rows {row['row']} --budget 1 ")
+    assert "commands:" in capsys.readouterr().out.lower()
+    with pytest.raises(SystemExit):
+        denoisers.main(["--rows", "resnet"])
+
+
+def test_the_shipped_record_has_every_row_and_its_command():
+    data = json.loads((files("ddpm_lib") / "results" / "denoisers.json").read_text())
+    assert [row["row"] for row in data["rows"]] == list(denoisers.ROWS)
+    assert data["command"].startswith("python benchmarks/denoisers.py")
+    for row in data["rows"]:
+        assert row["train_s"] == pytest.approx(data["budget_s"], rel=0.05)  # the same CPU time for every row
