@@ -208,7 +208,13 @@ PRESETS: dict[str, dict] = {
         "label_dropout": 0.1,
         "eval_every": 350,
         "grid": {"sampler": "ddpm", "steps": 25, "guidance": 1.0},
-        "model": {"units_per_block": 2, "mid_units": 2, "num_classes": 10, "attention": [2], "prediction": "v"},
+        "model": {
+            "units_per_block": 2,
+            "mid_units": 2,
+            "num_classes": 10,
+            "attention": [2],
+            "prediction": "v",
+        },
     },
     "quick-unconditional": {
         "steps": 3500,
