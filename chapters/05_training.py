@@ -54,12 +54,11 @@ from tqdm.auto import tqdm
 
 from ddpm_lib import checkpoint
 from ddpm_lib.data import load_mnist
-from ddpm_lib.diffusion import q_sample
+from ddpm_lib.diffusion import convert_prediction, q_sample
 from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
-from ddpm_lib.sampling import predict_noise, predict_x0
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.unet import Unet
 
@@ -695,8 +694,9 @@ assert (implied["v"] >= 1).all() and snr[0] > 1e3 and snr[-1] < 1e-3
 # **Three short runs.** The same network, recipe, batches and noise — the quick recipe of chapter 11 without labels,
 # with min-SNR weighting, so all three weigh the error in $x_0$ alike — trained to predict $\varepsilon$, $v$ and $x_0$.
 # The only difference is what the last layer is asked to output. We measure each one's error in $x_0$ per noise
-# level on held-out digits (one common currency), and draw digits from each with 25-step DDPM. (Full profile: three
-# runs of 800 steps of batch 64, about 3 minutes each on 2 cores; chapter 11's benchmark compares longer runs.)
+# level on held-out digits (one common currency, through chapter 02's `convert_prediction`), and draw digits from
+# each with 25-step DDPM. (Full profile: three runs of 800 steps of batch 64; the cell prints how long each took.
+# Chapter 11's benchmark compares longer runs.)
 
 # %%
 heldout_digits = load_mnist("heldout", verbose=False).tensors[0][: PROFILE.prediction_loss_digits]
@@ -719,8 +719,9 @@ for target in ("eps", "v", "x0"):
     with torch.no_grad():
         for t in probe_t:
             x_t = q_sample(scheduler, heldout_digits, t, noise)
-            eps_hat = predict_noise(ema.model, x_t, t, scheduler)
-            errors.append((predict_x0(scheduler, t, eps_hat, x_t) - heldout_digits).pow(2).mean().item())
+            output = ema.model(x_t, torch.full((len(x_t),), t))
+            x0_hat = convert_prediction(output, x_t, float(scheduler.alpha_bars64[t]), target, "x0")
+            errors.append((x0_hat - heldout_digits).pow(2).mean().item())
     x0_errors[target] = errors
     target_samples[target] = generate(ema.model, scheduler, 8, sampler="ddpm", steps=25, seed=0)
     print(f"{target:>3}: {PROFILE.prediction_steps} steps in {time.perf_counter() - started:.0f} s")

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# --- chapters/05_training.py, cell 3 (line 90): edit there ---
+# --- chapters/05_training.py, cell 3 (line 89): edit there ---
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -31,7 +31,7 @@ from ddpm_lib.diffusion import prediction_of, prediction_target, q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/05_training.py, cell 4 (line 104): edit there ---
+# --- chapters/05_training.py, cell 4 (line 103): edit there ---
 def ddpm_loss(
     model: nn.Module,
     scheduler: NoiseSchedule,
@@ -96,7 +96,7 @@ def ddpm_loss(
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-# --- chapters/05_training.py, cell 8 (line 202): edit there ---
+# --- chapters/05_training.py, cell 8 (line 201): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -163,7 +163,7 @@ def train_step(
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 340): edit there ---
+# --- chapters/05_training.py, cell 14 (line 339): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -207,7 +207,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 415): edit there ---
+# --- chapters/05_training.py, cell 17 (line 414): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:
