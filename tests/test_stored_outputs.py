@@ -41,7 +41,7 @@ def test_a_code_change_makes_outputs_stale_and_a_prose_change_does_not(tmp_path,
         "profile": "full",
         "code_sha256": execute_chapters.code_hash(source),
         "modules": execute_chapters.module_hashes(["ddpm_lib/__init__.py", "ddpm_lib/profile.py"]),
-        "weights_sha256": execute_chapters.weights_hash(),
+        "weights": execute_chapters.module_hashes(["ddpm_lib/weights/ddpm_mnist.json"]),
     }
     nbformat.write(notebook, source.with_suffix(".ipynb"))
     assert execute_chapters.stale_reasons(source, "full") == []
@@ -56,6 +56,35 @@ def test_a_code_change_makes_outputs_stale_and_a_prose_change_does_not(tmp_path,
     nbformat.write(notebook, source.with_suffix(".ipynb"))
     source.write_text(text, encoding="utf-8")
     assert execute_chapters.stale_reasons(source, "full") == ["ddpm_lib changed: ddpm_lib/profile.py"]
+    record["modules"] = execute_chapters.module_hashes(["ddpm_lib/__init__.py", "ddpm_lib/profile.py"])
+    record["weights"]["ddpm_lib/weights/ddpm_mnist.json"] = "0" * 64  # as if those weights were re-shipped
+    nbformat.write(notebook, source.with_suffix(".ipynb"))
+    assert execute_chapters.stale_reasons(source, "full") == [
+        "shipped weights changed: ddpm_lib/weights/ddpm_mnist.json"
+    ]
+    del record["weights"]  # a record made before weights were tracked per file: all of them count
+    record["weights_sha256"] = "0" * 64
+    nbformat.write(notebook, source.with_suffix(".ipynb"))
+    assert execute_chapters.stale_reasons(source, "full") == ["the shipped weights changed"]
+
+
+def test_the_audit_records_the_weights_a_kernel_opens(tmp_path):
+    """AUDIT then PROBE, run as the kernel runs them: the files opened under ddpm_lib/weights, and nothing else."""
+    import json
+    import subprocess
+
+    code = (
+        execute_chapters.AUDIT
+        + "from ddpm_lib.pretrained import provenance\nprovenance('ddpm_mnist_cond')\n"
+        + f"open({str(tmp_path / 'elsewhere.txt')!r}, 'w').close()\n"
+        + execute_chapters.PROBE
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    used = json.loads(result.stdout)
+    assert used["weights"] == [str((ROOT / "ddpm_lib" / "weights" / "ddpm_mnist_cond.json").resolve())]
+    assert str(ROOT / "ddpm_lib" / "pretrained.py") in used["modules"]
 
 
 def test_widget_views_and_state_are_not_stored():

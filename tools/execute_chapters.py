@@ -13,8 +13,10 @@ metadata records, under ``ddpm_course``, what produced the outputs:
 
 - ``code_sha256``: a hash of the chapter's code cells (prose edits leave it unchanged);
 - ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file;
-- ``weights_sha256``: a hash of the shipped weights the package holds, if the chapter imported
-  ``ddpm_lib.pretrained`` (``null`` otherwise: then new weights do not touch it);
+- ``weights``: the SHA-256 of every file under ``ddpm_lib/weights`` the kernel opened (shipped weights,
+  snapshots, provenance records), by file, so that re-shipping one model makes stale only the chapters that read
+  it (an audit hook installed before the first cell records the opens; records made before it have
+  ``weights_sha256``, a hash of all the shipped weights, which is still honoured);
 - the profile, torch's version, the wall time, the date and this command.
 
 ``tests/test_stored_outputs.py`` recomputes the hashes and fails, naming the command that refreshes them, when
@@ -46,12 +48,26 @@ from ddpm_lib.profile import ENV_VAR  # noqa: E402
 
 KEY = "ddpm_course"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-#: run after the chapter: the files of the ddpm_lib modules the kernel imported, as JSON
-PROBE = (
-    "import json as _j, sys as _s; print(_j.dumps(sorted(m.__file__ for n, m in _s.modules.items() "
-    "if (n == 'ddpm_lib' or n.startswith('ddpm_lib.')) and getattr(m, '__file__', None))))"
+WEIGHTS = ROOT / "ddpm_lib" / "weights"
+#: run before the chapter, not stored: record, in a module of its own, every file under WEIGHTS opened
+AUDIT = (
+    "import os as _o, sys as _s, types as _t\n"
+    "_s.modules['_ddpm_weights_opened'] = _t.ModuleType('_ddpm_weights_opened')\n"
+    "_s.modules['_ddpm_weights_opened'].paths = set()\n"
+    f"def _ddpm_audit(event, args, _root={str(WEIGHTS.resolve())!r}, _paths=_s.modules['_ddpm_weights_opened'].paths, _os=_o):\n"
+    "    if event == 'open' and isinstance(args[0], (str, _os.PathLike)):\n"
+    "        path = _os.path.realpath(_os.fspath(args[0]))\n"
+    "        if path.startswith(_root + _os.sep):\n"
+    "            _paths.add(path)\n"
+    "_s.addaudithook(_ddpm_audit)\n"
+    "del _o, _s, _t, _ddpm_audit\n"
 )
-PRETRAINED = "ddpm_lib/pretrained.py"
+#: run after the chapter: the files of the ddpm_lib modules the kernel imported and of the weights it opened, as JSON
+PROBE = (
+    "import json as _j, sys as _s; print(_j.dumps({'modules': sorted(m.__file__ for n, m in _s.modules.items() "
+    "if (n == 'ddpm_lib' or n.startswith('ddpm_lib.')) and getattr(m, '__file__', None)), "
+    "'weights': sorted(_s.modules['_ddpm_weights_opened'].paths)}))"
+)
 
 
 def sha256(data: bytes) -> str:
@@ -96,7 +112,12 @@ def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
     changed = sorted(p for p, digest in record["modules"].items() if now.get(p) != digest)
     if changed:
         reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
-    if record["weights_sha256"] is not None and record["weights_sha256"] != weights_hash():
+    if "weights" in record:
+        now = module_hashes(list(record["weights"]))
+        changed = sorted(p for p, digest in record["weights"].items() if now.get(p) != digest)
+        if changed:
+            reasons.append(f"shipped weights changed: {', '.join(changed)}")
+    elif record.get("weights_sha256") is not None and record["weights_sha256"] != weights_hash():
         reasons.append("the shipped weights changed")
     return reasons
 
@@ -154,6 +175,12 @@ def execute(source: Path, profile: str, timeout: int) -> float:
             client.kc.shell_channel
         )  # ipywidgets' comm traffic (nbclient #312, see chapter_run)
         poll_in_short_waits(client.kc.iopub_channel)
+        audit = nbformat.v4.new_code_cell(AUDIT)  # records the weights the chapter opens; not stored
+        notebook.cells.append(audit)
+        try:
+            client.execute_cell(audit, len(notebook.cells) - 1, store_history=False)
+        finally:
+            notebook.cells.pop()
         for n, index in enumerate(code, 1):
             first = (
                 notebook.cells[index].source.strip().splitlines()[0][:60]
@@ -162,14 +189,15 @@ def execute(source: Path, profile: str, timeout: int) -> float:
             )
             print(f"  [{n}/{len(code)}] {time.perf_counter() - started:7.0f} s  {first}", flush=True)
             client.execute_cell(notebook.cells[index], index)
-        probe = nbformat.v4.new_code_cell(PROBE)  # which ddpm_lib modules the chapter used; not stored
+        probe = nbformat.v4.new_code_cell(PROBE)  # the ddpm_lib modules and weights it used; not stored
         notebook.cells.append(probe)
         try:
             client.execute_cell(probe, len(notebook.cells) - 1)
         finally:
             notebook.cells.pop()
     wall = time.perf_counter() - started
-    modules = module_hashes(json.loads(probe.outputs[0]["text"]))
+    used = json.loads(probe.outputs[0]["text"])
+    modules, weights = module_hashes(used["modules"]), module_hashes(used["weights"])
     clean_outputs(notebook)
     import torch
 
@@ -177,7 +205,7 @@ def execute(source: Path, profile: str, timeout: int) -> float:
         "profile": profile,
         "code_sha256": code_hash(source),
         "modules": modules,
-        "weights_sha256": weights_hash() if PRETRAINED in modules else None,
+        "weights": weights,
         "torch": torch.__version__,
         "wall_time_s": round(wall, 1),
         "date": datetime.date.today().isoformat(),
