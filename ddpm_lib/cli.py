@@ -413,7 +413,8 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         help="write a denoiser as an ONNX graph and its sampler tables as JSON (the book's Try it page)",
         description="Export a denoiser for onnxruntime (e.g. onnxruntime-web in a browser): OUT/NAME.onnx, the U-Net "
         "with a dynamic batch dimension, and OUT/NAME.json, the schedule's alpha_bar in float64 and what else a "
-        "sampler needs (see ddpm_lib.export).",
+        "sampler needs (see ddpm_lib.export). The graph outputs the noise estimate: a network that predicts v or x0 is "
+        "exported with the conversion to noise inside it.",
     )
     _add_denoiser_source(export)
     export.add_argument("--out", type=Path, default=Path("onnx"), help="folder to write into (default: onnx)")

@@ -4,7 +4,9 @@
 
 - ``DIR/NAME.onnx``: the U-Net as an ONNX graph (opset 17) with a dynamic batch dimension. Inputs
   ``x`` (float32, B×1×28×28) and ``t`` (int64, B), and for a class-conditional model ``y`` (int64, B;
-  −1 means "no label", which classifier-free guidance needs); output ``eps`` (float32, B×1×28×28);
+  −1 means "no label", which classifier-free guidance needs); output ``eps`` (float32, B×1×28×28). A network
+  that predicts v or x_0 (chapter 02, section 6) is exported with chapter 02's conversion to ε inside the graph
+  (:class:`NoiseOutput`), so the page's samplers always read noise;
 - ``DIR/NAME.json``: what a sampler needs besides the network, written by this package so that the
   browser uses its numbers rather than re-deriving them: the schedule's ᾱ_t in float64 (the samplers'
   coefficients come from it, exactly as :func:`ddpm_lib.sampling.posterior_step` computes them), T, the
@@ -48,8 +50,32 @@ def sampler_tables(scheduler, model_config: dict, summary: str) -> dict:
     }
 
 
+class NoiseOutput(torch.nn.Module):
+    """A denoiser whose output is ε̂, whatever its network predicts: ``convert_prediction`` (chapter 02, section 6)
+    with ᾱ_t looked up per image in the schedule's table, so that it can be traced into the graph.
+
+    The table is the schedule's float64 ᾱ, rounded to float32 inside the graph; the Python samplers convert with
+    the float64 value, which differs from it by less than 1e-7 relative.
+    """
+
+    def __init__(self, model: torch.nn.Module, scheduler) -> None:
+        super().__init__()
+        from .diffusion import prediction_of
+
+        self.model, self.prediction = model, prediction_of(model)
+        self.config = {**model.config, "prediction": "eps"}  # what this module outputs
+        self.register_buffer("alpha_bars", scheduler.alpha_bars64.to(torch.float32).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        from .diffusion import convert_prediction
+
+        output = self.model(x, t, *labels)
+        return convert_prediction(output, x, self.alpha_bars[t], self.prediction, "eps")
+
+
 def onnx_bytes(model: torch.nn.Module, opset: int = OPSET) -> bytes:
-    """``model`` (eval mode, CPU) as a serialised ONNX graph with a dynamic batch dimension."""
+    """``model`` (eval mode, CPU; a noise predictor, or a :class:`NoiseOutput`) as a serialised ONNX graph with a
+    dynamic batch dimension."""
     conditional = model.config.get("num_classes") is not None
     x = torch.zeros((2, *IMAGE_SHAPE))
     t = torch.tensor([999, 0])
@@ -103,14 +129,15 @@ def export(
         summary = f"the shipped weights {name} ({provenance(name)['summary']})"
     from .diffusion import prediction_of
 
-    if prediction_of(model) != "eps":
-        raise UsageError(
-            f"the browser sampler reads noise predictions; {summary} predicts {prediction_of(model)!r}",
-            "weights",
-        )
+    prediction = prediction_of(model)
     out = Path(out)
-    graph = onnx_bytes(model, opset)
+    graph = onnx_bytes(model if prediction == "eps" else NoiseOutput(model, scheduler), opset)
     onnx_path = checkpoint.write_atomic(out / f"{stem}.onnx", lambda f: f.write(graph))
-    tables = {**sampler_tables(scheduler, model.config, summary), "onnx": onnx_path.name, "name": stem}
+    tables = {
+        **sampler_tables(scheduler, model.config, summary),
+        "onnx": onnx_path.name,
+        "name": stem,
+        "network_predicts": prediction,  # the graph's output is ε either way
+    }
     json_path = checkpoint.write_text(out / f"{stem}.json", json.dumps(tables) + "\n")
     return onnx_path, json_path

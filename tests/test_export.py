@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from ddpm_lib.cli import main
+from ddpm_lib.diffusion import convert_prediction, prediction_of
+from ddpm_lib.export import NoiseOutput, onnx_bytes
 from ddpm_lib.fast_sampling import ddim_step, timesteps_for
 from ddpm_lib.guidance import ClassifierFreeGuidance
 from ddpm_lib.pretrained import load_pretrained
-from ddpm_lib.sampling import reverse_step
+from ddpm_lib.sampling import predict_noise, reverse_step
+from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.unet import Conditioned, Unet
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLER_JS = ROOT / "web" / "try_it" / "sampler.js"
@@ -45,12 +49,47 @@ def test_the_onnx_graph_computes_what_pytorch_computes(exported, name):
         feeds = {"x": x.numpy(), "t": t.numpy(), **({"y": y.numpy()} if conditional else {})}
         (eps,) = session.run(None, feeds)
         with torch.no_grad():
-            expected = (model(x, t, y) if conditional else model(x, t)).numpy()
+            output = model(x, t, y) if conditional else model(x, t)
+            alpha_bars = scheduler.alpha_bars64[t].to(torch.float32)
+            expected = convert_prediction(output, x, alpha_bars, prediction_of(model), "eps").numpy()
         assert np.abs(eps - expected).max() <= 1e-4, (name, batch)
+    assert tables["network_predicts"] == prediction_of(model)
     assert tables["alpha_bars"] == scheduler.alpha_bars64.tolist()  # the package's float64 numbers, exactly
     assert tables["num_timesteps"] == 1000 and tables["inputs"] == (
         ["x", "t", "y"] if conditional else ["x", "t"]
     )
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_a_v_or_x0_network_is_exported_as_a_noise_predictor(prediction, num_classes):
+    """The graph of a v- or x0-predicting network outputs what the Python samplers' predict_noise gives."""
+    torch.manual_seed(0)
+    model = Unet(
+        base_dim=8, dim_mults=[2], attention=[1], num_classes=num_classes, prediction=prediction
+    ).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # away from the zero-initialised output layers
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    scheduler = LinearBetaScheduler(1000)
+    session = ort.InferenceSession(onnx_bytes(NoiseOutput(model, scheduler)))
+    x = torch.randn((3, 1, 28, 28))
+    y = torch.tensor([0, 2, -1])
+    for step in (0, 1, 500, 999):
+        t = torch.full((3,), step)
+        feeds = {"x": x.numpy(), "t": t.numpy(), **({"y": y.numpy()} if num_classes else {})}
+        (eps,) = session.run(None, feeds)
+        network = model if num_classes is None else Conditioned(model, y)
+        with torch.no_grad():
+            expected = predict_noise(network, x, step, scheduler)
+        scale = expected.abs().max().item()
+        assert np.abs(eps - expected.numpy()).max() <= 1e-4 * max(1.0, scale), (prediction, step)
+
+
+def test_a_noise_output_wrapper_says_it_predicts_noise():
+    model = Unet(base_dim=8, dim_mults=[2], prediction="v")
+    wrapped = NoiseOutput(model, LinearBetaScheduler(1000))
+    assert prediction_of(wrapped) == "eps" and model.config["prediction"] == "v"
 
 
 def run_js(code: str):
