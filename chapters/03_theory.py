@@ -107,7 +107,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddpm_lib.diffusion import expand_like, q_sample
+from ddpm_lib.diffusion import convert_prediction, expand_like, prediction_of, q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
@@ -777,7 +777,8 @@ def bound_terms(
     r"""One term of the bound per sample, in nats (float64, (B,)), for x_t = q_sample(x0, t, noise).
 
     t ≥ 1: L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)), p_θ = N(μ̃_t(x_t, x̂_0), β̃_t I) with x̂_0 from
-    ε̂ = model(x_t, t); t = 0: L_0 = −log p_θ(x_0 | x_t), the ``decoder`` with mean x̂_0 and std :func:`decoder_std`.
+    ε̂ from ``model(x_t, t)`` (converted by chapter 02's ``convert_prediction`` when the network predicts v or x_0);
+    t = 0: L_0 = −log p_θ(x_0 | x_t), the ``decoder`` with mean x̂_0 and std :func:`decoder_std`.
     ``x0`` is (B, ...); ``t`` a (B,) tensor of integer timesteps (0..T−1, mixed as you like); ``noise`` like ``x0``.
     """
     if decoder not in DECODERS:
@@ -788,11 +789,12 @@ def bound_terms(
             f"t must have shape ({len(x0)},), one timestep per sample of x0, got {tuple(t.shape)}"
         )
     x_t = q_sample(scheduler, x0.float(), t, noise.float())  # what the network sees, as in training
-    eps_hat = model(x_t, t).to(torch.float64)
+    output = model(x_t, t).to(torch.float64)
     x0, x_t = x0.to(torch.float64), x_t.to(torch.float64)
     alpha_bars = scheduler.alpha_bars64.to(x0.device)
     alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
     alpha_bar, alpha_bar_prev = expand_like(alpha_bars[t], x0), expand_like(alpha_bars_prev[t], x0)
+    eps_hat = convert_prediction(output, x_t, alpha_bars[t], prediction_of(model), "eps")
     beta = 1 - alpha_bar / alpha_bar_prev
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
     coef_x0 = alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)
@@ -1654,10 +1656,11 @@ assert (
 # python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0
 # ```
 #
-# which printed, for the weights `ddpm_mnist` the package ships, **2.403 ± 0.040 bits per dimension** (all 500
-# held-out digits, 200 draws of $t$ per digit; Monte-Carlo standard error; about five minutes on two CPU cores).
-# Of that, the decoder term $L_0$ is 1.191 bits/dim and the sum of the $L_{t-1}$ 1.213; $L_T$ is 0.000 to the
-# printed precision.
+# which printed, for the weights `ddpm_mnist` the package ships (24,000 steps, predicting $v$: the bound converts
+# its output to $\hat\varepsilon$ with chapter 02's `convert_prediction`), **2.148 ± 0.031 bits per dimension**
+# (all 500 held-out digits, 200 draws of $t$ per digit; Monte-Carlo standard error; seven minutes on two CPU
+# cores). Of that, the decoder term $L_0$ is 1.090 bits/dim and the sum of the $L_{t-1}$ 1.058; $L_T$ is 0.000
+# to the printed precision.
 
 # %%
 model, mnist_scheduler, provenance = load_pretrained("ddpm_mnist")
@@ -1722,7 +1725,7 @@ assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 #   $L_{t-1} = \lambda_t \lVert \varepsilon - \hat\varepsilon \rVert^2$, $\lambda_t = \beta_t/(2\alpha_t(1-\bar\alpha_{t-1}))$.
 #   $L_\text{simple}$ sets $\lambda_t = 1$; min-SNR lowers the small-$t$ weights further.
 # - `ddpm_lib.theory.variational_bound` estimates $L$ without bias (uniform $t$ times $T - 1$) with a standard error. On the
-#   toy the bound lies above the exact $-\log q$ and tightens with training; for `ddpm_mnist` it is 2.403 ± 0.040 bits/dim
+#   toy the bound lies above the exact $-\log q$ and tightens with training; for `ddpm_mnist` it is 2.148 ± 0.031 bits/dim
 #   (`python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0`).
 # - $\varepsilon^* = -\sqrt{1-\bar\alpha_t}\,\nabla\log q(x_t)$ (Tweedie); the trained network's score matches the exact one
 #   where the data are; Langevin dynamics (annealed) samples with a score alone, and the probability-flow ODE is the

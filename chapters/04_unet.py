@@ -61,7 +61,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm_lib.data import load_mnist
-from ddpm_lib.diffusion import q_sample
+from ddpm_lib.diffusion import convert_prediction, prediction_of, q_sample
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
@@ -1617,7 +1617,9 @@ print("Exercise 4.3 passed")
 # Every block of the U-Net is told $t$. Does a trained network use it? The course ships this U-Net trained
 # (chapter 05 shows how; `load_pretrained()` loads it). Write `told_loss(model, scheduler, x0, noise, t_true, t_told)`:
 # the mean squared error of the noise prediction when `x0` is noised to `t_true` with `noise` but the network is
-# told `t_told`. The check prints the losses for every pair of $t$ in (10, 100, 300, 600, 900), one row per true
+# told `t_told`. (The shipped network predicts $v$; chapter 02's `convert_prediction` turns its output into
+# $\hat\varepsilon$, with the $\bar\alpha_t$ of the $t$ it is told, and `prediction_of(model)` says what it
+# predicts.) The check prints the losses for every pair of $t$ in (10, 100, 300, 600, 900), one row per true
 # $t$. Why does a wrong clock hurt, and why do some wrong clocks hurt far less than others? (Hint: how much of
 # $x_t$ is noise at each $t$? Print $\bar\alpha_t$.)
 # :::
@@ -1636,7 +1638,9 @@ def told_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t_true: i
     timesteps = torch.full((len(x0),), t_told)
     with torch.no_grad():
         x_t = q_sample(scheduler, x0, torch.full((len(x0),), t_true), noise)
-        return (model(x_t, timesteps) - noise).pow(2).mean().item()
+        output = model(x_t, timesteps)
+        eps_hat = convert_prediction(output, x_t, scheduler.alpha_bars64[t_told], prediction_of(model), "eps")
+        return (eps_hat - noise).pow(2).mean().item()
     ### END SOLUTION
 
 
@@ -1657,7 +1661,10 @@ assert all(min(row) == row[i] for i, row in enumerate(table))  # the true clock 
 ### BEGIN HIDDEN TESTS
 with torch.no_grad():
     x_t = q_sample(trained_scheduler, clock_digits, torch.full((64,), 300), clock_noise)
-    expected = (trained(x_t, torch.full((64,), 100)) - clock_noise).pow(2).mean().item()
+    eps_100 = convert_prediction(
+        trained(x_t, torch.full((64,), 100)), x_t, trained_scheduler.alpha_bars64[100], prediction_of(trained)
+    )
+    expected = (eps_100 - clock_noise).pow(2).mean().item()
 assert abs(told_loss(trained, trained_scheduler, clock_digits, clock_noise, 300, 100) - expected) < 1e-6
 ### END HIDDEN TESTS
 print("Exercise 4.4 passed")

@@ -616,9 +616,9 @@ assert straight_state["step"] == resumed_state["step"] == 40 and same
 # ## 7. The shipped weights
 #
 # A convincing model needs thousands of steps — too long to wait for in a chapter. The course ships the
-# EMA weights of one run of the command above (with a few of chapter 11's levers: the command is printed),
-# with a provenance record: the exact command, seed, data, steps, wall time and machine. Re-run that command
-# to reproduce them.
+# EMA weights of one run of the command above (with a few of chapter 11's levers, self-attention at 7×7 from
+# chapter 04 and the $v$ target of section 8: the command is printed), with a provenance record: the exact
+# command, seed, data, steps, wall time and machine. Re-run that command to reproduce them.
 
 # %%
 shipped_model, shipped_scheduler, provenance = load_pretrained()

@@ -96,6 +96,13 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # `DDPMScheduler.step` serves both. The coefficients come from $\bar\alpha$ in float64: in float32,
 # $1 - \bar\alpha_t/\bar\alpha_{t-1}$ loses up to three of its seven digits near $t = 0$ (`diffusers` computes it
 # in float32; our tests allow for the difference).
+#
+# **Where ε̂ comes from.** The formulas read the network's noise estimate $\varepsilon_\theta(x_t, t)$. The shipped
+# network was trained to predict $v$ instead (chapter 05, section 8 compares the targets), so its output is first
+# turned into $\hat\varepsilon$ with chapter 02's conversion, $\hat\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t +
+# \sqrt{\bar\alpha_t}\,\hat v$. `predict_noise(model, x_t, t, scheduler)` does that for any network (a noise
+# predictor's output passes through unchanged), and every sampler of the course, and every cell of this chapter,
+# reads $\hat\varepsilon$ through it.
 
 # %%
 #| default_exp sampling
@@ -266,7 +273,7 @@ def sample_clip(
 # %%
 x_check = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(3))
 for t in (999, 500, 10, 1):
-    eps = model(x_check, torch.full((4,), t))
+    eps = predict_noise(model, x_check, t, scheduler)
     beta, alpha, alpha_bar = scheduler.betas[t], scheduler.alphas[t], scheduler.alpha_bars[t]
     z = torch.randn(x_check.shape, generator=torch.Generator().manual_seed(t))
     algorithm_2 = (x_check - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
@@ -433,7 +440,7 @@ class Recorder:
         if t % 25 == 0:
             self.frames[t] = x_t[0].clone()
         if t in strip_at or t % 50 == 0 or t == scheduler.num_timesteps - 1:
-            eps = model(x_t, torch.full((x_t.shape[0],), t))
+            eps = predict_noise(model, x_t, t, scheduler)
             alpha_bar = scheduler.alpha_bars[t]
             x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
             self.out_of_range[t] = (x0_hat.abs() > 1).float().mean().item()
@@ -502,10 +509,12 @@ assert changes[-1] < changes[0]  # the estimate settles as t -> 0
 # %% [markdown]
 # ## 5. Why clipping helps
 #
-# Early in the chain $\hat x_0$ is a poor estimate, and dividing by $\sqrt{\bar\alpha_t}$ (about $0.006$ at
-# $t = T-1$) magnifies the network's errors. Without the clamp those values flow straight into $x_{t-1}$.
-# The data live in $[-1, 1]$, so any $\hat x_0$ outside it is certainly wrong: clipping removes that error
-# for free. Along both chains of section 3: the share of $\hat x_0$ pixels outside $[-1, 1]$, and the share
+# Early in the chain $\hat x_0$ is a poor estimate. For a network that predicts $\varepsilon$ it is worse than
+# poor: $\hat x_0$ divides the network's error by $\sqrt{\bar\alpha_t}$ (about $0.006$ at $t = T-1$), which
+# magnifies it more than a hundredfold (chapter 08, section 8 measures it). The shipped network predicts $v$ and
+# has no such division, but its early estimates are still guesses. Without the clamp those values flow straight
+# into $x_{t-1}$. The data live in $[-1, 1]$, so any $\hat x_0$ outside it is certainly wrong: clipping removes
+# that error for free. Along both chains of section 3: the share of $\hat x_0$ pixels outside $[-1, 1]$, and the share
 # of final pixels outside the range.
 
 # %%
@@ -535,12 +544,13 @@ assert ddpm_final > clip_final
 #
 # Which one wins on the shipped model? Measured with chapter 07's metrics on 256 digits each, all 1000 steps
 # (`python -m ddpm_lib evaluate --weights ddpm_mnist --sampler ddpm --n 256 --seed 1`, then `--sampler clip`;
-# about five minutes each on 2 CPU cores): `sample()` reaches a Fréchet distance of 85.4, 1.24× the real-vs-real
-# floor of 68.9, and `sample_clip()` 87.4, 1.27×; both classify 90.2% ± 2.0% of their digits with confidence
-# ≥ 0.9 and draw all ten classes. A difference of 2, against standard errors of about 13 on each sampler's
-# per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained model and the full chain, clipping costs nothing and buys nothing measurable. It
-# earns its place where the chain is short or the schedule ends near pure noise (chapters 08 and 09), and
-# because its output always lies in the data range.
+# about five minutes each on 2 CPU cores; the 24,000-step weights): `sample()` reaches a Fréchet distance of 81.5,
+# 1.18× the real-vs-real floor of 68.9, and `sample_clip()` 82.4, 1.20×; both classify 92.6% of their digits
+# with confidence ≥ 0.9 (± 1.7% and ± 1.2%) and draw all ten classes. A difference of 0.9, against standard
+# errors of about 20 on each sampler's per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained
+# model and the full chain, clipping costs nothing and buys nothing measurable. It earns its place where the
+# chain is short or the schedule ends near pure noise (chapters 08 and 09), and because its output always lies in
+# the data range.
 #
 # ## 6. One trajectory, animated
 #
@@ -613,7 +623,7 @@ def posterior_mean(scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor) -> to
 # Check 6.1
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
 for t in (1, 500, 999):
-    eps = model(x_t, torch.full((2,), t))
+    eps = predict_noise(model, x_t, t, scheduler)
     beta, alpha, alpha_bar = scheduler.betas[t], scheduler.alphas[t], scheduler.alpha_bars[t]
     algorithm_2 = (x_t - beta / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
@@ -629,7 +639,7 @@ print("Exercise 6.1 passed")
 #
 # {cite:t}`ho2020ddpm` report similar results with $\sigma_t^2 = \beta_t$ (an upper bound on the right variance)
 # instead of $\tilde\beta_t$ (a lower bound). Write `sample_beta_variance(scheduler, t, model, x_t, generator)`:
-# `sample()` with $\sigma_t^2 = \beta_t$ (still no noise at $t = 0$). Then: at which $t$ do the two variances differ
+# `sample()` with $\sigma_t^2 = \beta_t$ (still no noise at $t = 0$; read $\hat\varepsilon$ with `predict_noise`). Then: at which $t$ do the two variances differ
 # noticeably (chapter 01's third panel), and would you expect to see a difference in the samples?
 # :::
 
@@ -648,7 +658,7 @@ def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=
         float(scheduler.alpha_bars[t]),
     )
     with torch.no_grad():
-        eps = model(x_t, torch.full((x_t.shape[0],), t))
+        eps = predict_noise(model, x_t, t, scheduler)
     mean = (x_t - beta / math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha)
     if t == 0:
         return mean
@@ -751,7 +761,7 @@ expected = x_small
 replay = torch.Generator().manual_seed(6)
 with torch.no_grad():
     for t in range(scheduler.num_timesteps - 1, -1, -1):
-        eps = model(expected, torch.full((2,), t))
+        eps = predict_noise(model, expected, t, scheduler)
         alpha_bar = scheduler.alpha_bars64[t].item()
         x0_hat = (expected - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
         scale = torch.quantile(x0_hat.flatten(1).abs(), 0.995, dim=1).clamp(min=1.0).view(-1, 1, 1, 1)

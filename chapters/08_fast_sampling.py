@@ -54,12 +54,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm_lib.data import load_mnist
+from ddpm_lib.diffusion import prediction_of
 from ddpm_lib.generation import DEFAULT_STEPS, SampleSpec, generate
 from ddpm_lib.metrics import baseline_images, classify, evaluate_images, features_distance, format_table
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.sampling import grid_image, reverse_step, sample
+from ddpm_lib.unet import Conditioned
 
 torch.manual_seed(0)
 model, scheduler, provenance = load_pretrained()
@@ -276,8 +278,9 @@ def ddim_step(
     r"""One DDIM jump from timestep ``t`` to ``t_prev`` < t (−1: the clean end, ᾱ = 1).
 
     x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,  σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s),
-    with ε̂ = ``model(x_t, t)`` (or ``model`` itself when it is a tensor of noise predictions) and x̂_0
-    clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by default).
+    with ε̂ = ``predict_noise(model, x_t, t, scheduler)`` (``model`` itself when it is a tensor of noise
+    predictions) and x̂_0 clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by
+    default).
     z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
     """
     t, t_prev = _check_jump(scheduler, t, t_prev)
@@ -310,7 +313,7 @@ for t in (999, 500, 1):
 jump_ddim = ddim_step(scheduler, 600, 400, model, x_t, eta=1.0, generator=torch.Generator().manual_seed(8))
 jump_ddpm = reverse_step(scheduler, 600, 400, model, x_t, generator=torch.Generator().manual_seed(8))
 assert torch.allclose(jump_ddim, jump_ddpm, atol=1e-4)
-eps = model(x_t, torch.full((4,), 99))
+eps = predict_noise(model, x_t, 99, scheduler)
 assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(scheduler, 99, eps, x_t), atol=1e-6)
 
 # %% [markdown]
@@ -459,7 +462,7 @@ def dpm_solver_pp_sample(
 # consecutive predictions agree:
 
 # %%
-eps = model(x_t, torch.full((4,), 500))
+eps = predict_noise(model, x_t, 500, scheduler)
 x0_500 = predict_x0(scheduler, 500, eps, x_t)
 first_order = dpm_solver_pp_update(scheduler, 500, 450, x_t, x0_500)
 assert torch.allclose(first_order, ddim_step(scheduler, 500, 450, eps, x_t), atol=1e-5)
@@ -675,13 +678,15 @@ else:
 if n_nfe >= 64:  # what the text below reads off the table, checked where the samples are enough to show it
     assert fd["DPM-Solver++(2M) @ 10"] < fd["DDIM @ 10"]  # second order: nearer its plateau at 10 steps
     assert abs(fd["DPM-Solver++(2M) @ 20"] / fd[f"DPM-Solver++(2M) @ {T}"] - 1) < 0.1  # converged by 20
-    if T in nfe_budgets:
-        # the noise still helps at 1000 steps
-        assert fd[f"DDPM sample() @ {T}"] < fd[f"DPM-Solver++(2M) @ {T}"]
+    if T in nfe_budgets:  # does fresh noise still help at 1000 steps? (section 8 discusses it)
+        gap = fd[f"DPM-Solver++(2M) @ {T}"] - fd[f"DDPM sample() @ {T}"]
+        print(f"1000-step DPM-Solver++(2M) minus 1000-step DDPM: {gap:+.1f}")
 
 # %% [markdown]
-# **Reading the plot.** The Fréchet distance to the 500 held-out digits, 256 samples per point, for the shipped
-# weights `ddpm_mnist` (12,000 training steps), measured by running this chapter at full size
+# **Reading the plot.** The Fréchet distance to the 500 held-out digits, 256 samples per point, for the earlier
+# `ddpm_mnist` weights (12,000 training steps, predicting $\varepsilon$, without self-attention; the weights shipped
+# now predict $v$, and the cells above print their own numbers in the full profile), measured by running this
+# chapter at full size
 # (`DDPM_PROFILE=full python -m pytest chapters/08_fast_sampling.ipynb`: about 30 minutes on 2 cores of an AMD
 # EPYC CPU, torch 2.14.1). bfloat16 rounding depends on the CPU and its thread count, so another machine moves
 # these numbers by up to about 2:
@@ -716,23 +721,35 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 #   comparisons this paragraph makes, does not settle it. Trailing stays the default because it is the choice
 #   that is right in principle: its first step sees the noise level it is given.
 #
-# ### Why do the ODE solvers level off above DDPM?
+# ### The first step, and what the prediction target does to it
 #
-# Both families use the same network; they differ in what they do with its errors. At $t = T-1$ the ideal
-# $\hat x_0$ is close to the average digit. Ours is noisier, because $\hat x_0$ divides the network's residual by
-# $\sqrt{\bar\alpha_{T-1}} \approx 0.0064$: predicting the noise to within a percent — a fine regression result —
-# still leaves an error of about one unit in every pixel of $\hat x_0$. At full size (16 starting noises) the cell
-# below prints a pixel standard deviation of 1.04, against 0.34 for the average digit.
+# Both families use the same network; they differ in what they do with its errors, and a noise predictor's
+# largest error in $\hat x_0$ is at the first step. At $t = T-1$ the ideal $\hat x_0$ is close to the average
+# digit. A network that predicts $\varepsilon$ gets $\hat x_0$ by dividing its residual by
+# $\sqrt{\bar\alpha_{T-1}} \approx 0.0064$: predicting the noise to within a percent — a fine regression
+# result — still leaves an error of about one unit in every pixel of $\hat x_0$. The shipped network predicts $v$,
+# and at $t = T-1$ its $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v \approx -\hat v$: it
+# outputs its estimate of the digit itself, with nothing to divide (chapter 02, section 6; chapter 05, section 8).
+# The cell compares the two on the same starting noises, with the class-conditional `ddpm_mnist_cond` (an
+# $\varepsilon$ network) told "no label" (chapter 10) as the $\varepsilon$ network:
 
 # %%
 x_T = torch.randn((n_grid, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-x0_first = predict_x0(scheduler, T - 1, model(x_T, torch.full((n_grid,), T - 1)), x_T)
+x0_first = predict_x0(scheduler, T - 1, predict_noise(model, x_T, T - 1, scheduler), x_T)
+eps_model, eps_scheduler, _ = load_pretrained("ddpm_mnist_cond")
+eps_model.requires_grad_(False)
+eps_unlabelled = Conditioned(eps_model, torch.full((n_grid,), -1))  # label -1: no label
+x0_first_eps = predict_x0(eps_scheduler, T - 1, predict_noise(eps_unlabelled, x_T, T - 1, eps_scheduler), x_T)
 mean_digit = heldout_images.mean(0)
+print(f"x0_hat at t = T-1, pixel std: the shipped network (predicts {prediction_of(model)}) {x0_first.std():.2f}; "
+      f"ddpm_mnist_cond without a label (predicts {prediction_of(eps_model)}) {x0_first_eps.std():.2f}; "
+      f"the average held-out digit {mean_digit.std():.2f}")  # fmt: skip
 print(
-    f"x0_hat at t = T-1: pixel std {x0_first.std():.2f}; the average held-out digit: {mean_digit.std():.2f}"
+    f"the eps network's implied error of the noise prediction (std): "
+    f"{x0_first_eps.std() * eps_scheduler.alpha_bars[-1].sqrt():.3f}"
 )
-print(f"implied error of the noise prediction (std): {x0_first.std() * scheduler.alpha_bars[-1].sqrt():.3f}")
-assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the average digit
+assert x0_first_eps.std() > 2 * mean_digit.std()  # far from the ideal guess, the average digit
+assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar): near the average digit
 
 # %% [markdown]
 # A stochastic sampler replaces part of $x_t$ with fresh noise at every step, so an early error is diluted and
@@ -741,8 +758,10 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 # make the solver follow it more faithfully — which is why DDIM and DPM-Solver++ level off at the same
 # distance, and DPM-Solver++ (second order) gets there in fewer steps. {cite:t}`karras2022edm` (§4) make the same
 # observation: stochastic sampling helps most when the network is imperfect, and the better the network, the
-# less it helps. With the shipped weights, use DPM-Solver++ at 10–20 steps when speed matters and DDPM when the
-# last bit of quality does.
+# less it helps. An $\varepsilon$ network is least accurate in $\hat x_0$ exactly at the first steps, as the cell above
+# shows, which is where the earlier weights of the table lost most; a $v$ network removes that error at its
+# source. On the table's weights: DPM-Solver++ at 10–20 steps when speed matters, DDPM when the last bit of
+# quality does.
 #
 # ## 9. From the command line
 #
@@ -763,7 +782,7 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 #   $\eta = 1$ is DDPM on the shorter chain, $\eta = 0$ a deterministic ODE solver.
 # - Spacing matters in principle: leading spacing never visits $t = T-1$, so its first step sees pure noise
 #   labelled as a slightly noisy digit; trailing (and linspace) start at $T-1$. How much it matters depends on
-#   where the network is accurate: on the shipped model at 10 steps, nothing measurable for DDIM, and for DDPM
+#   where the network is accurate: on the earlier ε weights at 10 steps, nothing measurable for DDIM, and for DDPM
 #   a difference that one draw of 256 samples cannot settle.
 # - Skipping steps in DDPM needs the per-jump $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$, not the single-step $\beta_t$.
 # - DPM-Solver++(2M) solves the same ODE in $\lambda = \log(\alpha/\sigma)$, exactly in its linear part and to
@@ -771,7 +790,7 @@ assert x0_first.std() > 2 * mean_digit.std()  # far from the ideal guess, the av
 #   ODE's solution at 10–20 steps.
 # - A Fréchet distance on $n$ samples is random too: at $n = 256$ disjoint draws of real digits differ by a
 #   standard deviation of about 10. Compare rows only with that in mind.
-# - Measured on the shipped model: at 20 network evaluations `sample_clip()` on a respaced chain scores 1.15×
+# - Measured on the earlier ε weights: at 20 network evaluations `sample_clip()` on a respaced chain scores 1.15×
 #   1000-step DDPM's Fréchet distance and DPM-Solver++(2M) 1.25× (the target was 25%), both within the noise of
 #   one draw. The deterministic solvers converge in 10–50 steps to a distance about 1.3× DDPM's at 1000 steps,
 #   because an ODE solver keeps the network's early errors that a stochastic sampler washes out.
@@ -841,7 +860,7 @@ def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Ten
 # Check 8.2
 x_t = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(5))
 for t, s in ((999, 899), (500, 480), (40, 0)):
-    eps = model(x_t, torch.full((2,), t))
+    eps = predict_noise(model, x_t, t, scheduler)
     x0_hat = predict_x0(scheduler, t, eps, x_t)
     assert torch.allclose(
         dpm_solver_1(scheduler, t, s, x_t, x0_hat), ddim_step(scheduler, t, s, eps, x_t), atol=1e-4
@@ -985,7 +1004,7 @@ for nfe, result in sde_results.items():
     print(
         f"SDE-DPM-Solver++(2M) @ {nfe}: Fréchet distance {result['frechet_distance']:.1f} (table: {rivals})"
     )
-# Model answer to 4. Measured at full size (`DDPM_PROFILE=full`: 256 samples, the shipped weights, this cell's
+# Model answer to 4. Measured at full size (`DDPM_PROFILE=full`: 256 samples, the earlier ε weights, this cell's
 # seeds): 92.5 at 10 network calls and 95.4 at 20. At 10 calls that is the best row of the table, and it beats
 # DDPM (130.0) and DDIM (133.8) by about three standard deviations of a difference (section 8: about 13 at 256
 # samples): a real gain. Against DPM-Solver++ at 10 (109.3) and every sampler at 20 (98.3 to 114.5) the
@@ -997,7 +1016,7 @@ for nfe, result in sde_results.items():
 # %% jupyter={"source_hidden": true}
 # Check 8.4
 x_t = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(11))
-eps = model(x_t, torch.full((3,), 500))
+eps = predict_noise(model, x_t, 500, scheduler)
 x0_hat = predict_x0(scheduler, 500, eps, x_t)
 first = sde_dpmpp_update(scheduler, 500, 450, x_t, x0_hat, None, torch.Generator().manual_seed(12))
 ddpm_jump = ddim_step(scheduler, 500, 450, eps, x_t, eta=1.0, generator=torch.Generator().manual_seed(12))
@@ -1006,21 +1025,21 @@ assert torch.equal(sde_dpmpp_update(scheduler, 99, -1, x_t, x0_hat, (199, x_t)),
 
 
 class Counted(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, model):
         super().__init__()
-        self.calls = 0
+        self.model, self.calls = model, 0  # `model`: so that prediction_of sees what the network predicts
 
     def forward(self, x, t):
         self.calls += 1
-        return model(x, t)
+        return self.model(x, t)
 
 
-counted = Counted()
+counted = Counted(model)
 out = sde_dpmpp_sample(counted, scheduler, x_t, 7, torch.Generator().manual_seed(13))
 assert counted.calls == 7 and out.shape == x_t.shape and torch.isfinite(out).all()
 ### BEGIN HIDDEN TESTS
 # the second-order step against the formula, with a previous prediction that differs
-x0_before = predict_x0(scheduler, 600, model(x_t, torch.full((3,), 600)), x_t)
+x0_before = predict_x0(scheduler, 600, predict_noise(model, x_t, 600, scheduler), x_t)
 second = sde_dpmpp_update(
     scheduler, 500, 450, x_t, x0_hat, (600, x0_before), torch.Generator().manual_seed(12)
 )

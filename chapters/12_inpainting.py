@@ -317,9 +317,7 @@ assert abs(two_jumps.std() - std) < 0.02
 def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
     """Check inpaint's image, mask and generator; return the mask as x0's dtype, on x0's device."""
     if isinstance(model, torch.Tensor) or not callable(model):
-        raise ValueError(
-            f"model must be a noise-prediction network model(x_t, t), got {type(model).__name__}"
-        )
+        raise ValueError(f"model must be a denoising network model(x_t, t), got {type(model).__name__}")
     _check_sample(x0, "x0")
     if not torch.isfinite(x0).all() or x0.min() < -1 or x0.max() > 1:
         raise ValueError(

@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 
-# --- chapters/08_fast_sampling.py, cell 3 (line 116): edit there ---
+# --- chapters/08_fast_sampling.py, cell 3 (line 118): edit there ---
 import math
 import numbers
 from collections.abc import Callable
@@ -51,7 +51,7 @@ def _check_eta(eta) -> float:
     return float(eta)
 
 
-# --- chapters/08_fast_sampling.py, cell 5 (line 184): edit there ---
+# --- chapters/08_fast_sampling.py, cell 5 (line 186): edit there ---
 def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
     """``num_steps`` of the ``num_train_timesteps`` training timesteps, descending, as an int64 tensor.
 
@@ -73,7 +73,7 @@ def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trai
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
-# --- chapters/08_fast_sampling.py, cell 9 (line 265): edit there ---
+# --- chapters/08_fast_sampling.py, cell 9 (line 267): edit there ---
 @torch.no_grad()
 def ddim_step(
     scheduler: NoiseSchedule,
@@ -88,8 +88,9 @@ def ddim_step(
     r"""One DDIM jump from timestep ``t`` to ``t_prev`` < t (−1: the clean end, ᾱ = 1).
 
     x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,  σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s),
-    with ε̂ = ``model(x_t, t)`` (or ``model`` itself when it is a tensor of noise predictions) and x̂_0
-    clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by default).
+    with ε̂ = ``predict_noise(model, x_t, t, scheduler)`` (``model`` itself when it is a tensor of noise
+    predictions) and x̂_0 clamped to [−1, 1] when ``clip`` (the direction term keeps ε̂, as diffusers does by
+    default).
     z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
     """
     t, t_prev = _check_jump(scheduler, t, t_prev)
@@ -107,7 +108,7 @@ def ddim_step(
     return x_prev
 
 
-# --- chapters/08_fast_sampling.py, cell 13 (line 327): edit there ---
+# --- chapters/08_fast_sampling.py, cell 13 (line 330): edit there ---
 def _timesteps(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
     return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
 
@@ -142,7 +143,7 @@ def ddim_sample(
     )
 
 
-# --- chapters/08_fast_sampling.py, cell 15 (line 394): edit there ---
+# --- chapters/08_fast_sampling.py, cell 15 (line 397): edit there ---
 def _alpha_sigma_lambda(scheduler: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
     if t < 0:

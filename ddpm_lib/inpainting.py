@@ -101,9 +101,7 @@ def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: t
 def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
     """Check inpaint's image, mask and generator; return the mask as x0's dtype, on x0's device."""
     if isinstance(model, torch.Tensor) or not callable(model):
-        raise ValueError(
-            f"model must be a noise-prediction network model(x_t, t), got {type(model).__name__}"
-        )
+        raise ValueError(f"model must be a denoising network model(x_t, t), got {type(model).__name__}")
     _check_sample(x0, "x0")
     if not torch.isfinite(x0).all() or x0.min() < -1 or x0.max() > 1:
         raise ValueError(

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-# --- chapters/06_sampling.py, cell 3 (line 103): edit there ---
+# --- chapters/06_sampling.py, cell 3 (line 110): edit there ---
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -32,7 +32,7 @@ from ddpm_lib.diffusion import convert_prediction, prediction_of
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/06_sampling.py, cell 4 (line 116): edit there ---
+# --- chapters/06_sampling.py, cell 4 (line 123): edit there ---
 def _check_int(value, name: str, low: int, high: int) -> int:
     """``value`` as an int after checking it is an integer (or a one-element integer tensor) in low..high."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
@@ -88,7 +88,7 @@ def predict_noise(
     return convert_prediction(output, x_t, _alpha_bar(scheduler, t), kind, "eps")
 
 
-# --- chapters/06_sampling.py, cell 5 (line 173): edit there ---
+# --- chapters/06_sampling.py, cell 5 (line 180): edit there ---
 def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
                clip: bool = False) -> torch.Tensor:  # fmt: skip
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, the clean image the noise estimate implies; clamped to [−1, 1] if ``clip``."""
@@ -143,7 +143,7 @@ def reverse_step(
     return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
 
-# --- chapters/06_sampling.py, cell 6 (line 229): edit there ---
+# --- chapters/06_sampling.py, cell 6 (line 236): edit there ---
 def sample(
     scheduler: NoiseSchedule,
     t: int,
@@ -178,7 +178,7 @@ def sample_clip(
     return reverse_step(scheduler, t, t - 1, model, x_t, clip=True, generator=generator)
 
 
-# --- chapters/06_sampling.py, cell 10 (line 289): edit there ---
+# --- chapters/06_sampling.py, cell 10 (line 296): edit there ---
 def run_chain(
     model: nn.Module,
     timesteps: Sequence[int],

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddpm_lib.diffusion import expand_like, q_sample
+from ddpm_lib.diffusion import convert_prediction, expand_like, prediction_of, q_sample
 from ddpm_lib.schedule import NoiseSchedule
 
 
@@ -231,7 +231,8 @@ def bound_terms(
     r"""One term of the bound per sample, in nats (float64, (B,)), for x_t = q_sample(x0, t, noise).
 
     t ≥ 1: L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)), p_θ = N(μ̃_t(x_t, x̂_0), β̃_t I) with x̂_0 from
-    ε̂ = model(x_t, t); t = 0: L_0 = −log p_θ(x_0 | x_t), the ``decoder`` with mean x̂_0 and std :func:`decoder_std`.
+    ε̂ from ``model(x_t, t)`` (converted by chapter 02's ``convert_prediction`` when the network predicts v or x_0);
+    t = 0: L_0 = −log p_θ(x_0 | x_t), the ``decoder`` with mean x̂_0 and std :func:`decoder_std`.
     ``x0`` is (B, ...); ``t`` a (B,) tensor of integer timesteps (0..T−1, mixed as you like); ``noise`` like ``x0``.
     """
     if decoder not in DECODERS:
@@ -242,11 +243,12 @@ def bound_terms(
             f"t must have shape ({len(x0)},), one timestep per sample of x0, got {tuple(t.shape)}"
         )
     x_t = q_sample(scheduler, x0.float(), t, noise.float())  # what the network sees, as in training
-    eps_hat = model(x_t, t).to(torch.float64)
+    output = model(x_t, t).to(torch.float64)
     x0, x_t = x0.to(torch.float64), x_t.to(torch.float64)
     alpha_bars = scheduler.alpha_bars64.to(x0.device)
     alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
     alpha_bar, alpha_bar_prev = expand_like(alpha_bars[t], x0), expand_like(alpha_bars_prev[t], x0)
+    eps_hat = convert_prediction(output, x_t, alpha_bars[t], prediction_of(model), "eps")
     beta = 1 - alpha_bar / alpha_bar_prev
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
     coef_x0 = alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)
@@ -360,7 +362,7 @@ def variational_bound(
     )  # fmt: skip
 
 
-# --- chapters/03_theory.py, cell 33 (line 970): edit there ---
+# --- chapters/03_theory.py, cell 33 (line 972): edit there ---
 class ToyDenoiser(nn.Module):
     """A small noise predictor ε_θ(x_t, t) for points in ``dim`` dimensions: an MLP on [x_t, sinusoidal features of t]."""
 
@@ -394,7 +396,7 @@ class ToyDenoiser(nn.Module):
         return self.net(features).to(x_t.dtype)
 
 
-# --- chapters/03_theory.py, cell 38 (line 1057): edit there ---
+# --- chapters/03_theory.py, cell 38 (line 1059): edit there ---
 class ExactDenoiser(nn.Module):
     r"""The ideal noise predictor for data drawn from ``mixture``: ε*(x_t, t) = E[ε | x_t] = −√(1 − ᾱ_t) ∇ log q(x_t).
 

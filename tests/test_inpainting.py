@@ -237,7 +237,7 @@ def test_the_model_is_left_in_the_mode_it_was_in(scheduler, model):
         ({"resample": 1.5}, "resample must be a non-negative integer"),
         ({"resample": True}, "resample must be a non-negative integer"),
         ({"generator": 0}, "generator must be a torch.Generator"),
-        ({"model": torch.zeros(3, 1, 28, 28)}, "model must be a noise-prediction network"),
+        ({"model": torch.zeros(3, 1, 28, 28)}, "model must be a denoising network"),
     ],
 )
 def test_bad_input_raises_a_value_error_naming_the_argument(model, scheduler, change, match):
