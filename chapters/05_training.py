@@ -783,8 +783,9 @@ print(f"largest relative gap between ε's and v's x̂_0 error over these t: {wor
 # :nonumber:
 #
 # The loss of section 1 averages over all $t$. Write `loss_at(model, scheduler, x0, t, noise)`: the mean squared
-# error of `model`'s noise prediction when every image of `x0` is noised to the same timestep `t` with `noise`.
-# Before you run the check, which do you expect to be harder for the shipped model of section 7, predicting the
+# error of `model`'s noise prediction when every image of `x0` is noised to the same timestep `t` with `noise`
+# (the shipped model predicts $v$: turn its output into $\hat\varepsilon$ with chapter 02's `convert_prediction`
+# and `prediction_of(model)`, as section 8 does). Before you run the check, which do you expect to be harder for the shipped model of section 7, predicting the
 # noise at $t = 5$ or at $t = 900$? The check prints both. Explain the result: why is the noise hardest to
 # predict when there is least of it?
 # :::
@@ -801,7 +802,11 @@ def loss_at(model, scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> 
     # chapter 11 turns this into a loss weighting.
     timesteps = torch.full((len(x0),), t)
     with torch.no_grad():
-        prediction = model(q_sample(scheduler, x0, timesteps, noise), timesteps)
+        x_t = q_sample(scheduler, x0, timesteps, noise)
+        output = model(x_t, timesteps)
+    prediction = convert_prediction(
+        output, x_t, float(scheduler.alpha_bars64[t]), prediction_of(model), "eps"
+    )
     return (prediction - noise).pow(2).mean().item()
     ### END SOLUTION
 
@@ -819,8 +824,12 @@ print(f"shipped model, noise-prediction MSE: t = 5: {early:.4f}; t = 900: {late:
 assert early > late
 ### BEGIN HIDDEN TESTS
 with torch.no_grad():
-    expected = (shipped_model(q_sample(shipped_scheduler, x0_check, torch.full((128,), 300), noise_check),
-                              torch.full((128,), 300)) - noise_check).pow(2).mean().item()  # fmt: skip
+    x_300 = q_sample(shipped_scheduler, x0_check, torch.full((128,), 300), noise_check)
+    eps_300 = convert_prediction(
+        shipped_model(x_300, torch.full((128,), 300)), x_300, float(shipped_scheduler.alpha_bars64[300]),
+        prediction_of(shipped_model),
+    )  # fmt: skip
+    expected = (eps_300 - noise_check).pow(2).mean().item()
 assert abs(loss_at(shipped_model, shipped_scheduler, x0_check, 300, noise_check) - expected) < 1e-6
 ### END HIDDEN TESTS
 print("Exercise 5.1 passed")
