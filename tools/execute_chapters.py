@@ -97,6 +97,12 @@ def weights_hash() -> str:
     )
 
 
+def changed_files(recorded: dict[str, str]) -> list[str]:
+    """The files of ``recorded`` (path -> SHA-256, as :func:`module_hashes` gives) whose bytes differ now, sorted."""
+    now = module_hashes(list(recorded))
+    return sorted(path for path, digest in recorded.items() if now.get(path) != digest)
+
+
 def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
     """Why the stored outputs of ``source``'s notebook are out of date ([] when current; no outputs is a reason)."""
     notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
@@ -108,13 +114,11 @@ def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
         reasons.append(f"made in the {record['profile']} profile")
     if record["code_sha256"] != code_hash(source):
         reasons.append("its code cells changed")
-    now = module_hashes(list(record["modules"]))
-    changed = sorted(p for p, digest in record["modules"].items() if now.get(p) != digest)
+    changed = changed_files(record["modules"])
     if changed:
         reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
     if "weights" in record:
-        now = module_hashes(list(record["weights"]))
-        changed = sorted(p for p, digest in record["weights"].items() if now.get(p) != digest)
+        changed = changed_files(record["weights"])
         if changed:
             reasons.append(f"shipped weights changed: {', '.join(changed)}")
     elif record.get("weights_sha256") is not None and record["weights_sha256"] != weights_hash():
