@@ -216,18 +216,14 @@ PRESETS: dict[str, dict] = {
             "prediction": "v",
         },
     },
-    "quick-unconditional": {
-        "steps": 3500,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "pct_start": 0.1,
-        "ema_decay": 0.995,
-        "bf16": True,
-        "loss_weighting": "min_snr",
-        "eval_every": 875,
-        "grid": {"sampler": "ddpm", "steps": 25},
-        "model": {"units_per_block": 2, "mid_units": 2, "attention": [2], "prediction": "v"},
-    },
+}
+#: without labels: no label dropout, no conditioning and no guidance; 2.5 times the steps
+PRESETS["quick-unconditional"] = {
+    **{key: value for key, value in PRESETS["quick"].items() if key != "label_dropout"},
+    "steps": 3500,
+    "eval_every": 875,
+    "grid": {key: value for key, value in PRESETS["quick"]["grid"].items() if key != "guidance"},
+    "model": {key: value for key, value in PRESETS["quick"]["model"].items() if key != "num_classes"},
 }
 
 
