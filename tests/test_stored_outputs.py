@@ -49,8 +49,12 @@ def test_a_code_change_makes_outputs_stale_and_a_prose_change_does_not(tmp_path,
     text = source.read_text(encoding="utf-8")
     source.write_text(text.replace("# # 01 ·", "# # 01 (edited prose) ·", 1), encoding="utf-8")
     assert execute_chapters.stale_reasons(source, "full") == []  # prose does not count
-    source.write_text(text.replace("import math\n", "import math  # one line changed\n", 1), encoding="utf-8")
+    source.write_text(text.replace("import math\n", "import math  # a comment\n\n", 1), encoding="utf-8")
+    assert execute_chapters.stale_reasons(source, "full") == []  # nor do comments and blank lines
+    source.write_text(text.replace("import math\n", "import math, os\n", 1), encoding="utf-8")
     assert execute_chapters.stale_reasons(source, "full") == ["its code cells changed"]
+    source.write_text(text.replace("import math\n", "import  math\n", 1), encoding="utf-8")
+    assert execute_chapters.stale_reasons(source, "full") == []  # spacing within a line is not code either
     record = notebook.metadata[execute_chapters.KEY]
     record["modules"]["ddpm_lib/profile.py"] = "0" * 64  # as if profile.py changed since
     nbformat.write(notebook, source.with_suffix(".ipynb"))

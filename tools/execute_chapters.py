@@ -11,7 +11,8 @@ into ``chapters/NN_topic.ipynb`` (written atomically when the chapter has finish
 at most the chapter it was in; run the command again to resume: current chapters are skipped). The notebook's
 metadata records, under ``ddpm_course``, what produced the outputs:
 
-- ``code_sha256``: a hash of the chapter's code cells (prose edits leave it unchanged);
+- ``code_sha256``: a hash of the chapter's code cells as Python tokens (edits to prose, to comments and to
+  blank lines leave it unchanged);
 - ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file;
 - ``weights``: the SHA-256 of every file under ``ddpm_lib/weights`` the kernel opened (shipped weights,
   snapshots, provenance records), by file, so that re-shipping one model makes stale only the chapters that read
@@ -29,10 +30,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import os
 import sys
 import time
+import tokenize
 from pathlib import Path
 
 import jupytext
@@ -74,9 +77,21 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def executed_tokens(code: str) -> str:
+    """``code`` as the interpreter reads it: its tokens without comments and blank lines, so that editing a
+    comment (a model answer written in a solution cell, an explanation) leaves it unchanged. Code that does not
+    tokenize as Python is returned as it is."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+        kept = [(t.type, t.string) for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    except (tokenize.TokenError, SyntaxError):
+        return code
+    return json.dumps(kept)
+
+
 def code_hash(source: Path) -> str:
-    """The chapter's code cells, joined: what its outputs depend on (prose does not count)."""
-    cells = [cell.source for cell in jupytext.read(source).cells if cell.cell_type == "code"]
+    """The chapter's code cells, joined: what its outputs depend on (prose and comments do not count)."""
+    cells = [executed_tokens(cell.source) for cell in jupytext.read(source).cells if cell.cell_type == "code"]
     return sha256("\n\x00\n".join(cells).encode("utf-8"))
 
 
