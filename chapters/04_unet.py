@@ -998,6 +998,7 @@ step_times = {norm: [] for norm in NORMS}
 assert torch.equal(study["batch"].init_conv.module[0].weight, study["group"].init_conv.module[0].weight)
 
 generator = torch.Generator().manual_seed(0)
+study_started = time.perf_counter()
 for _ in tqdm(range(PROFILE.norm_study_steps), desc="training both", disable=not PROFILE.progress):
     index = torch.randint(0, len(train_images), (PROFILE.norm_study_batch_size,), generator=generator)
     x0 = train_images[index]
@@ -1010,7 +1011,10 @@ for _ in tqdm(range(PROFILE.norm_study_steps), desc="training both", disable=not
         loss.backward()
         optimizers[norm].step()
         step_times[norm].append(time.perf_counter() - start)
-print(f"trained both models for {PROFILE.norm_study_steps} steps of {PROFILE.norm_study_batch_size} digits")
+print(
+    f"trained both models for {PROFILE.norm_study_steps} steps of {PROFILE.norm_study_batch_size} digits "
+    f"in {time.perf_counter() - study_started:.0f} s"
+)
 
 # %%
 EVAL_TIMESTEPS = [10, 100, 300, 600, 900]

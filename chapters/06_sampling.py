@@ -453,8 +453,12 @@ for sampler in ("ddpm", "clip"):
     records[sampler] = Recorder()
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((n, 1, 28, 28), generator=generator)
+    chain_started = time.perf_counter()
     unclamped[sampler] = sample_loop(
         scheduler, model, x_T, sampler, generator, on_step=records[sampler], progress=PROFILE.progress
+    )
+    print(
+        f"{sampler}: {n} digits, {scheduler.num_timesteps} steps in {time.perf_counter() - chain_started:.0f} s"
     )
 ddpm_samples, clip_samples = unclamped["ddpm"].clamp(-1, 1), unclamped["clip"]
 

@@ -100,3 +100,26 @@ def test_widget_views_and_state_are_not_stored():
     execute_chapters.clean_outputs(notebook)
     assert "widgets" not in notebook.metadata
     assert [output["data"] for output in notebook.cells[0].outputs] == [figure]
+
+
+def test_a_module_hash_ignores_comments_but_not_code(tmp_path):
+    """A promoted module's ``# --- chapters/…, cell N (line L)`` marker moves when its chapter gains a line above;
+    that changes no code, so it must not make stored outputs stale. A changed line of code must."""
+    module = tmp_path / "module.py"
+    module.write_text(
+        "# --- chapters/04_unet.py, cell 58 (line 1241): edit there ---\nx = 1\n", encoding="utf-8"
+    )
+    before = execute_chapters.file_hash(module)
+    module.write_text(
+        "# --- chapters/04_unet.py, cell 58 (line 1245): edit there ---\nx = 1\n", encoding="utf-8"
+    )
+    assert execute_chapters.file_hash(module) == before
+    module.write_text(
+        "# --- chapters/04_unet.py, cell 58 (line 1245): edit there ---\nx = 2\n", encoding="utf-8"
+    )
+    assert execute_chapters.file_hash(module) != before
+    data = tmp_path / "weights.json"
+    data.write_text('{"a": 1}', encoding="utf-8")
+    digest = execute_chapters.file_hash(data)
+    data.write_text('{"a": 1} ', encoding="utf-8")
+    assert execute_chapters.file_hash(data) != digest  # any other file: its bytes

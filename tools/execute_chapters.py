@@ -13,7 +13,8 @@ metadata records, under ``ddpm_course``, what produced the outputs:
 
 - ``code_sha256``: a hash of the chapter's code cells as Python tokens (edits to prose, to comments and to
   blank lines leave it unchanged);
-- ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file;
+- ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file (of its
+  Python tokens: comments do not count);
 - ``weights``: the SHA-256 of every file under ``ddpm_lib/weights`` the kernel opened (shipped weights,
   snapshots, provenance records), by file, so that re-shipping one model makes stale only the chapters that read
   it (an audit hook installed before the first cell records the opens; records made before it have
@@ -95,14 +96,21 @@ def code_hash(source: Path) -> str:
     return sha256("\n\x00\n".join(cells).encode("utf-8"))
 
 
+def file_hash(path: Path) -> str:
+    """The SHA-256 of a file: of its Python tokens for a ``.py`` file (so a comment, such as the ``# --- chapters/…``
+    line a promoted function's cell moved to, does not count), of its bytes otherwise; ``""`` when it is gone."""
+    if not path.is_file():
+        return ""
+    if path.suffix == ".py":
+        return sha256(executed_tokens(path.read_text(encoding="utf-8")).encode("utf-8"))
+    return sha256(path.read_bytes())
+
+
 def module_hashes(paths: list[str]) -> dict[str, str]:
-    """``{path relative to the repository: sha256}`` of the files ``paths`` (absolute, or relative to the repository);
-    a file that is gone hashes to ``""``."""
+    """``{path relative to the repository: file_hash}`` of the files ``paths`` (absolute, or relative to the
+    repository)."""
     files = sorted({(ROOT / path).resolve() for path in paths})
-    return {
-        path.relative_to(ROOT).as_posix(): sha256(path.read_bytes()) if path.is_file() else ""
-        for path in files
-    }
+    return {path.relative_to(ROOT).as_posix(): file_hash(path) for path in files}
 
 
 def weights_hash() -> str:
