@@ -560,8 +560,8 @@ assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 f
 
 # %% [markdown]
 # Early grids are noise-like blobs; after a few hundred steps strokes appear, but this short CPU run does not
-# make convincing digits. With this recipe that takes thousands of steps — about forty minutes on two CPU
-# cores for the weights the course ships (section 7 prints their record). It is not the only way, though.
+# make convincing digits. That takes tens of thousands of steps: the weights the course ships trained for 24,000,
+# about an hour and a half on two CPU cores (section 7 prints their record). It is not the only way, though.
 # The recipe here is the reference's, on the course's default network; chapters 07–10 add a way to measure
 # samples, a sampling chain 40 times shorter and a label to condition on, and chapter 11 puts them together
 # with a few levers of this chapter's loop (a larger learning rate, a shorter EMA, a loss weighting): digits that

@@ -45,6 +45,7 @@ if importlib.util.find_spec("ddpm_lib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE], check=True)
 
 import math
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -207,6 +208,7 @@ columns, guidance_steps = PROFILE.guidance_grid_columns, PROFILE.guidance_steps
 grid_labels = torch.arange(10).repeat_interleave(columns)
 grid_scales = (0.0, 1.0, 4.0)
 grids = {}
+start = time.perf_counter()
 for w in grid_scales:
     guided = ClassifierFreeGuidance(model, w)
     # the same noise per column: seed the batch, then reuse its first `columns` draws in every row
@@ -216,6 +218,7 @@ for w in grid_scales:
         grids[w] = sample_loop(scheduler, Conditioned(guided, grid_labels), x_T, "ddpm", torch.Generator().manual_seed(6),
                                timesteps=timesteps_for(scheduler.num_timesteps, guidance_steps),
                                progress=PROFILE.progress).float().clamp(-1, 1)  # fmt: skip
+print(f"{len(grid_scales)} grids of {len(grid_labels)} digits in {time.perf_counter() - start:.0f} s")
 fig, axes = plt.subplots(10, len(grid_scales) * columns, figsize=(0.75 * len(grid_scales) * columns, 8.2))
 for block, w in enumerate(grid_scales):
     for index, image in enumerate(grids[w]):
@@ -282,6 +285,7 @@ real_spread = class_spread(real_features, heldout_labels.numpy())
 floor_features, _ = classify(classifier, baseline_images(n_eval, seed=1)["real digits (floor)"])
 floor = features_distance(floor_features, real_features)
 table = {}
+start = time.perf_counter()
 for w in tqdm([-1.0, *scales], desc="guidance scales", disable=not PROFILE.progress):  # w = -1: unconditional
     images = generate(
         model, scheduler, n_eval, sampler="ddpm", steps=guidance_steps, guidance=w, seed=1, labels=eval_labels
@@ -297,6 +301,7 @@ for w in tqdm([-1.0, *scales], desc="guidance scales", disable=not PROFILE.progr
 print(
     f"{n_eval} samples per row (every class equally often), {guidance_steps}-step DDPM; floor (real vs real): {floor:.1f}"
 )
+print(f"{len(table)} rows sampled and scored in {time.perf_counter() - start:.0f} s")
 print(f"{'w':>6} {'accuracy':>9} {'confident':>10} {'diversity':>10} {'Fréchet':>9}")
 for w, row in table.items():
     name = "uncond" if w == -1 else f"{w:g}"

@@ -300,7 +300,8 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 # ```
 #
 # The benchmark exits non-zero if the quick recipe misses the bar. The class-conditional weights the course
-# ships, `ddpm_mnist_cond`, are this recipe trained for longer (their provenance file gives the command).
+# ships, `ddpm_mnist_cond`, are this recipe trained for longer, without the self-attention and $v$-prediction
+# that section 6 added to it (their provenance file gives the command, and the one that repeats the run today).
 #
 # ## 6. Which denoiser? Six networks, the same CPU time
 #
@@ -317,7 +318,7 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 # - the reference implementation's network (`REFERENCE_CONFIG`).
 #
 # A run of it takes most of an hour, so the course ships one run's record with the package; the next cell
-# prints it, with the machine, the budget and the command behind every row.
+# prints it, with the machine, the budget, the time the run took and the command behind every row.
 
 # %%
 import json  # noqa: E402
@@ -326,7 +327,7 @@ from importlib.resources import files  # noqa: E402
 benchmark = json.loads((files("ddpm_lib") / "results" / "denoisers.json").read_text())
 print(f"{benchmark['command']}\n  torch {benchmark['torch']}, {benchmark['threads']} thread(s), {benchmark['machine']}, "
       f"{benchmark['date']}; {benchmark['budget_s']:g} s of training per row; n = {benchmark['n']} samples, "
-      f"{benchmark['sampler']['steps']}-step DDPM\n")  # fmt: skip
+      f"{benchmark['sampler']['steps']}-step DDPM; the whole run took {benchmark['wall_s'] / 60:.0f} min\n")  # fmt: skip
 print(
     f"{'network':<42} {'parameters':>10} {'steps':>6} {'confident':>15} {'class ratios':>12} {'Fréchet / floor':>16}"
 )

@@ -46,6 +46,8 @@ if importlib.util.find_spec("ddpm_lib") is None:
     COURSE = "ddpm_lib @ git+https://github.com/diffusion-from-scratch/diffusion-from-scratch"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE], check=True)
 
+import time
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -229,9 +231,12 @@ again = train_small_classifier(train_images[:200], train_labels[:200], steps=5, 
 other = train_small_classifier(train_images[:200], train_labels[:200], steps=5, seed=4)
 assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters(), strict=True))
 assert not torch.equal(first.head.weight, other.head.weight)
+started = time.perf_counter()
 on_all = train_small_classifier(train_images, train_labels, steps=train_steps, seed=0)
+on_all_seconds = time.perf_counter() - started
 all_accuracy = accuracy(on_all, heldout_images, heldout_labels)
-print(f"SmallClassifier: {parameters:,} parameters; {train_steps} steps of 64 digits per classifier")
+print(f"SmallClassifier: {parameters:,} parameters; {train_steps} steps of 64 digits per classifier "
+      f"({on_all_seconds:.1f} s for the one below)")  # fmt: skip
 print(f"trained on all {len(train_images):,} training digits: held-out accuracy {all_accuracy:.1%}")
 assert parameters == 20_490
 assert all_accuracy > 0.5  # far above chance (10%), even with the few steps of the CI profile
@@ -357,11 +362,12 @@ def generated_set(
 per_class, scales = PROFILE.synthetic_per_class, PROFILE.synthetic_scales
 spec = SampleSpec(sampler="ddpm", steps=PROFILE.synthetic_steps, seed=0)
 pools, fidelity = {}, {}
+started = time.perf_counter()
 for w in tqdm(scales, desc="guidance scales", disable=not PROFILE.progress):
     pools[w] = generated_set(model, scheduler, per_class, spec, guidance=w)
     fidelity[w] = accuracy(classifier, *pools[w])
 heldout_fidelity = accuracy(classifier, heldout_images, heldout_labels)
-print(f"{per_class} digits per class at each w, {spec.describe()}")
+print(f"{per_class} digits per class at each w, {spec.describe()}: {time.perf_counter() - started:.0f} s")
 print(
     f"label fidelity (evaluation classifier reads the label asked for); real held-out digits: {heldout_fidelity:.1%}"
 )
@@ -425,6 +431,7 @@ def verdict(difference: float, error: float) -> str:
 
 
 cas_real, cas_scores = [], {w: [] for w in scales}
+started = time.perf_counter()
 for seed in tqdm(seeds, desc="seeds", disable=not PROFILE.progress):
     real = real_subset(train_images, train_labels, per_class, seed)
     cas_real.append(
@@ -437,7 +444,8 @@ real_mean, real_error = mean_and_error([percent(a) for a in cas_real])
 cas_mean, cas_error = mean_and_error([percent(a) for a in cas_scores[0.0]])
 gap, gap_error = paired(cas_scores[0.0], cas_real)
 print(f"trained on {10 * per_class} digits ({per_class} per class), tested on {len(heldout_images)} held-out digits; "
-      f"mean ± s.e. over {len(seeds)} seeds")  # fmt: skip
+      f"mean ± s.e. over {len(seeds)} seeds; {len(seeds) * (1 + len(scales))} classifiers trained in "
+      f"{time.perf_counter() - started:.0f} s")  # fmt: skip
 print(f"{'training set':<32}{'held-out accuracy (%)':>24}{'label fidelity':>16}")
 print(f"{'real digits':<32}{real_mean:>17.1f} ± {real_error:<4.1f}{heldout_fidelity:>16.1%}")
 print(f"{'generated, w = 0 (CAS)':<32}{cas_mean:>17.1f} ± {cas_error:<4.1f}{fidelity[0.0]:>16.1%}")
@@ -468,6 +476,7 @@ else:
 augmented = {n: {"real only": [], "real + generated": []} for n in real_per_class}
 pool_images, pool_labels = pools[0.0]
 jobs = [(n, seed) for n in real_per_class for seed in seeds]
+started = time.perf_counter()
 for n, seed in tqdm(jobs, desc="real sets", disable=not PROFILE.progress):
     real_images, real_labels = real_subset(train_images, train_labels, n, seed)
     sets = {
@@ -478,7 +487,8 @@ for n, seed in tqdm(jobs, desc="real sets", disable=not PROFILE.progress):
         trained = train_small_classifier(*data, train_steps, seed=seed)
         augmented[n][name].append(accuracy(trained, heldout_images, heldout_labels))
 print(
-    f"held-out accuracy (%), mean ± s.e. over {len(seeds)} seeds; + generated: {10 * per_class} digits at w = 0"
+    f"held-out accuracy (%), mean ± s.e. over {len(seeds)} seeds; + generated: {10 * per_class} digits at w = 0; "
+    f"{2 * len(jobs)} classifiers trained in {time.perf_counter() - started:.0f} s"
 )
 print(f"{'real per class':>14}{'real only':>16}{'real + generated':>20}{'difference (paired)':>24}")
 gain = {}

@@ -32,7 +32,7 @@ def image_statistics(images: torch.Tensor) -> dict[str, float]:
     }
 
 
-# --- chapters/15_fashion_mnist.py, cell 10 (line 215): edit there ---
+# --- chapters/15_fashion_mnist.py, cell 10 (line 217): edit there ---
 def accuracy_under_noise(classifier: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, scheduler,
                          timesteps, seed: int = 0) -> np.ndarray:  # fmt: skip
     """The classifier's accuracy on ``images`` noised by the forward process to each of ``timesteps``
@@ -55,7 +55,7 @@ def accuracy_under_noise(classifier: torch.nn.Module, images: torch.Tensor, labe
     return np.array(accuracies)
 
 
-# --- chapters/15_fashion_mnist.py, cell 15 (line 334): edit there ---
+# --- chapters/15_fashion_mnist.py, cell 15 (line 336): edit there ---
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """(num_classes, num_classes) counts: row = true class, column = predicted class."""
     predicted, labels = torch.as_tensor(predicted).long(), torch.as_tensor(labels).long()

@@ -8,7 +8,7 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["ClassifierFreeGuidance", "class_spread"]
 
 
-# --- chapters/10_guidance.py, cell 5 (line 138): edit there ---
+# --- chapters/10_guidance.py, cell 5 (line 139): edit there ---
 import math
 
 import numpy as np
@@ -51,7 +51,7 @@ class ClassifierFreeGuidance(nn.Module):
         return (1 + self.guidance) * conditional - self.guidance * unconditional
 
 
-# --- chapters/10_guidance.py, cell 12 (line 261): edit there ---
+# --- chapters/10_guidance.py, cell 12 (line 264): edit there ---
 def class_spread(features, labels) -> dict[int, float]:
     """Mean Euclidean distance between two different members of each class, from (N, D) features and (N,) labels."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)

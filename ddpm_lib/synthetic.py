@@ -8,7 +8,7 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["SmallClassifier", "train_small_classifier", "real_subset", "mean_and_error", "generated_set"]
 
 
-# --- chapters/16_generated_data.py, cell 3 (line 118): edit there ---
+# --- chapters/16_generated_data.py, cell 3 (line 120): edit there ---
 import math
 import numbers
 from dataclasses import replace
@@ -107,7 +107,7 @@ def train_small_classifier(
     return classifier.eval()
 
 
-# --- chapters/16_generated_data.py, cell 7 (line 261): edit there ---
+# --- chapters/16_generated_data.py, cell 7 (line 266): edit there ---
 def real_subset(
     images: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +140,7 @@ def mean_and_error(values) -> tuple[float, float]:
     return values.mean().item(), (values.std() / math.sqrt(values.numel())).item()
 
 
-# --- chapters/16_generated_data.py, cell 10 (line 320): edit there ---
+# --- chapters/16_generated_data.py, cell 10 (line 325): edit there ---
 def generated_set(
     model: nn.Module, scheduler, per_class: int, spec: SampleSpec | None = None, **options
 ) -> tuple[torch.Tensor, torch.Tensor]:
