@@ -978,8 +978,8 @@ for bad in [dict(base_dim=33), dict(norm="layer"), dict(dim_mults=[]), dict(unit
 # The measurement: train the course's architecture twice, identical but for the norm, on the bundled
 # digits (steps alternate between the two models so both see the same machine load). Then evaluate
 # the noise-prediction loss on held-out digits in single-$t$ batches, the way a sampler calls the
-# network, once in eval mode and once in train mode. In the full profile the next cell takes about a minute and
-# a half on a 2-core laptop (150 steps of batch 64 for each of the two networks); a progress bar counts the steps.
+# network, once in eval mode and once in train mode. In the full profile the next cell takes about a minute on a
+# 2-core laptop (150 steps of batch 64 for each of the two networks); a progress bar counts the steps.
 
 # %%
 scheduler = LinearBetaScheduler(1000, 1e-4, 0.02)

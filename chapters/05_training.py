@@ -496,8 +496,8 @@ def train(
 # digits from the **EMA** weights. Sampling borrows chapter 06's `generate` (1,000 reverse steps): read that
 # chapter for how it works.
 #
-# The next cell takes about 10 minutes on a 2-core laptop (full profile: 600 steps of batch 128, and three grids
-# of 16 digits through 1,000 steps each); a progress bar counts the training steps.
+# The next cell takes about 5 minutes on a 2-core laptop (full profile: 600 steps of batch 128, and three grids
+# of 16 digits through 1,000 steps each; the cell prints its time); a progress bar counts the training steps.
 
 # %%
 torch.manual_seed(0)

@@ -651,8 +651,9 @@ assert middle > floor  # resampling with replacement adds bias: the resamples si
 # Sampling dominates the cost of evaluation: every digit needs 1000 network calls. `generate`
 # (`ddpm_lib.generation`, met in chapter 06) runs them under bfloat16 autocast (1.4–1.6× faster on a CPU with native
 # bfloat16, pixels within 0.003 of float32 — measured in `benchmarks/sampling_speed.py`) and in batches of
-# 256, batch $i$ seeded with `seed + i`. In the full profile the next cell takes about 10 minutes on a 2-core
-# laptop (2 × 256 digits × 1,000 network calls, about 1.1 ms per image per call); a progress bar follows each chain.
+# 256, batch $i$ seeded with `seed + i`. In the full profile the next cell takes about 8 minutes on a 2-core
+# laptop (2 × 256 digits × 1,000 network calls, about 1 ms per image per call; the cell prints both); a progress
+# bar follows each chain.
 
 # %%
 start = time.perf_counter()
@@ -737,7 +738,7 @@ print({name: results[name]["class_counts"] for name in ("sample() (ddpm)", "samp
 # The course also ships a **class-conditional** model (chapter 04, section 12; chapter 10 is about it): told which
 # digit to draw, it gets the class right by construction, so its samples — asked for every digit in turn, which
 # matches the training data's balance — measure only how well it draws. Same sampler, same $n$, same seeds
-# (about 5 minutes on a 2-core laptop in the full profile, with a progress bar):
+# (about 4 minutes on a 2-core laptop in the full profile, with a progress bar):
 
 # %%
 conditional_model, conditional_scheduler, conditional_info = load_pretrained("ddpm_mnist_cond")
@@ -766,7 +767,7 @@ if n_eval >= 100:  # the bar of this course, on enough samples to judge it
 # same $n$ and seed, shows how quality grows with training — and where it stops growing. The error bars
 # are the standard errors of the confident share from the disjoint draws; at this $n$ the draws are too
 # small for a useful Fréchet distance each, so that panel shows the all-$n$ distance next to the floor.
-# In the full profile the next cell takes about 5 minutes on a 2-core laptop (four snapshots, 64 digits through
+# In the full profile the next cell takes 3 to 4 minutes on a 2-core laptop (four snapshots, 64 digits through
 # 1,000 steps each); a progress bar counts the snapshots, and a second one follows each chain.
 
 # %%

@@ -561,8 +561,9 @@ for images in grids.values():
 # 1000-NFE points of DDPM and `sample_clip()` are chapter 06's samplers on the full chain; fewer NFE run them
 # on a respaced chain. All of them are drawn by `generate`, bfloat16 autocast included.
 #
-# Cost: about 1.1 ms per image per network call on two CPU cores, so at full size (256 samples per point,
-# every budget, plus a few extra rows) the next cell samples for about half an hour on a 2-core laptop: one
+# Cost: about 1 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
+# samples per point, every budget, plus a few extra rows) the next cell samples for about 25 minutes on a 2-core
+# laptop: one
 # progress bar counts the network evaluations of the finished rows, another follows each chain of the four
 # curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
 # at 20 steps with $\eta$ between 0 and 1.
@@ -683,43 +684,33 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
         print(f"1000-step DPM-Solver++(2M) minus 1000-step DDPM: {gap:+.1f}")
 
 # %% [markdown]
-# **Reading the plot.** The Fréchet distance to the 500 held-out digits, 256 samples per point, for the earlier
-# `ddpm_mnist` weights (12,000 training steps, predicting $\varepsilon$, without self-attention; the weights shipped
-# now predict $v$, and the cells above print their own numbers in the full profile), measured by running this
-# chapter at full size
-# (`DDPM_PROFILE=full python -m pytest chapters/08_fast_sampling.ipynb`: about 30 minutes on 2 cores of an AMD
-# EPYC CPU, torch 2.14.1). bfloat16 rounding depends on the CPU and its thread count, so another machine moves
-# these numbers by up to about 2:
-#
-# | NFE | 10 | 20 | 50 | 100 | 250 | 1000 |
-# |---|---|---|---|---|---|---|
-# | DDPM `sample()` (respaced below 1000) | 130.0 | 99.3 | 112.6 | 91.4 | 119.0 | 85.4 |
-# | `sample_clip()` (respaced below 1000) | 130.4 | 98.3 | 113.0 | 91.6 | 119.7 | 87.7 |
-# | DDIM ($\eta = 0$) | 133.8 | 114.5 | 109.8 | 107.2 | 108.4 | 111.5 |
-# | DPM-Solver++(2M) | 109.3 | 106.5 | 106.2 | 106.2 | 108.2 | 112.0 |
-#
+# **Reading the plot.** The numbers below are the ones the cells above print in the full profile, on the shipped
+# `ddpm_mnist` weights (24,000 training steps, predicting $v$, self-attention at 7×7), 256 samples per point
+# (`python tools/execute_chapters.py --profile full 08`: about 25 minutes on 2 cores, bfloat16 autocast;
+# bfloat16 rounding depends on the CPU and its thread count, so another machine moves them by a point or two).
 # The floor is 68.9. How much one number can move by chance, the cell on the draws of real digits says: at
 # 256 digits the distance of 17 disjoint draws has a standard deviation of 9.5 (from 55.2 to 86.9), so two
 # rows differ by about 13 from chance alone, and a difference below about 25 is not shown to be real.
 #
-# - **The target is met.** `sample_clip()` on a 20-step respaced chain scores 98.3, 1.15× the 1000-step DDPM's
-#   85.4 (DDPM itself: 99.3, 1.16×), and DPM-Solver++ at 20 steps 106.5, 1.25×. The differences, 13 to 21, are
-#   within what chance gives: at 20 network calls these samplers are not measurably worse than 1000-step DDPM.
-#   All of them draw all ten digits at every budget.
-# - **The deterministic solvers converge, and fast.** DPM-Solver++ is at its plateau (106–112) from 10 steps on;
-#   DDIM, first order, starts 24 higher at 10 steps and gets there by 50. Both then follow the same ODE to the
-#   same end: at 50 steps their samples differ by about 0.01 per pixel (section 7 prints it).
-# - **The stochastic samplers zig-zag, and are best at the full budget.** Their row (130, 99, 113, 91, 119, 85)
-#   moves by about as much as chance allows: every budget draws different fresh noise. Read it as "about 100,
-#   lower with more steps", not as a curve. Against the solvers' plateau near 110, DDPM's 85 at 1000 steps and
-#   91 at 100 are each about two standard deviations of a difference lower: probably real, and explained below.
-# - **$\eta$ and spacing.** DDIM at 20 steps with $\eta$ = 0, 0.25, 0.5, 0.75, 1 scores 114.5, 120.0, 122.4,
-#   125.1, 99.3 ($\eta = 1$ is DDPM's row); only the step to $\eta = 1$ is larger than chance, and only just. At 10
-#   steps, leading spacing gives 98.8 for DDPM and 137.4 for DDIM, against 130.0 and 133.8 (trailing) and 115.2
-#   and 143.7 (linspace). For DDIM the spacings are indistinguishable; for DDPM leading is 31 lower than
-#   trailing, 2.3 standard deviations of a difference — suggestive, but one draw of 256 samples, among the eight
-#   comparisons this paragraph makes, does not settle it. Trailing stays the default because it is the choice
-#   that is right in principle: its first step sees the noise level it is given.
+# - **The target is met.** At 20 network evaluations DDPM on a respaced chain scores 80.7, 0.99× the 1000-step
+#   DDPM's 81.5 (`sample_clip()`: 80.9), and DPM-Solver++ 90.7, 1.11×. Every difference is within what chance
+#   gives: at 20 network calls these samplers are not measurably worse than 1000-step DDPM. All of them draw all
+#   ten digits at every budget, and 88–93% of every row's samples are classified with confidence ≥ 0.9.
+# - **The deterministic solvers converge, and fast.** DPM-Solver++ is at its plateau (90–93) from 10 steps on;
+#   DDIM, first order, starts 16 higher at 10 steps (109.1) and gets there by 50. Both then follow the same ODE
+#   to the same end: at 50 steps their samples differ by about 0.01 per pixel (section 7 prints it).
+# - **The stochastic samplers zig-zag.** Their row (91.9, 80.7, 97.5, 83.2, 101.9, 81.5) moves by about as
+#   much as chance allows: every budget draws different fresh noise. Read it as "about 90, a little lower with
+#   more steps", not as a curve. The solvers' plateau sits about 10 above DDPM at 1000 steps (the cell prints
+#   +10.3): less than one standard deviation of a difference, so on these weights the two families are not
+#   shown to differ at all.
+# - **$\eta$ and spacing.** DDIM at 20 steps with $\eta$ = 0, 0.25, 0.5, 0.75, 1 scores 96.5, 94.1, 94.1,
+#   101.4, 80.7 ($\eta = 1$ is DDPM's row); no step between neighbours is larger than chance. At 10 steps, leading
+#   spacing gives 74.5 for DDPM and 111.6 for DDIM, against 91.9 and 109.1 (trailing) and 95.7 and 115.4
+#   (linspace). For DDIM the spacings are indistinguishable; for DDPM leading is 17 lower than trailing, about
+#   1.3 standard deviations of a difference — one draw of 256 samples, among the eight comparisons this
+#   paragraph makes, does not settle it. Trailing stays the default because it is the choice that is right in
+#   principle: its first step sees the noise level it is given.
 #
 # ### The first step, and what the prediction target does to it
 #
@@ -759,9 +750,10 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 # distance, and DPM-Solver++ (second order) gets there in fewer steps. {cite:t}`karras2022edm` (§4) make the same
 # observation: stochastic sampling helps most when the network is imperfect, and the better the network, the
 # less it helps. An $\varepsilon$ network is least accurate in $\hat x_0$ exactly at the first steps, as the cell above
-# shows, which is where the earlier weights of the table lost most; a $v$ network removes that error at its
-# source. On the table's weights: DPM-Solver++ at 10–20 steps when speed matters, DDPM when the last bit of
-# quality does.
+# shows; a $v$ network removes that error at its source. That is why, on the shipped $v$ weights, the solvers'
+# plateau is within chance of 1000-step DDPM. (The earlier $\varepsilon$ weights, 12,000 steps without attention,
+# left a gap of about 25; the engineering notes keep their table.) In practice: DPM-Solver++ at 10–20 steps when speed
+# matters; DDPM at 1000 steps when the last bit of quality does and the time is there.
 #
 # ## 9. From the command line
 #
@@ -782,7 +774,7 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 #   $\eta = 1$ is DDPM on the shorter chain, $\eta = 0$ a deterministic ODE solver.
 # - Spacing matters in principle: leading spacing never visits $t = T-1$, so its first step sees pure noise
 #   labelled as a slightly noisy digit; trailing (and linspace) start at $T-1$. How much it matters depends on
-#   where the network is accurate: on the earlier ε weights at 10 steps, nothing measurable for DDIM, and for DDPM
+#   where the network is accurate: on the shipped weights at 10 steps, nothing measurable for DDIM, and for DDPM
 #   a difference that one draw of 256 samples cannot settle.
 # - Skipping steps in DDPM needs the per-jump $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$, not the single-step $\beta_t$.
 # - DPM-Solver++(2M) solves the same ODE in $\lambda = \log(\alpha/\sigma)$, exactly in its linear part and to
@@ -790,10 +782,10 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 #   ODE's solution at 10–20 steps.
 # - A Fréchet distance on $n$ samples is random too: at $n = 256$ disjoint draws of real digits differ by a
 #   standard deviation of about 10. Compare rows only with that in mind.
-# - Measured on the earlier ε weights: at 20 network evaluations `sample_clip()` on a respaced chain scores 1.15×
-#   1000-step DDPM's Fréchet distance and DPM-Solver++(2M) 1.25× (the target was 25%), both within the noise of
-#   one draw. The deterministic solvers converge in 10–50 steps to a distance about 1.3× DDPM's at 1000 steps,
-#   because an ODE solver keeps the network's early errors that a stochastic sampler washes out.
+# - On the shipped weights, at 20 network evaluations DDPM on a respaced chain scores 0.99× 1000-step DDPM's
+#   Fréchet distance and DPM-Solver++(2M) 1.11× (the target was 25%), both within the noise of one draw. The
+#   deterministic solvers converge in 10–50 steps. An ODE solver keeps the network's early errors that a
+#   stochastic sampler washes out; a $v$ network makes few, so here the two families are not shown to differ.
 # - All of it matches `diffusers`' `DDIMScheduler`, `DDPMScheduler` and `DPMSolverMultistepScheduler` to
 #   $10^{-4}$ on the same timesteps (`tests/test_fast_sampling.py`).
 #
@@ -1004,13 +996,13 @@ for nfe, result in sde_results.items():
     print(
         f"SDE-DPM-Solver++(2M) @ {nfe}: Fréchet distance {result['frechet_distance']:.1f} (table: {rivals})"
     )
-# Model answer to 4. Measured at full size (`DDPM_PROFILE=full`: 256 samples, the earlier ε weights, this cell's
-# seeds): 92.5 at 10 network calls and 95.4 at 20. At 10 calls that is the best row of the table, and it beats
-# DDPM (130.0) and DDIM (133.8) by about three standard deviations of a difference (section 8: about 13 at 256
-# samples): a real gain. Against DPM-Solver++ at 10 (109.3) and every sampler at 20 (98.3 to 114.5) the
-# differences are within chance; another draw of starting noise gave 104.1 and 91.0, which is the size of that
-# chance. Why it works: fresh noise at every step washes out the network's early errors, as in DDPM, and the
-# second-order D spends the few steps better, as in DPM-Solver++.
+# Model answer to 4. Measured at full size (`python tools/execute_chapters.py --profile full 08`: 256 samples,
+# the shipped v weights, this cell's seeds): 83.8 at 10 network calls and 76.1 at 20, the lowest of their columns.
+# Only the gap to DDIM (109.1 at 10, 96.5 at 20: about 1.9 and 1.5 standard deviations of a difference; section 8
+# puts one at about 13 at 256 samples) approaches a real one; against DDPM (91.9, 80.7) and DPM-Solver++ (93.3,
+# 90.7) the differences are within chance. Why it can help: fresh noise at every step washes out the network's
+# early errors, as in DDPM, and the second-order D spends the few steps better, as in DPM-Solver++. On a network
+# with small early errors, as this v network is, there is little left to wash out.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}

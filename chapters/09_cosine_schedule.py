@@ -371,23 +371,14 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 
 # %% [markdown]
 # **What the measurement says.** The shipped short runs `ddpm_mnist_short_linear` and `ddpm_mnist_short_cosine`,
-# 256 samples per row, measured by running this chapter at full size (`DDPM_PROFILE=full jupyter nbconvert --to
-# notebook --execute chapters/09_cosine_schedule.ipynb`, under 3 minutes on two CPU cores: the chapter samples the
-# shipped runs, it does not train them):
-#
-# | 2,200 steps, 100-step `sample_clip()` | Fréchet distance | per draw (4 × 64), mean ± s.e. | confident ≥ 0.9 | classes |
-# | --- | --- | --- | --- | --- |
-# | linear schedule | 304.3 | 414.6 ± 21.5 | 73.4% | 10/10 |
-# | cosine schedule | 322.2 | 431.5 ± 26.7 | 74.2% | 10/10 |
-# | cosine, unclipped `sample()` | 2803.2 | 2803.2 ± 0.0 | 0.0% | 1/10 |
-# | real digits (floor) | 68.9 | 185.1 ± 31.9 | 99.6% | 10/10 |
-#
-# (The per-draw means sit above the distances of all 256 samples because a Fréchet distance from fewer samples
-# is biased upwards, chapter 07; compare rows within a column.)
+# 256 samples per row; the numbers below are the ones the table above prints in the full profile (`python
+# tools/execute_chapters.py --profile full 09`: about a minute and a half on two CPU cores, as the chapter samples
+# the shipped runs and does not train them). The per-draw means sit above the distances of all 256 samples
+# because a Fréchet distance from fewer samples is biased upwards (chapter 07); compare rows within a column.
 #
 # - **On a short run, the schedule is not the bottleneck.** With the same recipe, the same 2,200 steps and the
-#   same seeds, the two models are equally often confidently classified (73.4% and 74.2%), and their Fréchet
-#   distances per draw differ by 16.9 ± 34.3: well within chance. The per-SNR loss table above says the same
+#   same seeds, the two models are equally often confidently classified (73.8% and 74.2%), and their Fréchet
+#   distances per draw differ by 16.2 ± 33.6: well within chance. The per-SNR loss table above says the same
 #   from the other side: the two networks make nearly the same errors at the same signal-to-noise ratio. What
 #   limits these models is training time, not where the schedule puts its steps. (Nichol & Dhariwal's gains
 #   from the cosine schedule were measured in log-likelihood, on larger images trained far longer. The many steps
@@ -395,7 +386,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   both models' errors in the lowest SNR buckets are 0.002 or less.)
 # - **The sampler has to match the schedule.** The same cosine network, sampled without clipping, gives pure
 #   noise — every digit lost at the first step, by the 20,000× amplification computed above; its samples read as
-#   one digit only because the classifier has to pick something. The linear schedule forgives the unclipped
+#   one or two digits only because the classifier has to pick something. The linear schedule forgives the unclipped
 #   sampler (its amplification is 157), which is why chapter 06 could treat clipping as a small improvement.
 #
 # ## 5. From the command line
@@ -419,7 +410,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   it until the middle and spreads the steps evenly in log-SNR.
 # - Schedules share one interface (`NoiseSchedule`): `q_sample` and every sampler work with either, unchanged.
 # - The first reverse step multiplies the network's error in $\hat\varepsilon$ by $1/\sqrt{\mathrm{SNR}_{T-1}}$ in $\hat x_0$: about
-#   160 for the linear schedule, 20,000 for the cosine one ($\bar\alpha_{T-1} = 2 \cdot 10^{-9}$). With the cosine schedule,
+#   157 for the linear schedule, about 20,000 for the cosine one ($\bar\alpha_{T-1} = 2 \cdot 10^{-9}$). With the cosine schedule,
 #   sample with clipping (`sample_clip()`, `--sampler clip`).
 # - `CosineScheduler` matches `diffusers`' `squaredcos_cap_v2` table for table (`tests/test_schedule.py`);
 #   `python -m ddpm_lib train --schedule cosine` trains with it.

@@ -825,9 +825,9 @@ print(f"pure noise, t = {T - 1}: sqrt(alpha_bar) = {floor:.4f}")
 assert first_signal[10] > 2 * floor and first_signal[50] > 1.1 * floor
 
 # %% [markdown]
-# How much the mismatch costs depends on the network and the sampler: on the earlier, ε-predicting `ddpm_mnist`,
-# chapter 08 measured no difference between the spacings for DDIM at 10 steps, and for DDPM a difference that one
-# draw of 256 samples cannot settle. {cite:t}`lin2024flawed` show it costing quality on larger models. The mismatch is still a
+# How much the mismatch costs depends on the network and the sampler: on the shipped `ddpm_mnist`, chapter 08
+# measures no difference between the spacings for DDIM at 10 steps, and for DDPM a difference that one draw of
+# 256 samples cannot settle. {cite:t}`lin2024flawed` show it costing quality on larger models. The mismatch is still a
 # mismatch; the course's samplers default to trailing spacing, and a test pins that default down.
 #
 # **The test.** The first timestep of a chain that starts from pure noise is $T-1$. Applied to leading spacing,

@@ -351,7 +351,7 @@ def generated_set(
 # 1,000 digits in all) at each guidance scale of `PROFILE.synthetic_scales`, drawn with chapter 06's DDPM step on a
 # respaced chain of `PROFILE.synthetic_steps` steps (chapter 08), bfloat16 autocast for the network, the same seed
 # for every scale (so digit $i$ starts from the same noise at every $w$). A guided step costs a double batch. In
-# the full profile the next cell takes up to about 9 minutes on a 2-core laptop (most of it for the two guided
+# the full profile the next cell takes about 5 minutes on a 2-core laptop (most of it for the two guided
 # pools), with a progress bar over the scales.
 #
 # For each pool we also record its **label fidelity**: the share of its digits that chapter 07's evaluation
@@ -407,7 +407,7 @@ print(f"every pool: {10 * per_class} digits, {per_class} per class, in [-1, 1]")
 # seed) and one on the generated pool at $w = 0$, the same number of digits, from the same initial weights; both
 # tested on the 500 held-out digits. The label fidelity printed for the real digits is the evaluation
 # classifier's accuracy on the held-out ones. The cell also trains one classifier per seed on each guided pool, for
-# section 7. In the full profile it trains twenty classifiers, up to about 2 minutes on a 2-core laptop, with a
+# section 7. In the full profile it trains twenty classifiers, about a minute on a 2-core laptop, with a
 # progress bar over the seeds.
 
 
@@ -470,7 +470,7 @@ else:
 # and size, one classifier on the real digits alone and one on the real digits plus the pool, from the same initial
 # weights and with the same number of steps. With 10 real digits per class, the real ones are a tenth of the
 # combined set; every batch draws from both in proportion. In the full profile the next cell trains twenty
-# classifiers, up to about 2 minutes on a 2-core laptop, with a progress bar over the real training sets.
+# classifiers, about a minute on a 2-core laptop, with a progress bar over the real training sets.
 
 # %%
 augmented = {n: {"real only": [], "real + generated": []} for n in real_per_class}
@@ -607,42 +607,31 @@ else:
 # %% [markdown]
 # ## Reading the tables
 #
-# The shipped `ddpm_mnist_cond`, measured by running this chapter at full size (`DDPM_PROFILE=full jupyter
-# nbconvert --to notebook --execute chapters/16_generated_data.ipynb`, about 14 minutes on two CPU cores): 100
+# The shipped `ddpm_mnist_cond`; the numbers below are the ones the three tables print in the full profile
+# (`python tools/execute_chapters.py --profile full 16`: about 7 minutes for the chapter on two CPU cores): 100
 # generated digits per class, 50-step DDPM, five seeds, a small classifier trained for 500 steps on each set and
 # tested on the 500 held-out digits. Accuracies in %, mean ± standard error over the seeds; differences paired
 # over the seeds, with their 95% intervals.
 #
-# | training set | label fidelity | diversity | held-out accuracy | vs the reference row |
-# | --- | --- | --- | --- | --- |
-# | 1,000 real digits (100 per class) | 99.0% | 1.00 | 94.0 ± 0.4 | (reference for CAS) |
-# | 1,000 generated, $w = 0$ (CAS) | 96.8% | 1.02 | 92.4 ± 0.4 | −1.7 ± 0.7 (−3.5 to +0.1) |
-# | 1,000 generated, $w = 1$ | 99.9% | 0.77 | 88.0 ± 0.3 | −4.3 ± 0.6 vs $w = 0$ (−6.0 to −2.7) |
-# | 1,000 generated, $w = 3$ | 100.0% | 0.66 | 81.8 ± 0.5 | −10.6 ± 0.7 vs $w = 0$ (−12.4 to −8.7) |
-# | 10 real per class | | | 81.4 ± 0.8 | (reference for the next row) |
-# | 10 real per class + 1,000 generated ($w = 0$) | | | 93.0 ± 0.3 | +11.6 ± 0.8 (+9.5 to +13.7) |
-# | 50 real per class | | | 92.7 ± 0.8 | (reference for the next row) |
-# | 50 real per class + 1,000 generated ($w = 0$) | | | 93.9 ± 0.3 | +1.2 ± 0.7 (−0.7 to +3.1) |
-#
 # Did the generated digits help? It depends on how many real ones there are.
 #
 # - **Where real digits are scarce, a lot.** With 10 real digits per class, adding the 1,000 generated ones raises the
-#   held-out accuracy from 81.4% to 93.0%, by 11.6 points, an interval of +9.5 to +13.7 that is far from zero. This
+#   held-out accuracy from 81.4% to 92.8%, by 11.4 points, an interval of +9.5 to +13.2 that is far from zero. This
 #   is the clearest result of the chapter, and section 1 says where the gain comes from: the denoiser learned from all
-#   450 training digits of every class, and its samples pass that on. Much of it arrives: 93.0% is within three
+#   450 training digits of every class, and its samples pass that on. Much of it arrives: 92.8% is within three
 #   points of the 95.8% the same classifier reaches on all 4,500 training digits (section 2's check).
-# - **Where real digits are plentiful, not measurably.** With 50 real digits per class the gain shrinks to 1.2 ± 0.7
-#   points, an interval from −0.7 to +3.1: within noise at five seeds. Fifty real digits per class already take the
-#   small classifier to 92.7%, near what it reaches on 100 real digits per class; the generated digits have little
-#   left to add.
+# - **Where real digits are plentiful, not measurably.** With 50 real digits per class the gain shrinks to 1.1 ± 0.6
+#   points, an interval from −0.6 to +2.9: within noise at five seeds. Fifty real digits per class already take the
+#   small classifier to 92.7%, near what it reaches on 100 real digits per class (94.1%); the generated digits have
+#   little left to add.
 # - **Instead of real digits, nearly as good.** Trained on 1,000 generated digits alone, the classifier scores
-#   92.4%, 1.7 ± 0.7 points below 1,000 real digits: an interval from −3.5 to +0.1, so at five seeds the score is
-#   not distinguishable from real data, and at worst a few points below it. A CAS this close to the real-data
-#   score says the unguided model covers each class in something like its real variety (diversity 1.02), and that
-#   the 3% of its digits the evaluation classifier reads as another class cost little.
-# - **Guidance hurts in this use.** Guidance does what chapter 10 showed: label fidelity rises from 96.8% to 99.9%
+#   92.3%, 1.8 ± 0.6 points below 1,000 real digits: an interval from −3.5 to −0.0, so at five seeds the loss is
+#   just measurable, and small. A CAS this close to the real-data score says the unguided model covers each class
+#   in something like its real variety (diversity 1.02), and that the 3% of its digits the evaluation classifier
+#   reads as another class cost little.
+# - **Guidance hurts in this use.** Guidance does what chapter 10 showed: label fidelity rises from 96.7% to 99.9%
 #   ($w = 1$) and 100% ($w = 3$) while the variety falls to 0.77 and 0.66 of real digits'. A classifier trained on
-#   the guided digits is worse, by 4.3 points at $w = 1$ and 10.6 at $w = 3$, intervals far from zero: the few
+#   the guided digits is worse, by 4.4 points at $w = 1$ and 10.6 at $w = 3$, intervals far from zero: the few
 #   percent of digits with a wrong-looking shape cost much less than the missing variety does, because the
 #   held-out digits have that variety. Measured by what a classifier learns, the best guidance scale is none,
 #   whereas by label fidelity it would be the largest — the two measures recommend opposite settings.
@@ -662,7 +651,7 @@ else:
 #   paired differences, and call a difference real only when its 95% interval, with Student's $t$ for few
 #   seeds, excludes zero.
 # - On the shipped model (full profile): generated digits helped a lot where real ones were scarce (10 per class:
-#   +11.6 points), not measurably with 50 per class, and alone they came within 1.7 ± 0.7 points of as many real
+#   +11.4 points), not measurably with 50 per class, and alone they came within 1.8 ± 0.6 points of as many real
 #   digits.
 # - The generated digits carry what the denoiser learned from its own training data; a gain from them is that
 #   knowledge passed on, not information from nowhere.
@@ -735,11 +724,10 @@ def nearest_training_distance(
 ) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer: no copies. In the full profile the median distance of a w = 0 digit to its nearest training
-    # digit is 10.37, that of a held-out digit, which no model saw, 10.15; class by class the medians agree too. Two
-    # generated digits of 1,000 come closer to a training digit than any held-out digit does (2.36 against 3.19):
-    # both 1s, like the closest held-out digits. A 1 is a stroke, and two strokes at the same slant are close
-    # without one being a copy of the other; plot the pairs to see. Guidance does not change this (w = 3: median
-    # 9.99, two digits below 3.19). So the CAS of section 5 is not a memorised training set scoring itself.
+    # digit is 10.37, that of a held-out digit, which no model saw, 10.15. Two generated digits of 1,000 come closer
+    # to a training digit than any held-out digit does (2.35 against 3.19); plot those pairs to see why: a thin
+    # digit such as a 1 is one stroke, and two strokes at the same slant are close without one being a copy of the
+    # other. Guidance does not change this (w = 3: median 10.04, two digits below 3.19). So the CAS of section 5 is not a memorised training set scoring itself.
     train = train_images.flatten(1)
     return torch.cat([torch.cdist(part.flatten(1), train).min(1).values for part in images.split(chunk)])
     ### END SOLUTION
@@ -811,8 +799,8 @@ print(
     f"the filter keeps {len(filtered[0])} of {len(pools[0.0][0])} digits; per class {torch.bincount(filtered[1], minlength=10).tolist()}"
 )
 print(f"CAS filtered minus unfiltered: {verdict(*paired(filtered_scores, cas_scores[0.0]))}")
-# Model answer: (2) in the full profile the filter keeps 953 of the 1,000 digits (the 7s lose 8 of 100, the 2s 7) and
-# the CAS moves by +0.2 ± 0.3 points, an interval from -0.7 to +1.2: no measurable gain. The 5% of digits the
+# Model answer: (2) in the full profile the filter keeps 952 of the 1,000 digits (the 2s and the 7s lose 8 of 100
+# each) and the CAS moves by +0.2 ± 0.1 points, an interval from -0.1 to +0.6: no measurable gain. The 5% of digits the
 # filter removes were doing little harm, which agrees with section 7: for a classifier trained on them, the shape of
 # a few digits matters less than the variety of all.
 ### END SOLUTION

@@ -3,7 +3,7 @@
     python tools/execute_chapters.py --profile full            # every chapter whose stored outputs are stale
     python tools/execute_chapters.py --profile full 05 07      # chapters 05 and 07
     python tools/execute_chapters.py --profile full --force 01 # again, although its outputs are current
-    python tools/execute_chapters.py --list                    # what is stored, and what is stale
+    python tools/execute_chapters.py --list                    # what is stored (profile, date, wall time), what is stale
 
 Each chapter runs top to bottom in a fresh kernel of this Python environment (``DDPM_PROFILE`` set to the
 profile, the chapter's folder as working directory), cell by cell with progress on the terminal; its outputs go
@@ -263,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     for i, source in enumerate(chosen, 1):
         reasons = stale_reasons(source, args.profile)
         if args.list:
-            print(f"{source.stem}: {'current' if not reasons else 'stale: ' + '; '.join(reasons)}")
+            record = nbformat.read(source.with_suffix(".ipynb"), as_version=4).metadata.get(KEY)
+            made = (
+                f" ({record['profile']} profile, {record['date']}, {record['wall_time_s']:.0f} s, torch {record['torch']})"
+                if record
+                else ""
+            )
+            print(f"{source.stem}: {'current' if not reasons else 'stale: ' + '; '.join(reasons)}{made}")
             continue
         if not reasons and not args.force:
             print(f"[{i}/{len(chosen)}] {source.stem}: outputs current ({args.profile} profile), skipped")
