@@ -2,6 +2,8 @@
 
     python benchmarks/ddp_scaling.py                       # CPU: 1 process, torchrun 1 and 2 (about 3 min)
     python benchmarks/ddp_scaling.py --steps 8 --base-dim 8   # a smoke run
+    python benchmarks/ddp_scaling.py --cpu-only --rounds 3 --record ddpm_lib/results/ddp_scaling.json
+                                                           # the run chapter 14 prints (about 10 min)
 
 Every figure comes from a real run of the command line it prints (a subprocess, in a temporary run
 folder): images per second over the timed steps of its ``metrics.jsonl`` (the first ``--warmup`` steps
@@ -18,7 +20,7 @@ CPU cores in all: ``OMP_NUM_THREADS`` = cores // processes.
 
 Configurations alternate in ``--rounds`` rounds, so a machine that gets busier slows all alike; the
 median is reported, with the ratio to the first configuration of its device. Numbers are printed,
-never asserted.
+never asserted. ``--record`` writes them as JSON, with the machine, the date and every command.
 """
 
 from __future__ import annotations
@@ -26,14 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddpm_lib.checkpoint import write_json  # noqa: E402
 
 
 def configurations(args: argparse.Namespace) -> list[dict]:
@@ -99,7 +106,7 @@ def measure(run: dict, warmup: int, folder: Path) -> float:
     return len(timed) * config["batch_size"] / seconds
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="steps per run, warm-up included (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
@@ -107,11 +114,15 @@ def main() -> int:
     parser.add_argument("--base-dim", type=int, default=32, help="U-Net width (default 32, the course's)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (default 1)")
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU figures")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--record", type=Path, default=None, help="write the figures and their commands as JSON here"
+    )
+    args = parser.parse_args(argv)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
     runs = configurations(args)
-    print("command:", shlex.join([sys.executable, *sys.argv]))
+    given = sys.argv[1:] if argv is None else argv
+    print("command:", shlex.join(["python", "benchmarks/ddp_scaling.py", *given]))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, GPU: {gpu}; global batch {args.batch_size}, "
           f"base_dim {args.base_dim}, {args.steps - args.warmup} timed steps per run")  # fmt: skip
@@ -121,12 +132,26 @@ def main() -> int:
             for i, run in enumerate(runs):
                 results[i].append(measure(run, args.warmup, Path(folder)))
     first: dict[str, float] = {}
+    rows = []
     for run, values in zip(runs, results, strict=True):
         median = statistics.median(values)
         base = first.setdefault(run["device"], median)
+        command = f"OMP_NUM_THREADS={run['threads']} {shlex.join(['python', *run['command'][1:]])} --out RUN"
         print(f"\n[{run['device']}] {run['name']}: {median:8.1f} images/s  (ratio to the first "
               f"{run['device']} figure: {median / base:.2f}x; rounds: {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
-        print(f"    OMP_NUM_THREADS={run['threads']} {shlex.join(run['command'])} --out RUN")
+        print(f"    {command}")
+        rows.append({"device": run["device"], "name": run["name"], "processes": run["processes"],
+                     "threads": run["threads"], "images_per_s": median, "rounds": values,
+                     "ratio": median / base, "command": command})  # fmt: skip
+    if args.record is not None:
+        write_json(args.record, {
+            "command": shlex.join(["python", "benchmarks/ddp_scaling.py", *given]),
+            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "machine": platform.machine(),
+            "gpu": gpu, "date": time.strftime("%Y-%m-%d"), "global_batch": args.batch_size,
+            "base_dim": args.base_dim, "timed_steps": args.steps - args.warmup, "rounds": args.rounds,
+            "rows": rows,
+        })  # fmt: skip
+        print(f"\nrecorded in {args.record}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """benchmarks/denoisers.py: its wall-clock learning-rate schedule is OneCycleLR's, a tiny run writes the record
-chapter 11 reads, and the shipped record has every row with the command behind it."""
+chapter 11 reads, and the shipped record has every row with the command behind it; the shipped record of
+benchmarks/ddp_scaling.py, which chapter 14 prints, has every CPU configuration and its command."""
 
 import json
 import sys
@@ -45,3 +46,21 @@ def test_the_shipped_record_has_every_row_and_its_command():
     assert data["command"].startswith("python benchmarks/denoisers.py")
     for row in data["rows"]:
         assert row["train_s"] == pytest.approx(data["budget_s"], rel=0.05)  # the same CPU time for every row
+
+
+def test_the_shipped_ddp_scaling_record_has_every_cpu_configuration_and_its_command():
+    """Chapter 14 prints ddpm_lib/results/ddp_scaling.json: benchmarks/ddp_scaling.py --record made it."""
+    data = json.loads((files("ddpm_lib") / "results" / "ddp_scaling.json").read_text())
+    assert data["command"].startswith("python benchmarks/ddp_scaling.py") and "--record" in data["command"]
+    assert (data["base_dim"], data["global_batch"]) == (32, 128)  # the course default, as the chapter says
+    names = [row["name"] for row in data["rows"] if row["device"] == "cpu"]
+    assert names == [
+        "1 process, no launcher",
+        "1 process, no launcher, 1 thread",
+        "1 process, torchrun (gloo)",
+        "2 processes, torchrun (gloo)",
+    ]
+    assert data["rows"][0]["ratio"] == 1.0
+    for row in data["rows"]:
+        assert len(row["rounds"]) == data["rounds"] and row["images_per_s"] > 0
+        assert f"OMP_NUM_THREADS={row['threads']} python -m " in row["command"]
