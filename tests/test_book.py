@@ -267,6 +267,26 @@ def test_sidebar_lists_the_pages_in_toc_order(pages):
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_shows_its_stored_full_profile_outputs(pages, name):
+    """A chapter whose stored outputs are current (tools/execute_chapters.py) shows them, not a CI-profile run: every
+    chapter's first cell prints the profile it ran in."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import execute_chapters
+
+    source = ROOT / f"{name}.py"
+    if execute_chapters.stale_reasons(source, "full"):
+        pytest.skip(
+            f"{name}: its stored full-profile outputs are stale (tests/test_stored_outputs.py says why)"
+        )
+    text = "".join(pages[name].texts)
+    assert "profile: full" in text and "profile: ci" not in text, (
+        f"{name}: the page does not show its stored outputs"
+    )
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_offers_its_notebook(site, pages, name):
     hrefs = [link.get("href", "") for link, _ in pages[name].links]
     notebook = f"{Path(name).name}.ipynb"
