@@ -64,3 +64,13 @@ def test_the_shipped_ddp_scaling_record_has_every_cpu_configuration_and_its_comm
     for row in data["rows"]:
         assert len(row["rounds"]) == data["rounds"] and row["images_per_s"] > 0
         assert f"OMP_NUM_THREADS={row['threads']} python -m " in row["command"]
+
+
+@pytest.mark.parametrize("name", list(denoisers.EXTRA_ROWS))
+def test_each_extra_row_builds_a_v_network_with_attention(name):
+    """The larger variants --rows offers beside the default run: each a v-predicting course U-Net with attention."""
+    _, build, _ = denoisers.EXTRA_ROWS[name]
+    model = build().eval()
+    assert model.config["prediction"] == "v" and 2 in model.config["attention"]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 1, 28, 28)
