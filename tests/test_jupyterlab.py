@@ -137,13 +137,17 @@ RUN_STATE = f"""(() => {{
 }})()"""
 
 # Every cell as the learner sees it. JupyterLab draws only the cells near the viewport, so the probe
-# scrolls each one into view and waits for JupyterLab to draw it before reading its text.
+# scrolls each one into view and waits for JupyterLab to draw it (and jupyterlab-myst its directives, which
+# it draws a moment later) before reading its text.
 CELLS = f"""(async () => {{
   const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const cells = [];
   for (const cell of {CURRENT}.content.widgets) {{
     cell.node.scrollIntoView();
     for (let wait = 0; wait < 40 && cell.model.type === "markdown" && !cell.rendered; wait++) await pause(50);
+    // jupyterlab-myst draws a directive after the cell counts as rendered: give it up to 5 s to replace the text
+    const directive = cell.model.type === "markdown" && cell.model.sharedModel.getSource().includes(":::");
+    for (let wait = 0; wait < 100 && directive && cell.node.innerText.includes(":::"); wait++) await pause(50);
     await pause(30);
     const jupyter = cell.model.getMetadata("jupyter") || {{}};
     const outputs = cell.model.type === "code" ? cell.model.outputs.toJSON() : [];
