@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
     runs = configurations(args)
-    given = sys.argv[1:] if argv is None else argv
-    print("command:", shlex.join(["python", "benchmarks/ddp_scaling.py", *given]))
+    this_command = shlex.join(
+        ["python", "benchmarks/ddp_scaling.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    print("command:", this_command)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, GPU: {gpu}; global batch {args.batch_size}, "
           f"base_dim {args.base_dim}, {args.steps - args.warmup} timed steps per run")  # fmt: skip
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": median / base, "command": command})  # fmt: skip
     if args.record is not None:
         write_json(args.record, {
-            "command": shlex.join(["python", "benchmarks/ddp_scaling.py", *given]),
+            "command": this_command,
             "torch": torch.__version__, "cpu_cores": os.cpu_count(), "machine": platform.machine(),
             "gpu": gpu, "date": time.strftime("%Y-%m-%d"), "global_batch": args.batch_size,
             "base_dim": args.base_dim, "timed_steps": args.steps - args.warmup, "rounds": args.rounds,

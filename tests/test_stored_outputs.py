@@ -18,14 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import execute_chapters  # noqa: E402
 
-STORED = [
-    s for s in chapter_sources() if execute_chapters.KEY in nbformat.read(s.with_suffix(".ipynb"), 4).metadata
-]
+STORED = [source for source in chapter_sources() if execute_chapters.stored_record(source) is not None]
 
 
 @pytest.mark.parametrize("source", STORED, ids=lambda p: p.stem)
 def test_stored_outputs_are_current(source):
-    record = nbformat.read(source.with_suffix(".ipynb"), 4).metadata[execute_chapters.KEY]
+    record = execute_chapters.stored_record(source)
     reasons = execute_chapters.stale_reasons(source, record["profile"])
     assert not reasons, (
         f"{source.name}: its stored {record['profile']}-profile outputs are stale ({'; '.join(reasons)}); "

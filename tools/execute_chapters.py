@@ -126,10 +126,14 @@ def changed_files(recorded: dict[str, str]) -> list[str]:
     return sorted(path for path, digest in recorded.items() if now.get(path) != digest)
 
 
+def stored_record(source: Path) -> dict | None:
+    """The record of what made the outputs stored in ``source``'s paired notebook (None when it stores none)."""
+    return nbformat.read(source.with_suffix(".ipynb"), as_version=4).metadata.get(KEY)
+
+
 def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
     """Why the stored outputs of ``source``'s notebook are out of date ([] when current; no outputs is a reason)."""
-    notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
-    record = notebook.metadata.get(KEY)
+    record = stored_record(source)
     if record is None:
         return ["no stored outputs"]
     reasons = []
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, source in enumerate(chosen, 1):
         reasons = stale_reasons(source, args.profile)
         if args.list:
-            record = nbformat.read(source.with_suffix(".ipynb"), as_version=4).metadata.get(KEY)
+            record = stored_record(source)
             made = (
                 f" ({record['profile']} profile, {record['date']}, {record['wall_time_s']:.0f} s, torch {record['torch']})"
                 if record
