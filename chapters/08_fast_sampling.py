@@ -563,9 +563,8 @@ for images in grids.values():
 #
 # Cost: about 1 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
 # samples per point, every budget, plus a few extra rows) the next cell samples for about 25 minutes on a 2-core
-# laptop: one
-# progress bar counts the network evaluations of the finished rows, another follows each chain of the four
-# curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
+# laptop: one progress bar counts the network evaluations of the finished rows, another follows each chain of the
+# four curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
 # at 20 steps with $\eta$ between 0 and 1.
 
 # %%
@@ -695,7 +694,7 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 # - **The target is met.** At 20 network evaluations DDPM on a respaced chain scores 80.7, 0.99× the 1000-step
 #   DDPM's 81.5 (`sample_clip()`: 80.9), and DPM-Solver++ 90.7, 1.11×. Every difference is within what chance
 #   gives: at 20 network calls these samplers are not measurably worse than 1000-step DDPM. All of them draw all
-#   ten digits at every budget, and 88–93% of every row's samples are classified with confidence ≥ 0.9.
+#   ten digits at every budget, and 84–93% of every row's samples are classified with confidence ≥ 0.9.
 # - **The deterministic solvers converge, and fast.** DPM-Solver++ is at its plateau (90–93) from 10 steps on;
 #   DDIM, first order, starts 16 higher at 10 steps (109.1) and gets there by 50. Both then follow the same ODE
 #   to the same end: at 50 steps their samples differ by about 0.01 per pixel (section 7 prints it).
@@ -751,9 +750,8 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 # observation: stochastic sampling helps most when the network is imperfect, and the better the network, the
 # less it helps. An $\varepsilon$ network is least accurate in $\hat x_0$ exactly at the first steps, as the cell above
 # shows; a $v$ network removes that error at its source. That is why, on the shipped $v$ weights, the solvers'
-# plateau is within chance of 1000-step DDPM. (The earlier $\varepsilon$ weights, 12,000 steps without attention,
-# left a gap of about 25; the engineering notes keep their table.) In practice: DPM-Solver++ at 10–20 steps when speed
-# matters; DDPM at 1000 steps when the last bit of quality does and the time is there.
+# plateau is within chance of 1000-step DDPM. In practice: DPM-Solver++ at 10–20 steps when speed matters; DDPM at
+# 1000 steps when the last bit of quality does and the time is there.
 #
 # ## 9. From the command line
 #

@@ -727,7 +727,8 @@ def nearest_training_distance(
     # digit is 10.37, that of a held-out digit, which no model saw, 10.15. Two generated digits of 1,000 come closer
     # to a training digit than any held-out digit does (2.35 against 3.19); plot those pairs to see why: a thin
     # digit such as a 1 is one stroke, and two strokes at the same slant are close without one being a copy of the
-    # other. Guidance does not change this (w = 3: median 10.04, two digits below 3.19). So the CAS of section 5 is not a memorised training set scoring itself.
+    # other. Guidance does not change this (w = 3: median 10.04, two digits below 3.19). So the CAS of section 5 is
+    # not a memorised training set scoring itself.
     train = train_images.flatten(1)
     return torch.cat([torch.cdist(part.flatten(1), train).min(1).values for part in images.split(chunk)])
     ### END SOLUTION
