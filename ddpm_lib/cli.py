@@ -3,7 +3,8 @@
 Commands:
 
 - ``train``: train a denoiser on the bundled MNIST subset (or full MNIST, or Fashion-MNIST) into a run folder
-  (see :mod:`ddpm_lib.runner`); ``--resume`` continues an interrupted run;
+  (see :mod:`ddpm_lib.runner`); ``--resume`` continues an interrupted run, ``--init-from WEIGHTS`` starts one
+  from trained weights;
 - ``sample``: sample a grid of digits from a checkpoint (default: the weights the course ships);
 - ``noise``: noise one held-out digit of every class at several timesteps and save the grid
   (the forward process of chapter 02, end to end on the bundled data);
@@ -262,6 +263,13 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     train.add_argument("--out", type=Path, default=Path("runs/ddpm"), help="run folder (default: runs/ddpm)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
+    )
+    train.add_argument(
+        "--init-from",
+        default=None,
+        metavar="WEIGHTS",
+        help="start a new run from trained weights (a shipped name such as ddpm_mnist, or a checkpoint) instead "
+        "of random ones: the same network, schedule and data; --steps counts from their step",
     )
     train.add_argument(
         "--preset",
@@ -525,7 +533,9 @@ def run_train(args: argparse.Namespace) -> None:
 
             n_train = len(load_dataset(config.dataset, "train", root=config.data_root, verbose=False))
             config.steps = args.epochs * max(1, n_train // config.batch_size)
-    summary = run_training(config, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = run_training(
+        config, args.out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from
+    )
     if summary["stopped_by"]:
         world = summary["world_size"]
         launcher = "python" if world == 1 else f"torchrun (with {world} processes in all)"

@@ -13,6 +13,14 @@ Checkpoints hold model, EMA, optimiser, LR scheduler, step, RNG states and confi
 uninterrupted run (bit for bit on a CPU). Ctrl-C or SIGTERM stops after the current step and saves a
 checkpoint first; a non-finite loss stops the run and keeps the last good checkpoint.
 
+**Continuing trained weights.** ``--init-from SOURCE`` (a shipped name such as ``ddpm_mnist``, or a ``run`` or
+``denoiser`` checkpoint) starts a new run from SOURCE's EMA weights instead of random ones, for a network,
+noise schedule and data set equal to SOURCE's (anything else is refused, naming the option). The step count
+goes on from SOURCE's step, so ``--steps`` is the total over both runs (``--init-from`` a 24,000-step model
+with ``--steps 36000`` trains 12,000 more); the optimiser is fresh, and the LR schedule is a new one-cycle over
+the steps this run adds. ``<out>/init.json`` records the source: its path, SHA-256, step and, for shipped weights,
+their training command.
+
 **Several processes.** Started by ``torchrun`` (one node or many, or ``srun torchrun`` under SLURM), the
 same command trains with ``DistributedDataParallel`` (:mod:`ddpm_lib.distributed`): one process per
 GPU (``nccl``) or per CPU process (``gloo``), chosen automatically. ``--batch-size`` stays the *global*
@@ -95,7 +103,9 @@ class _StopRequest:
 class Run:
     """Everything one training run holds; ``checkpoint()`` and ``resume()`` save and restore it."""
 
-    def __init__(self, config: TrainConfig, out: Path, device: torch.device | None = None):
+    def __init__(
+        self, config: TrainConfig, out: Path, device: torch.device | None = None, first_step: int = 0
+    ):
         self.config, self.out = config, Path(out)
         self.device = resolve_device(config.device) if device is None else device
         torch.manual_seed(config.seed)
@@ -106,9 +116,12 @@ class Run:
         self.ema = EMA(self.model, decay=config.ema_decay)
         peak_lr = config.lr if config.effective_lr is None else config.effective_lr
         self.optimizer = make_optimizer(self.model, peak_lr, config.weight_decay)
-        self.lr_scheduler = make_lr_scheduler(self.optimizer, peak_lr, config.steps, config.pct_start)
+        # a run continued from trained weights (--init-from) anneals over the steps it adds
+        self.lr_scheduler = make_lr_scheduler(
+            self.optimizer, peak_lr, config.steps - first_step, config.pct_start
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.step = 0
+        self.step = first_step
 
     @property
     def last_checkpoint(self) -> Path:
@@ -142,6 +155,75 @@ class Run:
         self.generator.set_state(state["rng"]["generator"].to("cpu"))
         torch.set_rng_state(state["rng"]["torch"].to("cpu"))
         self.step = int(state["step"])
+
+    def start_from(self, source: dict, path: Path) -> None:
+        """Start from the EMA weights of ``source`` (a ``run`` or ``denoiser`` checkpoint), at its step."""
+        checkpoint.load_state(self.model, source["ema"]["model"], path)
+        checkpoint.load_state(self.ema.model, source["ema"]["model"], path, "EMA")
+        self.ema.num_updates = int(source["ema"]["num_updates"])  # the warm-up of the average is over
+        self.step = int(source["step"])
+
+
+#: the options a run continued from trained weights must share with them: the network and what it learnt
+INIT_MUST_MATCH = ("num_timesteps", "schedule", "beta_start", "beta_end", "dataset", "data_root")
+
+
+def init_source(name_or_path: str | Path) -> tuple[Path, dict]:
+    """The checkpoint ``--init-from`` names (a shipped name, or a path) and its content (read weights-only)."""
+    from .pretrained import WEIGHTS, pretrained_path
+
+    path = Path(name_or_path)
+    if not path.exists() and (WEIGHTS / f"{name_or_path}.pt").is_file():
+        path = pretrained_path(str(name_or_path))
+    if not path.is_file():
+        raise UsageError(
+            f"{name_or_path} is neither a checkpoint file nor the name of shipped weights", "init_from"
+        )
+    return path, checkpoint.load(path, ("run", "denoiser"))
+
+
+def check_init(config: TrainConfig, source: dict, path: Path) -> None:
+    """Refuse to continue ``source`` with a different network, schedule or data set, or with no steps left."""
+    theirs = config_from_dict(source["config"], f"{path}: its config")
+    mine_model = dict(build_model(config).config)
+    differences = [
+        f"{key} {mine_model.get(key)!r} (the weights have {value!r})"
+        for key, value in dict(build_model(theirs).config).items()
+        if mine_model.get(key) != value
+    ]
+    differences += [
+        f"{key} {getattr(config, key)!r} (the weights have {getattr(theirs, key)!r})"
+        for key in INIT_MUST_MATCH
+        if getattr(config, key) != getattr(theirs, key)
+    ]
+    if differences:
+        raise UsageError(
+            f"{path}: the run must train the network these weights were made for; it differs in "
+            + "; ".join(differences),
+            "init_from",
+        )
+    if config.steps <= int(source["step"]):
+        raise UsageError(
+            f"is the total over this run and the {source['step']} steps of --init-from {path}; ask for more than "
+            f"{source['step']}, got {config.steps}",
+            "steps",
+        )
+
+
+def _init_record(path: Path, source: dict) -> dict:
+    import hashlib
+
+    from .pretrained import WEIGHTS
+
+    record = {
+        "source": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "step": int(source["step"]),
+    }
+    provenance = path.with_suffix(".json")
+    if path.resolve().parent == WEIGHTS.resolve() and provenance.is_file():
+        record["provenance"] = json.loads(provenance.read_text(encoding="utf-8"))
+    return record
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -185,9 +267,15 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
     checkpoint.write_atomic(out_path, lambda f: f.write(buffer.getvalue()))
 
 
-def run_training(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+def run_training(
+    config: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    init_from: str | Path | None = None,
+) -> dict:
     """Train (or continue) the run in ``out``; return a summary. Raises UsageError on bad input,
-    before anything is written.
+    before anything is written. ``init_from`` starts a new run from trained weights (see the module docstring).
 
     Under torchrun every process calls this; rank 0 alone writes files (see the module docstring).
     """
@@ -206,6 +294,20 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
     elif (out / "checkpoints" / "last.pt").exists():
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     config.check()
+    init = None
+    if init_from is not None:
+        path, source = init_source(init_from)
+        if resume:  # repeating the run's own command line with --resume is fine; another source is not
+            started = out / "init.json"
+            began = json.loads(started.read_text(encoding="utf-8"))["sha256"] if started.is_file() else None
+            if began != _init_record(path, source)["sha256"]:
+                raise UsageError(
+                    f"{path} is not the weights the run in {out} started from; drop --init-from to resume it",
+                    "init_from",
+                )
+        else:
+            check_init(config, source, path)
+            init = path, source
     if config.wandb:
         _check_wandb()
     config.grid = replace(config.grid, seed=config.seed, bf16=config.bf16)
@@ -223,22 +325,29 @@ def run_training(config: TrainConfig, out: Path, resume: bool = False, progress:
             raise UsageError(
                 f"batch_size {config.batch_size} exceeds the {len(dataset)} training images", "batch_size"
             )
-        return _train(config, out, state, progress, dist, device, dataset)
+        return _train(config, out, state, progress, dist, device, dataset, init)
     finally:
         dist.shutdown()
 
 
 def _train(
     config: TrainConfig, out: Path, state: dict | None, progress: bool, dist: Distributed, device: torch.device,
-    dataset,
+    dataset, init: tuple[Path, dict] | None = None,
 ) -> dict:  # fmt: skip
     from .generation import generate
     from .sampling import grid_image
 
     main = dist.is_main
-    run = Run(config, out, device)
     if state is not None:
+        run = Run(config, out, device)
         run.resume(state, out / "checkpoints" / "last.pt")
+    elif init is not None:
+        run = Run(config, out, device, first_step=int(init[1]["step"]))
+        run.start_from(init[1], init[0])
+        if main:
+            checkpoint.write_json(out / "init.json", _init_record(*init))
+    else:
+        run = Run(config, out, device)
     images, labels = (tensor.to(run.device) for tensor in dataset.tensors)
     if config.model.get("num_classes") is None:
         labels = None  # an unconditional model never sees them

@@ -289,3 +289,134 @@ def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tm
     assert "real images (floor)" in report["results"] and "real digits (floor)" not in report["results"]
     wrong = cli("evaluate", "--checkpoint", str(last), "--dataset", "mnist", "--n", "8", "--no-progress")
     assert wrong.returncode == 2 and "learnt fashion-mnist" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_trained_weights_and_counts_on(straight_run, tmp_path, capsys):
+    from ddpm_lib import runner
+    from ddpm_lib.config import config_from_dict
+
+    source_path = straight_run / "checkpoints" / "step_000006.pt"
+    source = checkpoint.load(source_path, "run")
+    run = runner.Run(config_from_dict(source["config"]), tmp_path / "probe", first_step=6)
+    run.start_from(source, source_path)
+    for name, value in source["ema"]["model"].items():  # both the live model and its average begin there
+        assert torch.equal(run.model.state_dict()[name], value) and torch.equal(
+            run.ema.model.state_dict()[name], value
+        )
+    assert run.step == 6 and run.ema.num_updates == source["ema"]["num_updates"]
+    assert (
+        run.lr_scheduler.total_steps == source["config"]["steps"] - 6
+    )  # a fresh one-cycle over the added steps
+
+    out = tmp_path / "continued"
+    args = [
+        "train",
+        "--init-from",
+        str(source_path),
+        "--steps",
+        "9",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    assert main(args) == 0
+    state = checkpoint.load(out / "checkpoints" / "last.pt", "run")
+    assert state["step"] == 9
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [
+        7,
+        8,
+        9,
+    ]
+    record = json.loads((out / "init.json").read_text())
+    assert record["step"] == 6 and record["source"] == str(source_path) and len(record["sha256"]) == 64
+    assert (out / "samples" / "step_000009.png").is_file()
+    capsys.readouterr()
+
+    # repeating the command line with --resume is fine; naming other weights is refused
+    assert main([*args, "--resume"]) == 0
+    assert main([*args[:2], str(straight_run / "checkpoints" / "last.pt"), *args[3:], "--resume"]) == 2
+    assert "--init-from: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change, flag, words",
+    [
+        (["--base-dim", "16"], "--init-from", "base_dim 16 (the weights have 8)"),
+        (["--schedule", "cosine", "--sampler", "clip"], "--init-from", "schedule 'cosine'"),
+        (["--steps", "6"], "--steps", "ask for more than 6, got 6"),
+    ],
+    ids=["network", "schedule", "no-steps-left"],
+)
+def test_init_from_refuses_another_network_schedule_or_no_steps_left(straight_run, tmp_path, capsys, change, flag,
+                                                                     words):  # fmt: skip
+    source = straight_run / "checkpoints" / "step_000006.pt"
+    out = tmp_path / "refused"
+    argv = ["train", "--init-from", str(source), "--steps", "9", "--out", str(out), *TINY, *change]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag}: " in err and words in err, err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_init_from_names_what_it_accepts(tmp_path, capsys):
+    assert (
+        main(["train", "--init-from", "no_such_weights", "--steps", "9", "--out", str(tmp_path / "r"), *TINY])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--init-from: no_such_weights is neither a checkpoint file nor the name of shipped weights" in err
+
+
+@pytest.mark.slow
+def test_ship_weights_keeps_the_chain_of_a_continued_run(straight_run, tmp_path, monkeypatch):
+    """A run continued from one of the shipped snapshots keeps the snapshots up to its start and records the earlier
+    run; its wall time adds to the earlier run's."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ship_weights", Path(__file__).parents[1] / "tools" / "ship_weights.py"
+    )
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    monkeypatch.setattr(ship, "ROOT", tmp_path)
+    weights_dir = tmp_path / "ddpm_lib" / "weights"
+    (weights_dir / "tiny_steps").mkdir(parents=True)
+    for name, step in (
+        ("step_000006.pt", 3),
+        ("step_000006.pt", 6),
+        ("step_000012.pt", 12),
+    ):  # 12: another chain
+        shutil.copy(straight_run / "checkpoints" / name, weights_dir / "tiny_steps" / f"step_{step:06d}.pt")
+    earlier = {"command": "python -m ddpm_lib train --steps 6", "steps": 6, "training_wall_time_s": 100.0,
+               "machine": "a laptop", "torch": "2.x"}  # fmt: skip
+    (weights_dir / "tiny.json").write_text(json.dumps(earlier))
+    out = tmp_path / "continued"
+    source = weights_dir / "tiny_steps" / "step_000006.pt"
+    argv = [
+        "train",
+        "--init-from",
+        str(source),
+        "--steps",
+        "10",
+        "--eval-every",
+        "2",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    assert main(argv) == 0
+    assert (
+        ship.main([str(out), "--name", "tiny", "--command", "python -m ddpm_lib train --init-from ..."]) == 0
+    )
+    record = json.loads((weights_dir / "tiny.json").read_text())
+    assert record["steps"] == 10 and record["snapshots"] == [3, 6, 8]  # step 12 was not part of this chain
+    assert record["summary"].startswith("10 steps (6 + 4 continued)")
+    this_run = record["initialised_from"]["this_run_wall_time_s"]
+    assert record["initialised_from"]["earlier_run"] == earlier and record["initialised_from"]["step"] == 6
+    assert record["training_wall_time_s"] == pytest.approx(100.0 + this_run, abs=0.11)
+    assert checkpoint.load(weights_dir / "tiny.pt", "denoiser")["step"] == 10

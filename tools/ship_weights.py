@@ -8,6 +8,11 @@ Writes ``ddpm_lib/weights/<name>.pt`` (EMA weights, config and step only: no opt
 (``checkpoints/step_NNNNNN.pt``), in float16 to keep the package small, for chapter 07's
 quality-vs-training-steps curve (the final step is the shipped file itself).
 
+A run started with ``--init-from`` one of ``<name>``'s own snapshots (``<name>_steps/step_NNNNNN.pt``:
+training continued from there) keeps that chain: the snapshots up to the one it started from stay, and the record
+says what the earlier run was (its command, wall time and machine, from the provenance it replaces) and adds its
+wall time to this run's. Any other ``--init-from`` is recorded by path and SHA-256 alone.
+
 ``--half`` stores the shipped file's weights in float16 too (half the size; they load into a float32
 model). ``--evaluation FILE`` adds the metrics of ``python -m ddpm_lib evaluate --json FILE`` to the
 provenance, so the record says what the weights reach, not only how they were made.
@@ -62,10 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     ema = state["ema"]
     if args.half:
         ema = {**ema, "model": {k: v.half() if v.is_floating_point() else v for k, v in ema["model"].items()}}
-    checkpoint.save(out / f"{args.name}.pt", "denoiser", **{**checkpoint.denoiser_content(state), "ema": ema})
     snapshots = out / f"{args.name}_steps"
+    init = json.loads((args.run / "init.json").read_text()) if (args.run / "init.json").is_file() else None
+    chained = init is not None and Path(init["source"]).resolve().parent == snapshots.resolve()
+    earlier_run = None
+    if (
+        chained
+    ):  # continued from one of this name's own snapshots: the record it replaces says how that was made
+        earlier = json.loads((out / f"{args.name}.json").read_text())
+        earlier_run = {
+            key: earlier[key] for key in ("command", "steps", "training_wall_time_s", "machine", "torch")
+        }
+    checkpoint.save(out / f"{args.name}.pt", "denoiser", **{**checkpoint.denoiser_content(state), "ema": ema})
     for old in snapshots.glob("step_*.pt"):
-        old.unlink()
+        if not (chained and int(old.stem.split("_")[1]) <= init["step"]):
+            old.unlink()
     wanted = None if args.snapshots is None else {int(step) for step in args.snapshots.split(",") if step}
     for kept in sorted((args.run / "checkpoints").glob("step_*.pt")):
         step = int(kept.stem.split("_")[1])  # read the step from the name: skip unwanted files unread
@@ -85,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in state["ema"]["model"].items()
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
     )
+    continued = "" if init is None else f" ({init['step']} + {state['step'] - init['step']} continued)"
     record = {
-        "summary": f"{state['step']} steps, batch {config['batch_size']}, EMA {config['ema_decay']}, "
+        "summary": f"{state['step']} steps{continued}, batch {config['batch_size']}, EMA {config['ema_decay']}, "
         f"final loss {final_loss:.4f}",
         "command": args.command,
         "seed": config["seed"],
@@ -94,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "data": _data_description(config),
         "steps": state["step"],
         "batch_size": config["batch_size"],
-        "training_wall_time_s": round(wall_time, 1),
+        "training_wall_time_s": round(
+            wall_time + (earlier_run["training_wall_time_s"] if earlier_run else 0), 1
+        ),
         "final_loss_mean_last_200_steps": round(final_loss, 5),
         "parameters": n_parameters,
         "snapshots": sorted(int(p.stem.split("_")[1]) for p in snapshots.glob("step_*.pt")),
@@ -103,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "dtype": "float16" if args.half else "float32",
     }
+    if init is not None:
+        record["initialised_from"] = {
+            "weights": init["source"],
+            "sha256": init["sha256"],
+            "step": init["step"],
+            "this_run_wall_time_s": round(wall_time, 1),
+            **({"earlier_run": earlier_run} if earlier_run else {}),
+        }
     if args.evaluation is not None:
         report = json.loads(args.evaluation.read_text())
         mine = report["results"][report["name"]]
