@@ -177,7 +177,7 @@ def _capture_configs(monkeypatch):
 
     seen = []
 
-    def fake_run_training(config, out, resume=False, progress=True):
+    def fake_run_training(config, out, resume=False, progress=True, init_from=None):
         seen.append(config)
         return {"stopped_by": None, "world_size": 1, "rank": 0, "step": config.steps}
 
