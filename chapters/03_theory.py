@@ -1656,10 +1656,10 @@ assert (
 # python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0
 # ```
 #
-# which printed, for the weights `ddpm_mnist` the package ships (24,000 steps, predicting $v$: the bound converts
-# its output to $\hat\varepsilon$ with chapter 02's `convert_prediction`), **2.148 ± 0.031 bits per dimension**
-# (all 500 held-out digits, 200 draws of $t$ per digit; Monte-Carlo standard error; seven minutes on two CPU
-# cores). Of that, the decoder term $L_0$ is 1.090 bits/dim and the sum of the $L_{t-1}$ 1.058; $L_T$ is 0.000
+# which printed, for the weights `ddpm_mnist` the package ships (36,000 steps, predicting $v$: the bound converts
+# its output to $\hat\varepsilon$ with chapter 02's `convert_prediction`), **2.121 ± 0.030 bits per dimension**
+# (all 500 held-out digits, 200 draws of $t$ per digit; Monte-Carlo standard error; about eight minutes on two CPU
+# cores). Of that, the decoder term $L_0$ is 1.084 bits/dim and the sum of the $L_{t-1}$ 1.037; $L_T$ is 0.000
 # to the printed precision.
 
 # %%
@@ -1725,7 +1725,7 @@ assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 #   $L_{t-1} = \lambda_t \lVert \varepsilon - \hat\varepsilon \rVert^2$, $\lambda_t = \beta_t/(2\alpha_t(1-\bar\alpha_{t-1}))$.
 #   $L_\text{simple}$ sets $\lambda_t = 1$; min-SNR lowers the small-$t$ weights further.
 # - `ddpm_lib.theory.variational_bound` estimates $L$ without bias (uniform $t$ times $T - 1$) with a standard error. On the
-#   toy the bound lies above the exact $-\log q$ and tightens with training; for `ddpm_mnist` it is 2.148 ± 0.031 bits/dim
+#   toy the bound lies above the exact $-\log q$ and tightens with training; for `ddpm_mnist` it is 2.121 ± 0.030 bits/dim
 #   (`python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0`).
 # - $\varepsilon^* = -\sqrt{1-\bar\alpha_t}\,\nabla\log q(x_t)$ (Tweedie); the trained network's score matches the exact one
 #   where the data are; Langevin dynamics (annealed) samples with a score alone, and the probability-flow ODE is the

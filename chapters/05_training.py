@@ -560,8 +560,8 @@ assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 f
 
 # %% [markdown]
 # Early grids are noise-like blobs; after a few hundred steps strokes appear, but this short CPU run does not
-# make convincing digits. That takes tens of thousands of steps: the weights the course ships trained for 24,000,
-# about an hour and a half on two CPU cores (section 7 prints their record). It is not the only way, though.
+# make convincing digits. That takes tens of thousands of steps: the weights the course ships trained for 36,000,
+# about two and a half hours on two CPU cores (section 7 prints their record). It is not the only way, though.
 # The recipe here is the reference's, on the course's default network; chapters 07–10 add a way to measure
 # samples, a sampling chain 40 times shorter and a label to condition on, and chapter 11 puts them together
 # with a few levers of this chapter's loop (a larger learning rate, a shorter EMA, a loss weighting): digits that
@@ -616,9 +616,14 @@ assert straight_state["step"] == resumed_state["step"] == 40 and same
 # ## 7. The shipped weights
 #
 # A convincing model needs thousands of steps — too long to wait for in a chapter. The course ships the
-# EMA weights of one run of the command above (with a few of chapter 11's levers, self-attention at 7×7 from
-# chapter 04 and the $v$ target of section 8: the command is printed), with a provenance record: the exact
-# command, seed, data, steps, wall time and machine. Re-run that command to reproduce them.
+# EMA weights of a run of the command above (with a few of chapter 11's levers, self-attention at 7×7 from
+# chapter 04 and the $v$ target of section 8), with a provenance record: the exact command, seed, data, steps,
+# wall time and machine. The run came in two parts. The first trained 24,000 steps from scratch; the second,
+# the command printed below, continued it for 12,000 more with `--init-from`, which starts from trained weights
+# (the first part's snapshot at step 24,000, shipped beside the weights) and runs a fresh one-cycle schedule at a
+# quarter of the first part's peak learning rate over the added steps. The record keeps the first part's command
+# under `initialised_from`, and the wall time printed is both parts together. Re-run the printed command to
+# reproduce the weights from that snapshot, or the two commands in turn to reproduce them from scratch.
 
 # %%
 shipped_model, shipped_scheduler, provenance = load_pretrained()

@@ -561,8 +561,8 @@ for images in grids.values():
 # 1000-NFE points of DDPM and `sample_clip()` are chapter 06's samplers on the full chain; fewer NFE run them
 # on a respaced chain. All of them are drawn by `generate`, bfloat16 autocast included.
 #
-# Cost: about 1 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
-# samples per point, every budget, plus a few extra rows) the next cell samples for about 25 minutes on a 2-core
+# Cost: 1 to 1.5 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
+# samples per point, every budget, plus a few extra rows) the next cell samples for 25 to 35 minutes on a 2-core
 # laptop: one progress bar counts the network evaluations of the finished rows, another follows each chain of the
 # four curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
 # at 20 steps with $\eta$ between 0 and 1.
@@ -684,30 +684,31 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 
 # %% [markdown]
 # **Reading the plot.** The numbers below are the ones the cells above print in the full profile, on the shipped
-# `ddpm_mnist` weights (24,000 training steps, predicting $v$, self-attention at 7×7), 256 samples per point
-# (`python tools/execute_chapters.py --profile full 08`: about 25 minutes on 2 cores, bfloat16 autocast;
+# `ddpm_mnist` weights (36,000 training steps, predicting $v$, self-attention at 7×7), 256 samples per point
+# (`python tools/execute_chapters.py --profile full 08`: 25 to 35 minutes on 2 cores, bfloat16 autocast;
 # bfloat16 rounding depends on the CPU and its thread count, so another machine moves them by a point or two).
 # The floor is 68.9. How much one number can move by chance, the cell on the draws of real digits says: at
 # 256 digits the distance of 17 disjoint draws has a standard deviation of 9.5 (from 55.2 to 86.9), so two
 # rows differ by about 13 from chance alone, and a difference below about 25 is not shown to be real.
 #
-# - **The target is met.** At 20 network evaluations DDPM on a respaced chain scores 80.7, 0.99× the 1000-step
-#   DDPM's 81.5 (`sample_clip()`: 80.9), and DPM-Solver++ 90.7, 1.11×. Every difference is within what chance
+# - **The target is met.** At 20 network evaluations DDPM on a respaced chain scores 70.9, 0.97× the 1000-step
+#   DDPM's 72.9 (`sample_clip()`: 71.0), and DPM-Solver++ 79.5, 1.09×. Every difference is within what chance
 #   gives: at 20 network calls these samplers are not measurably worse than 1000-step DDPM. All of them draw all
-#   ten digits at every budget, and 84–93% of every row's samples are classified with confidence ≥ 0.9.
-# - **The deterministic solvers converge, and fast.** DPM-Solver++ is at its plateau (90–93) from 10 steps on;
-#   DDIM, first order, starts 16 higher at 10 steps (109.1) and gets there by 50. Both then follow the same ODE
-#   to the same end: at 50 steps their samples differ by about 0.01 per pixel (section 7 prints it).
-# - **The stochastic samplers zig-zag.** Their row (91.9, 80.7, 97.5, 83.2, 101.9, 81.5) moves by about as
-#   much as chance allows: every budget draws different fresh noise. Read it as "about 90, a little lower with
-#   more steps", not as a curve. The solvers' plateau sits about 10 above DDPM at 1000 steps (the cell prints
-#   +10.3): less than one standard deviation of a difference, so on these weights the two families are not
+#   ten digits at every budget, and 87–94% of every row's samples are classified with confidence ≥ 0.9.
+# - **The deterministic solvers converge, and fast.** DPM-Solver++ is at its plateau (78–80) from 20 steps on;
+#   DDIM, first order, starts 15 higher at 10 steps (99.4 against 84.7) and gets there by 50 to 100. Both then
+#   follow the same ODE to the same end: at 50 steps their samples differ by about 0.01 per pixel (section 7
+#   prints it).
+# - **The stochastic samplers zig-zag.** Their row (99.5, 70.9, 84.8, 72.1, 88.6, 72.9) moves by about as
+#   much as chance allows: every budget draws different fresh noise. Read it as "about 80, a little lower with
+#   more steps", not as a curve. The solvers' plateau sits about 7 above DDPM at 1000 steps (the cell prints
+#   +6.6): less than one standard deviation of a difference, so on these weights the two families are not
 #   shown to differ at all.
-# - **$\eta$ and spacing.** DDIM at 20 steps with $\eta$ = 0, 0.25, 0.5, 0.75, 1 scores 96.5, 94.1, 94.1,
-#   101.4, 80.7 ($\eta = 1$ is DDPM's row); no step between neighbours is larger than chance. At 10 steps, leading
-#   spacing gives 74.5 for DDPM and 111.6 for DDIM, against 91.9 and 109.1 (trailing) and 95.7 and 115.4
-#   (linspace). For DDIM the spacings are indistinguishable; for DDPM leading is 17 lower than trailing, about
-#   1.3 standard deviations of a difference — one draw of 256 samples, among the eight comparisons this
+# - **$\eta$ and spacing.** DDIM at 20 steps with $\eta$ = 0, 0.25, 0.5, 0.75, 1 scores 86.0, 88.0, 81.7,
+#   94.2, 70.9 ($\eta = 1$ is DDPM's row); no step between neighbours is larger than chance. At 10 steps, leading
+#   spacing gives 75.5 for DDPM and 100.9 for DDIM, against 99.5 and 99.4 (trailing) and 91.4 and 103.4
+#   (linspace). For DDIM the spacings are indistinguishable; for DDPM leading is 24 lower than trailing, about
+#   1.8 standard deviations of a difference — one draw of 256 samples, among the eight comparisons this
 #   paragraph makes, does not settle it. Trailing stays the default because it is the choice that is right in
 #   principle: its first step sees the noise level it is given.
 #
@@ -780,8 +781,8 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 #   ODE's solution at 10–20 steps.
 # - A Fréchet distance on $n$ samples is random too: at $n = 256$ disjoint draws of real digits differ by a
 #   standard deviation of about 10. Compare rows only with that in mind.
-# - On the shipped weights, at 20 network evaluations DDPM on a respaced chain scores 0.99× 1000-step DDPM's
-#   Fréchet distance and DPM-Solver++(2M) 1.11× (the target was 25%), both within the noise of one draw. The
+# - On the shipped weights, at 20 network evaluations DDPM on a respaced chain scores 0.97× 1000-step DDPM's
+#   Fréchet distance and DPM-Solver++(2M) 1.09× (the target was 25%), both within the noise of one draw. The
 #   deterministic solvers converge in 10–50 steps. An ODE solver keeps the network's early errors that a
 #   stochastic sampler washes out; a $v$ network makes few, so here the two families are not shown to differ.
 # - All of it matches `diffusers`' `DDIMScheduler`, `DDPMScheduler` and `DPMSolverMultistepScheduler` to
@@ -995,12 +996,12 @@ for nfe, result in sde_results.items():
         f"SDE-DPM-Solver++(2M) @ {nfe}: Fréchet distance {result['frechet_distance']:.1f} (table: {rivals})"
     )
 # Model answer to 4. Measured at full size (`python tools/execute_chapters.py --profile full 08`: 256 samples,
-# the shipped v weights, this cell's seeds): 83.8 at 10 network calls and 76.1 at 20, the lowest of their columns.
-# Only the gap to DDIM (109.1 at 10, 96.5 at 20: about 1.9 and 1.5 standard deviations of a difference; section 8
-# puts one at about 13 at 256 samples) approaches a real one; against DDPM (91.9, 80.7) and DPM-Solver++ (93.3,
-# 90.7) the differences are within chance. Why it can help: fresh noise at every step washes out the network's
-# early errors, as in DDPM, and the second-order D spends the few steps better, as in DPM-Solver++. On a network
-# with small early errors, as this v network is, there is little left to wash out.
+# the shipped v weights, this cell's seeds): 80.3 at 10 network calls and 65.0 at 20, the lowest of their columns.
+# Only the gaps to DDIM (99.4 at 10, 86.0 at 20) and to DDPM at 10 (99.5) approach real ones, at about 1.4 to 1.6
+# standard deviations of a difference (section 8 puts one at about 13 at 256 samples); against DDPM at 20 (70.9)
+# and DPM-Solver++ (84.7, 79.5) the differences are within chance. Why it can help: fresh noise at every step
+# washes out the network's early errors, as in DDPM, and the second-order D spends the few steps better, as in
+# DPM-Solver++. On a network with small early errors, as this v network is, there is little left to wash out.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}

@@ -348,7 +348,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   run guidance raises the confident share and lowers the Fréchet distance alike (exercise 11.3 prints both).
 # - **The unconditional half is a weaker model.** With no label ($w = -1$), the same network draws digits of its
 #   own choosing — so "accuracy" is chance, 10.5%, and the within-label spread is that of all classes mixed
-#   (1.85) — and only 75.4% are confident, against 91.6% for the shipped unconditional model `ddpm_mnist`, trained
+#   (1.85) — and only 75.4% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
 #   longer on every image (its provenance file `ddpm_lib/weights/ddpm_mnist.json`, with 1000-step `sample_clip()`
 #   on 500 digits: a different sampler, so compare loosely). The conditional network learned that task from a
 #   tenth of its batches.

@@ -186,8 +186,8 @@ assert count_parameters(Unet(**quick["model"])) > count_parameters(Unet())
 #
 # The same `train` loop as chapter 05, now given the labels. Every `quick_eval_every` steps we sample digits
 # from the EMA weights — every class in turn, with the preset's 25-step guided DDPM — and score them against
-# the bar. The full profile runs the whole recipe: the next cell takes about five minutes on a 2-core laptop
-# (a little over four of training, under half a minute for the four evaluations; the cell prints both); a
+# the bar. The full profile runs the whole recipe: the next cell takes five to seven minutes on a 2-core laptop
+# (four to six of training, under a minute for the four evaluations; the cell prints both); a
 # progress bar counts the training steps.
 
 # %%
@@ -372,8 +372,8 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 # of `python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` (256 samples, 2 cores of an
 # AMD EPYC CPU, torch 2.14.1; 700 s in all) drew all ten digits (every class between 0.66× and 1.52× its share) at
 # 2.98× the floor, but only 73.8% of them confidently: two of the bar's three parts. The shipped unconditional
-# model `ddpm_mnist` is the same network without labels, trained for 24,000 steps with an EMA decay of 0.999 (its
-# provenance file says exactly how, and what it scores).
+# model `ddpm_mnist` is the same network without labels, trained for 36,000 steps with an EMA decay of 0.999 (its
+# provenance file says exactly how, and what it scores; chapter 05, section 7 prints it).
 
 # %%
 default_row, winner_row = benchmark_rows["default"], benchmark_rows["attention+v"]
@@ -534,8 +534,8 @@ for name, row in lever_table.items():
 # guidance and seed, and `generate` is deterministic — a useful check that the table measures what it claims.
 # Taking the label away hurts most: the unconditional model the 10% of dropped labels taught has had a tenth of
 # the training signal, and must decide which digit to draw on its own (its class shares wander furthest from
-# even). Guidance at w = 1 is worth about ten points of confidence and lowers the Fréchet distance too (in the
-# full profile 98.4% and 1.42× against 88.3% and 2.28× without it); chapter 10 shows the trade-off that appears
+# even). Guidance at w = 1 is worth about nine points of confidence and lowers the Fréchet distance too (in the
+# full profile 98.4% and 1.44× against 89.8% and 2.29× without it); chapter 10 shows the trade-off that appears
 # at larger w. Four times the steps changes little: on this chain length the sampler is not what limits a
 # five-minute model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
 ### END SOLUTION
