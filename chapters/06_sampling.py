@@ -549,11 +549,10 @@ assert ddpm_final > clip_final
 # Which one wins on the shipped model? Chapter 07 (section 7) measures it with an MNIST classifier on 256 digits
 # each, all 1000 steps, same seeds: `sample()` reaches a Fréchet distance of 72.9, 1.12× the real-vs-real floor of
 # 64.9 at that $n$, and `sample_clip()` 73.2, 1.13×; both classify 93.4% of their digits with confidence ≥ 0.9
-# (± 1.2%) and draw all ten classes. A difference of 0.3, against standard
-# errors of about 24 on each sampler's per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained
-# model and the full chain, clipping costs nothing and buys nothing measurable. It earns its place where the
-# chain is short or the schedule ends near pure noise (chapters 08 and 09), and because its output always lies in
-# the data range.
+# (± 1.2%) and draw all ten classes. A difference of 0.3, against standard errors of about 24 on each sampler's
+# per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained model and the full chain, clipping
+# costs nothing and buys nothing measurable. It earns its place where the chain is short or the schedule ends
+# near pure noise (chapters 08 and 09), and because its output always lies in the data range.
 #
 # ## 6. One trajectory, animated
 #

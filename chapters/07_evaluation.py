@@ -763,8 +763,9 @@ if n_eval >= 100:  # the bar of this course, on enough samples to judge it
 # ## 8. Does more training help?
 #
 # The shipped run saved its EMA weights at several steps along the way, through both of its parts (chapter 05,
-# section 7; stored in float16 to keep the package small; the last one is the shipped model). Scoring each with the same metric, at the
-# same $n$ and seed, shows how quality grows with training — and where it stops growing. The error bars
+# section 7; stored in float16 to keep the package small; the last one is the shipped model). Scoring each with
+# the same metric, at the same $n$ and seed, shows how quality grows with training — and where it stops growing.
+# The error bars
 # are the standard errors of the confident share from the disjoint draws; at this $n$ the draws are too
 # small for a useful Fréchet distance each, so that panel shows the all-$n$ distance next to the floor.
 # In the full profile the next cell takes about 8 minutes on a 2-core laptop (six snapshots, 64 digits through
@@ -816,13 +817,14 @@ assert all(r["n"] == n_snap for _, r in curve) and np.all(np.isfinite(confident_
 assert steps == sorted(steps) and steps[-1] == provenance["steps"]  # the last point is the shipped model
 
 # %% [markdown]
-# Quality climbs steeply over the first 16,000 steps and then flattens: from there on the points differ by less
-# than their own noise at 64 samples each (the error bars for the confident share; for the Fréchet distance, the
-# standard errors of section 7's draws of 64, above 20). Telling such late points apart takes many more samples. At $n = 500$ (`python -m ddpm_lib
-# evaluate --weights ddpm_mnist --n 500 --sampler clip --seed 0`, about 20 minutes on 2 CPU cores) the shipped
-# 36,000-step weights score 92.2% ± 1.1% confident with a Fréchet distance 1.29× the floor, and the same run's
-# weights at step 24,000 scored 91.6% and 1.40× by that command: the extra third of the training bought a small gain
-# in the distance and none that this $n$ can resolve in the confident share.
+# Quality climbs steeply over the first 16,000 steps and then flattens: from there on the points differ by no
+# more than about two standard errors at 64 samples each (the error bars for the confident share; for the
+# Fréchet distance, the standard errors of section 7's draws of 64, above 20). Telling such late points apart
+# takes many more samples. At $n = 500$ (`python -m ddpm_lib evaluate --weights ddpm_mnist --n 500 --sampler clip
+# --seed 0`, 10 to 25 minutes on 2 CPU cores) the shipped 36,000-step weights score 92.2% ± 1.1% confident with a
+# Fréchet distance 1.29× the floor, and the same run's weights at step 24,000 scored 91.6% and 1.40× by that
+# command: the extra third of the training bought a small gain in the distance and none that this $n$ can
+# resolve in the confident share.
 #
 # ## 9. From the command line
 #

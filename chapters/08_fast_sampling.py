@@ -783,7 +783,7 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 #   standard deviation of about 10. Compare rows only with that in mind.
 # - On the shipped weights, at 20 network evaluations DDPM on a respaced chain scores 0.97× 1000-step DDPM's
 #   Fréchet distance and DPM-Solver++(2M) 1.09× (the target was 25%), both within the noise of one draw. The
-#   deterministic solvers converge in 10–50 steps. An ODE solver keeps the network's early errors that a
+#   deterministic solvers converge in 20–100 steps. An ODE solver keeps the network's early errors that a
 #   stochastic sampler washes out; a $v$ network makes few, so here the two families are not shown to differ.
 # - All of it matches `diffusers`' `DDIMScheduler`, `DDPMScheduler` and `DPMSolverMultistepScheduler` to
 #   $10^{-4}$ on the same timesteps (`tests/test_fast_sampling.py`).
