@@ -121,3 +121,33 @@ def test_a_module_hash_ignores_comments_but_not_code(tmp_path):
     digest = execute_chapters.file_hash(data)
     data.write_text('{"a": 1} ', encoding="utf-8")
     assert execute_chapters.file_hash(data) != digest  # any other file: its bytes
+
+
+def minutes_or_seconds(seconds: float) -> str:
+    """How instructors.md's time table writes a wall time: whole seconds under a minute, minutes with one decimal
+    under ten, whole minutes above."""
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    if seconds < 9.95 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 60:.0f} min"
+
+
+def test_the_instructors_time_table_gives_the_stored_wall_times():
+    """The full-profile column says what each chapter's stored record says, so that re-executing a chapter and
+    forgetting the table fails here rather than misleading an instructor who plans a session by it."""
+    rows = {}
+    for line in (ROOT / "instructors.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0][:2].isdigit() and " · " in cells[0]:
+            rows[cells[0][:2]] = cells[2]
+    assert sorted(rows) == sorted(source.name[:2] for source in chapter_sources()), "one row per chapter"
+    wrong = []
+    for source in STORED:
+        record = execute_chapters.stored_record(source)
+        if record["profile"] != "full":
+            continue
+        expected = minutes_or_seconds(record["wall_time_s"])
+        if rows[source.name[:2]] != expected:
+            wrong.append(f"{source.stem}: table says {rows[source.name[:2]]}, the record {expected}")
+    assert not wrong, "instructors.md's time table (full profile) is out of date: " + "; ".join(wrong)
