@@ -1,6 +1,7 @@
 """benchmarks/denoisers.py: its wall-clock learning-rate schedule is OneCycleLR's, a tiny run writes the record
 chapter 11 reads, and the shipped record has every row with the command behind it; the shipped record of
-benchmarks/ddp_scaling.py, which chapter 14 prints, has every CPU configuration and its command."""
+benchmarks/ddp_scaling.py, which chapter 14 prints, has every CPU configuration and its command;
+benchmarks/compile_speed.py times the quick presets' network and refuses a count below one."""
 
 import json
 import sys
@@ -13,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import compile_speed  # noqa: E402
 import denoisers  # noqa: E402
 
 
@@ -74,3 +76,13 @@ def test_each_extra_row_builds_a_v_network_with_attention(name):
     assert model.config["prediction"] == "v" and 2 in model.config["attention"]
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 1, 28, 28)
+
+
+def test_compile_speed_times_the_quick_network_and_refuses_bad_counts(capsys):
+    model = compile_speed.quick_network()
+    assert model.config["prediction"] == "v" and model.config["attention"] == [2]
+    assert model.config["num_classes"] is None  # the unconditional quick recipe's network
+    for option in ("--steps", "--rounds", "--batch-size"):
+        with pytest.raises(SystemExit):
+            compile_speed.main([option, "0"])
+        assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
