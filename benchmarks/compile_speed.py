@@ -1,14 +1,16 @@
 """Does ``torch.compile`` speed up training on this CPU? The quick recipe's training step, eager against compiled.
 
-    python benchmarks/compile_speed.py                 # 30 steps per round, 3 rounds: about 5 minutes on 2 cores
+    python benchmarks/compile_speed.py                 # 30 steps per round, 3 rounds: a few minutes on 2 cores
     python benchmarks/compile_speed.py --steps 5 --rounds 1   # a smoke run
 
-Both sides run :func:`ddpm_lib.training.train_step` on the network of the quick presets (chapter 11: two dense
-units per block, self-attention at 7×7, v-prediction), batch 64, bfloat16 autocast and min-SNR-γ weighting, on the
-same batch in memory, with fresh weights and optimisers from the same seed. The compiled side wraps the network in
+Both sides run :func:`ddpm_lib.training.train_step` with the ``quick-unconditional`` preset's network, schedule,
+learning rate, precision and loss weighting (chapter 11: two dense units per block, self-attention at 7×7,
+v-prediction, bfloat16 autocast, min-SNR-γ), batch 64, on the same batch in memory, with fresh weights and
+optimisers from the same seed. The compiled side wraps the network in
 ``torch.compile`` (inductor, the default backend; it builds C++ kernels with the machine's compiler on the first
 calls), and the time that first compilation takes is printed on its own: a quick run pays it once, so it counts
-against the speed-up. The two sides alternate in rounds, so a machine that gets busier slows both alike.
+against the speed-up. Inductor caches what it built on disk (under the system's temporary folder), so only the
+first run on a machine pays the whole compilation; later runs print a much shorter first step. The two sides alternate in rounds, so a machine that gets busier slows both alike.
 
 Prints images/s for each side (median over rounds), the ratio compiled / eager, the compile time, and how many
 training steps the speed-up must pay for before compiling saves time. Numbers are printed, never asserted.
@@ -28,15 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpm_lib.config import PRESETS  # noqa: E402
-from ddpm_lib.schedule import LinearBetaScheduler  # noqa: E402
+from ddpm_lib.config import build_model, preset_defaults, schedule_for  # noqa: E402
 from ddpm_lib.training import make_optimizer, train_step  # noqa: E402
-from ddpm_lib.unet import Unet  # noqa: E402
 
-
-def quick_network() -> Unet:
-    """The quick-unconditional preset's network (the quick preset's without the label embedding)."""
-    return Unet(**PRESETS["quick-unconditional"]["model"])
+#: the recipe both sides train with (the quick preset's without labels)
+RECIPE = preset_defaults("quick-unconditional")
 
 
 class Side:
@@ -44,16 +42,17 @@ class Side:
 
     def __init__(self, compiled: bool, batch_size: int, seed: int):
         torch.manual_seed(seed)
-        network = quick_network()
+        network = build_model(RECIPE)
         self.model = torch.compile(network) if compiled else network
-        self.optimizer = make_optimizer(network, PRESETS["quick"]["lr"])
+        self.optimizer = make_optimizer(network, RECIPE.lr)
+        self.schedule = schedule_for(RECIPE)
         self.x0 = torch.rand((batch_size, 1, 28, 28), generator=torch.Generator().manual_seed(seed)) * 2 - 1
         self.generator = torch.Generator().manual_seed(seed)
         self.batch_size = batch_size
 
     def step(self) -> None:
-        train_step(self.model, self.optimizer, None, LinearBetaScheduler(), self.x0, self.generator, 1.0,
-                   bf16=True, weighting="min_snr")  # fmt: skip
+        train_step(self.model, self.optimizer, None, self.schedule, self.x0, self.generator, RECIPE.grad_clip,
+                   bf16=RECIPE.bf16, weighting=RECIPE.loss_weighting, min_snr_gamma=RECIPE.min_snr_gamma)  # fmt: skip
 
     def images_per_s(self, steps: int) -> float:
         start = time.perf_counter()
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     print("command:", shlex.join(["python", "benchmarks/compile_speed.py", *(argv or sys.argv[1:])]))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, bfloat16 autocast"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, bf16={RECIPE.bf16}"
     )
 
     eager, compiled = Side(False, args.batch_size, 0), Side(True, args.batch_size, 0)
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     compiled.step()  # the first call compiles the forward and backward graphs
     compile_s = time.perf_counter() - start
-    compiled.step()
+    compiled.step()  # and a second, so that neither side's timed rounds include a first call
     print(f"first compiled step (compilation included): {compile_s:.1f} s")
 
     results: dict[str, list[float]] = {"eager": [], "compiled": []}

@@ -79,7 +79,7 @@ def test_each_extra_row_builds_a_v_network_with_attention(name):
 
 
 def test_compile_speed_times_the_quick_network_and_refuses_bad_counts(capsys):
-    model = compile_speed.quick_network()
+    model = compile_speed.Side(compiled=False, batch_size=2, seed=0).model
     assert model.config["prediction"] == "v" and model.config["attention"] == [2]
     assert model.config["num_classes"] is None  # the unconditional quick recipe's network
     for option in ("--steps", "--rounds", "--batch-size"):
