@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compile_speed  # noqa: E402
 import denoisers  # noqa: E402
+import time_to_digits  # noqa: E402
 
 
 def test_the_wall_clock_schedule_is_one_cycle():
@@ -86,3 +87,31 @@ def test_compile_speed_times_the_quick_network_and_refuses_bad_counts(capsys):
         with pytest.raises(SystemExit):
             compile_speed.main([option, "0"])
         assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_time_to_digits_sets_options_of_the_recipe_and_refuses_bad_ones(capsys):
+    recipe = time_to_digits.quick_config(
+        "quick-unconditional", ["schedule=cosine", "grid.sampler=clip", "lr=3e-3", "model.attention=[]"]
+    )
+    assert (recipe.schedule, recipe.grid.sampler, recipe.lr, recipe.model["attention"]) == (
+        "cosine",
+        "clip",
+        3e-3,
+        [],
+    )
+    assert (
+        recipe.steps == time_to_digits.quick_config("quick-unconditional").steps
+    )  # the rest is the preset's
+    assert recipe.eval_every == 0  # one grid at the end: the budget is for training
+    for bad, words in [
+        (["lr"], "KEY=VALUE"),
+        (["learning_rate=1"], "no such option"),
+        (["grid.colour=red"], "no such option"),
+        (["ema.decay=0.9"], "model.NAME or grid.NAME"),
+        (["schedule=cosine"], "clipped x0"),  # the recipe's own check: cosine grids need clipping
+    ]:
+        with pytest.raises(SystemExit):
+            time_to_digits.main(
+                ["--skip-reference", "--preset", "quick-unconditional", *(f"--set={b}" for b in bad)]
+            )
+        assert words in capsys.readouterr().err
