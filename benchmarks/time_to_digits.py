@@ -2,14 +2,13 @@
 
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference
-    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --set schedule=cosine \
-        --set grid.sampler=clip
+    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference \
+        --train "--schedule cosine --sampler clip"
 
 ``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same recipe without
-labels, trained longer, sampled unguided). ``--set KEY=VALUE`` (repeatable) changes one training option of that
-recipe to try a candidate: a :class:`ddpm_lib.config.TrainConfig` field, ``model.NAME`` or ``grid.NAME``; VALUE is
-read as JSON where it parses (``3e-3``, ``true``, ``[2]``) and as a string otherwise. The samples are drawn
-the same way whatever is set.
+labels, trained longer, sampled unguided). ``--train "OPTIONS"`` tries a candidate: options of
+``python -m ddpm_lib train`` (``--schedule cosine``, ``--lr 3e-3``, ``--attention`` ...) given after the preset,
+parsed and checked by that command's own parser. The samples are drawn the same way whatever is given.
 
 1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 11) on the bundled digits: a
    class-conditional U-Net with two dense units per block, self-attention at 7×7 and v-prediction, bfloat16
@@ -34,7 +33,7 @@ Prints wall time, steps, images/s and the metrics for both; writes the quick rec
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import shutil
 import sys
 import time
@@ -47,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.checkpoint import load_denoiser, write_json  # noqa: E402
-from ddpm_lib.config import PRESETS, TrainConfig, config_from_dict, preset_defaults, schedule_for  # noqa: E402
+from ddpm_lib.cli import build_parser, train_config  # noqa: E402
+from ddpm_lib.config import PRESETS, TrainConfig, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.errors import UsageError  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
@@ -64,26 +64,12 @@ SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["grid"]["sampler"], PRESETS["quick"]["
 RUN_OVERHEAD = 1.09
 
 
-def quick_config(preset: str = "quick", settings: list[str] = ()) -> TrainConfig:
-    """The recipe ``preset`` with ``settings`` ("KEY=VALUE", see the module docstring) applied and checked."""
+def quick_config(preset: str = "quick", train_options: list[str] = ()) -> TrainConfig:
+    """The recipe ``preset`` with ``train_options`` (options of ``python -m ddpm_lib train``) given after it."""
+    argv = ["train", "--preset", preset, *train_options]
+    recipe = train_config(build_parser(argv)[0].parse_args(argv))
     # one grid at the end only: the budget is for training
-    values = asdict(replace(preset_defaults(preset), eval_every=0, checkpoint_every=10**9))
-    for setting in settings:
-        key, equals, text = setting.partition("=")
-        if not equals or not key:
-            raise UsageError(f"--set takes KEY=VALUE, got {setting!r}", "set")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        *parents, name = key.split(".")
-        if parents not in ([], ["model"], ["grid"]):
-            raise UsageError(f"--set {key}: KEY is an option, model.NAME or grid.NAME", "set")
-        target = values[parents[0]] if parents else values
-        if parents != ["model"] and name not in target:
-            raise UsageError(f"--set {key}: no such option (known: {', '.join(target)})", "set")
-        target[name] = value
-    return config_from_dict(values, "the recipe").check()
+    return replace(recipe, eval_every=0, checkpoint_every=10**9)
 
 
 def reference_config(steps: int) -> TrainConfig:
@@ -181,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         "--preset", choices=list(PRESETS), default="quick", help="the recipe to time (default: quick)"
     )
     parser.add_argument(
-        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-        help="change one training option of the recipe (repeatable), e.g. schedule=cosine, grid.sampler=clip",
+        "--train", default="", metavar="OPTIONS",
+        help='options of "python -m ddpm_lib train" given after the preset, e.g. "--schedule cosine --sampler clip"',
     )  # fmt: skip
     args = parser.parse_args(argv)
+    train_options = shlex.split(args.train)
     try:
-        recipe = quick_config(args.preset, args.settings)
+        recipe = quick_config(args.preset, train_options)
     except UsageError as error:
         parser.error(str(error))
     if args.n < 2:
@@ -237,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "report.json",
                {"n": args.n, "guidance": args.guidance, "preset": args.preset,
-                "settings": args.settings, "quick_config": asdict(recipe), "rows": report})  # fmt: skip
+                "train_options": train_options, "quick_config": asdict(recipe), "rows": report})  # fmt: skip
     return 0 if report[0]["bar_met"] else 1
 
 

@@ -510,10 +510,12 @@ def _add_device(parser) -> None:
 # --- commands ----------------------------------------------------------------------------------------
 
 
-def run_train(args: argparse.Namespace) -> None:
+def train_config(args: argparse.Namespace):
+    """The :class:`~ddpm_lib.config.TrainConfig` a parsed ``train`` command line asks for: the preset's defaults
+    with the options given in their place. Checked (UsageError) unless it resumes: then
+    :func:`_check_resume_options` compares it with the saved run."""
     from .config import TrainConfig, preset_defaults
     from .generation import SampleSpec
-    from .runner import run_training
 
     defaults = preset_defaults(args.preset)
     given = _values(args, "", TrainConfig)
@@ -523,9 +525,7 @@ def run_train(args: argparse.Namespace) -> None:
     model["dim_mults"] = list(model["dim_mults"])
     model["attention"] = list(model["attention"])
     config = replace(defaults, **given, grid=grid, model={**defaults.model, **model})
-    if args.resume:
-        _check_resume_options(args, defaults, config)
-    else:
+    if not args.resume:
         _check_model(config.model)
         config.check()
         if args.epochs is not None:
@@ -533,6 +533,16 @@ def run_train(args: argparse.Namespace) -> None:
 
             n_train = len(load_dataset(config.dataset, "train", root=config.data_root, verbose=False))
             config.steps = args.epochs * max(1, n_train // config.batch_size)
+    return config
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .config import preset_defaults
+    from .runner import run_training
+
+    config = train_config(args)
+    if args.resume:
+        _check_resume_options(args, preset_defaults(args.preset), config)
     summary = run_training(
         config, args.out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from
     )

@@ -89,10 +89,9 @@ def test_compile_speed_times_the_quick_network_and_refuses_bad_counts(capsys):
         assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_time_to_digits_sets_options_of_the_recipe_and_refuses_bad_ones(capsys):
-    recipe = time_to_digits.quick_config(
-        "quick-unconditional", ["schedule=cosine", "grid.sampler=clip", "lr=3e-3", "model.attention=[]"]
-    )
+def test_time_to_digits_takes_options_of_the_train_command_and_refuses_bad_ones(capsys):
+    options = ["--schedule", "cosine", "--sampler", "clip", "--lr", "3e-3", "--attention", ""]
+    recipe = time_to_digits.quick_config("quick-unconditional", options)
     assert (recipe.schedule, recipe.grid.sampler, recipe.lr, recipe.model["attention"]) == (
         "cosine",
         "clip",
@@ -104,14 +103,10 @@ def test_time_to_digits_sets_options_of_the_recipe_and_refuses_bad_ones(capsys):
     )  # the rest is the preset's
     assert recipe.eval_every == 0  # one grid at the end: the budget is for training
     for bad, words in [
-        (["lr"], "KEY=VALUE"),
-        (["learning_rate=1"], "no such option"),
-        (["grid.colour=red"], "no such option"),
-        (["ema.decay=0.9"], "model.NAME or grid.NAME"),
-        (["schedule=cosine"], "clipped x0"),  # the recipe's own check: cosine grids need clipping
+        ("--learning-rate 1", "unrecognized arguments: --learning-rate"),
+        ("--lr abc", "--lr"),
+        ("--schedule cosine", "clipped x0"),  # the recipe's own check: cosine grids need clipping
     ]:
         with pytest.raises(SystemExit):
-            time_to_digits.main(
-                ["--skip-reference", "--preset", "quick-unconditional", *(f"--set={b}" for b in bad)]
-            )
+            time_to_digits.main(["--skip-reference", "--preset", "quick-unconditional", "--train", bad])
         assert words in capsys.readouterr().err
