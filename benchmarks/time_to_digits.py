@@ -4,11 +4,14 @@
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference \
         --train "--schedule cosine --sampler clip"
+    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --autoguidance 1
 
 ``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same recipe without
 labels, trained longer, sampled unguided). ``--train "OPTIONS"`` tries a candidate: options of
 ``python -m ddpm_lib train`` (``--schedule cosine``, ``--lr 3e-3``, ``--attention`` ...) given after the preset,
-parsed and checked by that command's own parser. The samples are drawn the same way whatever is given.
+parsed and checked by that command's own parser. The samples are drawn the same way whatever is given;
+``--autoguidance W`` guides them away from the run's EMA snapshot at a quarter of its steps (chapter 10), which
+the run then keeps (sampling a 16-digit grid at each quarter, as ``--preset`` runs do, inside the training time).
 
 1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 11) on the bundled digits: a
    class-conditional U-Net with two dense units per block, self-attention at 7×7 and v-prediction, bfloat16
@@ -51,6 +54,7 @@ from ddpm_lib.config import PRESETS, TrainConfig, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.errors import UsageError  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
+from ddpm_lib.guidance import AutoGuidance  # noqa: E402
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
 from ddpm_lib.runner import run_training  # noqa: E402
@@ -64,12 +68,17 @@ SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["grid"]["sampler"], PRESETS["quick"]["
 RUN_OVERHEAD = 1.09
 
 
-def quick_config(preset: str = "quick", train_options: list[str] = ()) -> TrainConfig:
-    """The recipe ``preset`` with ``train_options`` (options of ``python -m ddpm_lib train``) given after it."""
+def quick_config(
+    preset: str = "quick", train_options: list[str] = (), autoguided: bool = False
+) -> TrainConfig:
+    """The recipe ``preset`` with ``train_options`` (options of ``python -m ddpm_lib train``) given after it.
+
+    ``autoguided``: keep the EMA snapshot at a quarter of the steps (as the preset's own run does), to guide with.
+    """
     argv = ["train", "--preset", preset, *train_options]
     recipe = train_config(build_parser(argv)[0].parse_args(argv))
     # one grid at the end only: the budget is for training
-    return replace(recipe, eval_every=0, checkpoint_every=10**9)
+    return replace(recipe, eval_every=recipe.steps // 4 if autoguided else 0, checkpoint_every=10**9)
 
 
 def reference_config(steps: int) -> TrainConfig:
@@ -103,12 +112,17 @@ def seconds_per_step(config: TrainConfig, probe_steps: int = 5) -> float:
     return (time.perf_counter() - start) / probe_steps
 
 
-def train_and_sample(name: str, config: TrainConfig, out: Path, n: int, seed: int, guidance: float) -> dict:
+def train_and_sample(
+    name: str, config: TrainConfig, out: Path, n: int, seed: int, guidance: float, autoguidance: float = 0.0
+) -> dict:
     print(f"== {name}: {config.steps} steps of batch {config.batch_size}", flush=True)
     start = time.perf_counter()
     run_training(config, out / name, progress=False)
     train_s = time.perf_counter() - start
     model, scheduler, _ = load_denoiser(out / name / "checkpoints" / "last.pt")
+    if autoguidance:  # chapter 10: away from the snapshot at a quarter of the run
+        weak, _, _ = load_denoiser(out / name / "checkpoints" / f"step_{config.eval_every:06d}.pt")
+        model = AutoGuidance(model, weak, autoguidance)
     start = time.perf_counter()
     conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
     spec = SampleSpec(
@@ -162,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         default=PRESETS["quick"]["grid"]["guidance"],
         help="guidance w of the quick samples",
     )
+    parser.add_argument(
+        "--autoguidance", type=float, default=0.0, metavar="W",
+        help="guide the quick samples away from the recipe's own EMA snapshot at a quarter of its steps "
+        "(autoguidance, chapter 10) with weight W; 0 (default): no autoguidance",
+    )  # fmt: skip
     parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
     parser.add_argument(
         "--preset", choices=list(PRESETS), default="quick", help="the recipe to time (default: quick)"
@@ -173,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     train_options = shlex.split(args.train)
     try:
-        recipe = quick_config(args.preset, train_options)
+        recipe = quick_config(args.preset, train_options, autoguided=bool(args.autoguidance))
     except UsageError as error:
         parser.error(str(error))
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
     if args.guidance < -1:
         parser.error(f"--guidance must be >= -1, got {args.guidance}")
+    if args.autoguidance < 0:
+        parser.error(f"--autoguidance must be >= 0 (0: none), got {args.autoguidance}")
 
     shutil.rmtree(args.out, ignore_errors=True)
     started = time.perf_counter()
@@ -187,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     classifier, _ = load_classifier()
     reference_features, _ = classify(classifier, load_mnist("heldout", verbose=False).tensors[0])
 
-    quick = train_and_sample(args.preset, recipe, args.out, args.n, args.seed, args.guidance)
+    quick = train_and_sample(
+        args.preset, recipe, args.out, args.n, args.seed, args.guidance, args.autoguidance
+    )
     if args.samples_out is not None:
         args.samples_out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(quick["samples"], args.samples_out)
@@ -219,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bar: confident >= {BAR['confident_share']:.0%}, every class in [{BAR['min_class_ratio']}, "
           f"{BAR['max_class_ratio']}] x its share, FD <= {BAR['fd_over_floor']}x floor; n = {args.n}; "
           f"{args.preset} samples: {SAMPLER_STEPS}-step DDPM, guidance w = {args.guidance:g} "
-          f"(class-conditional models only)")  # fmt: skip
+          f"(class-conditional models only), autoguidance w = {args.autoguidance:g}")  # fmt: skip
     print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "report.json",
-               {"n": args.n, "guidance": args.guidance, "preset": args.preset,
+               {"n": args.n, "guidance": args.guidance, "autoguidance": args.autoguidance, "preset": args.preset,
                 "train_options": train_options, "quick_config": asdict(recipe), "rows": report})  # fmt: skip
     return 0 if report[0]["bar_met"] else 1
 

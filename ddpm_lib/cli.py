@@ -302,6 +302,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "sample", help="sample a grid of digits from a checkpoint or the shipped weights"
     )
     _add_denoiser_source(sample)
+    _add_autoguidance(sample)
     _add_dataset(
         sample,
         "the data set the model learnt: its shipped weights without --checkpoint / --weights; "
@@ -351,6 +352,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "table and writes it as JSON.",
     )
     source = _add_denoiser_source(evaluate)
+    _add_autoguidance(evaluate)
     _add_dataset(
         evaluate,
         "the data set to score against (its classifier, held-out images and floor); default: "
@@ -495,6 +497,57 @@ def _add_denoiser_source(parser, default: str = DEFAULT_WEIGHTS):
     )
     parser.set_defaults(default_weights=default)
     return source
+
+
+def _add_autoguidance(parser) -> None:
+    parser.add_argument(
+        "--weak", default=None, metavar="WEIGHTS",
+        help="autoguidance (chapter 10): steer the model away from a weaker version of itself, given as shipped "
+        "weights, NAME@STEP for a snapshot of their run (e.g. ddpm_mnist@4000) or a checkpoint file",
+    )  # fmt: skip
+    parser.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                        help="the autoguidance weight w, with --weak (default: 1)")  # fmt: skip
+
+
+def _weak_path(name: str) -> Path:
+    """The file of ``--weak``: a checkpoint file, shipped weights, or NAME@STEP, a snapshot of their run."""
+    from .pretrained import pretrained_path, snapshot_paths
+
+    if Path(name).is_file():
+        return Path(name)
+    try:
+        if "@" not in name:
+            return pretrained_path(name)
+        weights, _, step = name.partition("@")
+        snapshots = dict(snapshot_paths(weights))
+        if not step.isdigit() or int(step) not in snapshots:
+            raise UsageError(
+                f"{weights} has snapshots at steps {', '.join(map(str, snapshots))}; got {name!r}"
+            )
+        return snapshots[int(step)]
+    except UsageError as error:
+        raise UsageError(
+            f"{error} (a checkpoint file, shipped weights or NAME@STEP)", option="weak"
+        ) from None
+
+
+def _autoguided(args: argparse.Namespace, model, source: str, device: str):
+    """``model`` guided away from ``--weak`` with weight ``--autoguidance``, or ``model`` itself without them."""
+    weak_name, w = getattr(args, "weak", None), getattr(args, "autoguidance", None)
+    if weak_name is None:
+        if w is not None:
+            raise UsageError("needs --weak, the weights to guide away from", option="autoguidance")
+        return model, source
+    from . import checkpoint
+    from .guidance import AutoGuidance
+
+    weak, _, _ = checkpoint.load_denoiser(_weak_path(weak_name), device=device)
+    w = 1.0 if w is None else w
+    try:
+        guided = AutoGuidance(model, weak, w)
+    except ValueError as error:
+        raise UsageError(str(error), option="autoguidance" if "guidance" in str(error) else "weak") from None
+    return guided, f"{source}, autoguided away from {weak_name} (w = {w:g})"
 
 
 def _add_dataset(parser, help: str) -> None:
@@ -642,6 +695,7 @@ def _load_denoiser(args: argparse.Namespace, device: str):
             f"name weights that learnt {dataset}",
             option="dataset",
         )
+    model, source = _autoguided(args, model, source, device)
     return model, scheduler, config, source
 
 

@@ -5,15 +5,17 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
-__all__ = ["ClassifierFreeGuidance", "class_spread"]
+__all__ = ["ClassifierFreeGuidance", "class_spread", "AutoGuidance"]
 
 
-# --- chapters/10_guidance.py, cell 5 (line 139): edit there ---
+# --- chapters/10_guidance.py, cell 5 (line 141): edit there ---
 import math
 
 import numpy as np
 import torch
 from torch import nn
+
+from ddpm_lib.diffusion import prediction_of
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -51,7 +53,7 @@ class ClassifierFreeGuidance(nn.Module):
         return (1 + self.guidance) * conditional - self.guidance * unconditional
 
 
-# --- chapters/10_guidance.py, cell 12 (line 264): edit there ---
+# --- chapters/10_guidance.py, cell 12 (line 268): edit there ---
 def class_spread(features, labels) -> dict[int, float]:
     """Mean Euclidean distance between two different members of each class, from (N, D) features and (N,) labels."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
@@ -65,3 +67,43 @@ def class_spread(features, labels) -> dict[int, float]:
         distances = np.sqrt(((members[:, None] - members[None]) ** 2).sum(-1))
         spread[int(label)] = float(distances.sum() / (len(members) * (len(members) - 1)))
     return spread
+
+
+# --- chapters/10_guidance.py, cell 17 (line 386): edit there ---
+class AutoGuidance(nn.Module):
+    r"""Autoguidance (Karras et al., 2024): a denoiser guided away from a weaker version of itself.
+
+    ``forward(x, t[, y])`` = (1 + w)·D(x, t) − w·D_weak(x, t) with w = ``guidance``, where D is ``model`` and
+    D_weak is ``weak`` (e.g. an earlier snapshot of the same run). Both must predict the same target (ε, v or
+    x₀). w = 0 is ``model`` (one call), w = −1 the weak model. Works for unconditional and class-conditional
+    models alike (the label is passed to both); every sampler accepts it.
+    """
+
+    def __init__(self, model: nn.Module, weak: nn.Module, guidance: float):
+        super().__init__()
+        if (
+            isinstance(guidance, bool)
+            or not isinstance(guidance, (int, float))
+            or not math.isfinite(guidance)
+        ):
+            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+        if guidance < -1:
+            raise ValueError(f"guidance must be >= -1 (w = -1 is the weak model), got {guidance}")
+        if prediction_of(model) != prediction_of(weak):
+            raise ValueError(
+                f"weak must predict the same target as model: model predicts {prediction_of(model)!r}, "
+                f"weak {prediction_of(weak)!r}"
+            )
+        classes = [getattr(m, "config", {}).get("num_classes") for m in (model, weak)]
+        if classes[0] != classes[1]:
+            raise ValueError(
+                f"weak must take the same labels as model: num_classes {classes[0]} and {classes[1]}"
+            )
+        self.model, self.weak, self.guidance = model, weak, float(guidance)
+        self.config = getattr(model, "config", {})
+
+    def forward(self, x: torch.Tensor, t, *label) -> torch.Tensor:
+        good = self.model(x, t, *label)
+        if self.guidance == 0:
+            return good
+        return (1 + self.guidance) * good - self.guidance * self.weak(x, t, *label)

@@ -5,6 +5,7 @@ benchmarks/compile_speed.py times the quick presets' network and refuses a count
 
 import json
 import sys
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,6 +18,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compile_speed  # noqa: E402
 import denoisers  # noqa: E402
 import time_to_digits  # noqa: E402
+
+from ddpm_lib.config import PRESETS  # noqa: E402
 
 
 def test_the_wall_clock_schedule_is_one_cycle():
@@ -110,3 +113,15 @@ def test_time_to_digits_takes_options_of_the_train_command_and_refuses_bad_ones(
         with pytest.raises(SystemExit):
             time_to_digits.main(["--skip-reference", "--preset", "quick-unconditional", "--train", bad])
         assert words in capsys.readouterr().err
+
+
+def test_time_to_digits_autoguides_with_the_snapshot_at_a_quarter_of_the_run(tmp_path, capsys):
+    recipe = time_to_digits.quick_config("quick-unconditional", autoguided=True)
+    assert recipe.eval_every == recipe.steps // 4 == PRESETS["quick-unconditional"]["eval_every"]
+    tiny = replace(recipe, steps=8, batch_size=4, eval_every=2, n_samples=2,
+                   model={**recipe.model, "base_dim": 8, "dim_mults": [2], "attention": []})  # fmt: skip
+    row = time_to_digits.train_and_sample("tiny", tiny, tmp_path, 3, seed=1, guidance=0.0, autoguidance=1.0)
+    assert row["samples"].shape == (3, 1, 28, 28) and (tmp_path / "tiny/checkpoints/step_000002.pt").is_file()
+    with pytest.raises(SystemExit):
+        time_to_digits.main(["--skip-reference", "--autoguidance", "-1"])
+    assert "--autoguidance must be >= 0" in capsys.readouterr().err

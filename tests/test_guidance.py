@@ -1,5 +1,5 @@
-"""Class-conditional U-Nets (chapter 04, section 12), label dropout (chapter 05), classifier-free guidance
-(chapter 10) and their command-line options."""
+"""Class-conditional U-Nets (chapter 04, section 12), label dropout (chapter 05), classifier-free guidance and
+autoguidance (chapter 10) and their command-line options."""
 
 import json
 from itertools import islice
@@ -10,8 +10,10 @@ import torch
 
 from ddpm_lib.checkpoint import load_denoiser
 from ddpm_lib.cli import main
+from ddpm_lib.diffusion import prediction_of
 from ddpm_lib.distributed import shard
-from ddpm_lib.guidance import ClassifierFreeGuidance, class_spread
+from ddpm_lib.generation import generate
+from ddpm_lib.guidance import AutoGuidance, ClassifierFreeGuidance, class_spread
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import batch_stream, ddpm_loss, make_optimizer, train
 from ddpm_lib.unet import Conditioned, Unet
@@ -188,6 +190,75 @@ def test_guidance_rejects_unconditional_models_and_bad_scales(model):
             ClassifierFreeGuidance(model, bad)
 
 
+# --- autoguidance ---------------------------------------------------------------------------------------
+
+
+def _pair(prediction="v", **options):
+    torch.manual_seed(1)
+    good = Unet(**TINY, prediction=prediction, **options).eval()
+    weak = Unet(**TINY, prediction=prediction, **options).eval()
+    return good, weak
+
+
+@pytest.mark.parametrize("w", [0.0, -1.0, 0.5, 2.0])
+def test_autoguidance_extrapolates_from_the_weak_model_to_the_good_one(w):
+    good, weak = _pair()
+    x, t = batch()
+    guided = AutoGuidance(good, weak, w)
+    with torch.no_grad():
+        expected = (1 + w) * good(x, t) - w * weak(x, t)
+        assert torch.allclose(guided(x, t), expected, atol=1e-5)
+    # the samplers read the target through the wrapper: a v-predicting pair stays v-predicting
+    assert prediction_of(guided) == "v" and guided.config == good.config
+
+
+def test_autoguidance_passes_the_label_to_both_models(model):
+    torch.manual_seed(2)
+    weak = Unet(**TINY, num_classes=10).eval()
+    x, t = batch()
+    y = torch.arange(6)
+    with torch.no_grad():
+        assert torch.allclose(
+            AutoGuidance(model, weak, 1.0)(x, t, y), 2 * model(x, t, y) - weak(x, t, y), atol=1e-5
+        )
+
+
+def test_autoguidance_w0_calls_the_weak_model_not_at_all():
+    good, _ = _pair()
+
+    def weak(*args):
+        raise AssertionError("the weak model was called")
+
+    weak.config = good.config
+    x, t = batch()
+    with torch.no_grad():
+        assert torch.equal(AutoGuidance(good, weak, 0.0)(x, t), good(x, t))
+
+
+def test_every_sampler_accepts_an_autoguided_denoiser(scheduler):
+    good, weak = _pair()
+    guided = AutoGuidance(good, weak, 1.0)
+    for sampler in ("ddpm", "clip", "ddim", "dpmpp"):
+        out = generate(guided, scheduler, 2, sampler=sampler, steps=4, seed=0)
+        assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "weak_options, guidance, fragment",
+    [
+        (dict(prediction="eps"), 1.0, "same target"),
+        (dict(prediction="v", num_classes=10), 1.0, "same labels"),
+        (dict(prediction="v"), -2.0, ">= -1"),
+        (dict(prediction="v"), float("nan"), "finite number"),
+        (dict(prediction="v"), True, "finite number"),
+    ],
+)
+def test_autoguidance_refuses_mismatched_models_and_bad_scales(weak_options, guidance, fragment):
+    good = Unet(**TINY, prediction="v")
+    with pytest.raises(ValueError, match=fragment):
+        AutoGuidance(good, Unet(**TINY, **weak_options), guidance)
+
+
 def test_class_spread():
     features = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 10.0], [10.0, 10.0], [1.0, 1.0]])
     spread = class_spread(features, np.array([0, 0, 1, 1, 2]))
@@ -248,3 +319,36 @@ def test_conditioning_options_on_the_wrong_model_exit_2_with_one_line(conditiona
             code = exit_.code
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and fragment in lines[0], (args, lines)
+
+
+def test_sample_autoguided_by_a_snapshot_of_the_shipped_run(tmp_path, capsys):
+    out = tmp_path / "digits.png"
+    args = ["sample", "--weights", "ddpm_mnist", "--weak", "ddpm_mnist@4000", "--autoguidance", "1.5", "--n", "2",
+            "--sampler", "ddpm", "--steps", "2", "--out", str(out), "--tensors", str(tmp_path / "s.pt"),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (2, 1, 28, 28)
+    assert "autoguided away from ddpm_mnist@4000 (w = 1.5)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--weak", "ddpm_mnist@123"], "--weak: ddpm_mnist has snapshots at steps 4000, 8000"),
+        (["--weak", "no_such_weights"], "--weak: "),
+        (["--autoguidance", "2"], "--autoguidance: needs --weak"),
+        (["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"], "--autoguidance: guidance must be >= -1"),
+        (
+            ["--weights", "ddpm_mnist_cond", "--weak", "ddpm_mnist"],
+            "--weak: weak must predict the same target",
+        ),
+    ],
+)
+def test_bad_autoguidance_options_exit_2_with_one_line(options, fragment, tmp_path, capsys):
+    try:
+        code = main(["sample", *(["--weights", "ddpm_mnist"] if "--weights" not in options else []), *options,
+                     "--n", "1", "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress"])  # fmt: skip
+    except SystemExit as exit_:
+        code = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], (options, lines)
