@@ -337,7 +337,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # %% [markdown]
 # **Reading the table.** The shipped `ddpm_mnist_cond` (8,000 steps), 256 digits per row, 100-step DDPM; the
 # numbers below are the ones the table prints in the full profile (`python tools/execute_chapters.py --profile
-# full 10`: about 6 minutes for the chapter on two CPU cores).
+# full 10`: about 9 minutes for the chapter on two CPU cores).
 #
 # - **The label alone does most of the work.** Unguided ($w = 0$), 97.3% of the digits are the requested class,
 #   and their variety matches real digits of that class (diversity 1.01); the Fréchet distance, 52.7, is even
@@ -346,7 +346,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   every class, where the floor's random real digits do not. Read it as "at the floor". The target of 95% is met
 #   already at $w = 0$; the best accuracy, 100%, from $w = 1$ on.
 # - **Guidance buys the last few percent and costs variety.** From $w = 0$ to $w = 4$ the diversity falls from
-#   1.01 to 0.64 and the Fréchet distance quadruples, from 52.7 to 218.4: every class collapses towards its most
+#   1.01 to 0.65 and the Fréchet distance quadruples, from 52.7 to 215.9: every class collapses towards its most
 #   typical, boldest shapes (compare the rows of the grid above). Above $w = 1$ there is nothing left to gain in
 #   accuracy, only variety to lose. For this model the best setting by the Fréchet distance is no guidance at
 #   all, and $w = 0.5$ if nearly every digit must be the right one. A short training run is less sure of its
@@ -354,7 +354,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   run guidance raises the confident share and lowers the Fréchet distance alike (exercise 11.3 prints both).
 # - **The unconditional half is a weaker model.** With no label ($w = -1$), the same network draws digits of its
 #   own choosing — so "accuracy" is chance, 10.5%, and the within-label spread is that of all classes mixed
-#   (1.85) — and only 75.4% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
+#   (1.86) — and only 76.2% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
 #   longer on every image (its provenance file `ddpm_lib/weights/ddpm_mnist.json`, with 1000-step `sample_clip()`
 #   on 500 digits: a different sampler, so compare loosely). The conditional network learned that task from a
 #   tenth of its batches.
@@ -448,7 +448,7 @@ assert prediction_of(AutoGuidance(unconditional, weak, 1.0)) == prediction_of(un
 # unguided, and autoguided at $w = 1$ and $w = 2$, each drawing the same `n_eval` digits with the same seeds on a
 # 25-step DDPM chain (chapter 08). With no label to ask for, the columns are chapter 07's: the confident share,
 # the rarest and commonest class against its uniform share, and the Fréchet distance against the floor. In the
-# full profile (256 digits per row) the cell takes about a minute and a half on a 2-core laptop.
+# full profile (256 digits per row) the cell takes under a minute on a 2-core laptop.
 
 # %%
 auto_steps = 25
@@ -704,7 +704,7 @@ for name, row in (("w = 0", table[0.0]), (f"w = {w_high:g} everywhere", table[w_
                   (f"w = {w_high:g} on [100, 600]", interval_row)):  # fmt: skip
     print(f"{name:>22}: accuracy {row['accuracy']:.1%}, diversity {row['diversity']:.2f}")
 # Model answer to 3. Measured at full size (the shipped `ddpm_mnist_cond`, 256 digits, 100 steps): w = 4 on
-# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.64 (w = 4 everywhere) to 0.70 — some
+# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.65 (w = 4 everywhere) to 0.70 — some
 # variety back, far from the 1.01 of no guidance, and with no standard error to say how sure that gain is.
 # Exercise 10.1 says why the interval changes little here: the label shapes x̂0 most at high noise, above
 # t = 600, where the interval leaves the conditional model alone, and the conditional model already picks the
