@@ -8,7 +8,7 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["ClassifierFreeGuidance", "class_spread", "AutoGuidance"]
 
 
-# --- chapters/10_guidance.py, cell 5 (line 141): edit there ---
+# --- chapters/10_guidance.py, cell 5 (line 143): edit there ---
 import math
 
 import numpy as np
@@ -53,7 +53,7 @@ class ClassifierFreeGuidance(nn.Module):
         return (1 + self.guidance) * conditional - self.guidance * unconditional
 
 
-# --- chapters/10_guidance.py, cell 12 (line 268): edit there ---
+# --- chapters/10_guidance.py, cell 12 (line 270): edit there ---
 def class_spread(features, labels) -> dict[int, float]:
     """Mean Euclidean distance between two different members of each class, from (N, D) features and (N,) labels."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
@@ -69,7 +69,7 @@ def class_spread(features, labels) -> dict[int, float]:
     return spread
 
 
-# --- chapters/10_guidance.py, cell 17 (line 386): edit there ---
+# --- chapters/10_guidance.py, cell 17 (line 388): edit there ---
 class AutoGuidance(nn.Module):
     r"""Autoguidance (Karras et al., 2024): a denoiser guided away from a weaker version of itself.
 
