@@ -541,7 +541,10 @@ def _autoguided(args: argparse.Namespace, model, source: str, device: str):
     from . import checkpoint
     from .guidance import AutoGuidance
 
-    weak, _, _ = checkpoint.load_denoiser(_weak_path(weak_name), device=device)
+    try:
+        weak, _, _ = checkpoint.load_denoiser(_weak_path(weak_name), device=device)
+    except checkpoint.CheckpointError as error:
+        raise UsageError(str(error), option="weak") from None
     w = 1.0 if w is None else w
     try:
         guided = AutoGuidance(model, weak, w)

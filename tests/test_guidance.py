@@ -336,6 +336,7 @@ def test_sample_autoguided_by_a_snapshot_of_the_shipped_run(tmp_path, capsys):
     [
         (["--weak", "ddpm_mnist@123"], "--weak: ddpm_mnist has snapshots at steps 4000, 8000"),
         (["--weak", "no_such_weights"], "--weak: "),
+        (["--weak", "{tmp}/truncated.pt"], "--weak: {tmp}/truncated.pt is not a readable checkpoint"),
         (["--autoguidance", "2"], "--autoguidance: needs --weak"),
         (["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"], "--autoguidance: guidance must be >= -1"),
         (
@@ -345,6 +346,8 @@ def test_sample_autoguided_by_a_snapshot_of_the_shipped_run(tmp_path, capsys):
     ],
 )
 def test_bad_autoguidance_options_exit_2_with_one_line(options, fragment, tmp_path, capsys):
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 cut short")
+    options, fragment = [o.format(tmp=tmp_path) for o in options], fragment.format(tmp=tmp_path)
     try:
         code = main(["sample", *(["--weights", "ddpm_mnist"] if "--weights" not in options else []), *options,
                      "--n", "1", "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress"])  # fmt: skip
