@@ -832,7 +832,8 @@ assert steps == sorted(steps) and steps[-1] == provenance["steps"]  # the last p
 #
 # ```bash
 # python -m ddpm_lib evaluate --n 500                              # the shipped class-conditional model
-# python -m ddpm_lib evaluate --n 500 --weights ddpm_mnist         # the shipped unconditional model
+# python -m ddpm_lib evaluate --n 500 --weights ddpm_mnist         # the unconditional one, by its recipe (ch. 10)
+# python -m ddpm_lib evaluate --n 500 --weights ddpm_mnist --sampler clip --seed 0   # section 8's command
 # python -m ddpm_lib evaluate --checkpoint runs/demo/checkpoints/last.pt --n 500 --json runs/demo/eval.json
 # python -m ddpm_lib evaluate --samples my_samples.pt              # a saved (N, 1, 28, 28) tensor in [-1, 1]
 # ```

@@ -20,6 +20,11 @@ Commands:
 ``data``; a run records it, so ``sample`` and ``evaluate`` follow a checkpoint's data set (its held-out images,
 evaluation classifier and floor), and with ``--dataset`` alone they use that data set's shipped weights.
 
+**Sampling recipes.** Shipped weights ``NAME`` may come with ``NAME.sampling.json``: how they sample best (a
+sampler, its steps, an autoguidance weak model and weight) and what ``evaluate`` measured that way. ``sample`` and
+``evaluate`` follow it, and say so, when none of ``--sampler``, ``--steps``, ``--weak``, ``--autoguidance`` is
+given; any of them and the sampling is the command line's, from the usual defaults.
+
 **Options are declared once.** The options of ``train`` are the fields of
 :class:`ddpm_lib.config.TrainConfig`; the sampling options of ``train`` (its grids), ``sample`` and
 ``evaluate`` are the fields of :class:`ddpm_lib.generation.SampleSpec`; the U-Net options are the keyword
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import io
+import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -56,6 +62,8 @@ MODE_ALIASES = {"train": "train", "eval": "sample"}
 DEFAULT_WEIGHTS = "ddpm_mnist_cond"
 #: the shipped weights ``sample`` and ``evaluate`` use for ``--dataset`` without --checkpoint / --weights
 DATASET_WEIGHTS = {"mnist": DEFAULT_WEIGHTS, "fashion-mnist": "ddpm_fashion_mnist_cond"}
+#: the options that choose how to sample; give none and shipped weights with a sampling recipe use it
+RECIPE_OPTIONS = ("--sampler", "--steps", "--weak", "--autoguidance")
 
 #: The U-Net options ``train`` offers (keyword arguments of ddpm_lib.unet.Unet; defaults from its signature).
 MODEL_OPTIONS = {
@@ -545,12 +553,17 @@ def _autoguided(args: argparse.Namespace, model, source: str, device: str):
         weak, _, _ = checkpoint.load_denoiser(_weak_path(weak_name), device=device)
     except checkpoint.CheckpointError as error:
         raise UsageError(str(error), option="weak") from None
-    w = 1.0 if w is None else w
+    w = _autoguidance_weight(args)
     try:
         guided = AutoGuidance(model, weak, w)
     except ValueError as error:
         raise UsageError(str(error), option="autoguidance" if "guidance" in str(error) else "weak") from None
     return guided, f"{source}, autoguided away from {weak_name} (w = {w:g})"
+
+
+def _autoguidance_weight(args: argparse.Namespace) -> float:
+    """``--autoguidance``, or its default 1."""
+    return 1.0 if args.autoguidance is None else args.autoguidance
 
 
 def _add_dataset(parser, help: str) -> None:
@@ -674,6 +687,48 @@ def _check_model(model: dict) -> None:
         raise UsageError(str(error), option=f"model.{first}" if first in MODEL_OPTIONS else None) from None
 
 
+def _weights_name(args: argparse.Namespace) -> str:
+    """The shipped weights a command without ``--checkpoint`` uses: ``--weights``, or the data set's default."""
+    dataset = getattr(args, "dataset", None)
+    return args.weights or (DATASET_WEIGHTS[dataset] if dataset is not None else args.default_weights)
+
+
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """Sample shipped weights the way their sampling recipe says, unless the command line chooses the sampling.
+
+    Shipped weights may come with ``NAME.sampling.json`` beside them: the sampler, its steps and an autoguidance
+    weak model and weight measured to sample them best (its ``evaluation`` records by what command, on which
+    machine and with what scores). It is used when none of ``RECIPE_OPTIONS`` is given; give any of them and
+    the sampling is yours, from the usual defaults (``--sampler clip`` alone: the plain model, every step).
+    """
+    args.recipe = None
+    if args.checkpoint is not None or getattr(args, "samples", None) is not None:
+        return
+    from .pretrained import WEIGHTS
+
+    name = _weights_name(args)
+    path = WEIGHTS / f"{name}.sampling.json"
+    if not path.is_file() or set(RECIPE_OPTIONS) & getattr(args, "options_given", set()):
+        return
+    recipe = json.loads(path.read_text(encoding="utf-8"))
+    fields_of = {
+        "sampler": "spec.sampler",
+        "steps": "spec.steps",
+        "weak": "weak",
+        "autoguidance": "autoguidance",
+    }
+    if set(recipe["use"]) - set(fields_of):
+        raise UsageError(f"{path}: 'use' may set {', '.join(fields_of)}; got {sorted(recipe['use'])}")
+    for key, value in recipe["use"].items():
+        vars(args)[fields_of[key]] = value
+    args.recipe = str(path.relative_to(WEIGHTS.parent.parent))
+    print(
+        f"{name}'s sampling recipe ({path.name}): {recipe['summary']}; "
+        f"give {', '.join(RECIPE_OPTIONS[:-1])} or {RECIPE_OPTIONS[-1]} to sample your own way",
+        flush=True,
+    )
+
+
 def _load_denoiser(args: argparse.Namespace, device: str):
     """The model, schedule, config and a description of them from ``--checkpoint`` / ``--weights``."""
     from . import checkpoint
@@ -685,7 +740,7 @@ def _load_denoiser(args: argparse.Namespace, device: str):
     else:
         from .pretrained import pretrained_path, provenance
 
-        name = args.weights or (DATASET_WEIGHTS[dataset] if dataset is not None else args.default_weights)
+        name = _weights_name(args)
         try:
             path = pretrained_path(name)
         except UsageError as error:
@@ -730,6 +785,7 @@ def run_sample(args: argparse.Namespace) -> None:
     from .generation import generate
     from .sampling import grid_image
 
+    _apply_recipe(args)
     spec = _spec(args)
     model, scheduler, config, source = _load_denoiser(args, _device(args.device))
     steps = spec.num_steps(scheduler.num_timesteps)
@@ -774,6 +830,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from .metrics import baseline_images, check_images, draw_difference, evaluate_images, format_table
     from .pretrained import load_classifier
 
+    _apply_recipe(args)
     spec = _spec(args)
 
     def check_draws(n: int) -> None:
@@ -865,6 +922,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "name": name,  #: the row of "results" that holds these samples
         "source": source,
         "spec": None if args.samples is not None else _spec_dict(spec),
+        "recipe": args.recipe,  #: the shipped weights' sampling recipe it followed, if any
+        "weak": None if args.samples is not None else args.weak,
+        "autoguidance": None if args.samples is not None or args.weak is None else _autoguidance_weight(args),
         "sampler": None if args.samples is not None else spec.sampler,
         "steps": steps,
         "seed": spec.seed,
@@ -1154,6 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
     _SPELLED.clear()
     _SPELLED.update(spelled)
     args = parser.parse_args(argv)  # bad options: one line, exit 2
+    args.options_given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
     try:
         COMMANDS[args.command](args)
     except FloatingPointError as error:  # training.NonFiniteLossError: not bad input, the run itself diverged

@@ -14,6 +14,7 @@ from ddpm_lib.diffusion import prediction_of
 from ddpm_lib.distributed import shard
 from ddpm_lib.generation import generate
 from ddpm_lib.guidance import AutoGuidance, ClassifierFreeGuidance, class_spread
+from ddpm_lib.pretrained import WEIGHTS
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import batch_stream, ddpm_loss, make_optimizer, train
 from ddpm_lib.unet import Conditioned, Unet
@@ -329,6 +330,79 @@ def test_sample_autoguided_by_a_snapshot_of_the_shipped_run(tmp_path, capsys):
     assert main(args) == 0
     assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (2, 1, 28, 28)
     assert "autoguided away from ddpm_mnist@4000 (w = 1.5)" in capsys.readouterr().out
+
+
+def test_shipped_weights_are_sampled_by_their_recipe_as_if_its_options_were_given(tmp_path, capsys):
+    common = ["--n", "2", "--no-progress", "--out", str(tmp_path / "x.png")]
+    assert main(["sample", "--weights", "ddpm_mnist", *common, "--tensors", str(tmp_path / "recipe.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "ddpm_mnist's sampling recipe (ddpm_mnist.sampling.json)" in out
+    assert (
+        "(ddpm, 25 steps (trailing), seed 0)" in out and "autoguided away from ddpm_mnist@4000 (w = 1)" in out
+    )
+    recipe = json.loads((WEIGHTS / "ddpm_mnist.sampling.json").read_text())["use"]
+    spelled = ["--sampler", recipe["sampler"], "--steps", str(recipe["steps"]), "--weak", recipe["weak"],
+               "--autoguidance", str(recipe["autoguidance"])]  # fmt: skip
+    assert (
+        main(["sample", "--weights", "ddpm_mnist", *spelled, *common, "--tensors", str(tmp_path / "own.pt")])
+        == 0
+    )
+    assert "sampling recipe" not in capsys.readouterr().out
+    assert torch.equal(*(torch.load(tmp_path / f, weights_only=True) for f in ("recipe.pt", "own.pt")))
+
+
+@pytest.mark.parametrize(
+    "options, described",
+    [
+        (["--sampler", "clip"], "(clip, 1000 steps, seed 0)"),  # the plain model, every step
+        (["--steps", "3"], "(clip, 3 steps (trailing), seed 0)"),
+        (["--weak", "ddpm_mnist@8000", "--steps", "2"], "autoguided away from ddpm_mnist@8000 (w = 1)"),
+        (
+            ["--weak=ddpm_mnist@8000", "--autoguidance=0", "--steps=2"],
+            "autoguided away from ddpm_mnist@8000 (w = 0)",
+        ),
+    ],
+)
+def test_any_sampling_option_replaces_the_recipe(options, described, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(
+        "ddpm_lib.generation.generate", lambda *a, **k: torch.zeros(1, 1, 28, 28)
+    )  # no sampling
+    assert (
+        main(["sample", "--weights", "ddpm_mnist", *options, "--n", "1", "--out", str(tmp_path / "x.png")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "sampling recipe" not in out and described in out, out
+
+
+def test_every_sampling_recipe_names_known_options_and_records_its_evaluation():
+    recipes = sorted(WEIGHTS.glob("*.sampling.json"))
+    assert [p.name for p in recipes] == ["ddpm_mnist.sampling.json"]
+    for path in recipes:
+        record = json.loads(path.read_text())
+        name = path.name.removesuffix(".sampling.json")
+        assert set(record["use"]) <= {"sampler", "steps", "weak", "autoguidance"}
+        evaluation = record["evaluation"]
+        # the bare command gives the recorded scores: no sampling option, so the recipe
+        assert evaluation["command"] == f"python -m ddpm_lib evaluate --weights {name} --n 500"
+        assert {"machine", "torch", "wall_time_s", "date", "confident_share", "frechet_distance",
+                "real_vs_real_floor", "classes_present"} <= set(evaluation)  # fmt: skip
+        ratio = evaluation["frechet_distance"] / evaluation["real_vs_real_floor"]
+        assert round(ratio, 2) == evaluation["frechet_over_floor"]
+
+
+def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
+    report = tmp_path / "e.json"
+    assert main(["evaluate", "--weights", "ddpm_mnist", "--n", "4", "--draws", "2", "--json", str(report),
+                 "--no-progress"]) == 0  # fmt: skip
+    record = json.loads(report.read_text())
+    assert record["recipe"] == "ddpm_lib/weights/ddpm_mnist.sampling.json"
+    assert (record["sampler"], record["steps"], record["weak"], record["autoguidance"]) == (
+        "ddpm",
+        25,
+        "ddpm_mnist@4000",
+        1.0,
+    )
 
 
 @pytest.mark.parametrize(
