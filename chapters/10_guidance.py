@@ -149,6 +149,15 @@ from torch import nn
 from ddpm_lib.diffusion import prediction_of
 
 
+def guidance_weight(guidance: float, at_minus_one: str) -> float:
+    """A guidance weight w, checked: a finite number >= -1 (w = -1 is ``at_minus_one``, the model guided from)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+    if guidance < -1:
+        raise ValueError(f"guidance must be >= -1 (w = -1 is {at_minus_one}), got {guidance}")
+    return float(guidance)
+
+
 class ClassifierFreeGuidance(nn.Module):
     r"""Classifier-free guidance of a class-conditional denoiser (Ho & Salimans, 2022).
 
@@ -162,15 +171,7 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         if model.config.get("num_classes") is None:
             raise ValueError("model must be class-conditional (a Unet with num_classes set) to be guided")
-        if (
-            isinstance(guidance, bool)
-            or not isinstance(guidance, (int, float))
-            or not math.isfinite(guidance)
-        ):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-        if guidance < -1:
-            raise ValueError(f"guidance must be >= -1 (w = -1 is the unconditional model), got {guidance}")
-        self.model, self.guidance = model, float(guidance)
+        self.model, self.guidance = model, guidance_weight(guidance, "the unconditional model")
         self.config = model.config
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -396,14 +397,7 @@ class AutoGuidance(nn.Module):
 
     def __init__(self, model: nn.Module, weak: nn.Module, guidance: float):
         super().__init__()
-        if (
-            isinstance(guidance, bool)
-            or not isinstance(guidance, (int, float))
-            or not math.isfinite(guidance)
-        ):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-        if guidance < -1:
-            raise ValueError(f"guidance must be >= -1 (w = -1 is the weak model), got {guidance}")
+        guidance = guidance_weight(guidance, "the weak model")
         if prediction_of(model) != prediction_of(weak):
             raise ValueError(
                 f"weak must predict the same target as model: model predicts {prediction_of(model)!r}, "
@@ -414,7 +408,7 @@ class AutoGuidance(nn.Module):
             raise ValueError(
                 f"weak must take the same labels as model: num_classes {classes[0]} and {classes[1]}"
             )
-        self.model, self.weak, self.guidance = model, weak, float(guidance)
+        self.model, self.weak, self.guidance = model, weak, guidance
         self.config = getattr(model, "config", {})
 
     def forward(self, x: torch.Tensor, t, *label) -> torch.Tensor:
@@ -513,13 +507,19 @@ plt.show()
 # python -m ddpm_lib sample --label 3 --sampler ddim --steps 50          # any sampler; unguided by default
 # python -m ddpm_lib evaluate --weights ddpm_mnist_cond --guidance 1 --n 500   # every digit equally often
 # python -m ddpm_lib train --num-classes 10 --label-dropout 0.1 ...      # train your own
-# python -m ddpm_lib sample --weights ddpm_mnist --weak ddpm_mnist@4000  # autoguided by its step-4,000 snapshot
-# python -m ddpm_lib evaluate --weights ddpm_mnist --weak ddpm_mnist@4000 --sampler ddpm --steps 25 --n 500
+# python -m ddpm_lib sample --weights ddpm_mnist --weak ddpm_mnist@8000 --autoguidance 0.5 --sampler ddpm --steps 100
+# python -m ddpm_lib sample --weights ddpm_mnist       # its sampling recipe: 25-step DDPM, autoguided (w = 1)
+# python -m ddpm_lib evaluate --weights ddpm_mnist --n 500                 # the same, scored on 500 digits
 # ```
 #
 # `--label` and `--guidance` need a class-conditional model; without `--checkpoint` they use the shipped one.
 # `--weak` takes shipped weights, `NAME@STEP` for one of the snapshots their run kept, or a checkpoint file of
 # your own run (`runs/…/checkpoints/step_000875.pt`), and `--autoguidance` its weight $w$ (default 1).
+# Shipped weights can come with a *sampling recipe*, a file beside them that says how they sample best:
+# `ddpm_lib/weights/ddpm_mnist.sampling.json` asks for section 5's setting — 25-step DDPM guided away from the
+# step-4,000 snapshot with $w = 1$ — and records what `evaluate` measured with it. The command line follows it
+# when you give none of `--sampler`, `--steps`, `--weak` and `--autoguidance`, and says so; give any of them and
+# the sampling is yours (`--sampler clip` alone is the plain model, all 1,000 steps).
 # The book's [Try it](../try_it.md) page does the same in your browser: pick a digit and $w$, and watch the
 # sixteen samples form.
 #

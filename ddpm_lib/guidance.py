@@ -5,7 +5,7 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
-__all__ = ["ClassifierFreeGuidance", "class_spread", "AutoGuidance"]
+__all__ = ["guidance_weight", "ClassifierFreeGuidance", "class_spread", "AutoGuidance"]
 
 
 # --- chapters/10_guidance.py, cell 5 (line 143): edit there ---
@@ -16,6 +16,15 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import prediction_of
+
+
+def guidance_weight(guidance: float, at_minus_one: str) -> float:
+    """A guidance weight w, checked: a finite number >= -1 (w = -1 is ``at_minus_one``, the model guided from)."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+    if guidance < -1:
+        raise ValueError(f"guidance must be >= -1 (w = -1 is {at_minus_one}), got {guidance}")
+    return float(guidance)
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -31,15 +40,7 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         if model.config.get("num_classes") is None:
             raise ValueError("model must be class-conditional (a Unet with num_classes set) to be guided")
-        if (
-            isinstance(guidance, bool)
-            or not isinstance(guidance, (int, float))
-            or not math.isfinite(guidance)
-        ):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-        if guidance < -1:
-            raise ValueError(f"guidance must be >= -1 (w = -1 is the unconditional model), got {guidance}")
-        self.model, self.guidance = model, float(guidance)
+        self.model, self.guidance = model, guidance_weight(guidance, "the unconditional model")
         self.config = model.config
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,7 +54,7 @@ class ClassifierFreeGuidance(nn.Module):
         return (1 + self.guidance) * conditional - self.guidance * unconditional
 
 
-# --- chapters/10_guidance.py, cell 12 (line 270): edit there ---
+# --- chapters/10_guidance.py, cell 12 (line 271): edit there ---
 def class_spread(features, labels) -> dict[int, float]:
     """Mean Euclidean distance between two different members of each class, from (N, D) features and (N,) labels."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
@@ -69,7 +70,7 @@ def class_spread(features, labels) -> dict[int, float]:
     return spread
 
 
-# --- chapters/10_guidance.py, cell 17 (line 388): edit there ---
+# --- chapters/10_guidance.py, cell 17 (line 389): edit there ---
 class AutoGuidance(nn.Module):
     r"""Autoguidance (Karras et al., 2024): a denoiser guided away from a weaker version of itself.
 
@@ -81,14 +82,7 @@ class AutoGuidance(nn.Module):
 
     def __init__(self, model: nn.Module, weak: nn.Module, guidance: float):
         super().__init__()
-        if (
-            isinstance(guidance, bool)
-            or not isinstance(guidance, (int, float))
-            or not math.isfinite(guidance)
-        ):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-        if guidance < -1:
-            raise ValueError(f"guidance must be >= -1 (w = -1 is the weak model), got {guidance}")
+        guidance = guidance_weight(guidance, "the weak model")
         if prediction_of(model) != prediction_of(weak):
             raise ValueError(
                 f"weak must predict the same target as model: model predicts {prediction_of(model)!r}, "
@@ -99,7 +93,7 @@ class AutoGuidance(nn.Module):
             raise ValueError(
                 f"weak must take the same labels as model: num_classes {classes[0]} and {classes[1]}"
             )
-        self.model, self.weak, self.guidance = model, weak, float(guidance)
+        self.model, self.weak, self.guidance = model, weak, guidance
         self.config = getattr(model, "config", {})
 
     def forward(self, x: torch.Tensor, t, *label) -> torch.Tensor:
