@@ -544,7 +544,10 @@ def _autoguided(args: argparse.Namespace, model, source: str, device: str):
     weak_name, w = getattr(args, "weak", None), getattr(args, "autoguidance", None)
     if weak_name is None:
         if w is not None:
-            raise UsageError("needs --weak, the weights to guide away from", option="autoguidance")
+            recipe = None if args.checkpoint is not None else _recipe(_weights_name(args))
+            weak_hint = (recipe or {}).get("use", {}).get("weak")
+            hint = f" (their sampling recipe's is --weak {weak_hint})" if weak_hint else ""
+            raise UsageError(f"needs --weak, the weights to guide away from{hint}", option="autoguidance")
         return model, source
     from . import checkpoint
     from .guidance import AutoGuidance
@@ -693,6 +696,14 @@ def _weights_name(args: argparse.Namespace) -> str:
     return args.weights or (DATASET_WEIGHTS[dataset] if dataset is not None else args.default_weights)
 
 
+def _recipe(name: str) -> dict | None:
+    """The sampling recipe shipped beside weights ``name`` (``NAME.sampling.json``), or None."""
+    from .pretrained import WEIGHTS
+
+    path = WEIGHTS / f"{name}.sampling.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def _apply_recipe(args: argparse.Namespace) -> None:
     """Sample shipped weights the way their sampling recipe says, unless the command line chooses the sampling.
 
@@ -708,9 +719,9 @@ def _apply_recipe(args: argparse.Namespace) -> None:
 
     name = _weights_name(args)
     path = WEIGHTS / f"{name}.sampling.json"
-    if not path.is_file() or set(RECIPE_OPTIONS) & getattr(args, "options_given", set()):
+    recipe = _recipe(name)
+    if recipe is None or set(RECIPE_OPTIONS) & getattr(args, "options_given", set()):
         return
-    recipe = json.loads(path.read_text(encoding="utf-8"))
     fields_of = {
         "sampler": "spec.sampler",
         "steps": "spec.steps",

@@ -411,7 +411,14 @@ def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
         (["--weak", "ddpm_mnist@123"], "--weak: ddpm_mnist has snapshots at steps 4000, 8000"),
         (["--weak", "no_such_weights"], "--weak: "),
         (["--weak", "{tmp}/truncated.pt"], "--weak: {tmp}/truncated.pt is not a readable checkpoint"),
-        (["--autoguidance", "2"], "--autoguidance: needs --weak"),
+        (
+            ["--autoguidance", "2"],
+            "needs --weak, the weights to guide away from (their sampling recipe's is --weak ddpm_mnist@4000)",
+        ),
+        (
+            ["--weights", "ddpm_mnist_cond", "--autoguidance", "2"],
+            "--autoguidance: needs --weak, the weights to guide away from",
+        ),
         (["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"], "--autoguidance: guidance must be >= -1"),
         (
             ["--weights", "ddpm_mnist_cond", "--weak", "ddpm_mnist"],
