@@ -62,8 +62,15 @@ MODE_ALIASES = {"train": "train", "eval": "sample"}
 DEFAULT_WEIGHTS = "ddpm_mnist_cond"
 #: the shipped weights ``sample`` and ``evaluate`` use for ``--dataset`` without --checkpoint / --weights
 DATASET_WEIGHTS = {"mnist": DEFAULT_WEIGHTS, "fashion-mnist": "ddpm_fashion_mnist_cond"}
+#: what a sampling recipe's "use" may set: option --KEY, stored at args.DEST (KEY: DEST)
+RECIPE_FIELDS = {
+    "sampler": "spec.sampler",
+    "steps": "spec.steps",
+    "weak": "weak",
+    "autoguidance": "autoguidance",
+}
 #: the options that choose how to sample; give none and shipped weights with a sampling recipe use it
-RECIPE_OPTIONS = ("--sampler", "--steps", "--weak", "--autoguidance")
+RECIPE_OPTIONS = tuple(f"--{key}" for key in RECIPE_FIELDS)
 
 #: The U-Net options ``train`` offers (keyword arguments of ddpm_lib.unet.Unet; defaults from its signature).
 MODEL_OPTIONS = {
@@ -696,11 +703,16 @@ def _weights_name(args: argparse.Namespace) -> str:
     return args.weights or (DATASET_WEIGHTS[dataset] if dataset is not None else args.default_weights)
 
 
-def _recipe(name: str) -> dict | None:
-    """The sampling recipe shipped beside weights ``name`` (``NAME.sampling.json``), or None."""
+def _recipe_path(name: str) -> Path:
+    """Where the sampling recipe of shipped weights ``name`` is, if they have one: ``NAME.sampling.json``."""
     from .pretrained import WEIGHTS
 
-    path = WEIGHTS / f"{name}.sampling.json"
+    return WEIGHTS / f"{name}.sampling.json"
+
+
+def _recipe(name: str) -> dict | None:
+    """The sampling recipe shipped beside weights ``name``, or None."""
+    path = _recipe_path(name)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -718,20 +730,14 @@ def _apply_recipe(args: argparse.Namespace) -> None:
     from .pretrained import WEIGHTS
 
     name = _weights_name(args)
-    path = WEIGHTS / f"{name}.sampling.json"
     recipe = _recipe(name)
     if recipe is None or set(RECIPE_OPTIONS) & getattr(args, "options_given", set()):
         return
-    fields_of = {
-        "sampler": "spec.sampler",
-        "steps": "spec.steps",
-        "weak": "weak",
-        "autoguidance": "autoguidance",
-    }
-    if set(recipe["use"]) - set(fields_of):
-        raise UsageError(f"{path}: 'use' may set {', '.join(fields_of)}; got {sorted(recipe['use'])}")
+    path = _recipe_path(name)
+    if set(recipe["use"]) - set(RECIPE_FIELDS):
+        raise UsageError(f"{path}: 'use' may set {', '.join(RECIPE_FIELDS)}; got {sorted(recipe['use'])}")
     for key, value in recipe["use"].items():
-        vars(args)[fields_of[key]] = value
+        vars(args)[RECIPE_FIELDS[key]] = value
     args.recipe = str(path.relative_to(WEIGHTS.parent.parent))
     print(
         f"{name}'s sampling recipe ({path.name}): {recipe['summary']}; "
