@@ -522,6 +522,18 @@ def _add_autoguidance(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--autoguidance", type=float, default=None, metavar="W",
                         help="the autoguidance weight w, with --weak (default: 1)")  # fmt: skip
+    parser.add_argument(
+        "--guidance-interval", type=interval_option, default=None, metavar="LO:HI",
+        help="autoguide only the steps with LO <= t <= HI, e.g. 200:900 (default: every step)",
+    )  # fmt: skip
+
+
+def interval_option(text: str) -> tuple[int, int]:
+    """``--guidance-interval LO:HI``: two timesteps, 0 <= LO <= HI."""
+    lo, colon, hi = text.partition(":")
+    if colon and lo.strip().isdigit() and hi.strip().isdigit() and int(lo) <= int(hi):
+        return int(lo), int(hi)
+    raise argparse.ArgumentTypeError(f"expected LO:HI, two timesteps with 0 <= LO <= HI, got {text!r}")
 
 
 def _weak_path(name: str) -> Path:
@@ -549,12 +561,14 @@ def _weak_path(name: str) -> Path:
 def _autoguided(args: argparse.Namespace, model, source: str, device: str):
     """``model`` guided away from ``--weak`` with weight ``--autoguidance``, or ``model`` itself without them."""
     weak_name, w = getattr(args, "weak", None), getattr(args, "autoguidance", None)
+    interval = getattr(args, "guidance_interval", None)
     if weak_name is None:
-        if w is not None:
+        if w is not None or interval is not None:
             recipe = None if args.checkpoint is not None else _recipe(_weights_name(args))
             weak_hint = (recipe or {}).get("use", {}).get("weak")
             hint = f" (their sampling recipe's is --weak {weak_hint})" if weak_hint else ""
-            raise UsageError(f"needs --weak, the weights to guide away from{hint}", option="autoguidance")
+            option = "autoguidance" if w is not None else "guidance-interval"
+            raise UsageError(f"needs --weak, the weights to guide away from{hint}", option=option)
         return model, source
     from . import checkpoint
     from .guidance import AutoGuidance
@@ -565,10 +579,11 @@ def _autoguided(args: argparse.Namespace, model, source: str, device: str):
         raise UsageError(str(error), option="weak") from None
     w = _autoguidance_weight(args)
     try:
-        guided = AutoGuidance(model, weak, w)
+        guided = AutoGuidance(model, weak, w, interval=interval)
     except ValueError as error:
         raise UsageError(str(error), option="autoguidance" if "guidance" in str(error) else "weak") from None
-    return guided, f"{source}, autoguided away from {weak_name} (w = {w:g})"
+    where = "" if interval is None else f", only for {interval[0]} <= t <= {interval[1]}"
+    return guided, f"{source}, autoguided away from {weak_name} (w = {w:g}{where})"
 
 
 def _autoguidance_weight(args: argparse.Namespace) -> float:
@@ -942,6 +957,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "recipe": args.recipe,  #: the shipped weights' sampling recipe it followed, if any
         "weak": None if args.samples is not None else args.weak,
         "autoguidance": None if args.samples is not None or args.weak is None else _autoguidance_weight(args),
+        "guidance_interval": None
+        if args.samples is not None or args.weak is None
+        else args.guidance_interval,
         "sampler": None if args.samples is not None else spec.sampler,
         "steps": steps,
         "seed": spec.seed,

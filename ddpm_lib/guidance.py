@@ -5,7 +5,14 @@
 Read the chapter for the derivation behind every line; tests live in ``tests/``.
 """
 
-__all__ = ["guidance_weight", "ClassifierFreeGuidance", "class_spread", "AutoGuidance"]
+__all__ = [
+    "guidance_weight",
+    "ClassifierFreeGuidance",
+    "class_spread",
+    "AutoGuidance",
+    "guidance_interval",
+    "in_interval",
+]
 
 
 # --- chapters/10_guidance.py, cell 5 (line 143): edit there ---
@@ -70,19 +77,24 @@ def class_spread(features, labels) -> dict[int, float]:
     return spread
 
 
-# --- chapters/10_guidance.py, cell 17 (line 389): edit there ---
+# --- chapters/10_guidance.py, cell 17 (line 396): edit there ---
 class AutoGuidance(nn.Module):
     r"""Autoguidance (Karras et al., 2024): a denoiser guided away from a weaker version of itself.
 
     ``forward(x, t[, y])`` = (1 + w)·D(x, t) − w·D_weak(x, t) with w = ``guidance``, where D is ``model`` and
     D_weak is ``weak`` (e.g. an earlier snapshot of the same run). Both must predict the same target (ε, v or
     x₀). w = 0 is ``model`` (one call), w = −1 the weak model. Works for unconditional and class-conditional
-    models alike (the label is passed to both); every sampler accepts it.
+    models alike (the label is passed to both); every sampler accepts it. ``interval`` = (lo, hi) guides only
+    the steps with lo <= t <= hi and leaves the others to ``model`` alone (Kynkäänniemi et al., 2024); None:
+    every step.
     """
 
-    def __init__(self, model: nn.Module, weak: nn.Module, guidance: float):
+    def __init__(
+        self, model: nn.Module, weak: nn.Module, guidance: float, interval: tuple[int, int] | None = None
+    ):
         super().__init__()
         guidance = guidance_weight(guidance, "the weak model")
+        self.interval = guidance_interval(interval)
         if prediction_of(model) != prediction_of(weak):
             raise ValueError(
                 f"weak must predict the same target as model: model predicts {prediction_of(model)!r}, "
@@ -98,6 +110,31 @@ class AutoGuidance(nn.Module):
 
     def forward(self, x: torch.Tensor, t, *label) -> torch.Tensor:
         good = self.model(x, t, *label)
-        if self.guidance == 0:
+        inside = in_interval(t, self.interval, len(x), x.device)
+        if self.guidance == 0 or not inside.any():
             return good
-        return (1 + self.guidance) * good - self.guidance * self.weak(x, t, *label)
+        guided = (1 + self.guidance) * good - self.guidance * self.weak(x, t, *label)
+        return guided if inside.all() else torch.where(inside.view(-1, 1, 1, 1), guided, good)
+
+
+def guidance_interval(interval) -> tuple[int, int] | None:
+    """An interval of timesteps to guide in, checked: None (every step) or (lo, hi), integers with 0 <= lo <= hi."""
+    if interval is None:
+        return None
+    if (
+        not isinstance(interval, (tuple, list))
+        or len(interval) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in interval)
+        or not 0 <= interval[0] <= interval[1]
+    ):
+        raise ValueError(f"interval must be None or (lo, hi), integers with 0 <= lo <= hi; got {interval!r}")
+    return (interval[0], interval[1])
+
+
+def in_interval(t, interval: tuple[int, int] | None, batch: int, device) -> torch.Tensor:
+    """(batch,) booleans: which timesteps ``t`` (a number or one per image) lie in ``interval`` (None: all)."""
+    t = torch.as_tensor(t, device=device)
+    t = t.expand(batch) if t.dim() == 0 else t
+    if interval is None:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    return (t >= interval[0]) & (t <= interval[1])

@@ -244,6 +244,38 @@ def test_every_sampler_accepts_an_autoguided_denoiser(scheduler):
         assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
 
 
+def test_autoguidance_on_an_interval_guides_only_its_steps():
+    good, weak = _pair()
+    x, _ = batch(4)
+    t = torch.tensor([100, 200, 900, 901])  # one image per timestep: two inside [200, 900], two outside
+    guided = AutoGuidance(good, weak, 2.0, interval=(200, 900))
+    with torch.no_grad():
+        everywhere = 3 * good(x, t) - 2 * weak(x, t)
+        out, plain = guided(x, t), good(x, t)
+        assert torch.allclose(out[1:3], everywhere[1:3], atol=1e-5) and torch.equal(
+            out[[0, 3]], plain[[0, 3]]
+        )
+        # the same for one timestep for the whole batch, as the samplers call it
+        assert torch.allclose(guided(x, 500), 3 * good(x, 500) - 2 * weak(x, 500), atol=1e-5)
+        # an interval over every step is no interval
+        every_step = AutoGuidance(good, weak, 2.0, interval=(0, 999))
+        assert torch.equal(every_step(x, t), AutoGuidance(good, weak, 2.0)(x, t))
+
+    def never(*args):
+        raise AssertionError("the weak model was called outside the interval")
+
+    never.config = good.config
+    with torch.no_grad():
+        assert torch.equal(AutoGuidance(good, never, 2.0, interval=(200, 900))(x, 950), good(x, 950))
+
+
+@pytest.mark.parametrize("interval", [(900, 200), (-1, 5), (1.5, 3), (1,), "200:900", (True, 5)])
+def test_autoguidance_refuses_a_bad_interval(interval):
+    good, weak = _pair()
+    with pytest.raises(ValueError, match="interval must be None or"):
+        AutoGuidance(good, weak, 1.0, interval=interval)
+
+
 @pytest.mark.parametrize(
     "weak_options, guidance, fragment",
     [
@@ -332,6 +364,19 @@ def test_sample_autoguided_by_a_snapshot_of_the_shipped_run(tmp_path, capsys):
     assert "autoguided away from ddpm_mnist@4000 (w = 1.5)" in capsys.readouterr().out
 
 
+def test_sample_autoguided_on_an_interval(tmp_path, capsys, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(
+        "ddpm_lib.generation.generate",
+        lambda model, *a, **k: seen.update(model=model) or torch.zeros(1, 1, 28, 28),
+    )  # no sampling
+    args = ["sample", "--weights", "ddpm_mnist", "--weak", "ddpm_mnist@4000", "--guidance-interval", "200:900",
+            "--n", "1", "--out", str(tmp_path / "x.png")]  # fmt: skip
+    assert main(args) == 0
+    assert "autoguided away from ddpm_mnist@4000 (w = 1, only for 200 <= t <= 900)" in capsys.readouterr().out
+    assert seen["model"].interval == (200, 900)
+
+
 def test_shipped_weights_are_sampled_by_their_recipe_as_if_its_options_were_given(tmp_path, capsys):
     common = ["--n", "2", "--no-progress", "--out", str(tmp_path / "x.png")]
     assert main(["sample", "--weights", "ddpm_mnist", *common, "--tensors", str(tmp_path / "recipe.pt")]) == 0
@@ -403,6 +448,7 @@ def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
         "ddpm_mnist@4000",
         1.0,
     )
+    assert record["guidance_interval"] is None  # the recipe guides every step
 
 
 @pytest.mark.parametrize(
@@ -420,6 +466,12 @@ def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
             "--autoguidance: needs --weak, the weights to guide away from",
         ),
         (["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"], "--autoguidance: guidance must be >= -1"),
+        (
+            ["--weights", "ddpm_mnist_cond", "--guidance-interval", "200:900"],
+            "--guidance-interval: needs --weak, the weights to guide away from",
+        ),
+        (["--guidance-interval", "900:200"], "argument --guidance-interval: expected LO:HI"),
+        (["--guidance-interval", "200"], "argument --guidance-interval: expected LO:HI"),
         (
             ["--weights", "ddpm_mnist_cond", "--weak", "ddpm_mnist"],
             "--weak: weak must predict the same target",
