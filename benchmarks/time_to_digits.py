@@ -2,16 +2,17 @@
 
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference
-    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference \
-        --train "--schedule cosine --sampler clip"
-    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --autoguidance 1
+    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --autoguidance 0
+    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --train "--steps 3000"
 
-``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same recipe without
-labels, trained longer, sampled unguided). ``--train "OPTIONS"`` tries a candidate: options of
-``python -m ddpm_lib train`` (``--schedule cosine``, ``--lr 3e-3``, ``--attention`` ...) given after the preset,
-parsed and checked by that command's own parser. The samples are drawn the same way whatever is given;
-``--autoguidance W`` guides them away from the run's EMA snapshot at a quarter of its steps (chapter 10), which
-the run then keeps (sampling a 16-digit grid at each quarter, as ``--preset`` runs do, inside the training time).
+``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same network without
+labels, here on the cosine schedule for 2,500 steps, its samples autoguided: ``RECIPES``). ``--train "OPTIONS"``
+tries a candidate: options of ``python -m ddpm_lib train`` (``--schedule cosine``, ``--lr 3e-3``, ``--attention``
+...) given after the recipe's, parsed and checked by that command's own parser. The samples are drawn the same
+way whatever is given; ``--autoguidance W`` guides them away from the run's EMA snapshot at a quarter of its steps
+(chapter 10, section 5), which the run then keeps (sampling a 16-digit grid at each quarter, as ``--preset`` runs
+do, inside the training time), on the steps of ``--guidance-interval`` only. Each recipe has its own defaults for
+both: none for ``quick``, w = 4 on 200 <= t <= 850 for ``quick-unconditional``.
 
 1. Trains ``python -m ddpm_lib train --preset quick`` (chapter 11) on the bundled digits: a
    class-conditional U-Net with two dense units per block, self-attention at 7×7 and v-prediction, bfloat16
@@ -27,6 +28,9 @@ the run then keeps (sampling a 16-digit grid at each quarter, as ``--preset`` ru
 3. Scores both with chapter 07's metrics: the confident share (max probability >= 0.9), the class histogram
    (every digit between 0.5x and 2x its uniform share) and the classifier Fréchet distance to the held-out
    digits, next to the real-vs-real floor at the same n.
+
+With ``--preset quick-unconditional``, step 1 trains without labels and draws the digits unconditionally,
+autoguided (above); the reference recipe of step 2 is unconditional anyway.
 
 Prints wall time, steps, images/s and the metrics for both; writes the quick recipe's samples, a tensor
 (N, 1, 28, 28) in [-1, 1], to ``--samples-out``; exits 1 if the quick recipe misses the bar:
@@ -49,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.checkpoint import load_denoiser, write_json  # noqa: E402
-from ddpm_lib.cli import build_parser, train_config  # noqa: E402
+from ddpm_lib.cli import build_parser, interval_option, train_config  # noqa: E402
 from ddpm_lib.config import PRESETS, TrainConfig, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.errors import UsageError  # noqa: E402
@@ -66,16 +70,29 @@ BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "
 SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["grid"]["sampler"], PRESETS["quick"]["grid"]["steps"]
 #: a full run takes this much longer per step than the bare probe (checkpoints, metrics, EMA): measured 1.09x
 RUN_OVERHEAD = 1.09
+#: each preset's recipe here: options of ``python -m ddpm_lib train`` given after the preset (--train's come after
+#: these and win), and how its samples are drawn unless --autoguidance / --guidance-interval say otherwise: the
+#: autoguidance weight w (0: none) and the timesteps it guides (chapter 10, section 5). The unconditional one was
+#: sized to 12 minutes on this 2-core CPU and its sampling chosen on sampling seeds 1-3 (engineering notes).
+RECIPES = {
+    "quick": {"train": [], "autoguidance": 0.0, "interval": None},
+    "quick-unconditional": {
+        "train": ["--schedule", "cosine", "--sampler", "clip", "--steps", "2500"],
+        "autoguidance": 4.0,
+        "interval": (200, 850),
+    },
+}
 
 
 def quick_config(
     preset: str = "quick", train_options: list[str] = (), autoguided: bool = False
 ) -> TrainConfig:
-    """The recipe ``preset`` with ``train_options`` (options of ``python -m ddpm_lib train``) given after it.
+    """The recipe ``preset`` with its ``RECIPES`` options, then ``train_options`` (options of ``python -m ddpm_lib
+    train``), given after it.
 
     ``autoguided``: keep the EMA snapshot at a quarter of the steps (as the preset's own run does), to guide with.
     """
-    argv = ["train", "--preset", preset, *train_options]
+    argv = ["train", "--preset", preset, *RECIPES[preset]["train"], *train_options]
     recipe = train_config(build_parser(argv)[0].parse_args(argv))
     # one grid at the end only: the budget is for training
     return replace(recipe, eval_every=recipe.steps // 4 if autoguided else 0, checkpoint_every=10**9)
@@ -113,7 +130,14 @@ def seconds_per_step(config: TrainConfig, probe_steps: int = 5) -> float:
 
 
 def train_and_sample(
-    name: str, config: TrainConfig, out: Path, n: int, seed: int, guidance: float, autoguidance: float = 0.0
+    name: str,
+    config: TrainConfig,
+    out: Path,
+    n: int,
+    seed: int,
+    guidance: float,
+    autoguidance: float = 0.0,
+    interval: tuple[int, int] | None = None,
 ) -> dict:
     print(f"== {name}: {config.steps} steps of batch {config.batch_size}", flush=True)
     start = time.perf_counter()
@@ -122,7 +146,7 @@ def train_and_sample(
     model, scheduler, _ = load_denoiser(out / name / "checkpoints" / "last.pt")
     if autoguidance:  # chapter 10: away from the snapshot at a quarter of the run
         weak, _, _ = load_denoiser(out / name / "checkpoints" / f"step_{config.eval_every:06d}.pt")
-        model = AutoGuidance(model, weak, autoguidance)
+        model = AutoGuidance(model, weak, autoguidance, interval=interval)
     start = time.perf_counter()
     conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
     spec = SampleSpec(
@@ -160,6 +184,11 @@ def score(samples: torch.Tensor, classifier, reference_features, seed: int) -> d
     return result
 
 
+def interval_type(text: str):
+    """``--guidance-interval``: (LO, HI) as the command line reads it, or "all" (every step)."""
+    return text if text == "all" else interval_option(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="samples per recipe (default: 256)")
@@ -177,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         help="guidance w of the quick samples",
     )
     parser.add_argument(
-        "--autoguidance", type=float, default=0.0, metavar="W",
+        "--autoguidance", type=float, default=None, metavar="W",
         help="guide the quick samples away from the recipe's own EMA snapshot at a quarter of its steps "
-        "(autoguidance, chapter 10) with weight W; 0 (default): no autoguidance",
+        "(autoguidance, chapter 10) with weight W; 0: none (default: the preset's, see RECIPES)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--guidance-interval", type=interval_type, default=None, metavar="LO:HI",
+        help="autoguide only the steps with LO <= t <= HI; all: every step (default: the preset's)",
     )  # fmt: skip
     parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
     parser.add_argument(
@@ -191,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     train_options = shlex.split(args.train)
+    if args.autoguidance is None:
+        args.autoguidance = RECIPES[args.preset]["autoguidance"]
+    if args.guidance_interval is None:
+        args.guidance_interval = RECIPES[args.preset]["interval"]
+    if args.guidance_interval == "all" or not args.autoguidance:
+        args.guidance_interval = None
     try:
         recipe = quick_config(args.preset, train_options, autoguided=bool(args.autoguidance))
     except UsageError as error:
@@ -209,7 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     reference_features, _ = classify(classifier, load_mnist("heldout", verbose=False).tensors[0])
 
     quick = train_and_sample(
-        args.preset, recipe, args.out, args.n, args.seed, args.guidance, args.autoguidance
+        args.preset,
+        recipe,
+        args.out,
+        args.n,
+        args.seed,
+        args.guidance,
+        args.autoguidance,
+        args.guidance_interval,
     )
     if args.samples_out is not None:
         args.samples_out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bar: confident >= {BAR['confident_share']:.0%}, every class in [{BAR['min_class_ratio']}, "
           f"{BAR['max_class_ratio']}] x its share, FD <= {BAR['fd_over_floor']}x floor; n = {args.n}; "
           f"{args.preset} samples: {SAMPLER_STEPS}-step DDPM, guidance w = {args.guidance:g} "
-          f"(class-conditional models only), autoguidance w = {args.autoguidance:g}")  # fmt: skip
+          f"(class-conditional models only), autoguidance w = {args.autoguidance:g}"
+          f"{'' if args.guidance_interval is None else ' on t in [{}, {}]'.format(*args.guidance_interval)}")  # fmt: skip
     print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "report.json",
-               {"n": args.n, "guidance": args.guidance, "autoguidance": args.autoguidance, "preset": args.preset,
+               {"n": args.n, "guidance": args.guidance, "autoguidance": args.autoguidance,
+                "guidance_interval": args.guidance_interval, "preset": args.preset,
                 "train_options": train_options, "quick_config": asdict(recipe), "rows": report})  # fmt: skip
     return 0 if report[0]["bar_met"] else 1
 

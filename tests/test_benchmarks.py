@@ -108,7 +108,7 @@ def test_time_to_digits_takes_options_of_the_train_command_and_refuses_bad_ones(
     for bad, words in [
         ("--learning-rate 1", "unrecognized arguments: --learning-rate"),
         ("--lr abc", "--lr"),
-        ("--schedule cosine", "clipped x0"),  # the recipe's own check: cosine grids need clipping
+        ("--sampler ddpm", "clipped x0"),  # the recipe's own check: cosine grids need clipping
     ]:
         with pytest.raises(SystemExit):
             time_to_digits.main(["--skip-reference", "--preset", "quick-unconditional", "--train", bad])
@@ -117,11 +117,31 @@ def test_time_to_digits_takes_options_of_the_train_command_and_refuses_bad_ones(
 
 def test_time_to_digits_autoguides_with_the_snapshot_at_a_quarter_of_the_run(tmp_path, capsys):
     recipe = time_to_digits.quick_config("quick-unconditional", autoguided=True)
-    assert recipe.eval_every == recipe.steps // 4 == PRESETS["quick-unconditional"]["eval_every"]
+    assert recipe.eval_every == recipe.steps // 4
+    assert (recipe.schedule, recipe.grid.sampler, recipe.steps) == (
+        "cosine",
+        "clip",
+        2500,
+    )  # RECIPES' options
     tiny = replace(recipe, steps=8, batch_size=4, eval_every=2, n_samples=2,
                    model={**recipe.model, "base_dim": 8, "dim_mults": [2], "attention": []})  # fmt: skip
-    row = time_to_digits.train_and_sample("tiny", tiny, tmp_path, 3, seed=1, guidance=0.0, autoguidance=1.0)
+    row = time_to_digits.train_and_sample(
+        "tiny", tiny, tmp_path, 3, seed=1, guidance=0.0, autoguidance=1.0, interval=(200, 900)
+    )
     assert row["samples"].shape == (3, 1, 28, 28) and (tmp_path / "tiny/checkpoints/step_000002.pt").is_file()
     with pytest.raises(SystemExit):
         time_to_digits.main(["--skip-reference", "--autoguidance", "-1"])
     assert "--autoguidance must be >= 0" in capsys.readouterr().err
+
+
+def test_time_to_digits_samples_each_preset_its_own_way(capsys):
+    assert set(time_to_digits.RECIPES) == set(PRESETS)
+    # the unconditional recipe is autoguided on an interval; the class-conditional one is guided by its labels
+    assert time_to_digits.RECIPES["quick"] == {"train": [], "autoguidance": 0.0, "interval": None}
+    assert time_to_digits.RECIPES["quick-unconditional"]["autoguidance"] > 0
+    assert time_to_digits.interval_type("200:900") == (200, 900)
+    assert time_to_digits.interval_type("all") == "all"
+    for bad in ("900:200", "200", "a:b", "-1:5"):
+        with pytest.raises(SystemExit):
+            time_to_digits.main(["--skip-reference", f"--guidance-interval={bad}"])
+        assert "--guidance-interval: expected LO:HI" in capsys.readouterr().err
