@@ -370,22 +370,23 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 # Without the label, the same network needs help to reach the bar in twelve minutes. `--preset
 # quick-unconditional` is this network and recipe without labels, trained for 3,500 steps; it keeps an EMA
 # snapshot at each quarter of its steps. Alone, it draws all ten digits, but many of them ambiguous: `python
-# benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` as it stood on 2026-12-04 (the preset
-# unchanged and unguided; 256 samples, 2 cores of an AMD EPYC CPU, torch 2.14.1; 700 s in all) gave every class
-# between 0.66× and 1.52× its share at 2.98× the floor, but only 73.8% of the digits confidently. Two changes from
-# earlier chapters close most of the gap. Chapter 09's cosine schedule spends fewer training steps on almost pure
-# noise, where min-SNR weighting leaves the loss almost no weight. Chapter 10's autoguidance steers each sample away from the run's own snapshot
-# at a quarter of its steps, and guiding only on $200 \le t \le 850$ (chapter 10, section 5) lets the weight grow
-# to $w = 4$ without starving any digit. The benchmark's unconditional recipe is exactly that, sized to twelve
-# minutes on two cores: `python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` trains
-# `--preset quick-unconditional --schedule cosine --sampler clip --steps 2500` and autoguides its 256 digits. One
-# run (2026-12-06, same machine) trained in 715 s and sampled in 17 s, 12.2 minutes in all, and drew 92.6%
-# confident digits, every class between 0.62× and 1.56× its share, at 1.74× the floor: the bar's three scores.
-# But it is met with no margin. Another run of the same recipe on the same machine trained in 668 s, so the
-# wall time moves by several percent between runs. The same checkpoint sampled with six seeds met the bar on three
-# of them, with confident shares of 85.5–92.6%. At 2,400 steps, which took 11.5 minutes, it reached 88.7%. Twelve
-# minutes on two cores take an unconditional model to the edge of the bar; with the label, about half that time takes
-# the quick recipe well past it. The engineering notes give every measurement. The shipped unconditional model
+# benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` as it stood on 2026-12-04 (the
+# preset unchanged and unguided; 256 samples, 2 cores of an AMD EPYC CPU, torch 2.14.1; 700 s in all) gave every
+# class between 0.66× and 1.52× its share at 2.98× the floor, but only 73.8% of the digits confidently. Two
+# changes from earlier chapters close most of the gap. Chapter 09's cosine schedule spends fewer training steps on
+# almost pure noise, where min-SNR weighting leaves the loss almost no weight. Chapter 10's autoguidance steers
+# each sample away from the run's own snapshot at a quarter of its steps, and guiding only on
+# $200 \le t \le 850$ (chapter 10, section 5) lets the weight grow to $w = 4$ without starving any digit.
+#
+# The benchmark's unconditional recipe is exactly that, sized to twelve minutes on two cores: `python
+# benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` trains `--preset
+# quick-unconditional --schedule cosine --sampler clip --steps 2500` and autoguides its 256 digits. One run of it
+# (2026-12-06, the same machine) trained in 715 s and sampled in 17 s, 12.2 minutes in all. It drew 92.6%
+# confident digits, every class between 0.62× and 1.56× its share, at 1.74× the floor: the bar's three scores,
+# with no margin. With other sampling seeds the same checkpoint scored between 85.5% and 92.6% and met the bar on
+# three seeds of six, and the machine's pace moves the wall time by several percent (the engineering notes have
+# the runs). Twelve minutes on two cores take an unconditional model to the edge of the bar; with the label,
+# about half that time takes the quick recipe well past it. The shipped unconditional model
 # `ddpm_mnist` is the same network without labels, trained for 36,000 steps with an EMA decay of 0.999 (its
 # provenance file says exactly how, and what it scores; chapter 05, section 7 prints it).
 
