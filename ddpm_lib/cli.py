@@ -950,16 +950,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
             f"bar (>= {BAR_CONFIDENT_SHARE:.0%} of samples confident, all 10 classes present): "
             f"{'met' if passed else 'NOT met'} ({mine['confident_share']:.1%}, {mine['classes_present']}/10 classes)"
         )
+    autoguided = args.samples is None and args.weak is not None
     report = {
         "name": name,  #: the row of "results" that holds these samples
         "source": source,
         "spec": None if args.samples is not None else _spec_dict(spec),
         "recipe": args.recipe,  #: the shipped weights' sampling recipe it followed, if any
         "weak": None if args.samples is not None else args.weak,
-        "autoguidance": None if args.samples is not None or args.weak is None else _autoguidance_weight(args),
-        "guidance_interval": None
-        if args.samples is not None or args.weak is None
-        else args.guidance_interval,
+        "autoguidance": _autoguidance_weight(args) if autoguided else None,
+        "guidance_interval": args.guidance_interval if autoguided else None,
         "sampler": None if args.samples is not None else spec.sampler,
         "steps": steps,
         "seed": spec.seed,
