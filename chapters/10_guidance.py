@@ -476,8 +476,8 @@ assert prediction_of(AutoGuidance(unconditional, weak, 1.0)) == prediction_of(un
 
 # %% [markdown]
 # Now the same measurement as section 4, for the unconditional model: the weak snapshot alone, the shipped model
-# unguided, autoguided at $w = 1$ and $w = 2$, and at $w = 2$ on the interval $200 \le t \le 900$ only, each drawing the same `n_eval` digits with the same seeds on a
-# 25-step DDPM chain (chapter 08). With no label to ask for, the columns are chapter 07's: the confident share,
+# unguided, autoguided at $w = 1$ and $w = 2$, and at $w = 2$ on the interval $200 \le t \le 900$ only, each
+# drawing the same `n_eval` digits with the same seeds on a 25-step DDPM chain (chapter 08). With no label to ask for, the columns are chapter 07's: the confident share,
 # the rarest and commonest class against its uniform share, and the Fréchet distance against the floor. In the
 # full profile (256 digits per row) the cell takes about a minute on a 2-core laptop.
 

@@ -369,11 +369,9 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 #
 # Without the label, the same network needs help to reach the bar in twelve minutes. `--preset
 # quick-unconditional` is this network and recipe without labels, trained for 3,500 steps; it keeps an EMA
-# snapshot at each quarter of its steps. Alone, it draws all ten digits, but many of them ambiguous: `python
-# benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference` as it stood on 2026-12-04 (the
-# preset unchanged and unguided; 256 samples, 2 cores of an AMD EPYC CPU, torch 2.14.1; 700 s in all) gave every
-# class between 0.66× and 1.52× its share at 2.98× the floor, but only 73.8% of the digits confidently. Two
-# changes from earlier chapters close most of the gap. Chapter 09's cosine schedule spends fewer training steps on
+# snapshot at each quarter of its steps. Alone, it draws all ten digits, but many of them ambiguous: about three
+# in four confidently, well short of the bar's 90% (the engineering notes record the runs). Two changes from
+# earlier chapters close most of the gap. Chapter 09's cosine schedule spends fewer training steps on
 # almost pure noise, where min-SNR weighting leaves the loss almost no weight. Chapter 10's autoguidance steers
 # each sample away from the run's own snapshot at a quarter of its steps, and guiding only on
 # $200 \le t \le 850$ (chapter 10, section 5) lets the weight grow to $w = 4$ without starving any digit.
