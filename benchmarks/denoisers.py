@@ -9,7 +9,8 @@ min-SNR-γ loss weighting (γ = 5, weighted per target, chapter 05), gradient cl
 one-cycle learning rate follows the share of the budget spent (torch's ``OneCycleLR`` curve with wall time in
 place of the step count), so every network warms up and anneals fully however fast it is.
 Each uses the precision that is faster for it on this CPU (bfloat16 autocast for the course's networks,
-float32 for diffusers', which bfloat16 slows down here).
+float32 for diffusers', which bfloat16 slows down here); on a CPU without bfloat16 instructions
+(``ddpm_lib.runner.native_bf16``), where bfloat16 is about ten times slower, every row trains and samples in float32.
 
 Then ``--n`` samples from each EMA network with 25-step DDPM on chapter 08's respaced chain (the quick recipe's
 sampler), scored by chapter 07's metrics against the held-out digits in 4 disjoint draws: the confident share
@@ -55,6 +56,7 @@ from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.metrics import baseline_images, classify, compare  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
+from ddpm_lib.runner import native_bf16  # noqa: E402
 from ddpm_lib.schedule import LinearBetaScheduler  # noqa: E402
 from ddpm_lib.training import EMA, batch_stream, make_optimizer, train_step  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
@@ -210,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in rows:
         description, build, bf16 = known[name]
+        bf16 = bf16 and native_bf16(torch.device("cpu"))
         print(f"== {name}: {description}", flush=True)
         model, run = train_for(build, bf16, args.budget, images, scheduler, args.seed)
         start = time.perf_counter()
-        samples = generate(model, scheduler, args.n, SampleSpec(**SAMPLER, seed=args.seed))
+        spec = SampleSpec(**SAMPLER, seed=args.seed, bf16=native_bf16(torch.device("cpu")))
+        samples = generate(model, scheduler, args.n, spec)
         run["sample_s"] = time.perf_counter() - start
         scores = compare(classify(classifier, samples), reference_features, DRAWS)
         command = f"python benchmarks/denoisers.py --rows {name} --budget {args.budget:g} --n {args.n} --seed {args.seed}"

@@ -61,7 +61,7 @@ from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.guidance import AutoGuidance  # noqa: E402
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
-from ddpm_lib.runner import run_training  # noqa: E402
+from ddpm_lib.runner import native_bf16, run_training  # noqa: E402
 from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 
@@ -149,9 +149,11 @@ def train_and_sample(
         model = AutoGuidance(model, weak, autoguidance, interval=interval)
     start = time.perf_counter()
     conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
+    # float32 on a CPU without bfloat16 instructions, as run_training trains there
     spec = SampleSpec(
-        sampler=SAMPLER, steps=SAMPLER_STEPS, guidance=guidance if conditional else 0.0, seed=seed
-    )
+        sampler=SAMPLER, steps=SAMPLER_STEPS, guidance=guidance if conditional else 0.0, seed=seed,
+        bf16=native_bf16(torch.device("cpu")),
+    )  # fmt: skip
     samples = generate(model, scheduler, n, spec)
     sample_s = time.perf_counter() - start
     return {

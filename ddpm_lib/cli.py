@@ -690,6 +690,8 @@ def _check_resume_options(args: argparse.Namespace, defaults, config) -> None:
             )
         else:
             value, default, kept = getattr(config, name), getattr(defaults, name), getattr(saved, name)
+        if name == "bf16" and value and not kept:
+            continue  # a new run on a CPU without bfloat16 trains in float32 (ddpm_lib.runner.resolve_precision)
         if value != default and value != kept:
             differences.append(f"{flag} {value} (the run has {kept})")
     if args.epochs is not None and config.steps != saved.steps:
@@ -795,6 +797,19 @@ def _spec(args: argparse.Namespace):
     return replace(SampleSpec(), **_values(args, "spec.", SampleSpec)).check()
 
 
+def _native_precision(spec, device: str):
+    """``spec`` in float32 where it asks for bfloat16 on a CPU without bfloat16 instructions, which would run
+    about ten times slower there (``ddpm_lib.runner.native_bf16``); said on stderr."""
+    import torch
+
+    from .runner import NO_NATIVE_BF16, native_bf16
+
+    if not spec.bf16 or torch.device(device).type != "cpu" or native_bf16(torch.device(device)):
+        return spec
+    print(f"{PROG}: note: {NO_NATIVE_BF16}; sampling in float32 instead", file=sys.stderr)
+    return replace(spec, bf16=False)
+
+
 def _warn_if_unclipped_cosine(config, spec) -> None:
     if config.schedule == "cosine" and spec.sampler != "clip" and not spec.clip:
         print(
@@ -820,6 +835,7 @@ def run_sample(args: argparse.Namespace) -> None:
     _apply_recipe(args)
     spec = _spec(args)
     model, scheduler, config, source = _load_denoiser(args, _device(args.device))
+    spec = _native_precision(spec, _device(args.device))
     steps = spec.num_steps(scheduler.num_timesteps)
     _warn_if_unclipped_cosine(config, spec)
     frames, calls = [], [0]
@@ -900,6 +916,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     else:
         check_draws(args.n)
         model, scheduler, config, source = _load_denoiser(args, _device(args.device))
+        spec = _native_precision(spec, _device(args.device))
         dataset = config.dataset
         classifier, classifier_info, heldout = scorer(dataset)
         steps = spec.num_steps(scheduler.num_timesteps)

@@ -31,13 +31,19 @@ other ranks write nothing. ``config.json`` records ``world_size``, ``per_process
 ``backend`` and ``effective_lr`` (``--lr`` scaled by ``--lr-scaling``: ``none``, ``linear`` or ``sqrt``
 in batch/128, the reference's batch). ``--resume`` needs the world size the run started with and says
 so otherwise. Ctrl-C / SIGTERM (torchrun forwards them) stops every rank before the same step.
-``--bf16`` (bfloat16 autocast) works on CPUs and on GPUs that support it (compute capability 8.0+).
+``--bf16`` (bfloat16 autocast) works on CPUs and on GPUs that support it (compute capability 8.0+). It is
+faster only where the hardware computes in bfloat16 (:func:`native_bf16`): on a CPU without bfloat16
+instructions PyTorch falls back to generic kernels, about ten times slower than float32 for the course's
+U-Net (``benchmarks/sampling_speed.py`` and ``benchmarks/unet_throughput.py`` measure it), so there a new run
+asked for bfloat16 (by ``--bf16`` or a preset) trains in float32 instead, says so, and records ``bf16: false``
+in its config. A resumed run keeps the precision it started with, so that it reaches the same weights.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +64,40 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively, so that bfloat16 autocast is faster than float32: a GPU
+    of compute capability 8.0+, or a CPU with bfloat16 instructions as oneDNN reports them (AVX-512 BF16 or AMX
+    on x86, BF16 on Arm). An x86 CPU with AVX2 alone has none."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+NO_NATIVE_BF16 = (
+    "this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so bfloat16 runs about ten times slower "
+    "than float32 here"
+)
+
+
+def resolve_precision(
+    config: TrainConfig, device: torch.device, resume: bool, announce: bool = True
+) -> TrainConfig:
+    """Train a new run in float32 where bfloat16 was asked for but ``device`` is a CPU without it (see the module
+    docstring); a resumed run keeps its precision. ``announce``: say so on stderr."""
+    if not config.bf16 or device.type != "cpu" or native_bf16(device):
+        return config
+    if resume:
+        if announce:
+            print(f"note: {NO_NATIVE_BF16}; the run resumes in bfloat16, as it started", file=sys.stderr)
+        return config
+    if announce:
+        print(f"note: {NO_NATIVE_BF16}; training in float32 instead", file=sys.stderr)
+    config.bf16 = False
+    return config
 
 
 def resolve_parallelism(config: TrainConfig, dist: Distributed, device: torch.device) -> TrainConfig:
@@ -310,8 +350,9 @@ def run_training(
             init = path, source
     if config.wandb:
         _check_wandb()
-    config.grid = replace(config.grid, seed=config.seed, bf16=config.bf16)
     device = dist.device(config.device)
+    config = resolve_precision(config, device, resume, announce=dist.is_main)
+    config.grid = replace(config.grid, seed=config.seed, bf16=config.bf16)
     config = resolve_parallelism(config, dist, device)
     if config.download and dist.is_main:  # one download, before the other ranks look for the files
         load_dataset(config.dataset, "train", root=config.data_root, download=True, verbose=False)

@@ -420,3 +420,58 @@ def test_ship_weights_keeps_the_chain_of_a_continued_run(straight_run, tmp_path,
     assert record["initialised_from"]["earlier_run"] == earlier and record["initialised_from"]["step"] == 6
     assert record["training_wall_time_s"] == pytest.approx(100.0 + this_run, abs=0.11)
     assert checkpoint.load(weights_dir / "tiny.pt", "denoiser")["step"] == 10
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_is_used_only_where_the_cpu_computes_in_it(monkeypatch, tmp_path, capsys, native):
+    """A CPU without bfloat16 instructions runs bfloat16 about ten times slower than float32: there a new run
+    asked for bfloat16 trains in float32, records it and says so, and sampling does the same."""
+    import ddpm_lib.runner as runner
+
+    assert isinstance(runner.native_bf16(torch.device("cpu")), bool)
+    monkeypatch.setattr(runner, "native_bf16", lambda device: native)
+    out = tmp_path / "run"
+    command = [
+        "train",
+        "--bf16",
+        "--steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    main(command)
+    err = capsys.readouterr().err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["bf16"] is native and saved["grid"]["bf16"] is native
+    assert checkpoint.load(out / "checkpoints" / "last.pt", "run")["config"]["bf16"] is native
+    assert ("no bfloat16 instructions" in err and "training in float32 instead" in err) is not native
+    main([*command, "--resume"])  # repeating the command line with --resume is accepted either way
+    assert json.loads((out / "config.json").read_text())["bf16"] is native
+
+    grid = tmp_path / "grid.png"
+    sample = ["sample", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--n", "2", "--out", str(grid)]
+    main([*sample, "--no-progress"])
+    assert ("sampling in float32 instead" in capsys.readouterr().err) is not native
+    main([*sample, "--no-progress", "--float32"])
+    assert "bfloat16" not in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, capsys):
+    import ddpm_lib.runner as runner
+    from ddpm_lib.config import TrainConfig
+
+    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
+    cpu = torch.device("cpu")
+    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=True).bf16 is True
+    assert "resumes in bfloat16" in capsys.readouterr().err
+    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=False).bf16 is False
+    assert runner.resolve_precision(TrainConfig(bf16=False), cpu, resume=False, announce=False).bf16 is False
+    assert capsys.readouterr().err.count("note:") == 1
+    monkeypatch.setattr(runner, "native_bf16", lambda device: True)
+    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=False).bf16 is True
+    assert capsys.readouterr().err == ""
