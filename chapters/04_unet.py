@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -1191,6 +1191,13 @@ print(
 # Ours/reference: 4.7× for training and 3.0× for sampling, with 428,977 parameters against 261,873.
 # Without bfloat16 the default still trains 3.0× faster but samples only 1.9× faster: on a CPU without
 # native bfloat16 support the sampling margin is thin.
+#
+# "Native" matters more than any row of that table. bfloat16 is fast only on a CPU with bfloat16 instructions
+# (AVX-512 BF16 or AMX on x86, BF16 on Arm). On one without them, such as an x86 laptop with AVX2 alone, PyTorch
+# runs bfloat16 on generic kernels, many times slower than float32 (the engineering notes record a 14× gap for
+# the quick recipe's network). `python -m ddpm_lib train`, `sample` and `evaluate` therefore use float32 on such
+# a CPU and say so; in this notebook, `ddpm_lib.runner.native_bf16(torch.device("cpu"))` tells you which kind you
+# have, and where it prints `False`, pass `bf16=False` wherever a later chapter's cell passes `bf16=True`.
 #
 # ## 12. Conditioning on a label
 #
