@@ -799,7 +799,8 @@ def _spec(args: argparse.Namespace):
 
 def _native_precision(spec, device: str):
     """``spec`` in float32 where it asks for bfloat16 on a CPU without bfloat16 instructions, which would run
-    about ten times slower there (``ddpm_lib.runner.native_bf16``); said on stderr."""
+    about ten times slower there (``ddpm_lib.runner.native_bf16``); said on stderr. Called once the command's
+    input has been checked, so that bad input stays a single line of error."""
     import torch
 
     from .runner import NO_NATIVE_BF16, native_bf16
@@ -829,14 +830,15 @@ def run_sample(args: argparse.Namespace) -> None:
     import torch
 
     from . import checkpoint
-    from .generation import generate
+    from .generation import _labels_for, generate
     from .sampling import grid_image
 
     _apply_recipe(args)
     spec = _spec(args)
     model, scheduler, config, source = _load_denoiser(args, _device(args.device))
-    spec = _native_precision(spec, _device(args.device))
     steps = spec.num_steps(scheduler.num_timesteps)
+    _labels_for(model, spec, args.n, None)  # a label the model cannot take fails here, before any note
+    spec = _native_precision(spec, _device(args.device))
     _warn_if_unclipped_cosine(config, spec)
     frames, calls = [], [0]
     every = max(1, steps // 50)  # about 50 frames at most
@@ -874,7 +876,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     from . import checkpoint
     from .data import load_dataset
-    from .generation import generate
+    from .generation import _labels_for, generate
     from .metrics import baseline_images, check_images, draw_difference, evaluate_images, format_table
     from .pretrained import load_classifier
 
@@ -916,10 +918,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     else:
         check_draws(args.n)
         model, scheduler, config, source = _load_denoiser(args, _device(args.device))
-        spec = _native_precision(spec, _device(args.device))
         dataset = config.dataset
         classifier, classifier_info, heldout = scorer(dataset)
         steps = spec.num_steps(scheduler.num_timesteps)
+        _labels_for(model, spec, args.n, None)
+        spec = _native_precision(spec, _device(args.device))
         _warn_if_unclipped_cosine(config, spec)
         print(
             f"sampling {args.n} {_things(dataset)} ({spec.describe(scheduler.num_timesteps)}) from {source}",
