@@ -61,7 +61,7 @@ def exercise(solution: str = SOLUTION, check: str = CHECK, number: str = "99.1")
 
 
 def run(notebook: nbformat.NotebookNode, tmp_path) -> ChapterRun:
-    return execute_chapter(notebook, LABEL, tmp_path, timeout=60)
+    return execute_chapter(notebook, LABEL, tmp_path, timeout=60, float32_autocast=False)
 
 
 def only_failure(result: ChapterRun) -> str:
@@ -109,6 +109,37 @@ def test_a_good_chapter_passes_with_the_outputs_of_a_plain_run(tmp_path):
         range(1, 10)
     )
     assert result.notebook.cells[-1].outputs[0]["data"]["text/plain"] == "42"
+
+
+@pytest.mark.parametrize("float32_autocast", [False, True])
+def test_on_a_cpu_without_bfloat16_the_chapters_autocast_computes_in_float32(tmp_path, float32_autocast):
+    """Where the CPU has no bfloat16 instructions (bfloat16 ten times slower than float32 there), the runner makes
+    bfloat16 autocast on the CPU a no-op before the first cell; every other autocast is left alone."""
+    notebook = chapter(
+        "import torch\n\nx = torch.ones(2, 2)",
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n    print((x @ x).dtype)",
+        "with torch.autocast(device_type='cpu'):  # the CPU's default autocast dtype is bfloat16\n"
+        "    print((x @ x).dtype)",
+        "with torch.autocast('cpu', dtype=torch.float16):\n    print((x @ x).dtype)",
+        "with torch.autocast('cpu', dtype=torch.bfloat16, enabled=False):\n    print((x @ x).dtype)",
+    )
+    result = execute_chapter(notebook, LABEL, tmp_path, timeout=120, float32_autocast=float32_autocast)
+    assert result.failures == [] and result.complete and result.float32_autocast is float32_autocast
+    bf16 = "torch.float32\n" if float32_autocast else "torch.bfloat16\n"
+    assert texts(result.notebook)[1:] == [bf16, bf16, "torch.float16\n", "torch.float32\n"]
+    assert result.notebook.cells[1].execution_count == 2  # the patch ran outside the chapter's own cells
+
+
+def test_the_runner_decides_float32_autocast_by_the_packages_test(tmp_path, monkeypatch):
+    import tools.chapter_run as chapter_run
+
+    for native in (False, True):
+        monkeypatch.setattr(chapter_run, "native_cpu_bf16", lambda native=native: native)
+        assert run_default(chapter("1 + 1"), tmp_path).float32_autocast is not native
+
+
+def run_default(notebook: nbformat.NotebookNode, tmp_path) -> ChapterRun:
+    return execute_chapter(notebook, LABEL, tmp_path, timeout=120)
 
 
 def child_kernels() -> list[int]:

@@ -37,6 +37,14 @@ A failure names the chapter, the cell (its 0-based index, as JupyterLab numbers 
 first line, and shows the traceback. The first failing cell of the chapter ends the run; an
 exercise whose check does not fail on the stub is reported and the run goes on.
 
+On a CPU without bfloat16 instructions (``ddpm_lib.runner.native_bf16``: no AVX-512 BF16 or AMX, e.g. an
+AVX2-only x86), bfloat16 autocast runs on generic kernels, ten to fifteen times slower than float32; chapter 07
+alone then overran the cell timeout. There the runner makes bfloat16 autocast on the CPU a no-op in the
+chapter's kernel before its first cell (:data:`FLOAT32_AUTOCAST`), so the chapters' bfloat16 cells compute in
+float32, and the terminal summary says so. What such a run proves is unchanged (every cell runs, every check
+fails on its stub); its numbers are float32 ones. The chapters' stored full-profile outputs
+(``tools/execute_chapters.py``) are made without this: they are what a learner's kernel computes.
+
 With ``--nbval`` or ``--nbval-lax`` on the command line this plugin collects nothing and nbval runs
 the notebooks its own way (cell by cell, no student copy).
 """
@@ -62,6 +70,29 @@ CELL_TIMEOUT = 2000  # seconds per cell, nbval's default
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 RESULT_TAG = "__chapter_run__ "
 PRINTED_LINES = 20  # of a failing cell's output, shown above its traceback
+
+#: Runs in the kernel before the first cell where the CPU has no bfloat16 instructions: ``torch.autocast``
+#: for bfloat16 on the CPU becomes a no-op (float32); every other device and dtype is left as it is.
+FLOAT32_AUTOCAST = r'''
+def _float32_on_this_cpu():
+    import torch
+
+    class Float32OnThisCpu(torch.autocast):
+        """bfloat16 autocast on the CPU computes in float32 here: this CPU has no bfloat16 instructions
+        (tools/chapter_run.py, FLOAT32_AUTOCAST)."""
+
+        def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+            asked = dtype if dtype is not None else torch.get_autocast_dtype(device_type)
+            if device_type == "cpu" and asked == torch.bfloat16:
+                enabled = False
+            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+    torch.autocast = Float32OnThisCpu
+
+
+_float32_on_this_cpu()
+del _float32_on_this_cpu
+'''
 
 #: Runs once in the kernel: a module ``_chapter_run`` (in ``sys.modules``, not in the user's
 #: namespace) with the snapshot/restore functions the protocol calls.
@@ -170,6 +201,7 @@ class ChapterRun:
     seconds: float = 0.0  # the real cells (what a top-to-bottom run costs)
     student_seconds: float = 0.0  # the student stubs and checks
     complete: bool = False  # every cell ran
+    float32_autocast: bool = False  # bfloat16 autocast on the CPU ran in float32 (FLOAT32_AUTOCAST)
 
 
 def first_line(source: str) -> str:
@@ -218,16 +250,33 @@ def poll_in_short_waits(channel, wait: float = 1.0) -> None:
     channel.get_msg = get_msg
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this machine's CPU computes in bfloat16 natively (the package's own test)."""
+    import torch
+
+    from ddpm_lib.runner import native_bf16
+
+    return native_bf16(torch.device("cpu"))
+
+
 def execute_chapter(
-    notebook: nbformat.NotebookNode, label: str, cwd: Path, timeout: int = CELL_TIMEOUT
+    notebook: nbformat.NotebookNode,
+    label: str,
+    cwd: Path,
+    timeout: int = CELL_TIMEOUT,
+    float32_autocast: bool | None = None,
 ) -> ChapterRun:
-    """Run ``notebook`` once as described in the module docstring; ``label`` names it in messages."""
+    """Run ``notebook`` once as described in the module docstring; ``label`` names it in messages.
+    ``float32_autocast`` (default: where the CPU has no bfloat16 instructions) runs :data:`FLOAT32_AUTOCAST`
+    first."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     from ddpm_lib.course import exercises, student_notebook
 
-    run = ChapterRun(copy.deepcopy(notebook))
+    if float32_autocast is None:
+        float32_autocast = not native_cpu_bf16()
+    run = ChapterRun(copy.deepcopy(notebook), float32_autocast=float32_autocast)
     cells = run.notebook.cells
     try:
         found = exercises(notebook)
@@ -377,6 +426,8 @@ def execute_chapter(
             )
             if error is not None:
                 raise RuntimeError(f"{label}: the runner's kernel helpers failed to load: {error}")
+            if float32_autocast and (error := scratch_run(FLOAT32_AUTOCAST)) is not None:
+                raise RuntimeError(f"{label}: the runner's float32 autocast failed to load: {error}")
             for index, cell in enumerate(cells):
                 if cell.cell_type != "code" or index in checks:
                     continue
@@ -431,6 +482,7 @@ class ChapterItem(pytest.Item):
         self.user_properties += [
             ("seconds", round(run.seconds, 1)),
             ("student_seconds", round(run.student_seconds, 1)),
+            ("float32_autocast", run.float32_autocast),
         ]
         if run.failures:
             raise ChapterFailed(run.failures)
@@ -456,4 +508,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             f"chapter runs: {len(runs)} chapter(s), {sum(run['seconds'] for run in runs):.0f} s in their cells, "
             f"{sum(run['student_seconds'] for run in runs):.0f} s in the student stubs and checks"
+        )
+    if any(run.get("float32_autocast") for run in runs):
+        terminalreporter.write_line(
+            "chapter runs: this CPU has no bfloat16 instructions, so the chapters' bfloat16 autocast ran in "
+            "float32 (tools/chapter_run.py, FLOAT32_AUTOCAST)"
         )
