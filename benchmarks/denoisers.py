@@ -10,7 +10,7 @@ one-cycle learning rate follows the share of the budget spent (torch's ``OneCycl
 place of the step count), so every network warms up and anneals fully however fast it is.
 Each uses the precision that is faster for it on this CPU (bfloat16 autocast for the course's networks,
 float32 for diffusers', which bfloat16 slows down here); on a CPU without bfloat16 instructions
-(``ddpm_lib.runner.native_bf16``), where bfloat16 is about ten times slower, every row trains and samples in float32.
+(``ddpm_lib.precision.native_bf16``), where bfloat16 is about ten times slower, every row trains and samples in float32.
 
 Then ``--n`` samples from each EMA network with 25-step DDPM on chapter 08's respaced chain (the quick recipe's
 sampler), scored by chapter 07's metrics against the held-out digits in 4 disjoint draws: the confident share
@@ -55,8 +55,8 @@ from ddpm_lib.checkpoint import write_json  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.metrics import baseline_images, classify, compare  # noqa: E402
+from ddpm_lib.precision import native_bf16  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
-from ddpm_lib.runner import native_bf16  # noqa: E402
 from ddpm_lib.schedule import LinearBetaScheduler  # noqa: E402
 from ddpm_lib.training import EMA, batch_stream, make_optimizer, train_step  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402

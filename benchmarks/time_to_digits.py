@@ -60,8 +60,9 @@ from ddpm_lib.errors import UsageError  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.guidance import AutoGuidance  # noqa: E402
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
+from ddpm_lib.precision import native_bf16  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
-from ddpm_lib.runner import native_bf16, run_training  # noqa: E402
+from ddpm_lib.runner import run_training  # noqa: E402
 from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 

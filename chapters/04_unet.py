@@ -1196,8 +1196,17 @@ print(
 # (AVX-512 BF16 or AMX on x86, BF16 on Arm). On one without them, such as an x86 laptop with AVX2 alone, PyTorch
 # runs bfloat16 on generic kernels, many times slower than float32 (the engineering notes record a 14× gap for
 # the quick recipe's network). `python -m ddpm_lib train`, `sample` and `evaluate` therefore use float32 on such
-# a CPU and say so; in this notebook, `ddpm_lib.runner.native_bf16(torch.device("cpu"))` tells you which kind you
-# have, and where it prints `False`, pass `bf16=False` wherever a later chapter's cell passes `bf16=True`.
+# a CPU and say so. In a notebook, `ddpm_lib.precision.native_bf16()` tells you which kind you have; where it
+# says `False`, run
+#
+# ```python
+# from ddpm_lib.precision import use_native_precision
+# use_native_precision()
+# ```
+#
+# once at the top of each later chapter: every cell that follows and asks for bfloat16 on the CPU then computes
+# in float32 (on a CPU with the instructions the call changes nothing). Your numbers will then differ a little
+# from the ones printed in this book, which were computed in bfloat16.
 #
 # ## 12. Conditioning on a label
 #

@@ -32,7 +32,7 @@ other ranks write nothing. ``config.json`` records ``world_size``, ``per_process
 in batch/128, the reference's batch). ``--resume`` needs the world size the run started with and says
 so otherwise. Ctrl-C / SIGTERM (torchrun forwards them) stops every rank before the same step.
 ``--bf16`` (bfloat16 autocast) works on CPUs and on GPUs that support it (compute capability 8.0+). It is
-faster only where the hardware computes in bfloat16 (:func:`native_bf16`): on a CPU without bfloat16
+faster only where the hardware computes in bfloat16 (``ddpm_lib.precision.native_bf16``): on a CPU without bfloat16
 instructions PyTorch falls back to generic kernels, about ten times slower than float32 for the course's
 U-Net (``benchmarks/sampling_speed.py`` and ``benchmarks/unet_throughput.py`` measure it), so there a new run
 asked for bfloat16 (by ``--bf16`` or a preset) trains in float32 instead, says so, and records ``bf16: false``
@@ -55,6 +55,7 @@ from .config import TrainConfig, build_model, config_from_dict, scaled_lr, sched
 from .data import load_dataset
 from .distributed import Distributed, shard
 from .errors import UsageError
+from .precision import NO_NATIVE_BF16, native_bf16  # noqa: F401 (NO_NATIVE_BF16: the CLI's notes)
 from .training import EMA, make_lr_scheduler, make_optimizer, train
 
 
@@ -64,26 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively, so that bfloat16 autocast is faster than float32: a GPU
-    of compute capability 8.0+, or a CPU with bfloat16 instructions as oneDNN reports them (AVX-512 BF16 or AMX
-    on x86, BF16 on Arm). An x86 CPU with AVX2 alone has none."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a build without oneDNN's test: keep what was asked for
-            return True
-    return True
-
-
-NO_NATIVE_BF16 = (
-    "this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so bfloat16 runs about ten times slower "
-    "than float32 here"
-)
 
 
 def resolve_precision(

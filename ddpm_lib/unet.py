@@ -524,7 +524,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1252): edit there ---
+# --- chapters/04_unet.py, cell 58 (line 1261): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 
@@ -541,7 +541,7 @@ class Conditioned(nn.Module):
         return self.model(x, t, self.labels)
 
 
-# --- chapters/04_unet.py, cell 61 (line 1297): edit there ---
+# --- chapters/04_unet.py, cell 61 (line 1306): edit there ---
 class SelfAttention(nn.Module):
     r"""Multi-head self-attention over the H·W positions of a feature map, with a residual connection.
 

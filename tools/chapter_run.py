@@ -37,13 +37,13 @@ A failure names the chapter, the cell (its 0-based index, as JupyterLab numbers 
 first line, and shows the traceback. The first failing cell of the chapter ends the run; an
 exercise whose check does not fail on the stub is reported and the run goes on.
 
-On a CPU without bfloat16 instructions (``ddpm_lib.runner.native_bf16``: no AVX-512 BF16 or AMX, e.g. an
+On a CPU without bfloat16 instructions (``ddpm_lib.precision.native_bf16``: no AVX-512 BF16 or AMX, e.g. an
 AVX2-only x86), bfloat16 autocast runs on generic kernels, ten to fifteen times slower than float32; chapter 07
 alone then overran the cell timeout. There the runner makes bfloat16 autocast on the CPU a no-op in the
 chapter's kernel before its first cell (:data:`FLOAT32_AUTOCAST`), so the chapters' bfloat16 cells compute in
 float32, and the terminal summary says so. What such a run proves is unchanged (every cell runs, every check
 fails on its stub); its numbers are float32 ones. The chapters' stored full-profile outputs
-(``tools/execute_chapters.py``) are made without this: they are what a learner's kernel computes.
+(``tools/execute_chapters.py``) are made without this, on a CPU with bfloat16 instructions.
 
 With ``--nbval`` or ``--nbval-lax`` on the command line this plugin collects nothing and nbval runs
 the notebooks its own way (cell by cell, no student copy).
@@ -71,28 +71,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 RESULT_TAG = "__chapter_run__ "
 PRINTED_LINES = 20  # of a failing cell's output, shown above its traceback
 
-#: Runs in the kernel before the first cell where the CPU has no bfloat16 instructions: ``torch.autocast``
-#: for bfloat16 on the CPU becomes a no-op (float32); every other device and dtype is left as it is.
-FLOAT32_AUTOCAST = r'''
-def _float32_on_this_cpu():
-    import torch
-
-    class Float32OnThisCpu(torch.autocast):
-        """bfloat16 autocast on the CPU computes in float32 here: this CPU has no bfloat16 instructions
-        (tools/chapter_run.py, FLOAT32_AUTOCAST)."""
-
-        def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
-            asked = dtype if dtype is not None else torch.get_autocast_dtype(device_type)
-            if device_type == "cpu" and asked == torch.bfloat16:
-                enabled = False
-            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
-
-    torch.autocast = Float32OnThisCpu
-
-
-_float32_on_this_cpu()
-del _float32_on_this_cpu
-'''
+#: Runs in the kernel before the first cell where the CPU has no bfloat16 instructions: bfloat16 autocast on the
+#: CPU becomes a no-op (float32), as a learner on such a CPU gets from ``ddpm_lib.precision.use_native_precision``.
+FLOAT32_AUTOCAST = "__import__('ddpm_lib.precision').precision.disable_cpu_bf16_autocast()"
 
 #: Runs once in the kernel: a module ``_chapter_run`` (in ``sys.modules``, not in the user's
 #: namespace) with the snapshot/restore functions the protocol calls.
@@ -254,7 +235,7 @@ def native_cpu_bf16() -> bool:
     """Whether this machine's CPU computes in bfloat16 natively (the package's own test)."""
     import torch
 
-    from ddpm_lib.runner import native_bf16
+    from ddpm_lib.precision import native_bf16
 
     return native_bf16(torch.device("cpu"))
 
