@@ -799,7 +799,7 @@ def _spec(args: argparse.Namespace):
 
 def _native_precision(spec, device: str):
     """``spec`` in float32 where it asks for bfloat16 on a CPU without bfloat16 instructions, which would run
-    about ten times slower there (``ddpm_lib.runner.native_bf16``); said on stderr. Called once the command's
+    about ten times slower there (``ddpm_lib.precision.native_bf16``); said on stderr. Called once the command's
     input has been checked, so that bad input stays a single line of error."""
     import torch
 

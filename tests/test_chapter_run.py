@@ -7,7 +7,8 @@
    solution (or the check) defines fails the run, naming the exercise.
 
 And a passing chapter gives the outputs, execution counts and random numbers of a plain top-to-bottom
-run, while its later cells see the student copy's stub. Each test starts one small kernel (no torch).
+run, while its later cells see the student copy's stub. Each test starts one small kernel (without torch, but for
+the tests of the float32 autocast on a CPU without bfloat16).
 """
 
 from __future__ import annotations
