@@ -136,11 +136,7 @@ def test_the_runner_decides_float32_autocast_by_the_packages_test(tmp_path, monk
 
     for native in (False, True):
         monkeypatch.setattr(chapter_run, "native_cpu_bf16", lambda native=native: native)
-        assert run_default(chapter("1 + 1"), tmp_path).float32_autocast is not native
-
-
-def run_default(notebook: nbformat.NotebookNode, tmp_path) -> ChapterRun:
-    return execute_chapter(notebook, LABEL, tmp_path, timeout=120)
+        assert execute_chapter(chapter("1 + 1"), LABEL, tmp_path, timeout=120).float32_autocast is not native
 
 
 def child_kernels() -> list[int]:

@@ -233,11 +233,9 @@ def poll_in_short_waits(channel, wait: float = 1.0) -> None:
 
 def native_cpu_bf16() -> bool:
     """Whether this machine's CPU computes in bfloat16 natively (the package's own test)."""
-    import torch
-
     from ddpm_lib.precision import native_bf16
 
-    return native_bf16(torch.device("cpu"))
+    return native_bf16("cpu")
 
 
 def execute_chapter(
