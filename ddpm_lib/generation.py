@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import UsageError
 from .options import BOOLEAN, check_fields, integer, number, one_of, option, optional
+from .result_cache import cached
 
 #: the samplers :func:`generate` runs, and the network evaluations each takes by default (None: all T)
 DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "clip": None, "ddim": 50, "dpmpp": 20}
@@ -217,6 +218,12 @@ def generate(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"n must be a positive integer, got {n!r}")
     labels = _labels_for(model, spec, n, labels)
+    if on_step is not None:  # a caller that watches the chain must see it run
+        return _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step)
+    return cached("generate", _draw, model, scheduler, n, spec, labels, image_shape, progress)
+
+
+def _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step=None) -> torch.Tensor:
     if spec.guidance:
         from .guidance import ClassifierFreeGuidance
 

@@ -20,8 +20,9 @@
    builds and says on the page that its runtime is missing.
 4. **Stored outputs**: ``read_chapter`` is the reader ``book.yml`` gives myst-nb for the chapters' ``.py``
    sources. When the chapter's paired ``.ipynb`` holds outputs stored by ``tools/execute_chapters.py`` (the
-   full profile's) and they are current, the page shows them and the chapter is not executed (myst-nb's
-   ``execution_mode: off`` for that page); otherwise the chapter runs as before, through the execution cache.
+   full profile's), the page shows them and the chapter is not executed (myst-nb's ``execution_mode: off`` for
+   that page); when they are stale, the page opens with a note saying when they were made and what code changed
+   since (:func:`stale_note`). A chapter without stored outputs runs as before, through the execution cache.
 5. **Editions** (``tools/build_book.py`` sets them): ``DDPM_BOOK_EDITION=learner`` (the default, the public
    site) removes every exercise's hidden checks from the pages and from the downloadable ``.py`` / ``.ipynb``
    sources, with ``DDPM_BOOK_SOLUTIONS=remove`` also the solutions (replaced by the student copy's stub;
@@ -141,9 +142,36 @@ def add_footer(app: Sphinx, config: Config) -> None:
     config.html_theme_options = options
 
 
+#: at most this many changed items are named in a stale page's note
+NOTE_ITEMS = 8
+
+
+def stale_note(record: dict, reasons: list[str]) -> str:
+    """The MyST note that opens the page of a chapter whose stored outputs are stale (class ``stale-outputs``): when
+    they were made, and what changed since (at most :data:`NOTE_ITEMS` names per kind of change)."""
+    lines = []
+    for reason in reasons:
+        kind, _, names = reason.partition(": ")
+        names = names.split(", ") if names else []
+        if len(names) > NOTE_ITEMS:
+            names = [*names[:NOTE_ITEMS], f"and {len(names) - NOTE_ITEMS} more"]
+        shown = ", ".join(f"`{name}`" if name.startswith("ddpm_lib/") else name for name in names)
+        lines.append(f"- {kind}: {shown}" if shown else f"- {kind}")
+    listed = "\n".join(lines)
+    return (
+        ":::{admonition} These outputs come from an earlier version of the code\n"
+        ":class: warning stale-outputs\n"
+        f"The outputs below were computed on {record['date']} ({record['profile']} profile) by an earlier version "
+        f"of the course's code. Since then:\n\n{listed}\n\n"
+        "The text may quote numbers that the current code no longer prints exactly; running the chapter gives the "
+        "current ones.\n:::\n"
+    )
+
+
 def read_chapter(text: str, fmt: str = "py:percent"):
-    """A chapter's notebook for myst-nb: its ``.py`` source, with the stored outputs of its paired ``.ipynb`` when
-    they are current (then the page executes nothing)."""
+    """A chapter's notebook for myst-nb: its ``.py`` source with the outputs stored in its paired ``.ipynb``, when it
+    holds some (then the page executes nothing). When those outputs are stale (``tools/execute_chapters.py``), the
+    page opens with a note that says when they were made and what changed since."""
     import execute_chapters  # beside this file (tools/, on sys.path as the book's local extension folder)
     import jupytext
     import nbformat
@@ -155,14 +183,19 @@ def read_chapter(text: str, fmt: str = "py:percent"):
         return notebook
     stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
     record = stored.metadata.get(execute_chapters.KEY)
-    if record is None or execute_chapters.stale_reasons(source, record["profile"]):
-        return notebook  # executed (or read from the cache) as usual; tests/test_stored_outputs.py reports staleness
+    if record is None:
+        return notebook  # no stored outputs: executed (or read from the cache) as usual
     ours = [cell for cell in notebook.cells if cell.cell_type == "code"]
     theirs = [cell for cell in stored.cells if cell.cell_type == "code"]
     if [cell.source for cell in ours] != [cell.source for cell in theirs]:
-        return notebook
+        return notebook  # .py and .ipynb out of sync (tests/test_pipeline.py says so): executed as usual
     for cell, done in zip(ours, theirs, strict=True):
         cell.outputs, cell.execution_count = done.outputs, done.execution_count
+    reasons = execute_chapters.stale_reasons(source, record["profile"])
+    if reasons:
+        title = next(cell for cell in notebook.cells if cell.cell_type == "markdown")
+        heading, _, rest = title.source.partition("\n")
+        title.source = f"{heading}\n\n{stale_note(record, reasons)}{rest}"
     notebook.metadata["mystnb"] = {"execution_mode": "off"}
     notebook.metadata[execute_chapters.KEY] = record
     return notebook

@@ -1,29 +1,38 @@
-"""Execute chapters and store their outputs in the paired notebooks, with a record of what produced them.
+"""Execute chapters and store their outputs in the paired notebooks, with a record of the code that produced them.
 
     python tools/execute_chapters.py --profile full            # every chapter whose stored outputs are stale
     python tools/execute_chapters.py --profile full 05 07      # chapters 05 and 07
     python tools/execute_chapters.py --profile full --force 01 # again, although its outputs are current
-    python tools/execute_chapters.py --list                    # what is stored (profile, date, wall time), what is stale
+    python tools/execute_chapters.py --list                    # one line per chapter: current, or stale and why
+    python tools/execute_chapters.py --check                   # exit status 1 while any chapter is stale
 
 Each chapter runs top to bottom in a fresh kernel of this Python environment (``DDPM_PROFILE`` set to the
 profile, the chapter's folder as working directory), cell by cell with progress on the terminal; its outputs go
 into ``chapters/NN_topic.ipynb`` (written atomically when the chapter has finished, so an interrupted run loses
-at most the chapter it was in; run the command again to resume: current chapters are skipped). The notebook's
-metadata records, under ``ddpm_course``, what produced the outputs:
+at most the chapter it was in; run the command again to resume: current chapters are skipped).
 
-- ``code_sha256``: a hash of the chapter's code cells as Python tokens (edits to prose, to comments and to
-  blank lines leave it unchanged);
-- ``modules``: the SHA-256 of every ``ddpm_lib`` module the kernel had imported by the end, by file (of its
-  Python tokens: comments do not count);
-- ``weights``: the SHA-256 of every file under ``ddpm_lib/weights`` the kernel opened (shipped weights,
-  snapshots, provenance records), by file, so that re-shipping one model makes stale only the chapters that read
-  it (an audit hook installed before the first cell records the opens; records made before it have
-  ``weights_sha256``, a hash of all the shipped weights, which is still honoured);
-- the profile, torch's version, the wall time, the date and this command.
+**What a chapter ran.** The kernel, and every Python process the chapter starts (``python -m ddpm_lib train``,
+``torchrun`` and its workers), records the package code it runs (``ddpm_lib.fingerprint``, switched on through
+``tools/recording/sitecustomize.py``). The notebook's metadata keeps, under ``ddpm_course``:
 
-``tests/test_stored_outputs.py`` recomputes the hashes and fails, naming the command that refreshes them, when
-a chapter's code, a module it used or the weights changed after its outputs were made. Widget output (progress
-bars drawn as ipywidgets, sliders) and widget state are not stored: they need a live kernel to mean anything.
+- ``code_sha256``: a hash of the chapter's code cells as Python tokens (prose, comments, blank lines do not count);
+- ``functions``: every package function and method that ran, by module, with the fingerprint of its source
+  (docstrings and formatting aside: ``ddpm_lib.fingerprint.function_fingerprints``);
+- ``skeletons``: for every package module the chapter imported, the fingerprint of its skeleton (imports,
+  module-level assignments, class bodies, signatures, defaults, decorators);
+- ``weights``: the fingerprint of every package data file it opened (shipped weights, snapshots, records);
+- the profile, torch's version, the wall time (what the chapter costs without the result cache), the date and
+  this command.
+
+A chapter is **stale** when any of these changed. A stale chapter fails no test: the book shows its stored outputs
+under a note that says when they were made and what changed since (``tools/book_ext.py``), and ``--check`` fails
+until the chapter is executed again. The last change of a batch of work re-executes what is stale.
+
+**Result cache.** Expensive computations (sampling through ``ddpm_lib.generation.generate``, the chapters' training
+runs through ``ddpm_lib.result_cache.cached``) keep their results under ``~/.cache/ddpm-course/results``, valid
+while the code they ran is unchanged, so re-executing a chapter after a change to one sampler does not train
+again what that sampler does not touch. ``--no-cache`` runs everything afresh. Widget output (progress bars,
+sliders) and widget state are not stored: they need a live kernel to mean anything.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 import tokenize
 from pathlib import Path
@@ -46,31 +56,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from ddpm_lib import fingerprint, result_cache  # noqa: E402
 from ddpm_lib.checkpoint import write_text  # noqa: E402
 from ddpm_lib.course import chapter_sources  # noqa: E402
 from ddpm_lib.profile import ENV_VAR  # noqa: E402
 
 KEY = "ddpm_course"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-WEIGHTS = ROOT / "ddpm_lib" / "weights"
-#: run before the chapter, not stored: record, in a module of its own, every file under WEIGHTS opened
-AUDIT = (
-    "import os as _o, sys as _s, types as _t\n"
-    "_s.modules['_ddpm_weights_opened'] = _t.ModuleType('_ddpm_weights_opened')\n"
-    "_s.modules['_ddpm_weights_opened'].paths = set()\n"
-    f"def _ddpm_audit(event, args, _root={str(WEIGHTS.resolve())!r}, _paths=_s.modules['_ddpm_weights_opened'].paths, _os=_o):\n"
-    "    if event == 'open' and isinstance(args[0], (str, _os.PathLike)):\n"
-    "        path = _os.path.realpath(_os.fspath(args[0]))\n"
-    "        if path.startswith(_root + _os.sep):\n"
-    "            _paths.add(path)\n"
-    "_s.addaudithook(_ddpm_audit)\n"
-    "del _o, _s, _t, _ddpm_audit\n"
-)
-#: run after the chapter: the files of the ddpm_lib modules the kernel imported and of the weights it opened, as JSON
+RECORDING = ROOT / "tools" / "recording"  # its sitecustomize.py records every Python process of a chapter
+#: run after the chapter: write the kernel's record, and say what the result cache did
 PROBE = (
-    "import json as _j, sys as _s; print(_j.dumps({'modules': sorted(m.__file__ for n, m in _s.modules.items() "
-    "if (n == 'ddpm_lib' or n.startswith('ddpm_lib.')) and getattr(m, '__file__', None)), "
-    "'weights': sorted(_s.modules['_ddpm_weights_opened'].paths)}))"
+    "import json as _j, os as _o\n"
+    "from ddpm_lib import fingerprint as _f, result_cache as _c\n"
+    "_f.dump_process(_o.environ[_f.RECORD_DIR_ENV])\n"
+    "_a = _c.active()\n"
+    "print(_j.dumps({'replayed_s': _c.replayed_seconds(), 'hits': _a.hits if _a else 0, 'misses': _a.misses if _a else 0}))\n"
 )
 
 
@@ -96,60 +96,43 @@ def code_hash(source: Path) -> str:
     return sha256("\n\x00\n".join(cells).encode("utf-8"))
 
 
-def file_hash(path: Path) -> str:
-    """The SHA-256 of a file: of its Python tokens for a ``.py`` file (so a comment, such as the ``# --- chapters/…``
-    line a promoted function's cell moved to, does not count), of its bytes otherwise; ``""`` when it is gone."""
-    if not path.is_file():
-        return ""
-    if path.suffix == ".py":
-        return sha256(executed_tokens(path.read_text(encoding="utf-8")).encode("utf-8"))
-    return sha256(path.read_bytes())
-
-
-def module_hashes(paths: list[str]) -> dict[str, str]:
-    """``{path relative to the repository: file_hash}`` of the files ``paths`` (absolute, or relative to the
-    repository)."""
-    files = sorted({(ROOT / path).resolve() for path in paths})
-    return {path.relative_to(ROOT).as_posix(): file_hash(path) for path in files}
-
-
-def weights_hash() -> str:
-    weights = sorted((ROOT / "ddpm_lib" / "weights").rglob("*.pt"))
-    return sha256(
-        b"".join(p.relative_to(ROOT).as_posix().encode() + sha256(p.read_bytes()).encode() for p in weights)
-    )
-
-
-def changed_files(recorded: dict[str, str]) -> list[str]:
-    """The files of ``recorded`` (path -> SHA-256, as :func:`module_hashes` gives) whose bytes differ now, sorted."""
-    now = module_hashes(list(recorded))
-    return sorted(path for path, digest in recorded.items() if now.get(path) != digest)
-
-
 def stored_record(source: Path) -> dict | None:
     """The record of what made the outputs stored in ``source``'s paired notebook (None when it stores none)."""
     return nbformat.read(source.with_suffix(".ipynb"), as_version=4).metadata.get(KEY)
 
 
-def stale_reasons(source: Path, profile: str | None = None) -> list[str]:
-    """Why the stored outputs of ``source``'s notebook are out of date ([] when current; no outputs is a reason)."""
+def changes(source: Path, record: dict, root: Path = ROOT) -> dict[str, list[str]]:
+    """What changed since ``record`` was made, by kind: ``code cells``, ``functions``
+    (``ddpm_lib/sampling.py:sample_loop``), ``skeletons`` (modules), ``weights`` (data files); [] where nothing."""
+    found = fingerprint.changes(
+        {"functions": record["functions"], "skeletons": record["skeletons"], "data": record["weights"]}, root
+    )
+    return {
+        "code cells": ["its code cells"] if record["code_sha256"] != code_hash(source) else [],
+        "functions": found["functions"],
+        "skeletons": found["skeletons"],
+        "weights": found["data"],
+    }
+
+
+def stale_reasons(source: Path, profile: str | None = None, root: Path = ROOT) -> list[str]:
+    """Why the stored outputs of ``source``'s notebook are out of date ([] when current; no outputs is a reason):
+    one line per kind of change, naming what changed."""
     record = stored_record(source)
     if record is None:
         return ["no stored outputs"]
     reasons = []
     if profile is not None and record["profile"] != profile:
         reasons.append(f"made in the {record['profile']} profile")
-    if record["code_sha256"] != code_hash(source):
-        reasons.append("its code cells changed")
-    changed = changed_files(record["modules"])
-    if changed:
-        reasons.append(f"ddpm_lib changed: {', '.join(changed)}")
-    if "weights" in record:
-        changed = changed_files(record["weights"])
+    if "functions" not in record:
+        return [*reasons, "recorded before function-level records (ddpm_lib modules by file)"]
+    labels = {"code cells": "changed", "functions": "functions changed", "skeletons": "module skeletons changed",
+              "weights": "weights changed"}  # fmt: skip
+    for kind, changed in changes(source, record, root).items():
         if changed:
-            reasons.append(f"shipped weights changed: {', '.join(changed)}")
-    elif record.get("weights_sha256") is not None and record["weights_sha256"] != weights_hash():
-        reasons.append("the shipped weights changed")
+            reasons.append(
+                "its code cells changed" if kind == "code cells" else f"{labels[kind]}: {', '.join(changed)}"
+            )
     return reasons
 
 
@@ -189,8 +172,8 @@ def clean_outputs(notebook: nbformat.NotebookNode) -> None:
         cell.outputs = kept
 
 
-def execute(source: Path, profile: str, timeout: int) -> float:
-    """Run the chapter of ``source``; store its outputs and record; return the wall time in seconds."""
+def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dict:
+    """Run the chapter of ``source``; store its outputs and record; return the record."""
     # the test runner's kernel handling: this interpreter's kernel, polled in short waits (nbclient #312)
     from chapter_run import current_env_kernel_manager, poll_in_short_waits
     from nbclient import NotebookClient
@@ -200,50 +183,80 @@ def execute(source: Path, profile: str, timeout: int) -> float:
     code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     client = NotebookClient(notebook, timeout=timeout, km=current_env_kernel_manager(),
                             resources={"metadata": {"path": str(source.parent)}})  # fmt: skip
-    started = time.perf_counter()
-    with client.setup_kernel(env={**os.environ, ENV_VAR: profile}, cleanup_kc=True):  # the kernel's profile
-        poll_in_short_waits(
-            client.kc.shell_channel
-        )  # ipywidgets' comm traffic (nbclient #312, see chapter_run)
-        poll_in_short_waits(client.kc.iopub_channel)
-        audit = nbformat.v4.new_code_cell(AUDIT)  # records the weights the chapter opens; not stored
-        notebook.cells.append(audit)
-        try:
-            client.execute_cell(audit, len(notebook.cells) - 1, store_history=False)
-        finally:
-            notebook.cells.pop()
-        for n, index in enumerate(code, 1):
-            first = (
-                notebook.cells[index].source.strip().splitlines()[0][:60]
-                if notebook.cells[index].source
-                else ""
-            )
-            print(f"  [{n}/{len(code)}] {time.perf_counter() - started:7.0f} s  {first}", flush=True)
-            client.execute_cell(notebook.cells[index], index)
-        probe = nbformat.v4.new_code_cell(PROBE)  # the ddpm_lib modules and weights it used; not stored
-        notebook.cells.append(probe)
-        try:
-            client.execute_cell(probe, len(notebook.cells) - 1)
-        finally:
-            notebook.cells.pop()
-    wall = time.perf_counter() - started
-    used = json.loads(probe.outputs[0]["text"])
-    modules, weights = module_hashes(used["modules"]), module_hashes(used["weights"])
+    before = {path.relative_to(ROOT).as_posix(): (fingerprint.function_fingerprints(path),
+              fingerprint.skeleton_fingerprint(path)) for path in sorted((ROOT / "ddpm_lib").rglob("*.py"))}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ddpm-record-") as folder:
+        env = {**os.environ, ENV_VAR: profile, fingerprint.RECORD_DIR_ENV: folder,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(RECORDING), str(ROOT), os.environ.get("PYTHONPATH")])),
+               result_cache.LOG_ENV: str(Path(folder) / "cache.log")}  # fmt: skip
+        if cache:
+            env.setdefault(result_cache.CACHE_ENV, str(result_cache.default_folder()))
+        else:
+            env.pop(result_cache.CACHE_ENV, None)
+        started = time.perf_counter()
+        with client.setup_kernel(env=env, cleanup_kc=True):  # the kernel's profile and recording
+            poll_in_short_waits(
+                client.kc.shell_channel
+            )  # ipywidgets' comm traffic (nbclient #312, see chapter_run)
+            poll_in_short_waits(client.kc.iopub_channel)
+            for n, index in enumerate(code, 1):
+                first = (
+                    notebook.cells[index].source.strip().splitlines()[0][:60]
+                    if notebook.cells[index].source
+                    else ""
+                )
+                print(f"  [{n}/{len(code)}] {time.perf_counter() - started:7.0f} s  {first}", flush=True)
+                client.execute_cell(notebook.cells[index], index)
+            probe = nbformat.v4.new_code_cell(PROBE)  # the kernel's record and the cache's counts; not stored
+            notebook.cells.append(probe)
+            try:
+                client.execute_cell(probe, len(notebook.cells) - 1, store_history=False)
+            finally:
+                notebook.cells.pop()
+        executed = time.perf_counter() - started
+        cache_use = json.loads(probe.outputs[-1]["text"])
+        ran = fingerprint.read_folder(folder)
+        log = Path(folder) / "cache.log"
+        for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
+            print(f"  {line}")
+    functions, skeletons = {}, {}
+    for module in sorted(ran.modules | set(ran.functions)):
+        defined, skeleton = before.get(module) or (fingerprint.function_fingerprints(ROOT / module),
+                                                   fingerprint.skeleton_fingerprint(ROOT / module))  # fmt: skip
+        skeletons[module] = skeleton
+        if ran.functions.get(module):
+            functions[module] = {name: defined.get(name, "") for name in sorted(ran.functions[module])}
     clean_outputs(notebook)
     import torch
 
-    notebook.metadata[KEY] = {
+    record = {
         "profile": profile,
         "code_sha256": code_hash(source),
-        "modules": modules,
-        "weights": weights,
+        "functions": functions,
+        "skeletons": skeletons,
+        "weights": {name: fingerprint.file_fingerprint(ROOT / name) for name in sorted(ran.data)},
         "torch": torch.__version__,
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(executed + cache_use["replayed_s"], 1),
+        "executed_s": round(executed, 1),
+        "cache": {"hits": cache_use["hits"], "misses": cache_use["misses"]},
         "date": datetime.date.today().isoformat(),
         "command": f"python tools/execute_chapters.py --profile {profile} {source.name[:2]}",
     }
+    notebook.metadata[KEY] = record
     write_text(target, nbformat.writes(notebook) + "\n")
-    return wall
+    return record
+
+
+def status_line(source: Path, profile: str) -> tuple[bool, str]:
+    """(current?, the line ``--list`` prints for ``source``: its file name, ``current`` or ``stale``, and why)."""
+    reasons = stale_reasons(source, profile)
+    record = stored_record(source)
+    made = (
+        f" ({record['profile']} profile, {record['date']}, {record['wall_time_s']:.0f} s)" if record else ""
+    )
+    if not reasons:
+        return True, f"{source.name} current{made}"
+    return False, f"{source.name} stale{made}: " + "; ".join(reasons)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="execute even chapters whose outputs are current"
     )
-    parser.add_argument(
-        "--list", action="store_true", help="say what is stored and what is stale; run nothing"
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="say which chapters are current or stale, and why")
+    what.add_argument(
+        "--check", action="store_true", help="like --list, and exit with status 1 if any is stale"
     )
+    parser.add_argument("--no-cache", action="store_true", help="compute everything afresh (no result cache)")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell (default: 7200)")
     args = parser.parse_args(argv)
     sources = chapter_sources()
@@ -264,26 +280,29 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no chapter numbered {', '.join(unknown)}; chapters: {', '.join(known)}")
     chosen = [known[number.zfill(2)] for number in args.chapters] or sources
+    if args.list or args.check:
+        stale = []
+        for source in chosen:
+            current, line = status_line(source, args.profile)
+            print(line)
+            if not current:
+                stale.append(source.name[:2])
+        if args.check and stale:
+            print(f"stale: {', '.join(stale)}; re-execute with  python tools/execute_chapters.py --profile "
+                  f"{args.profile} {' '.join(stale)}", file=sys.stderr)  # fmt: skip
+            return 1
+        return 0
     for i, source in enumerate(chosen, 1):
         reasons = stale_reasons(source, args.profile)
-        if args.list:
-            record = stored_record(source)
-            made = (
-                f" ({record['profile']} profile, {record['date']}, {record['wall_time_s']:.0f} s, torch {record['torch']})"
-                if record
-                else ""
-            )
-            print(f"{source.stem}: {'current' if not reasons else 'stale: ' + '; '.join(reasons)}{made}")
-            continue
         if not reasons and not args.force:
             print(f"[{i}/{len(chosen)}] {source.stem}: outputs current ({args.profile} profile), skipped")
             continue
         print(f"[{i}/{len(chosen)}] {source.stem}: executing in the {args.profile} profile "
               f"({'; '.join(reasons) or 'forced'})", flush=True)  # fmt: skip
-        wall = execute(source, args.profile, args.timeout)
-        print(
-            f"[{i}/{len(chosen)}] {source.stem}: done in {wall:.0f} s; outputs stored in {source.stem}.ipynb"
-        )
+        record = execute(source, args.profile, args.timeout, cache=not args.no_cache)
+        print(f"[{i}/{len(chosen)}] {source.stem}: done in {record['executed_s']:.0f} s (without the result cache: "
+              f"{record['wall_time_s']:.0f} s; cache hits {record['cache']['hits']}, misses "
+              f"{record['cache']['misses']}); outputs stored in {source.stem}.ipynb")  # fmt: skip
     return 0
 
 
