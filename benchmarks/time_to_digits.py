@@ -3,12 +3,12 @@
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --autoguidance 0
-    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --train "--steps 3000"
+    python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --train '{"steps": 3000}'
 
 ``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same network without
-labels, here on the cosine schedule for 2,500 steps, its samples autoguided: ``RECIPES``). ``--train "OPTIONS"``
-tries a candidate: options of ``python -m ddpm_lib train`` (``--schedule cosine``, ``--lr 3e-3``, ``--attention``
-...) given after the recipe's, parsed and checked by that command's own parser. The samples are drawn the same
+labels, on the cosine schedule for 2,500 steps, its samples autoguided: ``RECIPES``). ``--train JSON`` tries a
+candidate: options of the training configuration (``{"schedule": "cosine", "lr": 3e-3, "model": {"attention": []}}``)
+given after the preset's, resolved and checked by ``ddpm_lib.config.resolve_train_config``. The samples are drawn the same
 way whatever is given; ``--autoguidance W`` guides them away from the run's EMA snapshot at a quarter of its steps
 (chapter 10, section 5), which the run then keeps (sampling a 16-digit grid at each quarter, as ``--preset`` runs
 do, inside the training time), on the steps of ``--guidance-interval`` only. Each recipe has its own defaults for
@@ -40,7 +40,7 @@ Prints wall time, steps, images/s and the metrics for both; writes the quick rec
 from __future__ import annotations
 
 import argparse
-import shlex
+import json
 import shutil
 import sys
 import time
@@ -53,16 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.checkpoint import load_denoiser, write_json  # noqa: E402
-from ddpm_lib.cli import build_parser, interval_option, train_config  # noqa: E402
-from ddpm_lib.config import PRESETS, TrainConfig, schedule_for  # noqa: E402
+from ddpm_lib.config import PRESETS, TrainConfig, resolve_train_config, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.errors import UsageError  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
-from ddpm_lib.guidance import AutoGuidance  # noqa: E402
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
 from ddpm_lib.precision import native_bf16  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
 from ddpm_lib.runner import run_training  # noqa: E402
+from ddpm_lib.spec import parse_interval  # noqa: E402
 from ddpm_lib.training import ddpm_loss, make_optimizer  # noqa: E402
 from ddpm_lib.unet import REFERENCE_CONFIG, Unet  # noqa: E402
 
@@ -71,39 +70,31 @@ BAR = {"confident_share": 0.9, "min_class_ratio": 0.5, "max_class_ratio": 2.0, "
 SAMPLER, SAMPLER_STEPS = PRESETS["quick"]["grid"]["sampler"], PRESETS["quick"]["grid"]["steps"]
 #: a full run takes this much longer per step than the bare probe (checkpoints, metrics, EMA): measured 1.09x
 RUN_OVERHEAD = 1.09
-#: each preset's recipe here: options of ``python -m ddpm_lib train`` given after the preset (--train's come after
-#: these and win), and how its samples are drawn unless --autoguidance / --guidance-interval say otherwise: the
+#: how each preset's samples are drawn here, unless --autoguidance / --guidance-interval say otherwise: the
 #: autoguidance weight w (0: none) and the timesteps it guides (chapter 10, section 5). The unconditional one was
 #: sized to 12 minutes on this 2-core CPU and its sampling chosen on sampling seeds 1-3 (engineering notes).
 RECIPES = {
-    "quick": {"train": [], "autoguidance": 0.0, "interval": None},
-    "quick-unconditional": {
-        "train": ["--schedule", "cosine", "--sampler", "clip", "--steps", "2500"],
-        "autoguidance": 4.0,
-        "interval": (200, 850),
-    },
+    "quick": {"autoguidance": 0.0, "interval": None},
+    "quick-unconditional": {"autoguidance": 4.0, "interval": (200, 850)},
 }
 
 
 def quick_config(
-    preset: str = "quick", train_options: list[str] = (), autoguided: bool = False
+    preset: str = "quick", train_options: dict | None = None, autoguided: bool = False
 ) -> TrainConfig:
-    """The recipe ``preset`` with its ``RECIPES`` options, then ``train_options`` (options of ``python -m ddpm_lib
-    train``), given after it.
+    """The preset's configuration with ``train_options`` (as ``resolve_train_config`` takes them) given after it.
 
     ``autoguided``: keep the EMA snapshot at a quarter of the steps (as the preset's own run does), to guide with.
     """
-    argv = ["train", "--preset", preset, *RECIPES[preset]["train"], *train_options]
-    recipe = train_config(build_parser(argv)[0].parse_args(argv))
+    recipe = resolve_train_config(preset, **(train_options or {}))
     # one grid at the end only: the budget is for training
     return replace(recipe, eval_every=recipe.steps // 4 if autoguided else 0, checkpoint_every=10**9)
 
 
 def reference_config(steps: int) -> TrainConfig:
-    return replace(
-        TrainConfig(), steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False,
-        eval_every=0, checkpoint_every=10**9, grid=SampleSpec(sampler=SAMPLER, steps=SAMPLER_STEPS),
-        model=dict(REFERENCE_CONFIG),
+    return resolve_train_config(
+        steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False, eval_every=0,
+        checkpoint_every=10**9, grid={"sampler": SAMPLER, "steps": SAMPLER_STEPS}, model=dict(REFERENCE_CONFIG),
     )  # fmt: skip
 
 
@@ -145,15 +136,15 @@ def train_and_sample(
     run_training(config, out / name, progress=False)
     train_s = time.perf_counter() - start
     model, scheduler, _ = load_denoiser(out / name / "checkpoints" / "last.pt")
-    if autoguidance:  # chapter 10: away from the snapshot at a quarter of the run
-        weak, _, _ = load_denoiser(out / name / "checkpoints" / f"step_{config.eval_every:06d}.pt")
-        model = AutoGuidance(model, weak, autoguidance, interval=interval)
     start = time.perf_counter()
     conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
-    # float32 on a CPU without bfloat16 instructions, as run_training trains there
+    # autoguided (chapter 10) away from the snapshot at a quarter of the run; float32 on a CPU without bfloat16
+    # instructions, as run_training trains there
+    weak = str(out / name / "checkpoints" / f"step_{config.eval_every:06d}.pt") if autoguidance else None
     spec = SampleSpec(
         sampler=SAMPLER, steps=SAMPLER_STEPS, guidance=guidance if conditional else 0.0, seed=seed,
-        bf16=native_bf16(torch.device("cpu")),
+        bf16=native_bf16(torch.device("cpu")), weak=weak, autoguidance=autoguidance if weak else None,
+        guidance_interval=interval if weak else None,
     )  # fmt: skip
     samples = generate(model, scheduler, n, spec)
     sample_s = time.perf_counter() - start
@@ -188,8 +179,16 @@ def score(samples: torch.Tensor, classifier, reference_features, seed: int) -> d
 
 
 def interval_type(text: str):
-    """``--guidance-interval``: (LO, HI) as the command line reads it, or "all" (every step)."""
-    return text if text == "all" else interval_option(text)
+    """``--guidance-interval``: (LO, HI) as the command line reads it (0 <= LO <= HI), or "all" (every step)."""
+    if text == "all":
+        return text
+    try:
+        lo, hi = parse_interval(text)
+    except ValueError:
+        lo, hi = -1, -1
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected LO:HI, two timesteps with 0 <= LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         "--preset", choices=list(PRESETS), default="quick", help="the recipe to time (default: quick)"
     )
     parser.add_argument(
-        "--train", default="", metavar="OPTIONS",
-        help='options of "python -m ddpm_lib train" given after the preset, e.g. "--schedule cosine --sampler clip"',
+        "--train", default="{}", metavar="JSON",
+        help='training options given after the preset, as ddpm_lib.config.resolve_train_config takes them: '
+        '\'{"schedule": "cosine", "grid": {"sampler": "clip"}}\'',
     )  # fmt: skip
     args = parser.parse_args(argv)
-    train_options = shlex.split(args.train)
+    try:
+        train_options = json.loads(args.train)
+    except json.JSONDecodeError as error:
+        parser.error(f"--train: not a JSON object ({error})")
+    if not isinstance(train_options, dict):
+        parser.error(f"--train: expected a JSON object of options, got {args.train!r}")
     if args.autoguidance is None:
         args.autoguidance = RECIPES[args.preset]["autoguidance"]
     if args.guidance_interval is None:
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = quick_config(args.preset, train_options, autoguided=bool(args.autoguidance))
     except UsageError as error:
-        parser.error(str(error))
+        parser.error(f"--train: {error}")
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
     if args.guidance < -1:

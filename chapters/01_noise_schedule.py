@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -447,7 +447,7 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def alpha_bar_from_snr(snr: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     # Model answer. Solve SNR (1 − ᾱ) = ᾱ for ᾱ: ᾱ = SNR / (1 + SNR). At SNR = 1, ᾱ = 1/2 and the amplitude left
@@ -478,7 +478,7 @@ print("Exercise 1.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def first_timestep_below(scheduler: LinearBetaScheduler, level: float) -> int | None:
     ### BEGIN SOLUTION
     below = torch.nonzero(scheduler.alpha_bars < level)
@@ -511,7 +511,7 @@ print("Exercise 1.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### BEGIN SOLUTION
     # Model answer. log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -96,6 +96,7 @@ plt.show()
 #| default_exp diffusion
 #| export
 import torch
+from torch import nn
 
 from ddpm_lib.schedule import NoiseSchedule
 
@@ -394,7 +395,8 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # with $\varepsilon$ and $\hat x_0$, so the conversion lives here, once: `prediction_target` says what a network
 # that predicts `prediction` should output, and `convert_prediction` turns one target into another.
 # A network records its target in `model.config["prediction"]` (`Unet(prediction="v")`, chapter 04);
-# `prediction_of` reads it, through wrappers, and takes $\varepsilon$ for a network that records none.
+# `prediction_of` reads it, through any wrapper that holds such a network (and refuses one that holds networks
+# with different targets), and takes $\varepsilon$ for a network that records none.
 
 # %%
 #| export
@@ -453,22 +455,28 @@ def convert_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar, sourc
 
 
 def prediction_of(model) -> str:
-    """The target a denoiser predicts: ``config["prediction"]`` of the network inside any wrappers, else ``"eps"``.
-
-    Wrappers are looked through by their ``model``, ``module`` (DistributedDataParallel) or ``_orig_mod``
-    (``torch.compile``) attribute.
+    """The target a denoiser predicts: ``config["prediction"]`` of the network, or of the configured networks a
+    wrapper holds, under whatever attribute (a guidance wrapper's ``model``, ``DistributedDataParallel``'s
+    ``module``, ``torch.compile``'s ``_orig_mod``, a counter's ``net``). A network no configuration describes
+    predicts the noise, DDPM's choice. Raises ``ValueError`` when the networks a wrapper holds disagree.
     """
-    for _ in range(16):
-        config = getattr(model, "config", None)
-        if isinstance(config, dict) and "prediction" in config:
-            return _check_prediction(config["prediction"], "config['prediction']")
-        inner = next(
-            (getattr(model, name) for name in ("model", "module", "_orig_mod") if hasattr(model, name)), None
-        )
-        if inner is None or not callable(inner):
-            return "eps"
-        model = inner
-    return "eps"
+    found = _predictions(model, set())
+    if len(found) > 1:
+        raise ValueError(f"model holds networks that predict different targets: {sorted(found)}")
+    return found.pop() if found else "eps"
+
+
+def _predictions(model, seen: set[int]) -> set[str]:
+    """The ``config["prediction"]`` of ``model``, or of every configured network it holds."""
+    if id(model) in seen:
+        return set()
+    seen.add(id(model))
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "prediction" in config:
+        return {_check_prediction(config["prediction"], "config['prediction']")}
+    held = list(model.children()) if isinstance(model, nn.Module) else []
+    held += [value for value in getattr(model, "__dict__", {}).values() if isinstance(value, nn.Module)]
+    return set().union(*(_predictions(inner, seen) for inner in held)) if held else set()
 
 
 # %% [markdown]

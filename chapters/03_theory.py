@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -60,7 +60,7 @@ from IPython.display import display
 
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample, q_step
-from ddpm_lib.fast_sampling import ddim_sample  # chapter 08's DDIM, a solver of section 5's ODE
+from ddpm_lib.fast_sampling import ddim_sample, timesteps_for  # chapter 08: DDIM, an ODE solver
 from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure
 from ddpm_lib.pretrained import load_pretrained
@@ -1442,18 +1442,15 @@ for name in paths:
     hook = lambda t, x, record=record: record.append((t, x[:6].clone()))  # noqa: E731
     if name.startswith("ancestral"):
         generator = torch.Generator().manual_seed(int(name[-1]))
-        finals[name] = sample_loop(scheduler, exact_model, x_T, "ddpm", generator, on_step=hook)
+        finals[name] = sample_loop(exact_model, scheduler, x_T, clip=False, generator=generator, on_step=hook)
     else:
         finals[name] = ddim_sample(
-            exact_model,
-            scheduler,
-            x_T,
-            50,
-            eta=0.0,
-            generator=torch.Generator().manual_seed(22),
-            on_step=hook,
-        )
-ode_again = ddim_sample(exact_model, scheduler, x_T, 50, eta=0.0, generator=torch.Generator().manual_seed(23))
+            exact_model, scheduler, x_T, timesteps_for(T, 50), eta=0.0,
+            generator=torch.Generator().manual_seed(22), on_step=hook,
+        )  # fmt: skip
+ode_again = ddim_sample(
+    exact_model, scheduler, x_T, timesteps_for(T, 50), eta=0.0, generator=torch.Generator().manual_seed(23)
+)
 
 fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6))
 for ax, (name, record) in zip(axes, paths.items(), strict=True):
@@ -1487,8 +1484,9 @@ assert (island_shares(ode) - mixture.weights).abs().max() < share_tolerance
 ode_gaps = {}
 for steps in (50, 200, 1000):
     points = ddim_sample(
-        exact_model, scheduler, x_T, steps, eta=0.0, generator=torch.Generator().manual_seed(22)
-    )
+        exact_model, scheduler, x_T, timesteps_for(T, steps), eta=0.0,
+        generator=torch.Generator().manual_seed(22),
+    )  # fmt: skip
     ode_gaps[steps] = (mixture.log_prob(points.double()).mean() - data_log_q.mean()).item()
     print(f"DDIM, {steps:4d} steps: E log q(samples) - E log q(data) = {ode_gaps[steps]:+.3f}")
 assert ode_gaps[50] > ode_gaps[200] > ode_gaps[1000]  # the discretisation error shrinks with the step

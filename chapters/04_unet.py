@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.diffusion import PREDICTIONS
+from ddpm_lib.errors import UsageError
 
 # %% [markdown]
 # ## 1. Telling the network the time
@@ -559,7 +560,9 @@ assert middle.shape == (2, 32, 14, 14) and up.shape == (2, 16, 28, 28)
 # embedding, GroupNorm, one dense unit per block — are justified in sections 1, 10 and 11.
 #
 # `forward(x, t)` checks its inputs first: a wrong shape or a float timestep would otherwise surface
-# as a message from deep inside torch, or not at all.
+# as a message from deep inside torch, or not at all. The constructor checks its options the same way, and
+# raises the course's `UsageError` (a `ValueError` that names the option), which the command line reports as one
+# line: `--base-dim 15` is bad input, not a crash.
 
 # %%
 #| export
@@ -568,12 +571,12 @@ TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", option=name)
 
 
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}", option=name)
 
 
 class Unet(nn.Module):
@@ -634,16 +637,23 @@ class Unet(nn.Module):
             _check_int(name, value)
         _check_int("time_embedding_dim", time_embedding_dim, minimum=2)
         if time_embedding_dim % 2:
-            raise ValueError(f"time_embedding_dim must be even, got {time_embedding_dim}")
+            raise UsageError(
+                f"time_embedding_dim must be even, got {time_embedding_dim}", "time_embedding_dim"
+            )
         _check_int("base_dim", base_dim, minimum=2)
         if base_dim % 2:
-            raise ValueError(f"base_dim must be even (the last decoder unit halves it), got {base_dim}")
+            raise UsageError(
+                f"base_dim must be even (the last decoder unit halves it), got {base_dim}", "base_dim"
+            )
         if unit == "shuffle" and base_dim % 4:
-            raise ValueError(
-                f"base_dim must be a multiple of 4 for unit='shuffle' (halves of halves), got {base_dim}"
+            raise UsageError(
+                f"base_dim must be a multiple of 4 for unit='shuffle' (halves of halves), got {base_dim}",
+                "base_dim",
             )
         if isinstance(dim_mults, (str, bytes)) or not isinstance(dim_mults, Sequence) or not dim_mults:
-            raise ValueError(f"dim_mults must be a non-empty list of integers >= 1, got {dim_mults!r}")
+            raise UsageError(
+                f"dim_mults must be a non-empty list of integers >= 1, got {dim_mults!r}", "dim_mults"
+            )
         for multiplier in dim_mults:
             _check_int("every entry of dim_mults", multiplier)
         _check_choice("time_embedding", time_embedding, TIME_EMBEDDINGS)
@@ -652,16 +662,19 @@ class Unet(nn.Module):
         if num_classes is not None:
             _check_int("num_classes", num_classes)
         if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence):
-            raise ValueError(f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}")
+            raise UsageError(
+                f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}", "attention"
+            )
         for level in attention:
             if (
                 isinstance(level, bool)
                 or not isinstance(level, numbers.Integral)
                 or not 0 <= level <= len(dim_mults)
             ):
-                raise ValueError(
+                raise UsageError(
                     f"attention must list levels 0..{len(dim_mults)} (len(dim_mults) = {len(dim_mults)} is the "
-                    f"bottleneck), got {list(attention)!r}"
+                    f"bottleneck), got {list(attention)!r}",
+                    "attention",
                 )
         _check_choice("prediction", prediction, PREDICTIONS)
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -108,44 +108,19 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 #| default_exp sampling
 #| export
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ddpm_lib.checks import check_int, check_jump, check_sample, check_timesteps
 from ddpm_lib.diffusion import convert_prediction, prediction_of
 from ddpm_lib.schedule import NoiseSchedule
 
 
 # %%
 #| export
-def _check_int(value, name: str, low: int, high: int) -> int:
-    """``value`` as an int after checking it is an integer (or a one-element integer tensor) in low..high."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point:
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
-    return int(value)
-
-
-def _check_sample(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
-        raise ValueError(
-            f"{name} must be a floating-point tensor with a batch dimension, e.g. (B, 1, 28, 28)"
-        )
-    return x
-
-
-def _check_jump(scheduler: NoiseSchedule, t, t_prev) -> tuple[int, int]:
-    """A step from timestep t (0..T−1) to an earlier t_prev (−1..t−1; −1 is the clean end, ᾱ = 1)."""
-    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
-    return t, _check_int(t_prev, "t_prev", -1, t - 1)
-
-
-def _alpha_bar(scheduler: NoiseSchedule, t: int) -> float:
+def alpha_bar_at(scheduler: NoiseSchedule, t: int) -> float:
     """ᾱ_t from the schedule's float64 table, with ᾱ_{−1} = 1 (the clean end of the chain)."""
     return 1.0 if t < 0 else float(scheduler.alpha_bars64[t])
 
@@ -172,7 +147,7 @@ def predict_noise(
         raise ValueError(
             f"this network predicts {kind!r}, not the noise: pass scheduler= to convert its output"
         )
-    return convert_prediction(output, x_t, _alpha_bar(scheduler, t), kind, "eps")
+    return convert_prediction(output, x_t, alpha_bar_at(scheduler, t), kind, "eps")
 
 
 # %%
@@ -180,7 +155,7 @@ def predict_noise(
 def predict_x0(scheduler: NoiseSchedule, t: int, eps: torch.Tensor, x_t: torch.Tensor,
                clip: bool = False) -> torch.Tensor:  # fmt: skip
     """x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, the clean image the noise estimate implies; clamped to [−1, 1] if ``clip``."""
-    alpha_bar = _alpha_bar(scheduler, t)
+    alpha_bar = alpha_bar_at(scheduler, t)
     x0 = (x_t - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
     return x0.clamp(-1.0, 1.0) if clip else x0
 
@@ -201,8 +176,8 @@ def posterior_step(
     z ~ N(0, I) is drawn with ``generator`` only when s ≥ 0; the step to the clean end (s = −1) returns
     the mean, which is x̂_0 itself.
     """
-    t, t_prev = _check_jump(scheduler, t, t_prev)
-    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    t, t_prev = check_jump(scheduler.num_timesteps, t, t_prev)
+    alpha_bar, alpha_bar_prev = alpha_bar_at(scheduler, t), alpha_bar_at(scheduler, t_prev)
     beta = 1.0 - alpha_bar / alpha_bar_prev
     mean = (math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar)) * x0_hat + (
         math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
@@ -225,8 +200,8 @@ def reverse_step(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One reverse step from ``t`` to ``t_prev``: ε̂ from ``model``, x̂_0 from ε̂ (clamped if ``clip``), then the posterior."""
-    t, t_prev = _check_jump(scheduler, t, t_prev)
-    _check_sample(x_t, "x_t")
+    t, t_prev = check_jump(scheduler.num_timesteps, t, t_prev)
+    check_sample(x_t, "x_t")
     x0_hat = predict_x0(scheduler, t, predict_noise(model, x_t, t, scheduler), x_t, clip)
     return posterior_step(scheduler, t, t_prev, x0_hat, x_t, generator)
 
@@ -246,7 +221,7 @@ def sample(
     the posterior of x̂_0 (:func:`reverse_step`), which is the same number. ``x_t`` is (B, C, H, W);
     z ~ N(0, I) is drawn with ``generator`` only when t > 0.
     """
-    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    t = check_int(t, "t", 0, scheduler.num_timesteps - 1)
     return reverse_step(scheduler, t, t - 1, model, x_t, clip=False, generator=generator)
 
 
@@ -263,7 +238,7 @@ def sample_clip(
     x_{t−1} = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t + σ_t z,
     with ᾱ_{−1} = 1, σ_t² = β̃_t and no noise at t = 0 (so the last step returns x̂_0 itself).
     """
-    t = _check_int(t, "t", 0, scheduler.num_timesteps - 1)
+    t = check_int(t, "t", 0, scheduler.num_timesteps - 1)
     return reverse_step(scheduler, t, t - 1, model, x_t, clip=True, generator=generator)
 
 
@@ -327,38 +302,34 @@ def run_chain(
     return x
 
 
-#: chapter 06's two samplers: the same step, without and with the clamp on x̂_0
-SAMPLERS = ("ddpm", "clip")
-
-
 @torch.no_grad()
 def sample_loop(
-    scheduler: NoiseSchedule,
     model: nn.Module,
+    scheduler: NoiseSchedule,
     x_T: torch.Tensor,
-    sampler: str = "clip",
+    timesteps: Sequence[int] | None = None,
+    *,
+    clip: bool = True,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     progress: bool = False,
-    timesteps: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain from ``x_T`` (noise level T−1) to a sample (after the step at t = 0).
 
-    ``sampler`` is ``"clip"`` (:func:`sample_clip`) or ``"ddpm"`` (:func:`sample`). ``timesteps`` (descending)
+    ``clip=True`` steps as :func:`sample_clip` does, ``clip=False`` as :func:`sample`. ``timesteps`` (descending)
     are the timesteps to visit: all T by default; chapter 08 passes fewer, a respaced chain.
-    ``on_step(t, x_t)`` sees the image *entering* the step at t, e.g. to record a trajectory.
+    ``on_step(t, x_t)`` sees the image *entering* the step at t, e.g. to record a trajectory. Every sampler loop
+    of the course takes these arguments (chapter 08's add their own options after ``clip``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
-    _check_sample(x_T, "x_T")
-    if timesteps is None:
-        timesteps = range(scheduler.num_timesteps - 1, -1, -1)
+    check_sample(x_T, "x_T")
+    timesteps = check_timesteps(timesteps, scheduler.num_timesteps)
 
     def step(t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
-        return reverse_step(scheduler, t, t_prev, model, x, sampler == "clip", generator)
+        return reverse_step(scheduler, t, t_prev, model, x, clip, generator)
 
+    name = "sample_clip" if clip else "sample"
     return run_chain(
-        model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"sampling ({sampler})"
+        model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"sampling ({name})"
     )
 
 
@@ -371,19 +342,6 @@ def grid_image(images: torch.Tensor, padding: int = 2):
         (images.clamp(-1, 1) + 1) / 2, nrow=math.ceil(math.sqrt(len(images))), padding=padding, pad_value=1.0
     )
     return Image.fromarray((grid[0] * 255).round().to(torch.uint8).cpu().numpy(), mode="L")
-
-
-def save_image(model: nn.Module, scheduler: NoiseSchedule, path, size: int = 16, spec=None, **options):
-    """Sample ``size`` digits and save them as a square-ish grid PNG (the reference's ``save_image``).
-
-    Returns the samples. ``size=16`` gives the reference's 4×4 grid. How they are drawn — sampler, seed,
-    labels, … — is a :class:`ddpm_lib.generation.SampleSpec`, or its options as keywords (``sampler="ddpm"``).
-    """
-    from ddpm_lib.generation import generate
-
-    samples = generate(model, scheduler, size, spec, **options)
-    grid_image(samples).save(path)
-    return samples
 
 
 # %% [markdown]
@@ -455,8 +413,9 @@ for sampler in ("ddpm", "clip"):
     x_T = torch.randn((n, 1, 28, 28), generator=generator)
     chain_started = time.perf_counter()
     unclamped[sampler] = sample_loop(
-        scheduler, model, x_T, sampler, generator, on_step=records[sampler], progress=PROFILE.progress
-    )
+        model, scheduler, x_T, clip=sampler == "clip", generator=generator, on_step=records[sampler],
+        progress=PROFILE.progress,
+    )  # fmt: skip
     print(
         f"{sampler}: {n} digits, {scheduler.num_timesteps} steps in {time.perf_counter() - chain_started:.0f} s"
     )

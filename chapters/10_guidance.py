@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -222,9 +222,10 @@ for w in grid_scales:
     noise_seed = torch.Generator().manual_seed(5)
     x_T = torch.randn((columns, 1, 28, 28), generator=noise_seed).repeat(10, 1, 1, 1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        grids[w] = sample_loop(scheduler, Conditioned(guided, grid_labels), x_T, "ddpm", torch.Generator().manual_seed(6),
-                               timesteps=timesteps_for(scheduler.num_timesteps, guidance_steps),
-                               progress=PROFILE.progress).float().clamp(-1, 1)  # fmt: skip
+        grids[w] = sample_loop(Conditioned(guided, grid_labels), scheduler, x_T,
+                               timesteps_for(scheduler.num_timesteps, guidance_steps), clip=False,
+                               generator=torch.Generator().manual_seed(6), progress=PROFILE.progress,
+                               ).float().clamp(-1, 1)  # fmt: skip
 print(f"{len(grid_scales)} grids of {len(grid_labels)} digits in {time.perf_counter() - start:.0f} s")
 fig, axes = plt.subplots(10, len(grid_scales) * columns, figsize=(0.75 * len(grid_scales) * columns, 8.2))
 for block, w in enumerate(grid_scales):

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -92,18 +92,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ddpm_lib.checks import check_choice, check_generator, check_int, check_sample
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import _check_choice, timesteps_for
-from ddpm_lib.sampling import _alpha_bar, _check_int, _check_sample, reverse_step
+from ddpm_lib.fast_sampling import timesteps_for
+from ddpm_lib.sampling import alpha_bar_at, reverse_step
 from ddpm_lib.schedule import NoiseSchedule
 
 #: the kinds of :func:`make_mask`, each named after the part of the image that is missing
 MASK_KINDS = ("left", "right", "top", "bottom", "centre", "random")
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def make_mask(
@@ -122,14 +118,14 @@ def make_mask(
     square in the middle (default size // 2); ``"random"``: round(``missing`` · size²) pixels per mask
     (``missing`` default 0.8), drawn independently for each mask with ``generator``.
     """
-    _check_choice(kind, "kind", MASK_KINDS)
-    n = _check_int(n, "n", 1, 10**9)
-    size = _check_int(size, "size", 2, 10**4)
+    check_choice(kind, "kind", MASK_KINDS)
+    n = check_int(n, "n", 1, 10**9)
+    size = check_int(size, "size", 2, 10**4)
     if square is not None and kind != "centre":
         raise ValueError(f"square applies only to kind 'centre', got square={square!r} with kind {kind!r}")
     if missing is not None and kind != "random":
         raise ValueError(f"missing applies only to kind 'random', got missing={missing!r} with kind {kind!r}")
-    _check_generator(generator)
+    check_generator(generator)
     half = size // 2
     known = torch.ones((n, 1, size, size))
     if kind == "left":
@@ -141,7 +137,7 @@ def make_mask(
     elif kind == "bottom":
         known[..., half:, :] = 0
     elif kind == "centre":
-        side = half if square is None else _check_int(square, "square", 1, size)
+        side = half if square is None else check_int(square, "square", 1, size)
         start = (size - side) // 2
         known[..., start : start + side, start : start + side] = 0
     else:
@@ -253,13 +249,13 @@ def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: t
     x_t = √(ᾱ_t / ᾱ_s) · x_s + √(1 − ᾱ_t / ᾱ_s) · noise,  with ᾱ_{−1} = 1 (s = −1: ``x_s`` is a clean image).
     ``s`` in −1..T−2, ``t`` in s+1..T−1; ``noise`` ~ N(0, I) shaped like ``x_s``.
     """
-    s = _check_int(s, "s", -1, scheduler.num_timesteps - 2)
-    t = _check_int(t, "t", s + 1, scheduler.num_timesteps - 1)
-    _check_sample(x_s, "x_s")
+    s = check_int(s, "s", -1, scheduler.num_timesteps - 2)
+    t = check_int(t, "t", s + 1, scheduler.num_timesteps - 1)
+    check_sample(x_s, "x_s")
     if not isinstance(noise, torch.Tensor) or noise.shape != x_s.shape:
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise must be a tensor shaped like x_s {tuple(x_s.shape)}, got {got}")
-    ratio = _alpha_bar(scheduler, t) / _alpha_bar(scheduler, s)
+    ratio = alpha_bar_at(scheduler, t) / alpha_bar_at(scheduler, s)
     return math.sqrt(ratio) * x_s + math.sqrt(1.0 - ratio) * noise
 
 
@@ -318,7 +314,7 @@ def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> tor
     """Check inpaint's image, mask and generator; return the mask as x0's dtype, on x0's device."""
     if isinstance(model, torch.Tensor) or not callable(model):
         raise ValueError(f"model must be a denoising network model(x_t, t), got {type(model).__name__}")
-    _check_sample(x0, "x0")
+    check_sample(x0, "x0")
     if not torch.isfinite(x0).all() or x0.min() < -1 or x0.max() > 1:
         raise ValueError(
             f"x0 must lie in [-1, 1] (the model's range), got values in [{x0.min().item():.3g}, {x0.max().item():.3g}]"
@@ -335,7 +331,7 @@ def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> tor
         )
     if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
         raise ValueError("mask must hold only 1 (known) and 0 (missing), e.g. from make_mask")
-    _check_generator(generator)
+    check_generator(generator)
     return mask.to(device=x0.device, dtype=x0.dtype)
 
 
@@ -435,7 +431,7 @@ x_T = torch.randn(one.shape, generator=generator)
 assert torch.equal(
     nothing_known,
     sample_loop(
-        scheduler, model, x_T, "ddpm", generator, timesteps=timesteps_for(scheduler.num_timesteps, 3)
+        model, scheduler, x_T, timesteps_for(scheduler.num_timesteps, 3), clip=False, generator=generator
     ).clamp(-1, 1),
 )
 steps, resample = PROFILE.inpaint_steps, PROFILE.inpaint_resample

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -59,7 +59,8 @@ from torch import nn
 
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample
-from ddpm_lib.fast_sampling import ddim_sample, timesteps_for
+from ddpm_lib.fast_sampling import timesteps_for
+from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure, to_image
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
@@ -300,7 +301,7 @@ def keep_last_input(t: int, x: torch.Tensor) -> None:
 
 generator = torch.Generator().manual_seed(0)
 x_T = torch.randn((n, 1, 28, 28), generator=generator)
-correct_samples = sample_loop(scheduler, model, x_T, "ddpm", generator, on_step=keep_last_input)
+correct_samples = sample_loop(model, scheduler, x_T, clip=False, generator=generator, on_step=keep_last_input)
 wrapped_samples = buggy_sample_wrapped(scheduler, 0, model, entering[0], torch.Generator().manual_seed(1))
 print(
     f"roughness: real digits {roughness(digits):.3f}, sample() {roughness(correct_samples):.3f}, "
@@ -519,11 +520,11 @@ x_T = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(8))
 inside_the_loop = []
 reference_unet.train()
 sample_loop(
-    scheduler,
     reference_unet,
+    scheduler,
     x_T,
-    "ddpm",
-    timesteps=[T - 1],
+    [T - 1],
+    clip=False,
     on_step=lambda t, x: inside_the_loop.append(
         verdict(check_batch_invariant, reference_unet, x, torch.full((len(x),), t))
     ),
@@ -831,8 +832,8 @@ assert first_signal[10] > 2 * floor and first_signal[50] > 1.1 * floor
 # mismatch; the course's samplers default to trailing spacing, and a test pins that default down.
 #
 # **The test.** The first timestep of a chain that starts from pure noise is $T-1$. Applied to leading spacing,
-# to trailing and linspace spacing, and to the first timestep `ddim_sample` actually visits by default (recorded
-# by its `on_step` hook):
+# to trailing and linspace spacing, and to the first timestep that `generate` visits with its default spacing
+# (recorded by its `on_step` hook):
 
 
 # %%
@@ -843,21 +844,21 @@ def check_starts_at_pure_noise(timesteps) -> None:
 
 
 visited = []
-ddim_sample(model, scheduler, pure_noise[:1], num_steps=10, on_step=lambda t, x: visited.append(t))
+generate(model, scheduler, 1, sampler="ddim", steps=10, on_step=lambda t, x: visited.append(t))
 verdicts = run_check(
     check_starts_at_pure_noise,
     {
         "leading, n = 10": (buggy_timesteps(10),),
         "trailing, n = 10": (timesteps_for(T, 10, "trailing"),),
         "linspace, n = 10": (timesteps_for(T, 10, "linspace"),),
-        "ddim_sample's default": (visited,),
+        "generate's default": (visited,),
     },
 )
 
 # %%
 assert verdicts["leading, n = 10"].startswith("caught") and len(visited) == 10
 assert all(
-    verdicts[name] == "passes" for name in ("trailing, n = 10", "linspace, n = 10", "ddim_sample's default")
+    verdicts[name] == "passes" for name in ("trailing, n = 10", "linspace, n = 10", "generate's default")
 )
 
 # %% [markdown]
@@ -926,7 +927,7 @@ for name, step in (("reverse_step", reverse_step), ("buggy_respaced_step", buggy
         respaced[name] = run_jumps(step, x_T, jumps, generator)
 generator = torch.Generator().manual_seed(0)
 library = sample_loop(
-    scheduler, model, torch.randn((n, 1, 28, 28), generator=generator), "ddpm", generator, timesteps=jumps
+    model, scheduler, torch.randn((n, 1, 28, 28), generator=generator), jumps, clip=False, generator=generator
 )
 print(
     f"roughness after 20 jumps: reverse_step {roughness(respaced['reverse_step']):.3f}, "
@@ -1073,7 +1074,7 @@ def labels_seen(loop) -> list[int]:
 # %% jupyter={"source_hidden": true}
 # Check 13.2
 def library_loop(schedule, network, x_T):
-    return sample_loop(schedule, network, x_T, "ddpm", torch.Generator().manual_seed(1))
+    return sample_loop(network, schedule, x_T, clip=False, generator=torch.Generator().manual_seed(1))
 
 
 def skips_the_last_step(schedule, network, x_T):

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -477,7 +477,7 @@ assert 0.8 < scaling_rows["2 processes, torchrun (gloo)"]["ratio"] < 1.25  # no 
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def distributed_sampler_indices(n: int, rank: int, world_size: int, seed: int, epoch: int) -> list[int]:
     ### BEGIN SOLUTION
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
@@ -520,7 +520,7 @@ print("Exercise 14.1 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def sync_batch_stats(shards: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
     count = sum(s.numel() // s.shape[1] for s in shards)
@@ -561,7 +561,7 @@ print("Exercise 14.2 passed")
 # :::
 
 
-# %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     ### BEGIN SOLUTION
     # Model answer: each rank sends one chunk of size S/N in each of the N − 1 reduce-scatter steps and each of

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -125,8 +125,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_lib.checks import check_int
 from ddpm_lib.generation import SampleSpec, balanced_labels, generate, num_classes_of
-from ddpm_lib.sampling import _check_int
 
 
 class SmallClassifier(nn.Module):
@@ -138,7 +138,7 @@ class SmallClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        num_classes = _check_int(num_classes, "num_classes", 2, 10**6)
+        num_classes = check_int(num_classes, "num_classes", 2, 10**6)
         self.body = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -193,9 +193,9 @@ def train_small_classifier(
     initial weights and every batch; the global random state is left as it was.
     """
     _check_labelled(images, labels)
-    steps = _check_int(steps, "steps", 1, 10**7)
-    batch_size = _check_int(batch_size, "batch_size", 1, 10**6)
-    seed = _check_int(seed, "seed", 0, 2**63 - 1)
+    steps = check_int(steps, "steps", 1, 10**7)
+    batch_size = check_int(batch_size, "batch_size", 1, 10**6)
+    seed = check_int(seed, "seed", 0, 2**63 - 1)
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     with torch.random.fork_rng(devices=[]):  # the initial weights, without moving the caller's random state
@@ -272,8 +272,8 @@ def real_subset(
     first), for the K classes present. A different ``seed`` draws different examples.
     """
     _check_labelled(images, labels)
-    per_class = _check_int(per_class, "per_class", 1, len(images))
-    seed = _check_int(seed, "seed", 0, 2**63 - 1)
+    per_class = check_int(per_class, "per_class", 1, len(images))
+    seed = check_int(seed, "seed", 0, 2**63 - 1)
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for label in labels.unique().tolist():
@@ -336,7 +336,7 @@ def generated_set(
         raise ValueError(
             "model must be class-conditional (a Unet with num_classes set) to draw a labelled set"
         )
-    per_class = _check_int(per_class, "per_class", 1, 10**6)
+    per_class = check_int(per_class, "per_class", 1, 10**6)
     if spec is not None and not isinstance(spec, SampleSpec):
         raise ValueError(f"spec must be a SampleSpec or None, got {type(spec).__name__}")
     spec = replace(spec or SampleSpec(), **options)

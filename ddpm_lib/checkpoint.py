@@ -6,19 +6,22 @@ weights_only=True)``: loading a file never runs code from it. Its keys, exactly:
 
 =============  ===================================================================================
 ``format``     ``"ddpm_lib.checkpoint"``
-``version``    :data:`VERSION` (3); older files are upgraded when read (version 1, ddpm_lib 0.1: no
-               ``kind``; version 2: no ``dataset`` in the config, which then means MNIST)
+``version``    :data:`VERSION` (4); older files are upgraded when read (version 1, ddpm_lib 0.1: no
+               ``kind``; version 2: no ``dataset`` in the config, which then means MNIST; version 3: what
+               the run decided — world size, batch split, effective LR, precision — inside the config)
 ``kind``       one of :data:`KINDS`, which fixes the other keys:
 ``run``        a training run, written every ``--checkpoint-every`` steps: ``config`` (the run's
-               :class:`~ddpm_lib.config.TrainConfig` as a dict), ``step``, ``model``, ``ema``,
+               :class:`~ddpm_lib.config.TrainConfig` as a dict: what was asked), ``record`` (its
+               :class:`~ddpm_lib.config.RunRecord`: what the run decided), ``step``, ``model``, ``ema``,
                ``optimizer``, ``lr_scheduler`` and ``rng`` — everything ``--resume`` needs
-``denoiser``   what sampling needs, and what the package ships: ``config``, ``step``, ``ema``
+``denoiser``   what sampling needs, and what the package ships: ``config``, ``record``, ``step``, ``ema``
 ``classifier`` chapter 07's evaluation classifier: ``config`` (its constructor's arguments), ``model``
 =============  ===================================================================================
 
 ``ema`` is ``EMA.state_dict()`` (``model``, ``decay``, ``warmup``, ``num_updates``); ``rng`` holds the
-run's ``generator`` state and the global ``torch`` state. A key that is missing, or one this version
-does not know, is an error naming the key — never silently dropped.
+run's ``generator`` state and the global ``torch`` state. A top-level key that is missing, or one this version
+does not know, is an error naming the key — never silently dropped. Inside ``config`` and ``record``, an option
+added in a later version takes its default, so adding an option needs no new version.
 
 Every file the package writes goes through :func:`write_atomic`: the bytes go to a temporary file in
 the same folder, which is flushed and fsync'ed, then renamed over the target (and the folder fsync'ed),
@@ -41,11 +44,11 @@ import torch
 from .errors import UsageError
 
 FORMAT = "ddpm_lib.checkpoint"
-VERSION = 3
+VERSION = 4
 #: kind -> its keys (besides format, version and kind)
 KINDS: dict[str, tuple[str, ...]] = {
-    "run": ("config", "step", "model", "ema", "optimizer", "lr_scheduler", "rng"),
-    "denoiser": ("config", "step", "ema"),
+    "run": ("config", "record", "step", "model", "ema", "optimizer", "lr_scheduler", "rng"),
+    "denoiser": ("config", "record", "step", "ema"),
     "classifier": ("config", "model"),
 }
 EMA_KEYS = ("model", "decay", "warmup", "num_updates")
@@ -131,6 +134,8 @@ def load(path: str | Path, kind: str | tuple[str, ...] | None = None, map_locati
         payload = _upgrade_v1(payload)
     if payload.get("version") == 2:
         payload = _upgrade_v2(payload)
+    if payload.get("version") == 3:
+        payload = _upgrade_v3(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{path} is a version {payload.get('version')!r} checkpoint; this ddpm_lib reads versions 1 to {VERSION}"
@@ -179,7 +184,7 @@ def _upgrade_v1(payload: dict) -> dict:
     if payload["kind"] != "classifier" and isinstance(config, dict) and "grid" not in config:
         from dataclasses import asdict
 
-        from .generation import SampleSpec
+        from .spec import SampleSpec
 
         config = dict(config)
         config["grid"] = {
@@ -203,6 +208,28 @@ def _upgrade_v2(payload: dict) -> dict:
     return payload
 
 
+#: what a version 3 config recorded about the run, now the run record's
+_DECIDED_V3 = ("world_size", "per_process_batch_size", "backend", "effective_lr")
+
+
+def _upgrade_v3(payload: dict) -> dict:
+    """A version 3 checkpoint (what the run decided written into its config) as version 4 (config and record)."""
+    payload = {**payload, "version": 4}
+    config = payload.get("config")
+    if payload.get("kind") == "classifier" or not isinstance(config, dict):
+        return payload
+    config = dict(config)
+    decided = {key: config.pop(key) for key in _DECIDED_V3 if key in config}
+    # a version 3 config's bf16 and steps were what the run used (it overwrote what was asked)
+    record = {"steps": config.get("steps"), "bf16": config.get("bf16", False), "device": "cpu", **decided}
+    if record.get("per_process_batch_size") is None:
+        record["per_process_batch_size"] = config.get("batch_size")
+    if record.get("effective_lr") is None:
+        record["effective_lr"] = config.get("lr")
+    payload["config"], payload["record"] = config, record
+    return payload
+
+
 def load_state(module: torch.nn.Module, state: dict, path: str | Path, what: str = "model") -> None:
     """``module.load_state_dict(state)`` with a one-line error when the architectures differ."""
     try:
@@ -216,8 +243,8 @@ def load_state(module: torch.nn.Module, state: dict, path: str | Path, what: str
 
 
 def denoiser_content(run_state: dict) -> dict:
-    """The ``denoiser`` content of a ``run`` checkpoint: its config, step and EMA."""
-    return {"config": run_state["config"], "step": run_state["step"], "ema": run_state["ema"]}
+    """The ``denoiser`` content of a ``run`` checkpoint: its config, record, step and EMA."""
+    return {key: run_state[key] for key in KINDS["denoiser"]}
 
 
 def load_denoiser(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"):
@@ -231,12 +258,8 @@ def load_denoiser(path: str | Path, ema: bool = True, device: str | torch.device
     state = load(path, ("run", "denoiser") if ema else "run", map_location=device)
     try:
         config = config_from_dict(state["config"], f"{path}: its config")
-        model = build_model(config)
+        model = build_model(config)  # the U-Net checks its options (UsageError)
     except UsageError as error:
-        raise CheckpointError(str(error)) from None
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: its model config cannot be built by this ddpm_lib ({error})"
-        ) from None
+        raise CheckpointError(f"{path}: its config cannot be used by this ddpm_lib ({error})") from None
     load_state(model, state["ema"]["model"] if ema else state["model"], path)
     return model.to(device).eval(), schedule_for(config), config

@@ -1,29 +1,50 @@
-"""Every option of a training run, once (hand-written plumbing).
+"""Every option of a training run, once; the run's record of what it decided (hand-written plumbing).
 
-:class:`TrainConfig` declares each option of ``python -m ddpm_lib train`` with its default, its help
-text and its check (:func:`ddpm_lib.options.option`); the command line is built from these fields, a run
-saves them as ``config.json`` and inside every checkpoint, and :func:`config_from_dict` reads them back
-(an unknown or missing key is an error naming the key). How the run's sample grids are drawn is a
-:class:`~ddpm_lib.generation.SampleSpec` (``grid``); the U-Net's options are the keyword arguments of
-:class:`ddpm_lib.unet.Unet` (``model``), whose defaults stay in its signature.
+:class:`TrainConfig` declares each option of ``python -m ddpm_lib train`` with its default, its help text and its
+check (:func:`ddpm_lib.options.option`). It is frozen: it says what was asked for, and nothing the run decides
+is written into it. How the run's sample grids are drawn is a :class:`~ddpm_lib.spec.SampleSpec` (``grid``); the
+U-Net's options are the keyword arguments of :class:`ddpm_lib.unet.Unet` (``model``), whose defaults stay in its
+signature.
 
-:data:`PRESETS` are named sets of defaults: ``--preset quick`` replaces the defaults before the command
-line is parsed, so an option given explicitly always wins.
+:func:`resolve_train_config` is the one way to a configuration: a preset's defaults, then the options given,
+checked, with every U-Net option written out (so that a later change of a default cannot change a saved run).
+The command line, the benchmarks and the tests call it; nothing parses an argument list to get one.
 
-Importing this module imports neither the training loop nor the distributed code, so reading shipped
-weights (which carry a config) does not either.
+:class:`RunRecord` is what a run decided when it started: the steps it trains (from ``epochs`` too), the
+processes, how the batch was split, the learning rate after scaling, the device and the precision it computes
+in. A run writes both, ``config.json`` and ``run.json``, and a checkpoint holds both; :func:`config_from_dict`
+and :func:`record_from_dict` read them back (a key added in a later version takes its default; an unknown key is
+an error naming it).
+
+:data:`PRESETS` are named sets of defaults: an option given explicitly always wins over the preset.
+
+Importing this module imports neither the training loop nor the distributed code, so reading shipped weights
+(which carry a config) does not either.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
 from .errors import UsageError
-from .generation import SampleSpec
-from .options import BOOLEAN, TEXT, check_fields, from_dict, integer, number, one_of, option, optional
+from .options import (
+    BOOLEAN,
+    TEXT,
+    Check,
+    check_fields,
+    from_dict,
+    integer,
+    integer_list,
+    number,
+    one_of,
+    option,
+    optional,
+)
+from .spec import SampleSpec
 
 
 def _loss_weightings() -> tuple[str, ...]:
@@ -50,11 +71,18 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Every option of a training run. Saved as ``config.json`` and inside each checkpoint."""
 
-    steps: int = option(3000, "optimisation steps", check=integer(1))
+    steps: int | None = option(
+        3000,
+        "optimisation steps (None: as many as --epochs gives)",
+        check=Check("a positive integer", lambda v: v is None or integer(1).ok(v)),
+    )
+    epochs: int | None = option(
+        None, "passes over the training images, instead of --steps", check=optional(integer(1))
+    )
     batch_size: int = option(
         128, "the global batch: under torchrun, split evenly across the processes", check=integer(1)
     )
@@ -133,15 +161,12 @@ class TrainConfig:
         cli=False,
     )
     preset: str | None = option(None, "the --preset the run started from", cli=False)
-    # recorded by the run (see ddpm_lib.runner.resolve_parallelism): how the batch and the LR were used
-    world_size: int = option(1, "processes that trained the run", cli=False)
-    per_process_batch_size: int | None = option(None, "each process's share of the batch", cli=False)
-    backend: str | None = option(None, "torch.distributed backend, if several processes", cli=False)
-    effective_lr: float | None = option(None, "--lr after --lr-scaling", cli=False)
 
     def check(self) -> TrainConfig:
         """Raise :class:`~ddpm_lib.errors.UsageError` naming the first bad or contradicting option; return self."""
         check_fields(self)
+        if (self.steps is None) == (self.epochs is None):
+            raise UsageError("give either steps or epochs, not both", "epochs" if self.epochs else "steps")
         try:
             self.grid.check()
         except UsageError as error:
@@ -182,8 +207,33 @@ class TrainConfig:
 
 
 def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from its saved dict; an unknown or missing key is a UsageError naming it."""
+    """A :class:`TrainConfig` from its saved dict: an unknown key is a UsageError naming it; a missing one (an
+    option added since the file was written) takes its default."""
     return from_dict(TrainConfig, values, what)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run decided when it started (``run.json``, and in every checkpoint beside the config)."""
+
+    steps: int = option(
+        0, "optimisation steps in all: --steps, or --epochs times the batches per epoch", cli=False
+    )
+    world_size: int = option(1, "processes that train the run", cli=False)
+    per_process_batch_size: int = option(0, "each process's share of the batch", cli=False)
+    backend: str | None = option(None, "torch.distributed backend, if several processes", cli=False)
+    effective_lr: float = option(0.0, "--lr after --lr-scaling", cli=False)
+    device: str = option("cpu", "where the run trains (the device --device auto chose)", cli=False)
+    bf16: bool = option(
+        False, "whether the forward pass computes in bfloat16 (ddpm_lib.precision)", cli=False
+    )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def record_from_dict(values: dict, what: str = "run record") -> RunRecord:
+    return from_dict(RunRecord, values, what)
 
 
 #: Named recipes for ``python -m ddpm_lib train --preset NAME``: defaults that options given explicitly
@@ -193,8 +243,8 @@ def config_from_dict(values: dict, what: str = "config") -> TrainConfig:
 #: with two dense units per block, self-attention at 7×7 and v-prediction (the winner of chapter 11's equal-time
 #: benchmark of denoisers; labels dropped 10% of the time, so that it can be guided), bfloat16
 #: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
-#: DDPM and classifier-free guidance w = 1 (chapter 10). ``quick-unconditional``: the same recipe without labels
-#: (no guidance), trained longer, so that training and sampling fit in 12 minutes on 2 CPU cores
+#: DDPM and classifier-free guidance w = 1 (chapter 10). ``quick-unconditional``: the same network without labels,
+#: on the cosine schedule, so that training and autoguided sampling fit in 12 minutes on 2 CPU cores
 #: (``benchmarks/time_to_digits.py --preset quick-unconditional``).
 PRESETS: dict[str, dict] = {
     "quick": {
@@ -217,14 +267,59 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
-#: without labels: no label dropout, no conditioning and no guidance; 2.5 times the steps
+#: without labels: no label dropout, no conditioning and no guidance; the cosine schedule (chapter 09), whose grids
+#: need the clipped sampler, and 2,500 steps; a snapshot at each quarter, the first of which its samples are
+#: autoguided away from (chapter 10, section 5; ``benchmarks/time_to_digits.py --preset quick-unconditional``)
 PRESETS["quick-unconditional"] = {
     **{key: value for key, value in PRESETS["quick"].items() if key != "label_dropout"},
-    "steps": 3500,
-    "eval_every": 875,
-    "grid": {key: value for key, value in PRESETS["quick"]["grid"].items() if key != "guidance"},
+    "steps": 2500,
+    "eval_every": 625,
+    "schedule": "cosine",
+    "grid": {"sampler": "clip", "steps": PRESETS["quick"]["grid"]["steps"]},
     "model": {key: value for key, value in PRESETS["quick"]["model"].items() if key != "num_classes"},
 }
+
+
+def _unet_choices(name: str):
+    def allowed() -> tuple[str, ...]:  # read when checked, so that loading a config does not build a U-Net
+        from . import diffusion, unet
+
+        return {"unit": tuple(unet.UNITS), "norm": unet.NORMS, "time_embedding": unet.TIME_EMBEDDINGS,
+                "prediction": diffusion.PREDICTIONS}[name]  # fmt: skip
+
+    return one_of(allowed)
+
+
+#: The U-Net options of a run (keyword arguments of ddpm_lib.unet.Unet, which checks them and holds their
+#: defaults): the help ``python -m ddpm_lib train`` shows, and how it reads each value
+MODEL_OPTIONS = {
+    "base_dim": ("width of the first level of the U-Net", integer(2)),
+    "dim_mults": ("widths of the U-Net's levels as multiples of --base-dim, comma-separated", integer_list(1)),
+    "units_per_block": ("residual units in each encoder and decoder block", integer(1)),
+    "mid_units": ("residual units in the bottleneck", integer(1)),
+    "unit": ("residual unit: dense (the course's) or shuffle (the reference's ShuffleNet-v2 unit)", _unet_choices("unit")),
+    "norm": ("normalisation: group (the course's) or batch (the reference's)", _unet_choices("norm")),
+    "time_embedding": ("time embedding: sinusoidal (the course's) or learned (the reference's table)",
+                       _unet_choices("time_embedding")),
+    "num_classes": ("classes of a class-conditional U-Net (10 for MNIST's digits); 0: unconditional", integer(0)),
+    "attention": ("levels with self-attention, comma-separated: len(dim_mults) is the 7x7 bottleneck, one less "
+                  "14x14; none: no attention (chapter 04, section 13)",
+                  Check("levels 0..len(dim_mults), comma-separated, or none",
+                        lambda v: isinstance(v, list) and all(isinstance(x, int) and x >= 0 for x in v))),
+    "prediction": ("what the network learns to output: eps (the noise), v or x0 (chapter 05)", _unet_choices("prediction")),
+}  # fmt: skip
+#: how ``python -m ddpm_lib train`` spells the options of its grids' SampleSpec (``--steps`` is the run's length)
+GRID_FLAGS = {"sampler": "--sampler", "steps": "--sampler-steps", "eta": "--eta", "spacing": "--spacing",
+              "clip": "--clip-x0", "guidance": "--guidance"}  # fmt: skip
+
+
+def option_flag(name: str) -> str:
+    """The train command's flag for an option of :func:`resolve_train_config`: ``lr`` -> ``--lr``,
+    ``grid.steps`` -> ``--sampler-steps``, ``model.base_dim`` -> ``--base-dim``."""
+    part, _, key = name.partition(".")
+    if part == "grid" and key in GRID_FLAGS:
+        return GRID_FLAGS[key]
+    return "--" + (key or part).replace("_", "-")
 
 
 def preset_defaults(name: str | None) -> TrainConfig:
@@ -233,11 +328,43 @@ def preset_defaults(name: str | None) -> TrainConfig:
     if name is None:
         return config
     if name not in PRESETS:
-        raise UsageError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+        raise UsageError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}", "preset")
     values = dict(PRESETS[name])
     grid = replace(config.grid, **values.pop("grid", {}))
     model = {**config.model, **values.pop("model", {})}
     return replace(config, **values, grid=grid, model=model, preset=name)
+
+
+def resolve_train_config(preset: str | None = None, **options) -> TrainConfig:
+    """The configuration of a run: :class:`TrainConfig`'s defaults, the preset's in their place, then ``options``:
+    fields by name, ``grid={...}`` field by field and ``model={...}`` key by key (``epochs`` replaces ``steps``).
+
+    Checked (a :class:`~ddpm_lib.errors.UsageError` names the first bad option), with every U-Net option written
+    out: ``resolve_train_config("quick", lr=3e-3, model={"attention": []})``.
+    """
+    from .unet import Unet
+
+    config = preset_defaults(preset)
+    options = dict(options)
+    grid, model = dict(options.pop("grid", None) or {}), dict(options.pop("model", None) or {})
+    known = {f.name for f in fields(TrainConfig)} - {"grid", "model", "preset"}
+    for given, allowed, where in ((options, known, ""), (grid, {f.name for f in fields(SampleSpec)}, "grid."),
+                                  (model, set(inspect.signature(Unet.__init__).parameters) - {"self"}, "model.")):  # fmt: skip
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            raise UsageError(
+                f"unknown option(s) {', '.join(where + name for name in unknown)}", where + unknown[0]
+            )
+    if options.get("epochs") is not None and "steps" not in options:
+        options["steps"] = None
+    config = replace(
+        config, **options, grid=replace(config.grid, **grid), model={**config.model, **model}
+    ).check()
+    try:
+        network = Unet(**config.model)  # its own checks of its options
+    except UsageError as error:
+        raise UsageError(str(error), f"model.{error.option}" if error.option else "model") from None
+    return replace(config, model=dict(network.config))
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:

@@ -18,11 +18,12 @@ __all__ = [
 
 # --- chapters/02_forward_process.py, cell 5 (line 98): edit there ---
 import torch
+from torch import nn
 
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/02_forward_process.py, cell 6 (line 105): edit there ---
+# --- chapters/02_forward_process.py, cell 6 (line 106): edit there ---
 def expand_like(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample coefficients of shape (B,) or () to broadcast over ``x`` of shape (B, ...)."""
     return coefficients.to(dtype=x.dtype).reshape(coefficients.shape + (1,) * (x.dim() - coefficients.dim()))
@@ -46,7 +47,7 @@ def _check_batch(x: torch.Tensor, t, noise: torch.Tensor, x_name: str) -> torch.
     return t.to(x.device)
 
 
-# --- chapters/02_forward_process.py, cell 7 (line 130): edit there ---
+# --- chapters/02_forward_process.py, cell 7 (line 131): edit there ---
 def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""One forward step, x_t = √α_t · x_{t−1} + √β_t · ε  (DDPM eq. 2).
 
@@ -59,7 +60,7 @@ def q_step(scheduler: NoiseSchedule, x_prev: torch.Tensor, t, noise: torch.Tenso
     return alpha.sqrt() * x_prev + beta.sqrt() * noise
 
 
-# --- chapters/02_forward_process.py, cell 13 (line 206): edit there ---
+# --- chapters/02_forward_process.py, cell 13 (line 207): edit there ---
 def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     r"""Sample x_t ~ q(x_t | x_0) in one go:  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε  (DDPM eq. 4).
 
@@ -71,7 +72,7 @@ def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor)
     return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
 
 
-# --- chapters/02_forward_process.py, cell 25 (line 401): edit there ---
+# --- chapters/02_forward_process.py, cell 25 (line 403): edit there ---
 #: what a denoiser can be trained to output (chapter 02, section 6): the noise, the velocity, the clean image
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -127,19 +128,25 @@ def convert_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar, sourc
 
 
 def prediction_of(model) -> str:
-    """The target a denoiser predicts: ``config["prediction"]`` of the network inside any wrappers, else ``"eps"``.
-
-    Wrappers are looked through by their ``model``, ``module`` (DistributedDataParallel) or ``_orig_mod``
-    (``torch.compile``) attribute.
+    """The target a denoiser predicts: ``config["prediction"]`` of the network, or of the configured networks a
+    wrapper holds, under whatever attribute (a guidance wrapper's ``model``, ``DistributedDataParallel``'s
+    ``module``, ``torch.compile``'s ``_orig_mod``, a counter's ``net``). A network no configuration describes
+    predicts the noise, DDPM's choice. Raises ``ValueError`` when the networks a wrapper holds disagree.
     """
-    for _ in range(16):
-        config = getattr(model, "config", None)
-        if isinstance(config, dict) and "prediction" in config:
-            return _check_prediction(config["prediction"], "config['prediction']")
-        inner = next(
-            (getattr(model, name) for name in ("model", "module", "_orig_mod") if hasattr(model, name)), None
-        )
-        if inner is None or not callable(inner):
-            return "eps"
-        model = inner
-    return "eps"
+    found = _predictions(model, set())
+    if len(found) > 1:
+        raise ValueError(f"model holds networks that predict different targets: {sorted(found)}")
+    return found.pop() if found else "eps"
+
+
+def _predictions(model, seen: set[int]) -> set[str]:
+    """The ``config["prediction"]`` of ``model``, or of every configured network it holds."""
+    if id(model) in seen:
+        return set()
+    seen.add(id(model))
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "prediction" in config:
+        return {_check_prediction(config["prediction"], "config['prediction']")}
+    held = list(model.children()) if isinstance(model, nn.Module) else []
+    held += [value for value in getattr(model, "__dict__", {}).values() if isinstance(value, nn.Module)]
+    return set().union(*(_predictions(inner, seen) for inner in held)) if held else set()

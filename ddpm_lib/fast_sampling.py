@@ -18,31 +18,18 @@ __all__ = [
 # --- chapters/08_fast_sampling.py, cell 3 (line 118): edit there ---
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ddpm_lib.sampling import (
-    _alpha_bar,
-    _check_int,
-    _check_jump,
-    _check_sample,
-    predict_noise,
-    predict_x0,
-    run_chain,
-)
+from ddpm_lib.checks import check_choice, check_int, check_jump, check_sample, check_timesteps
+from ddpm_lib.sampling import alpha_bar_at, predict_noise, predict_x0, run_chain
 from ddpm_lib.schedule import NoiseSchedule
 
 #: the timestep spacings of :func:`timesteps_for`
 SPACINGS = ("leading", "trailing", "linspace")
-
-
-def _check_choice(value, name: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
 
 
 def _check_eta(eta) -> float:
@@ -51,7 +38,7 @@ def _check_eta(eta) -> float:
     return float(eta)
 
 
-# --- chapters/08_fast_sampling.py, cell 5 (line 186): edit there ---
+# --- chapters/08_fast_sampling.py, cell 5 (line 173): edit there ---
 def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
     """``num_steps`` of the ``num_train_timesteps`` training timesteps, descending, as an int64 tensor.
 
@@ -61,9 +48,9 @@ def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trai
     - ``"trailing"``: round(T − k·T/n) − 1 for k = 0..n−1 (starts at T−1; ends at T/n − 1);
     - ``"linspace"``: round(linspace(0, T−1, n)) reversed (starts at T−1; ends at 0).
     """
-    T = _check_int(num_train_timesteps, "num_train_timesteps", 1, 10**9)
-    n = _check_int(num_steps, "num_steps", 1, T)
-    _check_choice(spacing, "spacing", SPACINGS)
+    T = check_int(num_train_timesteps, "num_train_timesteps", 1, 10**9)
+    n = check_int(num_steps, "num_steps", 1, T)
+    check_choice(spacing, "spacing", SPACINGS)
     if spacing == "leading":
         steps = (np.arange(n) * (T // n))[::-1]
     elif spacing == "trailing":
@@ -73,7 +60,7 @@ def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trai
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
-# --- chapters/08_fast_sampling.py, cell 9 (line 267): edit there ---
+# --- chapters/08_fast_sampling.py, cell 9 (line 254): edit there ---
 @torch.no_grad()
 def ddim_step(
     scheduler: NoiseSchedule,
@@ -93,12 +80,12 @@ def ddim_step(
     default).
     z ~ N(0, I) is drawn with ``generator`` only when σ > 0.
     """
-    t, t_prev = _check_jump(scheduler, t, t_prev)
-    _check_sample(x_t, "x_t")
+    t, t_prev = check_jump(scheduler.num_timesteps, t, t_prev)
+    check_sample(x_t, "x_t")
     eta = _check_eta(eta)
     eps = predict_noise(model, x_t, t, scheduler)
     x0 = predict_x0(scheduler, t, eps, x_t, clip)
-    alpha_bar, alpha_bar_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    alpha_bar, alpha_bar_prev = alpha_bar_at(scheduler, t), alpha_bar_at(scheduler, t_prev)
     sigma = eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
     x_prev = math.sqrt(alpha_bar_prev) * x0 + math.sqrt(max(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps
     if sigma > 0:
@@ -108,47 +95,44 @@ def ddim_step(
     return x_prev
 
 
-# --- chapters/08_fast_sampling.py, cell 13 (line 330): edit there ---
-def _timesteps(scheduler: NoiseSchedule, num_steps: int, spacing: str) -> list[int]:
-    return timesteps_for(scheduler.num_timesteps, num_steps, spacing).tolist()
-
-
+# --- chapters/08_fast_sampling.py, cell 13 (line 319): edit there ---
 @torch.no_grad()
 def ddim_sample(
     model: nn.Module,
     scheduler: NoiseSchedule,
     x_T: torch.Tensor,
-    num_steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
+    timesteps: Sequence[int] | None = None,
+    *,
     clip: bool = False,
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
-    progress: bool = False,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """DDIM from ``x_T`` over ``num_steps`` timesteps (:func:`timesteps_for`), ``num_steps`` network calls.
+    """DDIM from ``x_T`` over ``timesteps`` (descending, e.g. :func:`timesteps_for`; all T by default): one network
+    call per timestep.
 
-    η = 0 (default) is deterministic; η = 1 is DDPM on the respaced chain. ``on_step(t, x_t)`` sees the
-    image entering each step.
+    η = 0 (default) is deterministic; η = 1 is DDPM on the respaced chain. The arguments are those of chapter 06's
+    ``sample_loop``, plus η; ``on_step(t, x_t)`` sees the image entering each step.
     """
-    _check_sample(x_T, "x_T")
+    check_sample(x_T, "x_T")
     eta = _check_eta(eta)
 
     def step(t, t_prev, x):
         return ddim_step(scheduler, t, t_prev, model, x, eta, clip, generator)
 
-    timesteps = _timesteps(scheduler, num_steps, spacing)
+    timesteps = check_timesteps(timesteps, scheduler.num_timesteps)
     return run_chain(
         model, timesteps, step, x_T, on_step=on_step, progress=progress, desc=f"DDIM (eta={eta:g})"
     )
 
 
-# --- chapters/08_fast_sampling.py, cell 15 (line 397): edit there ---
+# --- chapters/08_fast_sampling.py, cell 15 (line 383): edit there ---
 def _alpha_sigma_lambda(scheduler: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
     if t < 0:
         return 1.0, 0.0, math.inf
-    alpha_bar = _alpha_bar(scheduler, t)
+    alpha_bar = alpha_bar_at(scheduler, t)
     alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
     return alpha, sigma, math.log(alpha) - math.log(sigma)
 
@@ -166,7 +150,7 @@ def dpm_solver_pp_update(
     ``previous`` = (t', x̂_0 at t'), the prediction of the step before: second order (2M); ``None``: first
     order (= DDIM with η = 0). The jump to the clean end (t_prev = −1) is first order and returns ``x0``.
     """
-    t, t_prev = _check_jump(scheduler, t, t_prev)
+    t, t_prev = check_jump(scheduler.num_timesteps, t, t_prev)
     if t_prev < 0:
         return x0
     _, sigma_t, lambda_t = _alpha_sigma_lambda(scheduler, t)
@@ -176,7 +160,7 @@ def dpm_solver_pp_update(
     if previous is not None:
         t_before, x0_before = previous
         r = (
-            lambda_t - _alpha_sigma_lambda(scheduler, _check_int(t_before, "previous t", t + 1, 10**9))[2]
+            lambda_t - _alpha_sigma_lambda(scheduler, check_int(t_before, "previous t", t + 1, 10**9))[2]
         ) / h
         d = x0 + (0.5 / r) * (x0 - x0_before)
     return (sigma_s / sigma_t) * x_t - (alpha_s * math.expm1(-h)) * d
@@ -187,14 +171,16 @@ def dpm_solver_pp_sample(
     model: nn.Module,
     scheduler: NoiseSchedule,
     x_T: torch.Tensor,
-    num_steps: int = 20,
-    spacing: str = "trailing",
+    timesteps: Sequence[int] | None = None,
+    *,
     clip: bool = False,
-    progress: bool = False,
+    generator: torch.Generator | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M) from ``x_T`` over ``num_steps`` timesteps: deterministic, ``num_steps`` network calls."""
-    _check_sample(x_T, "x_T")
+    """DPM-Solver++(2M) from ``x_T`` over ``timesteps`` (descending; all T by default): deterministic, one network
+    call per timestep. The arguments are those of every sampler loop (``generator`` is not needed: no noise)."""
+    check_sample(x_T, "x_T")
     previous: list[tuple[int, torch.Tensor]] = []
 
     def step(t, t_prev, x):
@@ -203,5 +189,5 @@ def dpm_solver_pp_sample(
         previous[:] = [(t, x0)]
         return x
 
-    timesteps = _timesteps(scheduler, num_steps, spacing)
+    timesteps = check_timesteps(timesteps, scheduler.num_timesteps)
     return run_chain(model, timesteps, step, x_T, on_step=on_step, progress=progress, desc="DPM-Solver++(2M)")

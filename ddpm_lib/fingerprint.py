@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -207,33 +208,37 @@ class Recorder:
     """Which package code runs in this process, from the moment :meth:`start` is called.
 
     ``cProfile`` (the C profiler of the standard library) counts the calls of every code object of the thread
-    that started it; :meth:`dependencies` keeps those of files under ``ddpm_lib/``. :meth:`since` gives what ran
-    between two :meth:`counts`, for a computation inside the recorded process (the result cache). Work that
+    it runs in: :meth:`start` starts one in the calling thread (once per thread), and :meth:`counts` adds up
+    all of them; :meth:`dependencies` keeps the code objects of files under ``ddpm_lib/``. :meth:`since` gives what
+    ran between two :meth:`counts`, for a computation inside the recorded process (the result cache). Work that
     skipped running code because a cached result stood in for it adds that result's dependencies with
     :meth:`add`, so a record never misses code a result depends on.
     """
 
     def __init__(self) -> None:
-        self._profile = cProfile.Profile()
+        self._profiles: dict[int, cProfile.Profile] = {}
         self._added = Dependencies()
         self.data: dict[str, int] = {}  # package data file -> times opened
-        self.running = False
 
     def start(self) -> Recorder:
-        if not self.running:
-            self._profile.enable()
-            self.running = True
+        """Record the calling thread too (a no-op when it is recorded already)."""
+        thread = threading.get_ident()
+        if thread not in self._profiles:
+            profile = cProfile.Profile()
+            profile.enable()
+            self._profiles[thread] = profile
         return self
 
     def counts(self, all_code: bool = False) -> dict:
-        """``{code object: calls}`` of the package's code objects called so far (with ``all_code``, of every
-        Python code object: a notebook's own functions too)."""
+        """``{code object: calls}`` of the package's code objects called so far, in every recorded thread (with
+        ``all_code``, of every Python code object: a notebook's own functions too)."""
         root = "" if all_code else str(PACKAGE) + os.sep
-        return {
-            entry.code: entry.callcount
-            for entry in self._profile.getstats()
-            if not isinstance(entry.code, str) and entry.code.co_filename.startswith(root)
-        }
+        counted: dict = {}
+        for profile in list(self._profiles.values()):
+            for entry in profile.getstats():
+                if not isinstance(entry.code, str) and entry.code.co_filename.startswith(root):
+                    counted[entry.code] = counted.get(entry.code, 0) + entry.callcount
+        return counted
 
     def since(self, before: dict) -> Dependencies:
         """The package functions called since ``before`` (a :meth:`counts`)."""
@@ -274,18 +279,13 @@ _recorder: Recorder | None = None
 
 
 def process_recorder() -> Recorder:
-    """The recorder of this process (started on first use, with an audit hook that notes the package data files
-    the process opens)."""
+    """The recorder of this process, recording the calling thread (started on first use, with an audit hook that
+    notes the package data files the process opens)."""
     global _recorder
     if _recorder is None:
-        _recorder = Recorder().start()
+        _recorder = Recorder()
         sys.addaudithook(_audit)
-    return _recorder
-
-
-def recording() -> bool:
-    """Whether this process records what it runs."""
-    return _recorder is not None
+    return _recorder.start()
 
 
 def _audit(event: str, args: tuple) -> None:

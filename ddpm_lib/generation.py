@@ -1,130 +1,54 @@
 """One way to draw samples (hand-written plumbing around the samplers the chapters teach).
 
-A :class:`SampleSpec` says how to sample — which sampler, how many network evaluations, DDIM's η, the
-timestep spacing, clipping, classifier-free guidance, the label, the seed, the precision — and
-:func:`generate` draws a batch of samples from it. Everything that samples goes through these two:
-``python -m ddpm_lib sample`` and ``evaluate``, the grids of a training run, the chapters' measurements
-and the benchmarks. The samplers themselves are promoted from the chapters:
+A :class:`~ddpm_lib.spec.SampleSpec` says how to sample — which sampler, how many network evaluations, DDIM's η,
+the timestep spacing, clipping, classifier-free guidance, the label, autoguidance, the seed, the precision — and
+:func:`generate` draws a batch of samples from it. Everything that samples goes through it: ``python -m ddpm_lib
+sample`` and ``evaluate`` (through :func:`sample_weights`), the grids of a training run, the chapters'
+measurements and the benchmarks. The samplers themselves are promoted from the chapters, and all take the same
+arguments (the network, the schedule, x_T, the timesteps, then ``clip``, the generator and the hooks), so
+:data:`LOOPS` picks one by name:
 
-- ``ddpm`` and ``clip``: chapter 06's reverse step, :func:`ddpm_lib.sampling.sample` and
-  :func:`~ddpm_lib.sampling.sample_clip` (DDPM's ancestral step through the posterior; ``clip``
-  clamps x̂0 to [-1, 1] first), over all T timesteps or a respaced subset of them (chapter 08);
+- ``ddpm`` and ``clip``: chapter 06's :func:`~ddpm_lib.sampling.sample_loop` (DDPM's ancestral step through the
+  posterior; ``clip`` clamps x̂0 to [-1, 1] first), over all T timesteps or a respaced subset of them (chapter 08);
 - ``ddim`` and ``dpmpp``: chapter 08's DDIM and DPM-Solver++(2M).
 
-Seeding, once for all: batch ``i`` (of ``batch_size`` samples) draws its starting noise and every
-later random number from a generator seeded with ``seed + i``, so the first ``batch_size`` samples of
-a larger request are the samples of a smaller one.
+Seeding, once for all: batch ``i`` (of ``batch_size`` samples) draws its starting noise and every later random
+number from a generator seeded with ``seed + i``, so the first ``batch_size`` samples of a larger request are the
+samples of a smaller one. Samples are kept by :mod:`ddpm_lib.result_cache` when it is on (maintainers' chapter
+executions), keyed by the network's weights, the spec and the code that drew them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import UsageError
-from .options import BOOLEAN, check_fields, integer, number, one_of, option, optional
+from .fast_sampling import ddim_sample, dpm_solver_pp_sample, timesteps_for
+from .guidance import AutoGuidance, ClassifierFreeGuidance
 from .result_cache import cached
+from .sampling import grid_image, sample_loop
+from .spec import DEFAULT_STEPS, SAMPLERS, SampleSpec
+from .unet import Conditioned
 
-#: the samplers :func:`generate` runs, and the network evaluations each takes by default (None: all T)
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "clip": None, "ddim": 50, "dpmpp": 20}
-SAMPLERS = tuple(DEFAULT_STEPS)
+__all__ = [
+    "DEFAULT_STEPS",
+    "LOOPS",
+    "SAMPLERS",
+    "SampleSpec",
+    "balanced_labels",
+    "check_request",
+    "generate",
+    "num_classes_of",
+    "sample_weights",
+    "save_image",
+]
 
-
-def _spacings() -> tuple[str, ...]:
-    from .fast_sampling import SPACINGS
-
-    return SPACINGS
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """How to draw samples: every option of every sampler, with its default, in one place."""
-
-    sampler: str = option(
-        "clip",
-        "the reverse process: ddpm (DDPM's ancestral step, chapter 06), clip (the same step through a "
-        "clipped x0 estimate, chapter 06), ddim or dpmpp (DDIM, DPM-Solver++(2M): chapter 08)",
-        check=one_of(SAMPLERS),
-    )
-    steps: int | None = option(
-        None,
-        "network evaluations per sample (default: all T steps for ddpm / clip, 50 for ddim, 20 for dpmpp); "
-        "fewer than T runs the sampler on a respaced chain (chapter 08)",
-        check=optional(integer(1)),
-    )
-    eta: float = option(
-        0.0, "DDIM's noise scale: 0 deterministic, 1 DDPM-like (ddim only)", check=number(0, 1)
-    )
-    spacing: str = option(
-        "trailing", "which timesteps a shortened chain visits (chapter 08)", check=one_of(_spacings)
-    )
-    clip: bool = option(
-        False,
-        "clamp the x0 estimate to [-1, 1] in ddim / dpmpp (the sampler 'clip' is ddpm with it)",
-        check=BOOLEAN,
-        flag="--clip-x0",
-    )
-    guidance: float = option(
-        0.0,
-        "classifier-free guidance w of a class-conditional model (chapter 10); 0: none",
-        check=number(-1),
-    )
-    label: int | None = option(
-        None,
-        "the digit a class-conditional model draws (default: every digit in turn)",
-        check=optional(integer(0)),
-    )
-    seed: int = option(0, "seed of the starting noise and of every step's noise", check=integer(0))
-    bf16: bool = option(
-        True,
-        "bfloat16 autocast for the network (about 1.5x faster on CPUs with bfloat16 support); the chain "
-        "itself stays float32",
-        check=BOOLEAN,
-        flag="--float32",
-    )
-    batch_size: int = option(256, "samples per batch (memory, not results)", check=integer(1))
-
-    def check(self) -> SampleSpec:
-        """Raise :class:`~ddpm_lib.errors.UsageError` on a bad value or a contradiction; return self."""
-        check_fields(self)
-        if self.eta != 0 and self.sampler != "ddim":
-            raise UsageError(
-                f"eta applies only to the sampler 'ddim', got eta={self.eta} with {self.sampler!r}",
-                option="eta",
-            )
-        if self.clip and self.sampler in ("ddpm", "clip"):
-            raise UsageError(
-                "clip (--clip-x0) applies to the samplers 'ddim' and 'dpmpp'; for DDPM with a clipped "
-                "x0 estimate use the sampler 'clip'",
-                option="clip",
-            )
-        return self
-
-    def num_steps(self, num_timesteps: int) -> int:
-        """The network evaluations per sample for a schedule of ``num_timesteps`` steps."""
-        steps = self.steps if self.steps is not None else DEFAULT_STEPS[self.sampler] or num_timesteps
-        if steps > num_timesteps:
-            raise UsageError(
-                f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}", option="steps"
-            )
-        return steps
-
-    def describe(self, num_timesteps: int = 1000) -> str:
-        """A short human description, e.g. ``"ddim, 50 steps (trailing), eta 0"``."""
-        steps = self.num_steps(num_timesteps)
-        words = [self.sampler, f"{steps} steps" + (f" ({self.spacing})" if steps < num_timesteps else "")]
-        if self.sampler == "ddim":
-            words.append(f"eta {self.eta:g}")
-        if self.clip:
-            words.append("clipped x0")
-        if self.guidance:
-            words.append(f"guidance w = {self.guidance:g}")
-        if self.label is not None:
-            words.append(f"label {self.label}")
-        words.append(f"seed {self.seed}")
-        return ", ".join(words)
+#: the sampler loops by the name a spec gives them (chapters 06 and 08); their options: ``SampleSpec.loop_options``
+LOOPS = {"ddpm": sample_loop, "clip": sample_loop, "ddim": ddim_sample, "dpmpp": dpm_solver_pp_sample}
 
 
 def balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
@@ -149,9 +73,13 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
-def _labels_for(
-    model: nn.Module, spec: SampleSpec, n: int, labels: torch.Tensor | None
-) -> torch.Tensor | None:
+def check_request(model: nn.Module, spec: SampleSpec, n: int, labels: torch.Tensor | None = None):
+    """Check that ``model`` can draw ``n`` samples as ``spec`` says (a label or guidance needs a class-conditional
+    model, labels its range); return the labels to draw them with (None for an unconditional model). Raises
+    :class:`~ddpm_lib.errors.UsageError` naming the option at fault."""
+    spec.check()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"n must be a positive integer, got {n!r}", option="n")
     classes = num_classes_of(model)
     if classes is None:
         if labels is not None or spec.label is not None or spec.guidance:
@@ -179,19 +107,21 @@ def _labels_for(
     return balanced_labels(n, classes)
 
 
-def _run_sampler(spec: SampleSpec, model, scheduler, x_T, generator, timesteps, progress, on_step):
-    """The one dispatch from a sampler's name to the chain that runs it."""
-    from .fast_sampling import ddim_sample, dpm_solver_pp_sample
-    from .sampling import sample_loop
+def autoguided(model: nn.Module, spec: SampleSpec) -> nn.Module:
+    """``model`` guided away from ``spec.weak`` (chapter 10, section 5), or ``model`` itself when it names none."""
+    if spec.weak is None:
+        return model
+    from .checkpoint import CheckpointError, load_denoiser
+    from .pretrained import weights_file
 
-    if spec.sampler in ("ddpm", "clip"):
-        return sample_loop(scheduler, model, x_T, spec.sampler, generator, on_step, progress, timesteps)
-    steps, spacing = len(timesteps), spec.spacing
-    if spec.sampler == "ddim":
-        return ddim_sample(
-            model, scheduler, x_T, steps, spec.eta, spacing, spec.clip, generator, progress, on_step
-        )
-    return dpm_solver_pp_sample(model, scheduler, x_T, steps, spacing, spec.clip, progress, on_step)
+    try:
+        weak, _, _ = load_denoiser(weights_file(spec.weak, option="weak"), device=_device_of(model))
+    except CheckpointError as error:
+        raise UsageError(str(error), option="weak") from None
+    try:
+        return AutoGuidance(model, weak, spec.autoguidance_weight, interval=spec.guidance_interval)
+    except ValueError as error:  # the weak model predicts another target or takes other labels
+        raise UsageError(str(error), option="weak") from None
 
 
 @torch.no_grad()
@@ -214,25 +144,20 @@ def generate(
     digit in turn unless ``spec.label`` or ``labels`` (n,) says otherwise. ``on_step(t, x_t)`` sees the
     image entering each step (of every batch), e.g. to record a trajectory.
     """
-    spec = replace(spec or SampleSpec(), **options).check()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"n must be a positive integer, got {n!r}")
-    labels = _labels_for(model, spec, n, labels)
+    spec = replace(spec or SampleSpec(), **options)
+    labels = check_request(model, spec, n, labels)
+    spec.num_steps(scheduler.num_timesteps)
     if on_step is not None:  # a caller that watches the chain must see it run
         return _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step)
     return cached("generate", _draw, model, scheduler, n, spec, labels, image_shape, progress)
 
 
 def _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step=None) -> torch.Tensor:
+    model = autoguided(model, spec)
     if spec.guidance:
-        from .guidance import ClassifierFreeGuidance
-
         model = ClassifierFreeGuidance(model, spec.guidance)
-    from .fast_sampling import timesteps_for
-    from .unet import Conditioned
-
     timesteps = timesteps_for(scheduler.num_timesteps, spec.num_steps(scheduler.num_timesteps), spec.spacing)
-    timesteps = timesteps.tolist()
+    loop, options = LOOPS[spec.sampler], spec.loop_options()
     device = _device_of(model)
     bf16 = spec.bf16 and bf16_supported(device)
     out = []
@@ -242,6 +167,95 @@ def _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step=None
         x_T = torch.randn((size, *image_shape), generator=generator, device=device)
         denoiser = model if labels is None else Conditioned(model, labels[start : start + size].to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = _run_sampler(spec, denoiser, scheduler, x_T, generator, timesteps, progress, on_step)
+            x = loop(denoiser, scheduler, x_T, timesteps, generator=generator, progress=progress, on_step=on_step,
+                     **options)  # fmt: skip
         out.append(x.float().clamp(-1.0, 1.0).cpu())
     return torch.cat(out)
+
+
+def spec_for(found, n: int, options: dict, use_recipe: bool = True):
+    """The spec to draw ``n`` samples of ``found`` (:func:`ddpm_lib.pretrained.open_denoiser`) with, as the command
+    line's ``sample`` and ``evaluate`` do: the weights' sampling recipe when they ship one (and ``use_recipe``), else
+    the defaults, then ``options`` field by field; checked against the model, and in float32 where bfloat16 was
+    asked for on a CPU without bfloat16 instructions. Returns ``(spec, recipe or None, notes to show)``."""
+    from .precision import NO_NATIVE_BF16, native_bf16
+    from .pretrained import recipe
+
+    shipped = recipe(found.name) if use_recipe and found.name is not None else None
+    spec = replace(shipped.spec if shipped else SampleSpec(), **options)
+    check_request(found.model, spec, n)
+    spec.num_steps(found.scheduler.num_timesteps)
+    notes = []
+    device = _device_of(found.model)
+    if spec.bf16 and device.type == "cpu" and not native_bf16(device):
+        notes.append(f"note: {NO_NATIVE_BF16}; sampling in float32 instead")
+        spec = replace(spec, bf16=False)
+    if found.config.schedule == "cosine" and spec.sampler != "clip" and not spec.clip:
+        notes.append("warning: this model uses the cosine schedule, where samplers without a clipped x0 give noise "
+                     "(chapter 09); use --sampler clip, or --clip-x0 with ddim / dpmpp")  # fmt: skip
+    return spec, shipped, notes
+
+
+def sample_weights(
+    weights: str = "ddpm_mnist_cond",
+    n: int = 16,
+    spec: SampleSpec | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
+    """``n`` samples of shipped weights (a name) or a checkpoint (a path), as ``python -m ddpm_lib sample`` draws
+    them: by the weights' sampling recipe (``NAME.sampling.json``) when they ship one, else by ``SampleSpec()``;
+    ``spec`` replaces that, and ``options`` override its fields one by one (``steps=50``)."""
+    from .checkpoint import load_denoiser
+    from .pretrained import pretrained_path, recipe
+
+    path = Path(weights) if Path(weights).is_file() else pretrained_path(weights)
+    model, scheduler, _ = load_denoiser(path, device=device)
+    if spec is None:
+        found = recipe(str(weights)) if not Path(weights).is_file() else None
+        spec = found.spec if found is not None else SampleSpec()
+    return generate(model, scheduler, n, replace(spec, **options), progress=progress)
+
+
+def write_samples(found, spec: SampleSpec, n: int, out: Path, tensors: Path | None = None, gif: Path | None = None,
+                  progress: bool = False) -> torch.Tensor:  # fmt: skip
+    """Draw ``n`` samples of ``found`` (:func:`ddpm_lib.pretrained.open_denoiser`) as ``spec`` says and write them
+    (atomically) as a grid PNG to ``out``, as a tensor file to ``tensors`` and their trajectory as an animated GIF
+    (about 50 frames of the first 16) to ``gif``; return them (``python -m ddpm_lib sample``)."""
+    import io
+
+    from . import checkpoint
+
+    steps, frames, calls = spec.num_steps(found.scheduler.num_timesteps), [], [0]
+    every = max(1, steps // 50)
+
+    def record(t: int, x_t) -> None:
+        calls[0] += 1
+        if calls[0] <= steps and (calls[0] - 1) % every == 0:
+            frames.append(grid_image(x_t[:16].float()))
+
+    samples = generate(found.model, found.scheduler, n, spec, progress=progress,
+                       on_step=record if gif is not None else None)  # fmt: skip
+    checkpoint.write_atomic(out, lambda f: grid_image(samples).save(f, format="png"))
+    if tensors is not None:
+        checkpoint.write_atomic(tensors, lambda f: torch.save(samples, f))
+    if gif is not None:
+        frames.append(grid_image(samples[:16]))  # hold the final grid for a moment
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="gif", save_all=True, append_images=frames[1:] + frames[-1:] * 10,
+                       duration=60, loop=0)  # fmt: skip
+        checkpoint.write_atomic(gif, lambda f: f.write(buffer.getvalue()))
+    return samples
+
+
+def save_image(model: nn.Module, scheduler, path, size: int = 16, spec: SampleSpec | None = None, **options):
+    """Sample ``size`` digits and save them as a square-ish grid PNG (the reference's ``save_image``).
+
+    Returns the samples. ``size=16`` gives the reference's 4×4 grid. How they are drawn — sampler, seed,
+    labels, … — is a :class:`SampleSpec`, or its options as keywords (``sampler="ddpm"``).
+    """
+    samples = generate(model, scheduler, size, spec, **options)
+    grid_image(samples).save(path)
+    return samples

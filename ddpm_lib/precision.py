@@ -20,10 +20,25 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UsageError
+
 NO_NATIVE_BF16 = (
     "this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so bfloat16 runs about ten times slower "
     "than float32 here"
 )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``--device``: ``auto`` (a CUDA GPU if there is one, else the CPU), ``cpu`` or ``cuda``."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}", "device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu", "device"
+        )
+    return torch.device(name)
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

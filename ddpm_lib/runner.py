@@ -2,15 +2,17 @@
 
 ``python -m ddpm_lib train`` writes a run folder::
 
-    <out>/config.json           the resolved configuration (every option, after defaults)
+    <out>/config.json           the configuration asked for (every option, after the preset and defaults)
+    <out>/run.json              what the run decided (ddpm_lib.config.RunRecord): steps, processes, batch split,
+                                effective LR, device, precision
     <out>/metrics.jsonl         one JSON object per step: step, loss, lr, grad_norm, images_per_s
     <out>/loss_curve.png        the loss curve, redrawn at every evaluation and at the end
     <out>/samples/step_NNNNNN.png   a grid of EMA samples per evaluation interval
     <out>/checkpoints/last.pt   the latest checkpoint (atomic); step_NNNNNN.pt kept at each evaluation
 
-Checkpoints hold model, EMA, optimiser, LR scheduler, step, RNG states and config, and load with
-``weights_only=True``. ``--resume`` continues from ``last.pt`` and reaches the same weights as an
-uninterrupted run (bit for bit on a CPU). Ctrl-C or SIGTERM stops after the current step and saves a
+Checkpoints hold model, EMA, optimiser, LR scheduler, step, RNG states, config and record, and load with
+``weights_only=True``. :func:`resume_training` (``--resume``) reads ``last.pt`` once, refuses options that differ
+from the saved run's, and continues; it reaches the same weights as an uninterrupted run (bit for bit on a CPU). Ctrl-C or SIGTERM stops after the current step and saves a
 checkpoint first; a non-finite loss stops the run and keeps the last good checkpoint.
 
 **Continuing trained weights.** ``--init-from SOURCE`` (a shipped name such as ``ddpm_mnist``, or a ``run`` or
@@ -25,9 +27,9 @@ their training command.
 same command trains with ``DistributedDataParallel`` (:mod:`ddpm_lib.distributed`): one process per
 GPU (``nccl``) or per CPU process (``gloo``), chosen automatically. ``--batch-size`` stays the *global*
 batch, split evenly across the processes, and every process draws the noise of the whole batch and keeps
-its slice, so N processes reach the weights one process reaches (within float rounding). Rank 0 alone
-writes the run folder, checkpoints, metrics, sample grids and wandb, and shows the progress bar; the
-other ranks write nothing. ``config.json`` records ``world_size``, ``per_process_batch_size``,
+its slice, so N processes compute the function one process computes (their weights agree to float rounding).
+Rank 0 alone writes the run folder, checkpoints, metrics, sample grids and wandb, and shows the progress bar; the
+other ranks write nothing. ``run.json`` records ``world_size``, ``per_process_batch_size``,
 ``backend`` and ``effective_lr`` (``--lr`` scaled by ``--lr-scaling``: ``none``, ``linear`` or ``sqrt``
 in batch/128, the reference's batch). ``--resume`` needs the world size the run started with and says
 so otherwise. Ctrl-C / SIGTERM (torchrun forwards them) stops every rank before the same step.
@@ -36,66 +38,66 @@ faster only where the hardware computes in bfloat16 (``ddpm_lib.precision.native
 instructions PyTorch falls back to generic kernels, about ten times slower than float32 for the course's
 U-Net (``benchmarks/sampling_speed.py`` and ``benchmarks/unet_throughput.py`` measure it), so there a new run
 asked for bfloat16 (by ``--bf16`` or a preset) trains in float32 instead, says so, and records ``bf16: false``
-in its config. A resumed run keeps the precision it started with, so that it reaches the same weights.
+in ``run.json``. A resumed run keeps the precision it started with, so that it reaches the same weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .config import TrainConfig, build_model, config_from_dict, scaled_lr, schedule_for
+from .config import (
+    RunRecord,
+    TrainConfig,
+    build_model,
+    config_from_dict,
+    record_from_dict,
+    resolve_train_config,
+    scaled_lr,
+    schedule_for,
+)
 from .data import load_dataset
 from .distributed import Distributed, shard
 from .errors import UsageError
-from .precision import NO_NATIVE_BF16, native_bf16  # noqa: F401 (NO_NATIVE_BF16: the CLI's notes)
+from .precision import NO_NATIVE_BF16, native_bf16
 from .training import EMA, make_lr_scheduler, make_optimizer, train
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def resolve_precision(
-    config: TrainConfig, device: torch.device, resume: bool, announce: bool = True
-) -> TrainConfig:
-    """Train a new run in float32 where bfloat16 was asked for but ``device`` is a CPU without it (see the module
-    docstring); a resumed run keeps its precision. ``announce``: say so on stderr."""
-    if not config.bf16 or device.type != "cpu" or native_bf16(device):
-        return config
-    if resume:
-        if announce:
-            print(f"note: {NO_NATIVE_BF16}; the run resumes in bfloat16, as it started", file=sys.stderr)
-        return config
-    if announce:
-        print(f"note: {NO_NATIVE_BF16}; training in float32 instead", file=sys.stderr)
-    config.bf16 = False
-    return config
-
-
-def resolve_parallelism(config: TrainConfig, dist: Distributed, device: torch.device) -> TrainConfig:
-    """Check that the run fits this launch and record its world size, batch split, backend and LR."""
+def plan_run(config: TrainConfig, dist: Distributed, device: torch.device, n_train: int,
+             announce: bool = True) -> RunRecord:  # fmt: skip
+    """What a new run of ``config`` decides on this launch: its steps (from ``epochs`` too), the batch split, the
+    learning rate after scaling, the device and the precision (float32 where bfloat16 was asked for but ``device``
+    is a CPU without bfloat16 instructions; said on stderr when ``announce``)."""
+    if config.batch_size > n_train:
+        raise UsageError(
+            f"batch_size {config.batch_size} exceeds the {n_train} training images", "batch_size"
+        )
     shard(config.batch_size, dist.rank, dist.world_size)  # the global batch must split evenly
     if config.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError(
             "--bf16: this GPU has no bfloat16 support (it needs compute capability 8.0+); train without --bf16"
         )
-    config.world_size = dist.world_size
-    config.per_process_batch_size = config.batch_size // dist.world_size
-    config.backend = Distributed.backend_for(device) if dist.launched else None
-    config.effective_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
-    return config
+    bf16 = config.bf16 and (device.type != "cpu" or native_bf16(device))
+    if config.bf16 and not bf16 and announce:
+        print(f"note: {NO_NATIVE_BF16}; training in float32 instead", file=sys.stderr)
+    steps = config.steps if config.steps is not None else config.epochs * max(1, n_train // config.batch_size)
+    return RunRecord(
+        steps=steps,
+        world_size=dist.world_size,
+        per_process_batch_size=config.batch_size // dist.world_size,
+        backend=Distributed.backend_for(device) if dist.launched else None,
+        effective_lr=scaled_lr(config.lr, config.batch_size, config.lr_scaling),
+        device=str(device),
+        bf16=bf16,
+    )
 
 
 class _StopRequest:
@@ -127,22 +129,17 @@ class _StopRequest:
 class Run:
     """Everything one training run holds; ``checkpoint()`` and ``resume()`` save and restore it."""
 
-    def __init__(
-        self, config: TrainConfig, out: Path, device: torch.device | None = None, first_step: int = 0
-    ):
-        self.config, self.out = config, Path(out)
-        self.device = resolve_device(config.device) if device is None else device
+    def __init__(self, config: TrainConfig, record: RunRecord, out: Path, first_step: int = 0):
+        self.config, self.record, self.out = config, record, Path(out)
+        self.device = torch.device(record.device)
         torch.manual_seed(config.seed)
         self.scheduler = schedule_for(config)
         self.model = build_model(config).to(self.device)
-        # record every option of the U-Net, not only the ones given, so later defaults can't change it
-        config.model = dict(self.model.config)
         self.ema = EMA(self.model, decay=config.ema_decay)
-        peak_lr = config.lr if config.effective_lr is None else config.effective_lr
-        self.optimizer = make_optimizer(self.model, peak_lr, config.weight_decay)
+        self.optimizer = make_optimizer(self.model, record.effective_lr, config.weight_decay)
         # a run continued from trained weights (--init-from) anneals over the steps it adds
         self.lr_scheduler = make_lr_scheduler(
-            self.optimizer, peak_lr, config.steps - first_step, config.pct_start
+            self.optimizer, record.effective_lr, record.steps - first_step, config.pct_start
         )
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = first_step
@@ -155,6 +152,7 @@ class Run:
         """The content of a ``run`` checkpoint (see :mod:`ddpm_lib.checkpoint`)."""
         return {
             "config": self.config.to_dict(),
+            "record": self.record.to_dict(),
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -188,66 +186,62 @@ class Run:
         self.step = int(source["step"])
 
 
-#: the options a run continued from trained weights must share with them: the network and what it learnt
+#: the options a run continued from trained weights must share with them besides the network: what it learnt
 INIT_MUST_MATCH = ("num_timesteps", "schedule", "beta_start", "beta_end", "dataset", "data_root")
 
 
-def init_source(name_or_path: str | Path) -> tuple[Path, dict]:
-    """The checkpoint ``--init-from`` names (a shipped name, or a path) and its content (read weights-only)."""
-    from .pretrained import WEIGHTS, pretrained_path
+@dataclass(frozen=True)
+class InitSource:
+    """The trained weights a new run starts from (``--init-from``): their file and checkpoint content."""
 
-    path = Path(name_or_path)
-    if not path.exists() and (WEIGHTS / f"{name_or_path}.pt").is_file():
-        path = pretrained_path(str(name_or_path))
-    if not path.is_file():
-        raise UsageError(
-            f"{name_or_path} is neither a checkpoint file nor the name of shipped weights", "init_from"
-        )
-    return path, checkpoint.load(path, ("run", "denoiser"))
+    path: Path
+    state: dict
 
+    @classmethod
+    def read(cls, name_or_path: str | Path) -> InitSource:
+        from .pretrained import weights_file
 
-def check_init(config: TrainConfig, source: dict, path: Path) -> None:
-    """Refuse to continue ``source`` with a different network, schedule or data set, or with no steps left."""
-    theirs = config_from_dict(source["config"], f"{path}: its config")
-    mine_model = dict(build_model(config).config)
-    differences = [
-        f"{key} {mine_model.get(key)!r} (the weights have {value!r})"
-        for key, value in dict(build_model(theirs).config).items()
-        if mine_model.get(key) != value
-    ]
-    differences += [
-        f"{key} {getattr(config, key)!r} (the weights have {getattr(theirs, key)!r})"
-        for key in INIT_MUST_MATCH
-        if getattr(config, key) != getattr(theirs, key)
-    ]
-    if differences:
-        raise UsageError(
-            f"{path}: the run must train the network these weights were made for; it differs in "
-            + "; ".join(differences),
-            "init_from",
-        )
-    if config.steps <= int(source["step"]):
-        raise UsageError(
-            f"is the total over this run and the {source['step']} steps of --init-from {path}; ask for more than "
-            f"{source['step']}, got {config.steps}",
-            "steps",
-        )
+        path = weights_file(name_or_path, option="init_from")
+        return cls(path, checkpoint.load(path, ("run", "denoiser")))
 
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
 
-def _init_record(path: Path, source: dict) -> dict:
-    import hashlib
+    def check(self, config: TrainConfig, steps: int) -> None:
+        """Refuse to continue these weights with another network, schedule or data set, or with no steps left."""
+        theirs = config_from_dict(self.state["config"], f"{self.path}: its config")
+        theirs = replace(theirs, model=dict(build_model(theirs).config))  # every U-Net option written out
+        differences = [f"{key} {config.model.get(key)!r} (the weights have {value!r})"
+                       for key, value in theirs.model.items() if config.model.get(key) != value]  # fmt: skip
+        differences += [f"{key} {getattr(config, key)!r} (the weights have {getattr(theirs, key)!r})"
+                        for key in INIT_MUST_MATCH if getattr(config, key) != getattr(theirs, key)]  # fmt: skip
+        if differences:
+            raise UsageError(
+                f"{self.path}: the run must train the network these weights were made for; it differs in "
+                + "; ".join(differences),
+                "init_from",
+            )
+        if steps <= self.step:
+            raise UsageError(
+                f"is the total over this run and the {self.step} steps of --init-from {self.path}; ask for more "
+                f"than {self.step}, got {steps}",
+                "steps",
+            )
 
-    from .pretrained import WEIGHTS
+    def record(self) -> dict:
+        """What ``<out>/init.json`` says: the source's path, SHA-256, step and, for shipped weights, their
+        training command."""
+        import hashlib
 
-    record = {
-        "source": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "step": int(source["step"]),
-    }
-    provenance = path.with_suffix(".json")
-    if path.resolve().parent == WEIGHTS.resolve() and provenance.is_file():
-        record["provenance"] = json.loads(provenance.read_text(encoding="utf-8"))
-    return record
+        from .pretrained import WEIGHTS
+
+        found = {"source": str(self.path), "sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(),
+                 "step": self.step}  # fmt: skip
+        provenance = self.path.with_suffix(".json")
+        if self.path.resolve().parent == WEIGHTS.resolve() and provenance.is_file():
+            found["provenance"] = json.loads(provenance.read_text(encoding="utf-8"))
+        return found
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -292,52 +286,109 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
 
 
 def run_training(
-    config: TrainConfig,
-    out: Path,
-    resume: bool = False,
-    progress: bool = True,
-    init_from: str | Path | None = None,
+    config: TrainConfig, out: Path, progress: bool = True, init_from: str | Path | None = None
 ) -> dict:
-    """Train (or continue) the run in ``out``; return a summary. Raises UsageError on bad input,
-    before anything is written. ``init_from`` starts a new run from trained weights (see the module docstring).
+    """Train a new run of ``config`` into ``out``; return a summary. Bad input raises
+    :class:`~ddpm_lib.errors.UsageError` before anything is written. ``init_from`` starts the run from trained
+    weights (see the module docstring).
 
     Under torchrun every process calls this; rank 0 alone writes files (see the module docstring).
     """
     out = Path(out)
+    if (out / "checkpoints" / "last.pt").exists():
+        raise UsageError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out", "out"
+        )
+    _check_writable(out)
+    init = InitSource.read(init_from) if init_from is not None else None
+    return _launch(config.check(), None, out, progress, init=init)
+
+
+def resume_training(
+    out: Path, preset: str | None = None, options: dict | None = None, progress: bool = True,
+    init_from: str | Path | None = None,
+) -> dict:  # fmt: skip
+    """Continue the run in ``out`` from ``checkpoints/last.pt`` (read once), as it was configured; return a summary.
+
+    ``preset`` and ``options`` (as :func:`~ddpm_lib.config.resolve_train_config` takes them) are the ones given
+    again: each must agree with the saved run (repeating the run's own command line is fine, changing it is
+    refused), and so must ``init_from``, the weights the run started from."""
+    out = Path(out)
+    path = out / "checkpoints" / "last.pt"
+    state = checkpoint.load(path, "run")
+    config = config_from_dict(state["config"], f"{path}: its config")
+    record = record_from_dict(state["record"], f"{path}: its record")
+    check_resume_options(config, preset, options or {}, out)
     dist = Distributed.from_env()
-    state = None
-    if resume:
-        state = checkpoint.load(out / "checkpoints" / "last.pt", "run")
-        config = config_from_dict(state["config"], f"{out / 'checkpoints' / 'last.pt'}: its config")
-        if config.world_size != dist.world_size:
-            raise UsageError(
-                f"--resume: {out} was trained by {config.world_size} process(es) and this launch has "
-                f"{dist.world_size}; resume with the same world size (torchrun --nnodes × --nproc_per_node "
-                f"= {config.world_size}), or start a new run from scratch"
-            )
-    elif (out / "checkpoints" / "last.pt").exists():
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    config.check()
-    init = None
+    if record.world_size != dist.world_size:
+        raise UsageError(
+            f"--resume: {out} was trained by {record.world_size} process(es) and this launch has "
+            f"{dist.world_size}; resume with the same world size (torchrun --nnodes × --nproc_per_node "
+            f"= {record.world_size}), or start a new run from scratch"
+        )
     if init_from is not None:
-        path, source = init_source(init_from)
-        if resume:  # repeating the run's own command line with --resume is fine; another source is not
-            started = out / "init.json"
-            began = json.loads(started.read_text(encoding="utf-8"))["sha256"] if started.is_file() else None
-            if began != _init_record(path, source)["sha256"]:
-                raise UsageError(
-                    f"{path} is not the weights the run in {out} started from; drop --init-from to resume it",
-                    "init_from",
-                )
-        else:
-            check_init(config, source, path)
-            init = path, source
+        started = out / "init.json"
+        began = json.loads(started.read_text(encoding="utf-8"))["sha256"] if started.is_file() else None
+        if began != InitSource.read(init_from).record()["sha256"]:
+            raise UsageError(
+                f"{init_from} is not the weights the run in {out} started from; drop --init-from to resume it",
+                "init_from",
+            )
+    return _launch(config, (state, record), out, progress)
+
+
+def check_resume_options(saved: TrainConfig, preset: str | None, options: dict, out: Path) -> None:
+    """Refuse a preset or options that differ from the saved run's (UsageError naming each, with its flag)."""
+    from .config import option_flag
+
+    differences = []
+    if preset is not None and preset != saved.preset:
+        differences.append(f"--preset {preset} (the run has {saved.preset})")
+    asked = resolve_train_config(saved.preset if preset is None else preset, **options)
+    names = [name for name in options if name not in ("grid", "model")]
+    names += [f"grid.{name}" for name in options.get("grid", {})]
+    names += [f"model.{name}" for name in options.get("model", {})]
+    for name in names:
+        value, kept = (_field(config, name) for config in (asked, saved))
+        if value != kept:
+            differences.append(f"{option_flag(name)} {_shown(value)} (the run has {_shown(kept)})")
+    if differences:
+        raise UsageError(
+            f"--resume continues the run in {out} as it was configured; these options differ from it: "
+            + "; ".join(differences)
+        )
+
+
+def _field(config: TrainConfig, name: str):
+    part, _, key = name.partition(".")
+    if part == "grid":
+        return getattr(config.grid, key)
+    if part == "model":
+        return config.model.get(key)
+    return getattr(config, name)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _check_writable(out: Path) -> None:
+    """A run folder that cannot be created is bad input, said before anything runs (and nothing is created)."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create the run folder {out}: {existing} is not a folder this user can write to",
+                         "out")  # fmt: skip
+
+
+def _launch(config: TrainConfig, resumed: tuple[dict, RunRecord] | None, out: Path, progress: bool,
+            init: InitSource | None = None) -> dict:  # fmt: skip
+    dist = Distributed.from_env()
     if config.wandb:
         _check_wandb()
     device = dist.device(config.device)
-    config = resolve_precision(config, device, resume, announce=dist.is_main)
-    config.grid = replace(config.grid, seed=config.seed, bf16=config.bf16)
-    config = resolve_parallelism(config, dist, device)
+    shard(config.batch_size, dist.rank, dist.world_size)  # an uneven batch fails before the rendezvous
     if config.download and dist.is_main:  # one download, before the other ranks look for the files
         load_dataset(config.dataset, "train", root=config.data_root, download=True, verbose=False)
     dist.init(device)
@@ -346,54 +397,61 @@ def run_training(
         dataset = load_dataset(
             config.dataset, "train", root=config.data_root, download=config.download, verbose=dist.is_main
         )
-        if config.batch_size > len(dataset):
-            raise UsageError(
-                f"batch_size {config.batch_size} exceeds the {len(dataset)} training images", "batch_size"
-            )
-        return _train(config, out, state, progress, dist, device, dataset, init)
+        if resumed is None:
+            state, record = None, plan_run(config, dist, device, len(dataset), announce=dist.is_main)
+            if init is not None:
+                init.check(config, record.steps)
+        else:
+            state, record = resumed
+            if record.bf16 and device.type == "cpu" and not native_bf16(device) and dist.is_main:
+                print(f"note: {NO_NATIVE_BF16}; the run resumes in bfloat16, as it started", file=sys.stderr)
+            record = replace(record, device=str(device))
+        return _train(config, record, out, state, progress, dist, dataset, init)
     finally:
         dist.shutdown()
 
 
 def _train(
-    config: TrainConfig, out: Path, state: dict | None, progress: bool, dist: Distributed, device: torch.device,
-    dataset, init: tuple[Path, dict] | None = None,
+    config: TrainConfig, record: RunRecord, out: Path, state: dict | None, progress: bool, dist: Distributed,
+    dataset, init: InitSource | None = None,
 ) -> dict:  # fmt: skip
     from .generation import generate
     from .sampling import grid_image
 
     main = dist.is_main
     if state is not None:
-        run = Run(config, out, device)
+        run = Run(config, record, out)
         run.resume(state, out / "checkpoints" / "last.pt")
     elif init is not None:
-        run = Run(config, out, device, first_step=int(init[1]["step"]))
-        run.start_from(init[1], init[0])
+        run = Run(config, record, out, first_step=init.step)
+        run.start_from(init.state, init.path)
         if main:
-            checkpoint.write_json(out / "init.json", _init_record(*init))
+            checkpoint.write_json(out / "init.json", init.record())
     else:
-        run = Run(config, out, device)
+        run = Run(config, record, out)
     images, labels = (tensor.to(run.device) for tensor in dataset.tensors)
     if config.model.get("num_classes") is None:
         labels = None  # an unconditional model never sees them
     metrics_path = out / "metrics.jsonl"
+    grid = replace(config.grid, seed=config.seed, bf16=record.bf16)  # the grids: the run's seed and precision
     if main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "config.json", config.to_dict())
+        checkpoint.write_json(out / "run.json", record.to_dict())
         _truncate_metrics(metrics_path, run.step)
-    wandb_run = _start_wandb(config, out) if config.wandb and main else None
+    wandb_run = _start_wandb(config, record, out) if config.wandb and main else None
 
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=record.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
     clock = {"t": time.perf_counter()}
 
     def evaluate() -> None:
         path = out / "samples" / f"step_{run.step:06d}.png"
         # a class-conditional model draws every digit in turn: 0, 1, ..., 9, 0, ...
-        samples = generate(run.ema.model, run.scheduler, config.n_samples, config.grid)
+        samples = generate(run.ema.model, run.scheduler, config.n_samples, grid)
         checkpoint.write_atomic(path, lambda f: grid_image(samples).save(f, format="png"))
         plot_loss_curve(metrics_path, out / "loss_curve.png")
         if wandb_run is not None:
@@ -407,14 +465,14 @@ def _train(
             return
         now = time.perf_counter()
         seconds, clock["t"] = now - clock["t"], now
-        record = {"step": completed, **stats, "images_per_s": config.batch_size / seconds}
+        line = {"step": completed, **stats, "images_per_s": config.batch_size / seconds}
         with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(line) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{line['images_per_s']:.0f}")
         if wandb_run is not None:
-            wandb_run.log({**record, "time_per_sample_s": seconds / config.batch_size}, step=completed)
+            wandb_run.log({**line, "time_per_sample_s": seconds / config.batch_size}, step=completed)
         evaluating = config.eval_every > 0 and completed % config.eval_every == 0
         if evaluating or completed % config.checkpoint_every == 0:
             run.checkpoint(keep=evaluating)
@@ -428,22 +486,22 @@ def _train(
             model = run.model
             if dist.launched:
                 model = torch.nn.parallel.DistributedDataParallel(
-                    run.model, device_ids=[device.index] if device.type == "cuda" else None
+                    run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None
                 )
             train(
                 model, run.optimizer, run.lr_scheduler, run.scheduler, images,
-                steps=config.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
-                ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip, bf16=config.bf16,
+                steps=record.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
+                ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip, bf16=record.bf16,
                 weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
                 labels=labels, label_dropout=config.label_dropout, on_step=on_step,
-                **dist.train_hooks(config.batch_size, device, stop),
+                **dist.train_hooks(config.batch_size, run.device, stop),
             )  # fmt: skip
             stopped_by = stop.signal_name
         if bar is not None:
             bar.close()
         if main:
             run.checkpoint()
-            finished = stopped_by is None and run.step >= config.steps
+            finished = stopped_by is None and run.step >= record.steps
             if finished and (config.eval_every <= 0 or run.step % config.eval_every != 0):
                 run.checkpoint(keep=True)
                 evaluate()
@@ -471,13 +529,13 @@ def _check_wandb() -> None:
         raise UsageError("--wandb needs the wandb package: pip install wandb") from None
 
 
-def _start_wandb(config: TrainConfig, out: Path):
+def _start_wandb(config: TrainConfig, record: RunRecord, out: Path):
     import wandb
 
     return wandb.init(
         project=config.wandb_project,
         name=config.wandb_run_name,
-        config=config.to_dict(),
+        config={**config.to_dict(), "run": record.to_dict()},
         dir=str(out),
         mode=config.wandb_mode,
     )

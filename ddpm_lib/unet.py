@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.diffusion import PREDICTIONS
+from ddpm_lib.errors import UsageError
 
 
-# --- chapters/04_unet.py, cell 5 (line 106): edit there ---
+# --- chapters/04_unet.py, cell 5 (line 107): edit there ---
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     r"""Sinusoidal embedding of timesteps (Vaswani et al., 2017; used by DDPM).
 
@@ -62,7 +63,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-# --- chapters/04_unet.py, cell 8 (line 141): edit there ---
+# --- chapters/04_unet.py, cell 8 (line 142): edit there ---
 class SinusoidalTimeEmbedding(nn.Module):
     r"""e(t) = W₂ SiLU(W₁ emb(t) + b₁) + b₂: fixed sinusoids, then a learned MLP (dim → 4·dim → dim).
 
@@ -79,7 +80,7 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
-# --- chapters/04_unet.py, cell 14 (line 232): edit there ---
+# --- chapters/04_unet.py, cell 14 (line 233): edit there ---
 class TimeMLP(nn.Module):
     r"""Inject time into a feature map: y = SiLU(x + MLP(e)[:, :, None, None]).
 
@@ -98,7 +99,7 @@ class TimeMLP(nn.Module):
         return self.act(x + self.mlp(e)[:, :, None, None])
 
 
-# --- chapters/04_unet.py, cell 17 (line 270): edit there ---
+# --- chapters/04_unet.py, cell 17 (line 271): edit there ---
 NORMS = ("batch", "group")
 
 
@@ -127,7 +128,7 @@ class ConvNormAct(nn.Module):
         return self.module(x)
 
 
-# --- chapters/04_unet.py, cell 20 (line 316): edit there ---
+# --- chapters/04_unet.py, cell 20 (line 317): edit there ---
 class ChannelShuffle(nn.Module):
     """Interleave ``groups`` groups of channels: (B, C, H, W) → (B, C, H, W), channel order
     [g₀c₀, g₁c₀, …, g₀c₁, g₁c₁, …] (reshape to (B, groups, C/groups, H, W), swap axes 1 and 2)."""
@@ -142,7 +143,7 @@ class ChannelShuffle(nn.Module):
         return x.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-# --- chapters/04_unet.py, cell 23 (line 348): edit there ---
+# --- chapters/04_unet.py, cell 23 (line 349): edit there ---
 class ShuffleUnit(nn.Module):
     r"""ShuffleNet v2 basic unit as the reference uses it (Ma et al., 2018, fig. 3c, both halves transformed).
 
@@ -201,7 +202,7 @@ class ShuffleDownsample(nn.Module):
         return self.channel_shuffle(torch.cat([self.branch1(x), self.branch2(x)], dim=1))
 
 
-# --- chapters/04_unet.py, cell 26 (line 425): edit there ---
+# --- chapters/04_unet.py, cell 26 (line 426): edit there ---
 class DenseUnit(nn.Module):
     r"""A residual unit of one dense 3×3 convolution: y = SiLU(norm(conv₃ₓ₃(x))) + skip(x).
 
@@ -233,7 +234,7 @@ class DenseDownsample(nn.Module):
 UNITS = {"shuffle": (ShuffleUnit, ShuffleDownsample), "dense": (DenseUnit, DenseDownsample)}
 
 
-# --- chapters/04_unet.py, cell 29 (line 488): edit there ---
+# --- chapters/04_unet.py, cell 29 (line 489): edit there ---
 def unit_stack(unit: str, in_channels: int, out_channels: int, count: int, norm: str) -> nn.Sequential:
     """``count`` units: count − 1 at width C_in, then one C_in → C_out. (B, C_in, H, W) → (B, C_out, H, W)."""
     make_unit = UNITS[unit][0]
@@ -281,18 +282,18 @@ class DecoderBlock(nn.Module):
         return self.conv1(self.attention(self.time_mlp(self.conv0(x), e)))
 
 
-# --- chapters/04_unet.py, cell 32 (line 566): edit there ---
+# --- chapters/04_unet.py, cell 32 (line 569): edit there ---
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", option=name)
 
 
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}", option=name)
 
 
 class Unet(nn.Module):
@@ -353,16 +354,23 @@ class Unet(nn.Module):
             _check_int(name, value)
         _check_int("time_embedding_dim", time_embedding_dim, minimum=2)
         if time_embedding_dim % 2:
-            raise ValueError(f"time_embedding_dim must be even, got {time_embedding_dim}")
+            raise UsageError(
+                f"time_embedding_dim must be even, got {time_embedding_dim}", "time_embedding_dim"
+            )
         _check_int("base_dim", base_dim, minimum=2)
         if base_dim % 2:
-            raise ValueError(f"base_dim must be even (the last decoder unit halves it), got {base_dim}")
+            raise UsageError(
+                f"base_dim must be even (the last decoder unit halves it), got {base_dim}", "base_dim"
+            )
         if unit == "shuffle" and base_dim % 4:
-            raise ValueError(
-                f"base_dim must be a multiple of 4 for unit='shuffle' (halves of halves), got {base_dim}"
+            raise UsageError(
+                f"base_dim must be a multiple of 4 for unit='shuffle' (halves of halves), got {base_dim}",
+                "base_dim",
             )
         if isinstance(dim_mults, (str, bytes)) or not isinstance(dim_mults, Sequence) or not dim_mults:
-            raise ValueError(f"dim_mults must be a non-empty list of integers >= 1, got {dim_mults!r}")
+            raise UsageError(
+                f"dim_mults must be a non-empty list of integers >= 1, got {dim_mults!r}", "dim_mults"
+            )
         for multiplier in dim_mults:
             _check_int("every entry of dim_mults", multiplier)
         _check_choice("time_embedding", time_embedding, TIME_EMBEDDINGS)
@@ -371,16 +379,19 @@ class Unet(nn.Module):
         if num_classes is not None:
             _check_int("num_classes", num_classes)
         if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence):
-            raise ValueError(f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}")
+            raise UsageError(
+                f"attention must be a list of levels 0..{len(dim_mults)}, got {attention!r}", "attention"
+            )
         for level in attention:
             if (
                 isinstance(level, bool)
                 or not isinstance(level, numbers.Integral)
                 or not 0 <= level <= len(dim_mults)
             ):
-                raise ValueError(
+                raise UsageError(
                     f"attention must list levels 0..{len(dim_mults)} (len(dim_mults) = {len(dim_mults)} is the "
-                    f"bottleneck), got {list(attention)!r}"
+                    f"bottleneck), got {list(attention)!r}",
+                    "attention",
                 )
         _check_choice("prediction", prediction, PREDICTIONS)
 
@@ -524,7 +535,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1261): edit there ---
+# --- chapters/04_unet.py, cell 58 (line 1274): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 
@@ -541,7 +552,7 @@ class Conditioned(nn.Module):
         return self.model(x, t, self.labels)
 
 
-# --- chapters/04_unet.py, cell 61 (line 1306): edit there ---
+# --- chapters/04_unet.py, cell 61 (line 1319): edit there ---
 class SelfAttention(nn.Module):
     r"""Multi-head self-attention over the H·W positions of a feature map, with a residual connection.
 

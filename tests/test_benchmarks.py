@@ -92,37 +92,34 @@ def test_compile_speed_times_the_quick_network_and_refuses_bad_counts(capsys):
         assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_time_to_digits_takes_options_of_the_train_command_and_refuses_bad_ones(capsys):
-    options = ["--schedule", "cosine", "--sampler", "clip", "--lr", "3e-3", "--attention", ""]
-    recipe = time_to_digits.quick_config("quick-unconditional", options)
+def test_time_to_digits_takes_training_options_and_refuses_bad_ones(capsys):
+    """--train: options of the training configuration, resolved and checked by the library (no argument list)."""
+    options = {"schedule": "cosine", "grid": {"sampler": "clip"}, "lr": 3e-3, "model": {"attention": []}}
+    recipe = time_to_digits.quick_config("quick", options)
     assert (recipe.schedule, recipe.grid.sampler, recipe.lr, recipe.model["attention"]) == (
         "cosine",
         "clip",
         3e-3,
         [],
     )
-    assert (
-        recipe.steps == time_to_digits.quick_config("quick-unconditional").steps
-    )  # the rest is the preset's
+    assert recipe.steps == time_to_digits.quick_config("quick").steps  # the rest is the preset's
     assert recipe.eval_every == 0  # one grid at the end: the budget is for training
     for bad, words in [
-        ("--learning-rate 1", "unrecognized arguments: --learning-rate"),
-        ("--lr abc", "--lr"),
-        ("--sampler ddpm", "clipped x0"),  # the recipe's own check: cosine grids need clipping
+        ('{"learning_rate": 1}', "--train: unknown option(s) learning_rate"),
+        ('{"lr": "abc"}', "lr must be a positive number"),
+        ('{"grid": {"sampler": "ddpm"}}', "clipped x0"),  # the recipe's own check: cosine grids need clipping
+        ("--lr 1", "--train: not a JSON object"),
+        ("[1]", "--train: expected a JSON object"),
     ]:
         with pytest.raises(SystemExit):
             time_to_digits.main(["--skip-reference", "--preset", "quick-unconditional", "--train", bad])
-        assert words in capsys.readouterr().err
+        assert words in capsys.readouterr().err, bad
 
 
 def test_time_to_digits_autoguides_with_the_snapshot_at_a_quarter_of_the_run(tmp_path, capsys):
     recipe = time_to_digits.quick_config("quick-unconditional", autoguided=True)
     assert recipe.eval_every == recipe.steps // 4
-    assert (recipe.schedule, recipe.grid.sampler, recipe.steps) == (
-        "cosine",
-        "clip",
-        2500,
-    )  # RECIPES' options
+    assert (recipe.schedule, recipe.grid.sampler, recipe.steps) == ("cosine", "clip", 2500)  # the preset's
     tiny = replace(recipe, steps=8, batch_size=4, eval_every=2, n_samples=2,
                    model={**recipe.model, "base_dim": 8, "dim_mults": [2], "attention": []})  # fmt: skip
     row = time_to_digits.train_and_sample(
@@ -137,7 +134,7 @@ def test_time_to_digits_autoguides_with_the_snapshot_at_a_quarter_of_the_run(tmp
 def test_time_to_digits_samples_each_preset_its_own_way(capsys):
     assert set(time_to_digits.RECIPES) == set(PRESETS)
     # the unconditional recipe is autoguided on an interval; the class-conditional one is guided by its labels
-    assert time_to_digits.RECIPES["quick"] == {"train": [], "autoguidance": 0.0, "interval": None}
+    assert time_to_digits.RECIPES["quick"] == {"autoguidance": 0.0, "interval": None}
     assert time_to_digits.RECIPES["quick-unconditional"]["autoguidance"] > 0
     assert time_to_digits.interval_type("200:900") == (200, 900)
     assert time_to_digits.interval_type("all") == "all"

@@ -13,7 +13,7 @@ from torch import nn
 
 from ddpm_lib import checkpoint
 from ddpm_lib.checkpoint import CheckpointError
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.config import RunRecord, TrainConfig
 
 
 def run_content() -> dict:
@@ -24,6 +24,7 @@ def run_content() -> dict:
     ema = {"model": model.state_dict(), "decay": 0.999, "warmup": True, "num_updates": 1}
     return {
         "config": TrainConfig().to_dict(),
+        "record": RunRecord(steps=3000, per_process_batch_size=128, effective_lr=1e-3).to_dict(),
         "step": 7,
         "model": model.state_dict(),
         "ema": ema,
@@ -40,7 +41,7 @@ def test_round_trip_of_each_kind(tmp_path):
     assert loaded["kind"] == "run" and loaded["version"] == checkpoint.VERSION and loaded["step"] == 7
     assert all(torch.equal(loaded["model"][k], v) for k, v in content["model"].items())
     denoiser = checkpoint.save(tmp_path / "d.pt", "denoiser", **checkpoint.denoiser_content(loaded))
-    assert set(checkpoint.load(denoiser)) == {"format", "version", "kind", "config", "step", "ema"}
+    assert set(checkpoint.load(denoiser)) == {"format", "version", "kind", "config", "record", "step", "ema"}
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
 
 
@@ -79,6 +80,23 @@ def test_an_unknown_config_key_is_an_error_naming_it(tmp_path):
     path = checkpoint.save(tmp_path / "last.pt", "run", **content)
     with pytest.raises(CheckpointError, match="unknown key.*'learning_rate_typo'"):
         checkpoint.load_denoiser(path)
+
+
+def test_an_option_added_later_takes_its_default_and_an_unknown_one_is_refused(tmp_path):
+    """A checkpoint written before an option existed still loads (no version bump per option)."""
+    content = run_content()
+    del content["config"]["label_dropout"], content["config"]["grid"]["guidance"], content["record"]["device"]
+    path = checkpoint.save(tmp_path / "last.pt", "run", **content)
+    from ddpm_lib.config import config_from_dict, record_from_dict
+
+    config = config_from_dict(checkpoint.load(path)["config"])
+    assert config.label_dropout == TrainConfig().label_dropout and config.grid.guidance == 0.0
+
+    assert record_from_dict(checkpoint.load(path)["record"]).device == RunRecord().device
+    content["record"]["world_sizes"] = 2
+    path = checkpoint.save(tmp_path / "other.pt", "run", **content)
+    with pytest.raises(Exception, match="unknown key.*'world_sizes'"):
+        record_from_dict(checkpoint.load(path)["record"])
 
 
 def test_the_wrong_kind_is_refused(tmp_path):
@@ -186,6 +204,7 @@ def test_a_version_1_run_checkpoint_is_upgraded(tmp_path):
     """ddpm_lib 0.1 wrote no kind, and the grid's sampler options flat in the config."""
     content = run_content()
     config = content.pop("config")
+    del content["record"]
     grid = config.pop("grid")
     config.update(sampler="ddpm", sampler_steps=25, guidance=1.0)
     path = tmp_path / "v1.pt"
@@ -202,18 +221,19 @@ def test_a_version_1_run_checkpoint_is_upgraded(tmp_path):
         "bf16": config["bf16"],
     }
     assert loaded["config"]["grid"] == expected
-    assert set(loaded["config"]) == set(asdict(TrainConfig()))
+    assert set(loaded["config"]) <= set(asdict(TrainConfig()))  # options added since take their defaults
+    assert loaded["record"]["steps"] == config["steps"]
 
 
 def test_a_version_2_checkpoint_learnt_mnist(tmp_path):
     """Version 2 configs predate --dataset: every run then learnt MNIST."""
     content = run_content()
-    del content["config"]["dataset"]
+    del content["config"]["dataset"], content["record"]
     path = tmp_path / "v2.pt"
     torch.save({"format": checkpoint.FORMAT, "version": 2, "kind": "run", **content}, path)
     loaded = checkpoint.load(path)
     assert loaded["version"] == checkpoint.VERSION and loaded["config"]["dataset"] == "mnist"
-    assert set(loaded["config"]) == set(asdict(TrainConfig()))
+    assert set(loaded["config"]) <= set(asdict(TrainConfig()))
     classifier = tmp_path / "c.pt"
     torch.save(
         {"format": checkpoint.FORMAT, "version": 2, "kind": "classifier", "config": {}, "model": {}},
@@ -222,12 +242,37 @@ def test_a_version_2_checkpoint_learnt_mnist(tmp_path):
     assert checkpoint.load(classifier)["config"] == {}  # a classifier's config is its constructor's
 
 
-def test_shipped_files_are_current_and_loading_them_imports_no_training_code():
-    from ddpm_lib.pretrained import WEIGHTS
+def test_a_version_3_checkpoint_splits_its_config_into_config_and_record(tmp_path):
+    """Version 3 wrote what the run decided (world size, batch split, LR after scaling) into its config, and its
+    bf16 and steps were the ones used."""
+    content = run_content()
+    del content["record"]
+    content["config"].update(
+        world_size=2, per_process_batch_size=64, backend="gloo", effective_lr=2e-3, bf16=True
+    )
+    path = tmp_path / "v3.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": 3, "kind": "run", **content}, path)
+    loaded = checkpoint.load(path)
+    assert loaded["version"] == checkpoint.VERSION and "world_size" not in loaded["config"]
+    assert {k: loaded["record"][k] for k in ("world_size", "per_process_batch_size", "backend", "effective_lr",
+                                             "bf16", "steps")} == {
+        "world_size": 2, "per_process_batch_size": 64, "backend": "gloo", "effective_lr": 2e-3, "bf16": True,
+        "steps": 3000}  # fmt: skip
+
+
+def test_every_shipped_file_loads_and_loading_them_imports_no_training_code():
+    """The shipped weights were written by earlier versions of the format; each loads, and builds its network."""
+    from ddpm_lib.pretrained import WEIGHTS, available, load_classifier, load_pretrained
 
     for path in sorted(WEIGHTS.rglob("*.pt")):
-        raw = torch.load(path, weights_only=True)
-        assert raw["version"] == checkpoint.VERSION and raw["kind"] in ("denoiser", "classifier"), path
+        loaded = checkpoint.load(path)
+        assert loaded["version"] == checkpoint.VERSION and loaded["kind"] in ("denoiser", "classifier"), path
+        if loaded["kind"] == "denoiser":
+            checkpoint.load_denoiser(path)
+    for name in available():
+        load_pretrained(name)
+    load_classifier()
+    load_classifier(dataset="fashion-mnist")
     code = (
         "import sys; from ddpm_lib.pretrained import load_pretrained, load_classifier; "
         "load_pretrained('ddpm_mnist'); load_classifier(); "

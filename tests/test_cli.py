@@ -9,7 +9,7 @@ import torch
 
 from ddpm_lib import checkpoint
 from ddpm_lib.cli import main
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.config import RunRecord, TrainConfig
 from ddpm_lib.unet import Unet
 
 
@@ -54,7 +54,9 @@ def files(tmp_path):
         "warmup": True,
         "num_updates": 0,
     }
-    good = checkpoint.save(tmp_path / "good.pt", "denoiser", config=small.to_dict(), step=1, ema=ema)
+    record = RunRecord(steps=3000, per_process_batch_size=128, effective_lr=1e-3)
+    good = checkpoint.save(tmp_path / "good.pt", "denoiser", config=small.to_dict(), record=record.to_dict(), step=1,
+                           ema=ema)  # fmt: skip
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:2000])
     foreign = tmp_path / "foreign.pt"
@@ -62,12 +64,13 @@ def files(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     bigger = TrainConfig(model=dict(Unet(base_dim=16, dim_mults=[2]).config))
-    resized = checkpoint.save(tmp_path / "resized.pt", "denoiser", config=bigger.to_dict(), step=1, ema=ema)
+    resized = checkpoint.save(tmp_path / "resized.pt", "denoiser", config=bigger.to_dict(), record=record.to_dict(),
+                              step=1, ema=ema)  # fmt: skip
     classifier = checkpoint.save(tmp_path / "classifier.pt", "classifier", config={}, model={})
     from ddpm_lib.runner import Run
 
     run_folder = tmp_path / "run"
-    run = Run(small, run_folder, torch.device("cpu"))
+    run = Run(small, record, run_folder)
     checkpoint.save(run_folder / "checkpoints" / "last.pt", "run", **run.state())
     samples = tmp_path / "samples.pt"
     torch.save(torch.full((4, 1, 28, 28), 3.0), samples)
@@ -109,6 +112,8 @@ BAD_INPUTS = [
     (["sample", "--weights", "foo"], "--weights: no shipped weights called 'foo'"),
     (["evaluate", "--samples", "nope.pt"], "--samples: no file at nope.pt"),
     (["evaluate", "--samples", "{samples}"], "--samples: {samples} must lie in [-1, 1]"),
+    (["evaluate", "--samples", "{text}"], "--samples: {text} is not a file of tensors"),
+    (["train", "--out", "/dev/null/run"], "--out: cannot create the run folder /dev/null/run"),
     (["evaluate", "--classifier", "{good}"], "--classifier: {good} holds a 'denoiser' checkpoint"),
     (["train", "--resume", "--out", "nothing"], "no checkpoint at nothing/checkpoints/last.pt"),
     (["train", "--data-root", "missing"], "data root missing does not exist"),
@@ -193,12 +198,12 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_naming_the_option_and_writes_nothing(argv, message, files, tmp_path, capsys,
                                                                      monkeypatch):  # fmt: skip
-    import ddpm_lib.runner as runner
+    import ddpm_lib.precision as precision
 
     monkeypatch.chdir(tmp_path)
     # as on a CPU without bfloat16 instructions, where sample and evaluate say they sample in float32: that
     # note comes only once the input has been checked, so an error is still one line
-    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     argv = [arg.format(**{k: v.name for k, v in files.items()}) for arg in argv]
     message = message.format(**{k: v.name for k, v in files.items()})
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -136,13 +136,13 @@ def test_respaced_jumps_keep_the_marginal_of_q(scheduler, name):
 
 SHORT = LinearBetaScheduler(5, 1e-3, 0.3)
 LOOPS = {
-    "sample_loop ddpm": lambda net, x: sample_loop(SHORT, net, x, "ddpm", generator(0)),
-    "sample_loop clip": lambda net, x: sample_loop(SHORT, net, x, "clip", generator(0)),
-    "ddim_sample": lambda net, x: ddim_sample(net, SHORT, x, num_steps=3, eta=0.5, generator=generator(0)),
+    "sample_loop ddpm": lambda net, x: sample_loop(net, SHORT, x, clip=False, generator=generator(0)),
+    "sample_loop clip": lambda net, x: sample_loop(net, SHORT, x, generator=generator(0)),
+    "ddim_sample": lambda net, x: ddim_sample(net, SHORT, x, [4, 2, 0], eta=0.5, generator=generator(0)),
     "sample_loop respaced": lambda net, x: sample_loop(
-        SHORT, net, x, "ddpm", generator(0), timesteps=[4, 2, 0]
+        net, SHORT, x, [4, 2, 0], clip=False, generator=generator(0)
     ),
-    "dpm_solver_pp_sample": lambda net, x: dpm_solver_pp_sample(net, SHORT, x, 3),
+    "dpm_solver_pp_sample": lambda net, x: dpm_solver_pp_sample(net, SHORT, x, [4, 2, 0]),
 }
 
 
@@ -175,8 +175,9 @@ def test_sampling_a_batchnorm_unet_left_in_train_mode_is_batch_invariant(schedul
         train_copy = copy.deepcopy(net)
         assert (train_copy(x, t)[:1] - train_copy(x[:1], t[:1])).abs().max() > 1e-3  # train mode: it depends
     net.train()
-    together = ddim_sample(net, scheduler, x, num_steps=3)  # eta = 0: no noise, so batches are comparable
-    alone = ddim_sample(net, scheduler, x[:1], num_steps=3)
+    three = timesteps_for(T, 3)
+    together = ddim_sample(net, scheduler, x, three)  # eta = 0: no noise, so batches are comparable
+    alone = ddim_sample(net, scheduler, x[:1], three)
     torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
     assert net.training
 
@@ -241,8 +242,12 @@ def test_training_loss_draws_every_timestep_uniformly():
 # ---------------------------------------------------------------- bug 7: not starting at T - 1
 
 FAST_LOOPS = {
-    "ddim_sample": lambda net, scheduler, x: ddim_sample(net, scheduler, x, num_steps=10),
-    "dpm_solver_pp_sample": lambda net, scheduler, x: dpm_solver_pp_sample(net, scheduler, x, 10),
+    "ddim_sample on timesteps_for's default": lambda net, scheduler, x: ddim_sample(
+        net, scheduler, x, timesteps_for(scheduler.num_timesteps, 10)
+    ),
+    "dpm_solver_pp_sample on timesteps_for's default": lambda net, scheduler, x: dpm_solver_pp_sample(
+        net, scheduler, x, timesteps_for(scheduler.num_timesteps, 10)
+    ),
     "generate ddpm, 10 steps": lambda net, scheduler, x: generate(
         net, scheduler, 1, image_shape=x.shape[1:], sampler="ddpm", steps=10
     ),

@@ -22,7 +22,7 @@ from ddpm_lib import checkpoint
 from ddpm_lib.cli import main
 from ddpm_lib.config import TrainConfig, scaled_lr
 from ddpm_lib.distributed import Distributed, shard
-from ddpm_lib.runner import resolve_parallelism
+from ddpm_lib.runner import plan_run
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss
 from ddpm_lib.unet import Unet
@@ -118,12 +118,12 @@ def test_two_processes_reach_the_weights_of_one(single, pair):
 
 @pytest.mark.slow
 def test_config_states_the_world_size_batch_split_and_learning_rate(single, pair):
-    config = json.loads((pair[0] / "config.json").read_text())
-    assert (config["world_size"], config["batch_size"], config["per_process_batch_size"]) == (2, 16, 8)
-    assert config["backend"] == "gloo"
-    assert config["lr_scaling"] == "none" and config["effective_lr"] == config["lr"] == 1e-3
-    config = json.loads((single / "config.json").read_text())
-    assert (config["world_size"], config["per_process_batch_size"], config["backend"]) == (1, 16, None)
+    config, record = (json.loads((pair[0] / name).read_text()) for name in ("config.json", "run.json"))
+    assert (record["world_size"], config["batch_size"], record["per_process_batch_size"]) == (2, 16, 8)
+    assert record["backend"] == "gloo"
+    assert config["lr_scaling"] == "none" and record["effective_lr"] == config["lr"] == 1e-3
+    record = json.loads((single / "run.json").read_text())
+    assert (record["world_size"], record["per_process_batch_size"], record["backend"]) == (1, 16, None)
 
 
 @pytest.mark.slow
@@ -131,7 +131,7 @@ def test_only_rank_0_writes_logs_and_files(pair):
     out, result = pair
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     files = {f for f in files if not f.startswith("wandb/")}
-    assert files == {"config.json", "metrics.jsonl", "loss_curve.png", "checkpoints/last.pt",
+    assert files == {"config.json", "run.json", "metrics.jsonl", "loss_curve.png", "checkpoints/last.pt",
                      f"checkpoints/step_{STEPS:06d}.pt", f"samples/step_{STEPS:06d}.png"}  # fmt: skip
     assert [r["step"] for r in records(out)] == list(range(1, STEPS + 1))  # one line per step, not two
     if HAS_WANDB:
@@ -253,11 +253,11 @@ def test_learning_rate_scaling_and_the_resolved_config():
     with pytest.raises(ValueError, match="lr_scaling must be one of"):
         scaled_lr(1e-3, 128, "cubic")
     dist = Distributed(rank=1, local_rank=1, world_size=4, launched=True)
-    config = resolve_parallelism(TrainConfig(batch_size=256, lr_scaling="linear"), dist, torch.device("cpu"))
-    assert (config.world_size, config.per_process_batch_size, config.backend) == (4, 64, "gloo")
-    assert config.effective_lr == pytest.approx(2e-3)
+    record = plan_run(TrainConfig(batch_size=256, lr_scaling="linear"), dist, torch.device("cpu"), 4500)
+    assert (record.world_size, record.per_process_batch_size, record.backend) == (4, 64, "gloo")
+    assert record.effective_lr == pytest.approx(2e-3) and record.steps == TrainConfig().steps
     with pytest.raises(ValueError, match="--batch-size 250"):
-        resolve_parallelism(TrainConfig(batch_size=250), dist, torch.device("cpu"))
+        plan_run(TrainConfig(batch_size=250), dist, torch.device("cpu"), 4500)
 
 
 def test_an_uneven_batch_under_torchrun_fails_before_the_rendezvous(tmp_path, monkeypatch, capsys):

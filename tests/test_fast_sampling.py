@@ -120,7 +120,9 @@ def test_ddim_full_loop_matches_diffusers(scheduler, eta, clip, spacing, n):
             x = theirs.step(model(x, torch.full((2,), t)), t, x, eta=eta, generator=generator).prev_sample
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((2, 1, 8, 8), generator=generator)
-    ours = ddim_sample(model, scheduler, x_T, n, eta, spacing, clip, generator)
+    ours = ddim_sample(
+        model, scheduler, x_T, timesteps_for(T, n, spacing), clip=clip, eta=eta, generator=generator
+    )
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
 
@@ -128,11 +130,11 @@ def test_ddim_eta_one_over_all_steps_is_chapter_05s_sample(scheduler):
     model = StandIn()
     generator = torch.Generator().manual_seed(1)
     reference = sample_loop(
-        scheduler, model, torch.randn((2, 1, 5, 5), generator=generator), "ddpm", generator
+        model, scheduler, torch.randn((2, 1, 5, 5), generator=generator), clip=False, generator=generator
     )
     generator = torch.Generator().manual_seed(1)
     ours = ddim_sample(
-        model, scheduler, torch.randn((2, 1, 5, 5), generator=generator), T, 1.0, generator=generator
+        model, scheduler, torch.randn((2, 1, 5, 5), generator=generator), eta=1.0, generator=generator
     )
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
@@ -142,10 +144,11 @@ def test_ddim_eta_zero_is_deterministic_and_draws_no_noise(scheduler):
     x_T = x_like(2)
     generator = torch.Generator().manual_seed(3)
     state = generator.get_state()
-    a = ddim_sample(model, scheduler, x_T, 10, 0.0, generator=generator)
+    ten = timesteps_for(T, 10)
+    a = ddim_sample(model, scheduler, x_T, ten, eta=0.0, generator=generator)
     assert torch.equal(generator.get_state(), state)
-    assert torch.equal(a, ddim_sample(model, scheduler, x_T, 10))
-    assert not torch.equal(ddim_sample(model, scheduler, x_T, 10, 1.0, generator=generator), a)
+    assert torch.equal(a, ddim_sample(model, scheduler, x_T, ten))
+    assert not torch.equal(ddim_sample(model, scheduler, x_T, ten, eta=1.0, generator=generator), a)
 
 
 def test_last_jump_to_the_clean_end_returns_x0_hat_and_draws_nothing(scheduler):
@@ -190,7 +193,7 @@ def test_dpm_solver_matches_diffusers_step_by_step(scheduler, clip, spacing, n):
             x = theirs.step(model(x, torch.full((2,), t)), t, x).prev_sample
     our_states = []
     ours = dpm_solver_pp_sample(
-        model, scheduler, x_T, n, spacing, clip, on_step=lambda t, x: our_states.append(x)
+        model, scheduler, x_T, timesteps, clip=clip, on_step=lambda t, x: our_states.append(x)
     )
     for i, (a, b) in enumerate(zip(our_states, their_states, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"step {i}: {m}")
@@ -204,7 +207,7 @@ def test_dpm_solver_with_diffusers_own_trailing_timesteps(scheduler):
     )
     theirs.set_timesteps(25)
     x = x_like(8, (2, 1, 8, 8))
-    ours = dpm_solver_pp_sample(model, scheduler, x, 25)
+    ours = dpm_solver_pp_sample(model, scheduler, x, timesteps_for(T, 25))
     with torch.no_grad():
         for t in theirs.timesteps.tolist():
             x = theirs.step(model(x, torch.full((2,), t)), t, x).prev_sample
@@ -244,7 +247,9 @@ def test_first_order_dpm_solver_is_ddim(scheduler):
         (lambda s, m: ddim_step(s, 5, 1, torch.zeros(2, 1, 6, 6), x_like(0)), "noise prediction must have"),
         (lambda s, m: ddim_step(s, 5, 1, m, [1.0, 2.0]), "x_t must be a floating-point tensor"),
         (lambda s, m: ddim_sample(m, s, torch.zeros(2, 1, 4, 4, dtype=torch.long)), "x_T must be"),
-        (lambda s, m: dpm_solver_pp_sample(m, s, x_like(0), 0), "num_steps"),
+        (lambda s, m: dpm_solver_pp_sample(m, s, x_like(0), 0), "timesteps must be a descending sequence"),
+        (lambda s, m: ddim_sample(m, s, x_like(0), [5, 7]), "strictly descending"),
+        (lambda s, m: sample_loop(m, s, x_like(0), [T, 3]), r"every timestep must lie in 0\.\.999"),
         (
             lambda s, m: dpm_solver_pp_update(s, 500, 400, x_like(0), x_like(1), (300, x_like(1))),
             "previous t",

@@ -14,8 +14,9 @@ from ddpm_lib.diffusion import prediction_of
 from ddpm_lib.distributed import shard
 from ddpm_lib.generation import generate
 from ddpm_lib.guidance import AutoGuidance, ClassifierFreeGuidance, class_spread
-from ddpm_lib.pretrained import WEIGHTS
+from ddpm_lib.pretrained import WEIGHTS, recipe
 from ddpm_lib.schedule import LinearBetaScheduler
+from ddpm_lib.spec import SampleSpec
 from ddpm_lib.training import batch_stream, ddpm_loss, make_optimizer, train
 from ddpm_lib.unet import Conditioned, Unet
 
@@ -334,10 +335,10 @@ def test_sample_a_label_with_guidance(conditional_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_conditioning_options_on_the_wrong_model_exit_2_with_one_line(conditional_run, tmp_path, capsys,
                                                                      monkeypatch):  # fmt: skip
-    import ddpm_lib.runner as runner
+    import ddpm_lib.precision as precision
 
     # one line also where sample notes that it falls back to float32 (a CPU without bfloat16 instructions)
-    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     unconditional = tmp_path / "plain"
     tiny = ["--steps", "1", "--batch-size", "8", "--base-dim", "8", "--dim-mults", "2", "--eval-every", "0"]
     assert main(["train", *tiny, "--out", str(unconditional), "--no-progress"]) == 0
@@ -373,13 +374,13 @@ def test_sample_autoguided_on_an_interval(tmp_path, capsys, monkeypatch):
     seen = {}
     monkeypatch.setattr(
         "ddpm_lib.generation.generate",
-        lambda model, *a, **k: seen.update(model=model) or torch.zeros(1, 1, 28, 28),
+        lambda model, scheduler, n, spec, **k: seen.update(spec=spec) or torch.zeros(1, 1, 28, 28),
     )  # no sampling
     args = ["sample", "--weights", "ddpm_mnist", "--weak", "ddpm_mnist@4000", "--guidance-interval", "200:900",
             "--n", "1", "--out", str(tmp_path / "x.png")]  # fmt: skip
     assert main(args) == 0
     assert "autoguided away from ddpm_mnist@4000 (w = 1, only for 200 <= t <= 900)" in capsys.readouterr().out
-    assert seen["model"].interval == (200, 900)
+    assert seen["spec"].guidance_interval == (200, 900)
 
 
 def test_shipped_weights_are_sampled_by_their_recipe_as_if_its_options_were_given(tmp_path, capsys):
@@ -387,16 +388,21 @@ def test_shipped_weights_are_sampled_by_their_recipe_as_if_its_options_were_give
     assert main(["sample", "--weights", "ddpm_mnist", *common, "--tensors", str(tmp_path / "recipe.pt")]) == 0
     out = capsys.readouterr().out
     assert "ddpm_mnist's sampling recipe (ddpm_mnist.sampling.json)" in out
-    assert (
-        "(ddpm, 25 steps (trailing), seed 0)" in out and "autoguided away from ddpm_mnist@4000 (w = 1)" in out
-    )
+    assert "(ddpm, 25 steps (trailing), autoguided away from ddpm_mnist@4000 (w = 1), seed 0)" in out
     recipe = json.loads((WEIGHTS / "ddpm_mnist.sampling.json").read_text())["use"]
     spelled = ["--sampler", recipe["sampler"], "--steps", str(recipe["steps"]), "--weak", recipe["weak"],
                "--autoguidance", str(recipe["autoguidance"])]  # fmt: skip
-    assert (
-        main(["sample", "--weights", "ddpm_mnist", *spelled, *common, "--tensors", str(tmp_path / "own.pt")])
-        == 0
-    )
+    own = [
+        "sample",
+        "--weights",
+        "ddpm_mnist",
+        "--no-recipe",
+        *spelled,
+        *common,
+        "--tensors",
+        str(tmp_path / "own.pt"),
+    ]
+    assert main(own) == 0
     assert "sampling recipe" not in capsys.readouterr().out
     assert torch.equal(*(torch.load(tmp_path / f, weights_only=True) for f in ("recipe.pt", "own.pt")))
 
@@ -404,16 +410,24 @@ def test_shipped_weights_are_sampled_by_their_recipe_as_if_its_options_were_give
 @pytest.mark.parametrize(
     "options, described",
     [
-        (["--sampler", "clip"], "(clip, 1000 steps, seed 0)"),  # the plain model, every step
-        (["--steps", "3"], "(clip, 3 steps (trailing), seed 0)"),
-        (["--weak", "ddpm_mnist@8000", "--steps", "2"], "autoguided away from ddpm_mnist@8000 (w = 1)"),
         (
-            ["--weak=ddpm_mnist@8000", "--autoguidance=0", "--steps=2"],
-            "autoguided away from ddpm_mnist@8000 (w = 0)",
+            ["--sampler", "clip"],
+            "(clip, 25 steps (trailing), autoguided away from ddpm_mnist@4000 (w = 1), seed 0)",
         ),
+        (
+            ["--steps", "3"],
+            "(ddpm, 3 steps (trailing), autoguided away from ddpm_mnist@4000 (w = 1), seed 0)",
+        ),
+        (["--weak", "ddpm_mnist@8000", "--steps", "2"], "autoguided away from ddpm_mnist@8000 (w = 1)"),
+        (["--weak=ddpm_mnist@8000", "--autoguidance=0"], "autoguided away from ddpm_mnist@8000 (w = 0)"),
+        (["--guidance-interval", "200:900"], "(w = 1, only for 200 <= t <= 900)"),
+        (["--no-recipe"], "(clip, 1000 steps, seed 0)"),  # the plain model, every step
+        (["--no-recipe", "--steps", "3"], "(clip, 3 steps (trailing), seed 0)"),
     ],
 )
-def test_any_sampling_option_replaces_the_recipe(options, described, tmp_path, capsys, monkeypatch):
+def test_sampling_options_override_the_recipe_field_by_field(
+    options, described, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(
         "ddpm_lib.generation.generate", lambda *a, **k: torch.zeros(1, 1, 28, 28)
     )  # no sampling
@@ -422,7 +436,7 @@ def test_any_sampling_option_replaces_the_recipe(options, described, tmp_path, c
         == 0
     )
     out = capsys.readouterr().out
-    assert "sampling recipe" not in out and described in out, out
+    assert ("sampling recipe" in out) == ("--no-recipe" not in options) and described in out, out
 
 
 def test_every_sampling_recipe_names_known_options_and_records_its_evaluation():
@@ -431,7 +445,8 @@ def test_every_sampling_recipe_names_known_options_and_records_its_evaluation():
     for path in recipes:
         record = json.loads(path.read_text())
         name = path.name.removesuffix(".sampling.json")
-        assert set(record["use"]) <= {"sampler", "steps", "weak", "autoguidance"}
+        assert set(record["use"]) <= set(SampleSpec().to_dict())
+        assert recipe(name).spec == SampleSpec(**record["use"])
         evaluation = record["evaluation"]
         # the bare command gives the recorded scores: no sampling option, so the recipe
         assert evaluation["command"] == f"python -m ddpm_lib evaluate --weights {name} --n 500"
@@ -447,13 +462,14 @@ def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
                  "--no-progress"]) == 0  # fmt: skip
     record = json.loads(report.read_text())
     assert record["recipe"] == "ddpm_lib/weights/ddpm_mnist.sampling.json"
-    assert (record["sampler"], record["steps"], record["weak"], record["autoguidance"]) == (
+    spec = record["spec"]
+    assert (record["sampler"], record["steps"], spec["weak"], spec["autoguidance"]) == (
         "ddpm",
         25,
         "ddpm_mnist@4000",
         1.0,
     )
-    assert record["guidance_interval"] is None  # the recipe guides every step
+    assert spec["guidance_interval"] is None  # the recipe guides every step
 
 
 @pytest.mark.parametrize(
@@ -463,14 +479,17 @@ def test_evaluate_records_the_recipe_it_followed(tmp_path, capsys):
         (["--weak", "no_such_weights"], "--weak: "),
         (["--weak", "{tmp}/truncated.pt"], "--weak: {tmp}/truncated.pt is not a readable checkpoint"),
         (
-            ["--autoguidance", "2"],
-            "needs --weak, the weights to guide away from (their sampling recipe's is --weak ddpm_mnist@4000)",
+            ["--no-recipe", "--autoguidance", "2"],
+            "--autoguidance: needs --weak, the weights to guide away from",
         ),
         (
             ["--weights", "ddpm_mnist_cond", "--autoguidance", "2"],
             "--autoguidance: needs --weak, the weights to guide away from",
         ),
-        (["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"], "--autoguidance: guidance must be >= -1"),
+        (
+            ["--weak", "ddpm_mnist@4000", "--autoguidance", "-2"],
+            "argument --autoguidance: expected a number >= -1",
+        ),
         (
             ["--weights", "ddpm_mnist_cond", "--guidance-interval", "200:900"],
             "--guidance-interval: needs --weak, the weights to guide away from",

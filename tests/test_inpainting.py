@@ -151,9 +151,9 @@ def test_with_nothing_known_it_is_unconditional_sampling_from_the_same_seed(mode
         x_T = torch.randn(x0.shape, generator=generator)
         assert torch.equal(
             out,
-            sample_loop(scheduler, model, x_T, "ddpm", generator, timesteps=timesteps_for(T, steps)).clamp(
-                -1, 1
-            ),
+            sample_loop(
+                model, scheduler, x_T, timesteps_for(T, steps), clip=False, generator=generator
+            ).clamp(-1, 1),
         )
     # and the original plays no part at all, with resampling too
     a = inpaint(model, scheduler, digits(seed=1), torch.zeros(3, 1, 28, 28), 5, 2, seeded(5))

@@ -232,3 +232,33 @@ def test_the_v_prediction_ddim_step_matches_diffusers(scheduler, t, t_prev):
         expected = theirs.step(v, t, x_t, eta=0.0).prev_sample
         got = ddim_step(scheduler, t, t_prev, v_model, x_t, eta=0.0)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_prediction_of_looks_through_any_wrapper_and_refuses_one_it_cannot_read():
+    """A wrapper may hold the network under any attribute (chapter 12's counter once held it as ``net``, and the
+    samplers then took its v-output for the noise); two networks that disagree are an error, not a guess."""
+    from torch import nn
+
+    from ddpm_lib.diffusion import prediction_of
+    from ddpm_lib.unet import Unet
+
+    v, eps = Unet(base_dim=8, dim_mults=[2], prediction="v"), Unet(base_dim=8, dim_mults=[2])
+
+    class Holder(nn.Module):
+        def __init__(self, **networks):
+            super().__init__()
+            for name, network in networks.items():
+                setattr(self, name, network)
+
+    class PlainHolder:  # not a module at all
+        def __init__(self, net):
+            self.net = net
+
+    assert prediction_of(Holder(net=v)) == "v" and prediction_of(Holder(outer=Holder(inner=v))) == "v"
+    assert prediction_of(PlainHolder(v)) == "v"
+    assert prediction_of(Holder(a=v, b=Holder(c=v))) == "v"
+    assert (
+        prediction_of(nn.Linear(2, 2)) == prediction_of(lambda x, t: x) == "eps"
+    )  # no record: DDPM's choice
+    with pytest.raises(ValueError, match="different targets"):
+        prediction_of(Holder(a=v, b=eps))

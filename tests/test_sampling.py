@@ -6,7 +6,8 @@ import torch
 from stand_ins import StandIn
 
 from ddpm_lib.fast_sampling import timesteps_for
-from ddpm_lib.sampling import posterior_step, reverse_step, sample, sample_clip, sample_loop, save_image
+from ddpm_lib.generation import save_image
+from ddpm_lib.sampling import posterior_step, reverse_step, sample, sample_clip, sample_loop
 from ddpm_lib.schedule import CosineScheduler, LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss
 
@@ -50,7 +51,7 @@ def test_full_loop_matches_diffusers(scheduler, clip, sampler):
             x = theirs.step(model(x, torch.full((2,), int(t))), int(t), x, generator=generator).prev_sample
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((2, 1, 8, 8), generator=generator)
-    ours = sample_loop(scheduler, model, x_T, sampler, generator)
+    ours = sample_loop(model, scheduler, x_T, clip=sampler == "clip", generator=generator)
     # without clipping this stand-in drifts far outside [-1, 1]: compare relative to the magnitude
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-3)
 
@@ -124,15 +125,17 @@ def test_respaced_chain_matches_diffusers_ddpm_scheduler(scheduler, clip, spacin
             x = theirs.step(model(x, torch.full((2,), t)), t, x, generator=generator).prev_sample
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((2, 1, 8, 8), generator=generator)
-    ours = sample_loop(scheduler, model, x_T, "clip" if clip else "ddpm", generator, timesteps=steps.tolist())
+    ours = sample_loop(model, scheduler, x_T, steps, clip=clip, generator=generator)
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-3)
 
 
 def test_sample_loop_over_every_timestep_is_the_full_chain(scheduler):
     model = StandIn()
-    full = sample_loop(scheduler, model, torch.ones(2, 1, 4, 4), "ddpm", torch.Generator().manual_seed(3))
-    listed = sample_loop(scheduler, model, torch.ones(2, 1, 4, 4), "ddpm", torch.Generator().manual_seed(3),
-                         timesteps=timesteps_for(1000, 1000).tolist())  # fmt: skip
+    full = sample_loop(
+        model, scheduler, torch.ones(2, 1, 4, 4), clip=False, generator=torch.Generator().manual_seed(3)
+    )
+    listed = sample_loop(model, scheduler, torch.ones(2, 1, 4, 4), timesteps_for(1000, 1000), clip=False,
+                         generator=torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(full, listed)
 
 
@@ -182,9 +185,9 @@ def test_bad_step_input(scheduler, t, x_t, message):
 
 
 def test_bad_loop_input(scheduler):
-    with pytest.raises(ValueError, match="sampler"):
-        sample_loop(scheduler, StandIn(), torch.zeros(1, 1, 2, 2), sampler="ddim")
-    with pytest.raises(ValueError, match="t_prev"):  # timesteps must descend
-        sample_loop(scheduler, StandIn(), torch.zeros(1, 1, 2, 2), timesteps=[5, 7])
+    with pytest.raises(ValueError, match="strictly descending"):
+        sample_loop(StandIn(), scheduler, torch.zeros(1, 1, 2, 2), [5, 7])
+    with pytest.raises(ValueError, match="x_T must be"):
+        sample_loop(StandIn(), scheduler, torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="t_prev must lie in -1..4"):
         reverse_step(scheduler, 5, 5, StandIn(), torch.zeros(1, 1, 2, 2))

@@ -177,9 +177,9 @@ def _capture_configs(monkeypatch):
 
     seen = []
 
-    def fake_run_training(config, out, resume=False, progress=True, init_from=None):
+    def fake_run_training(config, out, progress=True, init_from=None):
         seen.append(config)
-        return {"stopped_by": None, "world_size": 1, "rank": 0, "step": config.steps}
+        return {"stopped_by": None, "world_size": 1, "rank": 0, "step": config.steps or 0}
 
     monkeypatch.setattr(runner, "run_training", fake_run_training)
     return seen
@@ -257,11 +257,18 @@ def test_an_explicit_batch_size_wins_over_the_preset_and_abbreviations_are_refus
 
 def test_epochs_count_batches_of_the_batch_size_actually_used(monkeypatch, tmp_path):
     """ddpm_lib 0.1 turned --preset quick --epochs N into steps with the default batch (128), not the preset's 64."""
+    from ddpm_lib.distributed import Distributed
+    from ddpm_lib.runner import plan_run
+
     seen = _capture_configs(monkeypatch)
     main(["train", "--preset", "quick", "--epochs", "2", "--out", str(tmp_path / "a")])
     main(["train", "--preset", "quick", "--epochs", "2", "--batch-size", "100", "--out", str(tmp_path / "b")])
     main(["train", "--epochs", "2", "--out", str(tmp_path / "c")])
-    assert [config.steps for config in seen] == [2 * (4500 // 64), 2 * (4500 // 100), 2 * (4500 // 128)]
+    assert [(config.epochs, config.steps) for config in seen] == [(2, None)] * 3  # asked: epochs, not steps
+    steps = [
+        plan_run(config, Distributed(), torch.device("cpu"), 4500, announce=False).steps for config in seen
+    ]
+    assert steps == [2 * (4500 // 64), 2 * (4500 // 100), 2 * (4500 // 128)]
 
 
 @pytest.mark.slow
@@ -294,11 +301,12 @@ def test_fashion_mnist_trains_samples_and_evaluates_through_the_same_commands(tm
 @pytest.mark.slow
 def test_init_from_starts_a_new_run_from_trained_weights_and_counts_on(straight_run, tmp_path, capsys):
     from ddpm_lib import runner
-    from ddpm_lib.config import config_from_dict
+    from ddpm_lib.config import config_from_dict, record_from_dict
 
     source_path = straight_run / "checkpoints" / "step_000006.pt"
     source = checkpoint.load(source_path, "run")
-    run = runner.Run(config_from_dict(source["config"]), tmp_path / "probe", first_step=6)
+    run = runner.Run(config_from_dict(source["config"]), record_from_dict(source["record"]), tmp_path / "probe",
+                     first_step=6)  # fmt: skip
     run.start_from(source, source_path)
     for name, value in source["ema"]["model"].items():  # both the live model and its average begin there
         assert torch.equal(run.model.state_dict()[name], value) and torch.equal(
@@ -306,7 +314,7 @@ def test_init_from_starts_a_new_run_from_trained_weights_and_counts_on(straight_
         )
     assert run.step == 6 and run.ema.num_updates == source["ema"]["num_updates"]
     assert (
-        run.lr_scheduler.total_steps == source["config"]["steps"] - 6
+        run.lr_scheduler.total_steps == source["record"]["steps"] - 6
     )  # a fresh one-cycle over the added steps
 
     out = tmp_path / "continued"
@@ -368,7 +376,8 @@ def test_init_from_names_what_it_accepts(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "--init-from: no_such_weights is neither a checkpoint file nor the name of shipped weights" in err
+    assert "--init-from: no shipped weights called 'no_such_weights'" in err
+    assert "(a checkpoint file, shipped weights or NAME@STEP)" in err
 
 
 @pytest.mark.slow
@@ -429,7 +438,10 @@ def test_bfloat16_is_used_only_where_the_cpu_computes_in_it(monkeypatch, tmp_pat
     import ddpm_lib.runner as runner
 
     assert isinstance(runner.native_bf16(torch.device("cpu")), bool)
+    import ddpm_lib.precision as precision
+
     monkeypatch.setattr(runner, "native_bf16", lambda device: native)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
     out = tmp_path / "run"
     command = [
         "train",
@@ -446,12 +458,12 @@ def test_bfloat16_is_used_only_where_the_cpu_computes_in_it(monkeypatch, tmp_pat
     ]
     main(command)
     err = capsys.readouterr().err
-    saved = json.loads((out / "config.json").read_text())
-    assert saved["bf16"] is native and saved["grid"]["bf16"] is native
-    assert checkpoint.load(out / "checkpoints" / "last.pt", "run")["config"]["bf16"] is native
+    assert json.loads((out / "config.json").read_text())["bf16"] is True  # what was asked
+    assert json.loads((out / "run.json").read_text())["bf16"] is native  # what the run computed in
+    assert checkpoint.load(out / "checkpoints" / "last.pt", "run")["record"]["bf16"] is native
     assert ("no bfloat16 instructions" in err and "training in float32 instead" in err) is not native
     main([*command, "--resume"])  # repeating the command line with --resume is accepted either way
-    assert json.loads((out / "config.json").read_text())["bf16"] is native
+    assert json.loads((out / "run.json").read_text())["bf16"] is native
 
     grid = tmp_path / "grid.png"
     sample = ["sample", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--n", "2", "--out", str(grid)]
@@ -461,17 +473,37 @@ def test_bfloat16_is_used_only_where_the_cpu_computes_in_it(monkeypatch, tmp_pat
     assert "bfloat16" not in capsys.readouterr().err
 
 
-def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, capsys):
+def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, capsys, tmp_path):
     import ddpm_lib.runner as runner
     from ddpm_lib.config import TrainConfig
+    from ddpm_lib.distributed import Distributed
 
+    cpu, one = torch.device("cpu"), Distributed()
     monkeypatch.setattr(runner, "native_bf16", lambda device: False)
-    cpu = torch.device("cpu")
-    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=True).bf16 is True
-    assert "resumes in bfloat16" in capsys.readouterr().err
-    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=False).bf16 is False
-    assert runner.resolve_precision(TrainConfig(bf16=False), cpu, resume=False, announce=False).bf16 is False
-    assert capsys.readouterr().err.count("note:") == 1
+    assert runner.plan_run(TrainConfig(bf16=True), one, cpu, 4500).bf16 is False
+    assert runner.plan_run(TrainConfig(bf16=False), one, cpu, 4500).bf16 is False
+    assert capsys.readouterr().err.count("training in float32 instead") == 1
     monkeypatch.setattr(runner, "native_bf16", lambda device: True)
-    assert runner.resolve_precision(TrainConfig(bf16=True), cpu, resume=False).bf16 is True
+    assert runner.plan_run(TrainConfig(bf16=True), one, cpu, 4500).bf16 is True
     assert capsys.readouterr().err == ""
+    out = tmp_path / "run"
+    command = [
+        "train",
+        "--bf16",
+        "--steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    assert main(command) == 0  # started where bfloat16 is native
+    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
+    assert main([*command, "--resume", "--steps", "3"]) == 2  # resuming with another length is refused...
+    capsys.readouterr()
+    assert main([*command, "--resume"]) == 0  # ...the same command resumes, in the precision it started in
+    assert "the run resumes in bfloat16, as it started" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["bf16"] is True
