@@ -18,10 +18,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"
 
-# tools/chapter_run.py: chapters/NN_topic.ipynb -> one test each, which executes the chapter once, with
-# the solutions and, at every exercise, the student copy's stub and check (marked slow). Tests of tests/
-# that take over ~3 s on 2 cores carry @pytest.mark.slow, so `python -m pytest -m "not slow"` runs the
-# unit tests alone in about a minute.
+# nbval (--nbval-lax --nbval-current-env in pyproject.toml) runs chapters/NN_topic.ipynb once each, a test
+# item per code cell; tools/chapter_run.py adds, at every exercise, the student copy's stub and check (its
+# items are marked slow). Tests of tests/ that take over ~3 s on 2 cores carry @pytest.mark.slow, so
+# `python -m pytest -m "not slow"` runs the unit tests alone in about a minute.
 # DDPM_BOOK_CACHE=<folder>: those executions also fill the book's jupyter-cache (tools/book_cache.py).
 pytest_plugins = ["tools.chapter_run", "tools.book_cache"]
 

@@ -74,6 +74,10 @@ PROBE = (
 )
 
 
+#: after each cell: the seconds of computation the kernel's cache hits skipped so far (nothing bound, nothing imported)
+CELL_PROBE = "print(getattr(__import__('sys').modules.get('ddpm_lib.result_cache'), 'replayed_seconds', lambda: 0.0)())"
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -172,10 +176,49 @@ def clean_outputs(notebook: nbformat.NotebookNode) -> None:
         cell.outputs = kept
 
 
+def current_env_kernel_manager():
+    """An async kernel manager for an IPython kernel of this very interpreter (nbval's
+    ``--nbval-current-env``), whatever kernel the notebook's metadata names."""
+    import ipykernel.kernelspec
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    class CurrentEnv(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return self.kernel_spec_class(
+                resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict()
+            )
+
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnv())
+
+
+def poll_in_short_waits(channel, wait: float = 1.0) -> None:
+    """Make ``channel.get_msg`` wait for a message in steps of ``wait`` seconds.
+
+    Waiting on a kernel channel in one long poll can miss a message that arrived while ipywidgets' comm
+    traffic was being read, and then waits for the whole cell timeout with the kernel idle (nbclient
+    issue #312; seen here on chapter 03's slider, about one run in three under load). A poll that ends
+    looks at the socket again, so short polls pick such a message up within ``wait`` seconds; the
+    caller's overall timeout is unchanged."""
+    from queue import Empty
+
+    original = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = wait if deadline is None else min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                return await original(timeout=step)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
 def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dict:
     """Run the chapter of ``source``; store its outputs and record; return the record."""
-    # the test runner's kernel handling: this interpreter's kernel, polled in short waits (nbclient #312)
-    from chapter_run import current_env_kernel_manager, poll_in_short_waits
     from nbclient import NotebookClient
 
     target = source.with_suffix(".ipynb")
@@ -195,18 +238,23 @@ def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dic
             env.pop(result_cache.CACHE_ENV, None)
         started = time.perf_counter()
         with client.setup_kernel(env=env, cleanup_kc=True):  # the kernel's profile and recording
-            poll_in_short_waits(
-                client.kc.shell_channel
-            )  # ipywidgets' comm traffic (nbclient #312, see chapter_run)
+            poll_in_short_waits(client.kc.shell_channel)  # ipywidgets' comm traffic (nbclient #312)
             poll_in_short_waits(client.kc.iopub_channel)
+            replayed, cell_seconds = 0.0, []
             for n, index in enumerate(code, 1):
-                first = (
-                    notebook.cells[index].source.strip().splitlines()[0][:60]
-                    if notebook.cells[index].source
-                    else ""
-                )
+                cell = notebook.cells[index]
+                first = cell.source.strip().splitlines()[0][:60] if cell.source else ""
                 print(f"  [{n}/{len(code)}] {time.perf_counter() - started:7.0f} s  {first}", flush=True)
-                client.execute_cell(notebook.cells[index], index)
+                cell_started = time.perf_counter()
+                client.execute_cell(cell, index)
+                seconds = time.perf_counter() - cell_started
+                # what the cell took, with the seconds its cache hits skipped (prose quotes cell times; a test
+                # holds the prose to these)
+                probe = nbformat.v4.new_code_cell(CELL_PROBE)
+                client.execute_cell(probe, index, store_history=False)
+                now = float(probe.outputs[-1]["text"]) if probe.outputs else replayed
+                cell_seconds.append(round(seconds + now - replayed, 1))
+                replayed = now
             probe = nbformat.v4.new_code_cell(PROBE)  # the kernel's record and the cache's counts; not stored
             notebook.cells.append(probe)
             try:
@@ -239,6 +287,7 @@ def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dic
         "wall_time_s": round(executed + cache_use["replayed_s"], 1),
         "executed_s": round(executed, 1),
         "cache": {"hits": cache_use["hits"], "misses": cache_use["misses"]},
+        "cell_seconds": cell_seconds,  # per code cell, in order, with the seconds cache hits skipped
         "date": datetime.date.today().isoformat(),
         "command": f"python tools/execute_chapters.py --profile {profile} {source.name[:2]}",
     }
