@@ -31,10 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.config import build_model, preset_defaults, schedule_for  # noqa: E402
+from ddpm_lib.precision import choose  # noqa: E402
 from ddpm_lib.training import make_optimizer, train_step  # noqa: E402
 
 #: the recipe both sides train with (the quick preset's without labels)
 RECIPE = preset_defaults("quick-unconditional")
+#: the recipe's precision on this CPU (ddpm_lib.precision: bfloat16 only with bfloat16 instructions)
+PRECISION = choose("cpu", RECIPE.precision).precision
 
 
 class Side:
@@ -52,7 +55,7 @@ class Side:
 
     def step(self) -> None:
         train_step(self.model, self.optimizer, None, self.schedule, self.x0, self.generator, RECIPE.grad_clip,
-                   bf16=RECIPE.bf16, weighting=RECIPE.loss_weighting, min_snr_gamma=RECIPE.min_snr_gamma)  # fmt: skip
+                   precision=PRECISION, weighting=RECIPE.loss_weighting, min_snr_gamma=RECIPE.min_snr_gamma)  # fmt: skip
 
     def images_per_s(self, steps: int) -> float:
         start = time.perf_counter()
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     print("command:", shlex.join(["python", "benchmarks/compile_speed.py", *(argv or sys.argv[1:])]))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, bf16={RECIPE.bf16}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, precision {PRECISION}"
     )
 
     eager, compiled = Side(False, args.batch_size, 0), Side(True, args.batch_size, 0)

@@ -15,7 +15,7 @@ CPU cores in all: ``OMP_NUM_THREADS`` = cores // processes.
   with 1 process, and with 2 (``gloo``). Two processes get no more cores than one process with two
   threads: they only trade intra-op threading (splitting every convolution) for data parallelism
   (splitting the batch, plus one all-reduce of the gradients per step), so expect no large speed-up.
-* GPU (when CUDA is available): 1 GPU without a launcher, in float32 and ``--bf16``, and ``torchrun``
+* GPU (when CUDA is available): 1 GPU without a launcher, in float32 and ``--precision auto``, and ``torchrun``
   over every visible GPU (``nccl``) when there are several.
 
 Configurations alternate in ``--rounds`` rounds, so a machine that gets busier slows all alike; the
@@ -73,16 +73,16 @@ def configurations(args: argparse.Namespace) -> list[dict]:
         gpu_runs = [
             {"name": "1 GPU, float32", "command": [*python, *common, "--device", "cuda"], "processes": 1},
             {
-                "name": "1 GPU, bf16",
-                "command": [*python, *common, "--device", "cuda", "--bf16"],
+                "name": "1 GPU, auto precision",
+                "command": [*python, *common, "--device", "cuda", "--precision", "auto"],
                 "processes": 1,
             },
         ]
         if gpus > 1:
-            for bf16 in ([], ["--bf16"]):
+            for precision in ("float32", "auto"):
                 gpu_runs.append({
-                    "name": f"{gpus} GPUs, torchrun (nccl){', bf16' if bf16 else ', float32'}",
-                    "command": [*torchrun(gpus), *common, "--device", "cuda", *bf16],
+                    "name": f"{gpus} GPUs, torchrun (nccl), {precision} precision",
+                    "command": [*torchrun(gpus), *common, "--device", "cuda", "--precision", precision],
                     "processes": gpus,
                 })  # fmt: skip
         for run in gpu_runs:

@@ -10,7 +10,7 @@ one-cycle learning rate follows the share of the budget spent (torch's ``OneCycl
 place of the step count), so every network warms up and anneals fully however fast it is.
 Each uses the precision that is faster for it on this CPU (bfloat16 autocast for the course's networks,
 float32 for diffusers', which bfloat16 slows down here); on a CPU without bfloat16 instructions
-(``ddpm_lib.precision.native_bf16``), where bfloat16 is about ten times slower, every row trains and samples in float32.
+(``ddpm_lib.precision.choose``), where bfloat16 is about ten times slower, every row trains and samples in float32.
 
 Then ``--n`` samples from each EMA network with 25-step DDPM on chapter 08's respaced chain (the quick recipe's
 sampler), scored by chapter 07's metrics against the held-out digits in 4 disjoint draws: the confident share
@@ -55,7 +55,7 @@ from ddpm_lib.checkpoint import write_json  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.metrics import baseline_images, classify, compare  # noqa: E402
-from ddpm_lib.precision import native_bf16  # noqa: E402
+from ddpm_lib.precision import choose  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
 from ddpm_lib.schedule import LinearBetaScheduler  # noqa: E402
 from ddpm_lib.training import EMA, batch_stream, make_optimizer, train_step  # noqa: E402
@@ -136,7 +136,7 @@ def one_cycle_lr(progress: float, max_lr: float, pct_start: float) -> float:
 
 
 def train_for(
-    build, bf16: bool, budget_s: float, images: torch.Tensor, scheduler, seed: int
+    build, precision: str, budget_s: float, images: torch.Tensor, scheduler, seed: int
 ) -> tuple[nn.Module, dict]:
     """Train a fresh network for ``budget_s`` seconds of wall time; return its EMA copy and what the run did."""
     torch.manual_seed(seed)
@@ -153,7 +153,7 @@ def train_for(
         for group in optimizer.param_groups:
             group["lr"] = one_cycle_lr(elapsed / budget_s, RECIPE["lr"], RECIPE["pct_start"])
         stats = train_step(model, optimizer, None, scheduler, batch, generator, RECIPE["grad_clip"],
-                           bf16=bf16, weighting=RECIPE["weighting"])  # fmt: skip
+                           precision=precision, weighting=RECIPE["weighting"])  # fmt: skip
         ema.update(model)
         losses.append(stats["loss"])
         done = step + 1
@@ -164,7 +164,7 @@ def train_for(
         "images_per_s": done * RECIPE["batch_size"] / train_s,
         "final_loss": float(np.mean(losses[-50:])),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "bf16": bf16,
+        "precision": precision,
     }
 
 
@@ -211,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for name in rows:
-        description, build, bf16 = known[name]
-        bf16 = bf16 and native_bf16(torch.device("cpu"))
+        description, build, low_precision = known[name]
+        precision = choose("cpu", "auto" if low_precision else "float32").precision
         print(f"== {name}: {description}", flush=True)
-        model, run = train_for(build, bf16, args.budget, images, scheduler, args.seed)
+        model, run = train_for(build, precision, args.budget, images, scheduler, args.seed)
         start = time.perf_counter()
-        spec = SampleSpec(**SAMPLER, seed=args.seed, bf16=native_bf16(torch.device("cpu")))
+        spec = SampleSpec(**SAMPLER, seed=args.seed)  # in the precision this CPU computes fast in
         samples = generate(model, scheduler, args.n, spec)
         run["sample_s"] = time.perf_counter() - start
         scores = compare(classify(classifier, samples), reference_features, DRAWS)

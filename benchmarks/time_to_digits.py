@@ -2,11 +2,16 @@
 
     python benchmarks/time_to_digits.py --samples-out runs/time_to_digits/quick_samples.pt
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/time_to_digits.py --skip-reference \
+        --record ddpm_lib/results/time_to_digits.json
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --autoguidance 0
     python benchmarks/time_to_digits.py --preset quick-unconditional --skip-reference --train '{"steps": 3000}'
 
-``--preset`` picks the recipe of step 1 (default ``quick``; ``quick-unconditional`` is the same network without
-labels, on the cosine schedule for 2,500 steps, its samples autoguided: ``RECIPES``). ``--train JSON`` tries a
+``--preset`` picks the recipe of step 1 (default ``quick``, which on a CPU without bfloat16 instructions is
+``quick-float32``, as ``python -m ddpm_lib train --preset quick`` picks it: ``ddpm_lib.config.preset_for``;
+``quick-unconditional`` is the same network without labels, on the cosine schedule for 2,500 steps, its samples
+autoguided: ``RECIPES``). ``--record FILE`` keeps the run's rows, command and machine in FILE under the preset's
+name (``ddpm_lib/results/time_to_digits.json``: the measurements the README and chapter 11 quote). ``--train JSON`` tries a
 candidate: options of the training configuration (``{"schedule": "cosine", "lr": 3e-3, "model": {"attention": []}}``)
 given after the preset's, resolved and checked by ``ddpm_lib.config.resolve_train_config``. The samples are drawn the same
 way whatever is given; ``--autoguidance W`` guides them away from the run's EMA snapshot at a quarter of its steps
@@ -53,12 +58,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lib.checkpoint import load_denoiser, write_json  # noqa: E402
-from ddpm_lib.config import PRESETS, TrainConfig, resolve_train_config, schedule_for  # noqa: E402
+from ddpm_lib.config import PRESETS, TrainConfig, preset_for, resolve_train_config, schedule_for  # noqa: E402
 from ddpm_lib.data import load_mnist  # noqa: E402
 from ddpm_lib.errors import UsageError  # noqa: E402
 from ddpm_lib.generation import SampleSpec, generate  # noqa: E402
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance  # noqa: E402
-from ddpm_lib.precision import native_bf16  # noqa: E402
+from ddpm_lib.precision import choose  # noqa: E402
 from ddpm_lib.pretrained import load_classifier  # noqa: E402
 from ddpm_lib.runner import run_training  # noqa: E402
 from ddpm_lib.spec import parse_interval  # noqa: E402
@@ -75,6 +80,7 @@ RUN_OVERHEAD = 1.09
 #: sized to 12 minutes on this 2-core CPU and its sampling chosen on sampling seeds 1-3 (engineering notes).
 RECIPES = {
     "quick": {"autoguidance": 0.0, "interval": None},
+    "quick-float32": {"autoguidance": 0.0, "interval": None},
     "quick-unconditional": {"autoguidance": 4.0, "interval": (200, 850)},
 }
 
@@ -93,7 +99,7 @@ def quick_config(
 
 def reference_config(steps: int) -> TrainConfig:
     return resolve_train_config(
-        steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, bf16=False, eval_every=0,
+        steps=steps, batch_size=128, lr=1e-3, pct_start=0.25, ema_decay=0.0, precision="float32", eval_every=0,
         checkpoint_every=10**9, grid={"sampler": SAMPLER, "steps": SAMPLER_STEPS}, model=dict(REFERENCE_CONFIG),
     )  # fmt: skip
 
@@ -106,8 +112,10 @@ def seconds_per_step(config: TrainConfig, probe_steps: int = 5) -> float:
     x0 = load_mnist("train", verbose=False).tensors[0][: config.batch_size]
     scheduler = schedule_for(config)
 
+    compute = choose("cpu", config.precision)
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with compute.autocast():
             loss = ddpm_loss(model, scheduler, x0, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
@@ -138,12 +146,11 @@ def train_and_sample(
     model, scheduler, _ = load_denoiser(out / name / "checkpoints" / "last.pt")
     start = time.perf_counter()
     conditional = model.config.get("num_classes") is not None  # then every digit in turn, guided
-    # autoguided (chapter 10) away from the snapshot at a quarter of the run; float32 on a CPU without bfloat16
-    # instructions, as run_training trains there
+    # autoguided (chapter 10) away from the snapshot at a quarter of the run, in the precision this CPU is fast in
     weak = str(out / name / "checkpoints" / f"step_{config.eval_every:06d}.pt") if autoguidance else None
     spec = SampleSpec(
         sampler=SAMPLER, steps=SAMPLER_STEPS, guidance=guidance if conditional else 0.0, seed=seed,
-        bf16=native_bf16(torch.device("cpu")), weak=weak, autoguidance=autoguidance if weak else None,
+        weak=weak, autoguidance=autoguidance if weak else None,
         guidance_interval=interval if weak else None,
     )  # fmt: skip
     samples = generate(model, scheduler, n, spec)
@@ -204,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guidance",
         type=float,
-        default=PRESETS["quick"]["grid"]["guidance"],
-        help="guidance w of the quick samples",
+        default=None,
+        help="guidance w of the quick samples (default: the recipe's grids', after --train)",
     )
     parser.add_argument(
         "--autoguidance", type=float, default=None, metavar="W",
@@ -217,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         help="autoguide only the steps with LO <= t <= HI; all: every step (default: the preset's)",
     )  # fmt: skip
     parser.add_argument("--skip-reference", action="store_true", help="only the quick recipe")
+    parser.add_argument("--record", type=Path, default=None, metavar="FILE",
+                        help="keep this run's rows, command and machine in FILE (JSON) under the preset's name")  # fmt: skip
     parser.add_argument(
         "--preset", choices=list(PRESETS), default="quick", help="the recipe to time (default: quick)"
     )
@@ -232,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--train: not a JSON object ({error})")
     if not isinstance(train_options, dict):
         parser.error(f"--train: expected a JSON object of options, got {args.train!r}")
+    args.preset, why = preset_for(args.preset, {"device": "cpu"})
+    if why:
+        print(why, flush=True)
     if args.autoguidance is None:
         args.autoguidance = RECIPES[args.preset]["autoguidance"]
     if args.guidance_interval is None:
@@ -242,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = quick_config(args.preset, train_options, autoguided=bool(args.autoguidance))
     except UsageError as error:
         parser.error(f"--train: {error}")
+    if args.guidance is None:
+        args.guidance = recipe.grid.guidance
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
     if args.guidance < -1:
@@ -304,7 +318,39 @@ def main(argv: list[str] | None = None) -> int:
                {"n": args.n, "guidance": args.guidance, "autoguidance": args.autoguidance,
                 "guidance_interval": args.guidance_interval, "preset": args.preset,
                 "train_options": train_options, "quick_config": asdict(recipe), "rows": report})  # fmt: skip
+    if args.record is not None:
+        simulated = [f"{name}={value}" for name, value in machine()["simulation"].items()]
+        record(args.record, args.preset, {"command": " ".join([*simulated, "python benchmarks/time_to_digits.py",
+                                                               *(argv or sys.argv[1:])]),
+               "date": time.strftime("%Y-%m-%d"), "machine": machine(), "n": args.n, "seed": args.seed,
+               "train_options": train_options, "rows": report})  # fmt: skip
     return 0 if report[0]["bar_met"] else 1
+
+
+def machine() -> dict:
+    """The CPU this ran on, what PyTorch computes with there, and the simulation variables if set."""
+    import os
+    import platform
+
+    from ddpm_lib.precision import native_bf16
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), model)  # fmt: skip
+    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16("cpu"),
+            "simulation": {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                           if name in os.environ}}  # fmt: skip
+
+
+def record(path: Path, preset: str, entry: dict) -> None:
+    """Put ``entry`` into the JSON file ``path`` under ``preset`` (the other presets' entries are kept)."""
+    records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    records[preset] = entry
+    write_json(path, records)
+    print(f"recorded under {preset!r} in {path}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from ddpm_lib.training import make_lr_scheduler, make_optimizer, train_step
 from ddpm_lib.unet import Unet
 
 
-def bare(steps: int, batch_size: int, bf16: bool) -> float:
+def bare(steps: int, batch_size: int, precision: str) -> float:
     torch.manual_seed(0)
     model = Unet()
     optimizer = make_optimizer(model)
@@ -41,16 +41,18 @@ def bare(steps: int, batch_size: int, bf16: bool) -> float:
     x0 = torch.rand((batch_size, 1, 28, 28)) * 2 - 1
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):  # warm-up: oneDNN builds its kernels on the first calls
-        train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, bf16=bf16)
+        train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, precision=precision)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, bf16=bf16)
+        train_step(model, optimizer, lr_scheduler, scheduler, x0, generator, precision=precision)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def loop(steps: int, batch_size: int, bf16: bool) -> float:
+def loop(steps: int, batch_size: int, precision: str) -> float:
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(steps=steps + 2, batch_size=batch_size, bf16=bf16, eval_every=0, n_samples=1)
+        config = TrainConfig(
+            steps=steps + 2, batch_size=batch_size, precision=precision, eval_every=0, n_samples=1
+        )
         run_training(config, Path(folder) / "run", progress=True)
         records = [
             json.loads(line) for line in (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()
@@ -64,16 +66,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round (default 40)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="the forward pass's precision in both (default: float32)",
+    )
     args = parser.parse_args()
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, bf16={args.bf16}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, precision {args.precision}"
     )
     results: dict[str, list[float]] = {"bare step": [], "CLI loop": []}
     for _ in range(args.rounds):
-        results["bare step"].append(bare(args.steps, args.batch_size, args.bf16))
-        results["CLI loop"].append(loop(args.steps, args.batch_size, args.bf16))
+        results["bare step"].append(bare(args.steps, args.batch_size, args.precision))
+        results["CLI loop"].append(loop(args.steps, args.batch_size, args.precision))
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name, value in medians.items():
         print(f"{name:>10}: {value:7.1f} images/s  (rounds: {', '.join(f'{v:.1f}' for v in results[name])})")

@@ -182,13 +182,8 @@ def _upgrade_v1(payload: dict) -> dict:
         payload["kind"] = "classifier"
     config = payload.get("config")
     if payload["kind"] != "classifier" and isinstance(config, dict) and "grid" not in config:
-        from dataclasses import asdict
-
-        from .spec import SampleSpec
-
         config = dict(config)
-        config["grid"] = {
-            **asdict(SampleSpec()),
+        config["grid"] = {  # the grid's other options came later: they take their defaults when read
             "sampler": config.pop("sampler", "clip"),
             "steps": config.pop("sampler_steps", None),
             "guidance": config.pop("guidance", 0.0),
@@ -220,8 +215,20 @@ def _upgrade_v3(payload: dict) -> dict:
         return payload
     config = dict(config)
     decided = {key: config.pop(key) for key in _DECIDED_V3 if key in config}
-    # a version 3 config's bf16 and steps were what the run used (it overwrote what was asked)
-    record = {"steps": config.get("steps"), "bf16": config.get("bf16", False), "device": "cpu", **decided}
+    # a version 3 config's bf16 and steps were what the run used (it overwrote what was asked); "precision" replaced
+    # bf16, in the config and in its grids' spec
+    used = config.pop("bf16", False)
+    config["precision"] = "auto" if used else "float32"
+    if isinstance(config.get("grid"), dict) and "bf16" in config["grid"]:
+        grid = dict(config["grid"])
+        grid["precision"] = "auto" if grid.pop("bf16") else "float32"
+        config["grid"] = grid
+    record = {
+        "steps": config.get("steps"),
+        "precision": "bfloat16" if used else "float32",
+        "device": "cpu",
+        **decided,
+    }
     if record.get("per_process_batch_size") is None:
         record["per_process_batch_size"] = config.get("batch_size")
     if record.get("effective_lr") is None:

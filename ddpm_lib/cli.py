@@ -50,11 +50,13 @@ class Parser(argparse.ArgumentParser):
 
 def _preset_of(argv: list[str]) -> str | None:
     """The ``--preset`` of a ``train`` command line, read before the full parse (its values are the defaults)."""
+    from .config import preset_for
+
     if not argv or argv[0] != "train":
         return None
     pre = Parser(prog=f"{PROG} train", add_help=False)
     pre.add_argument("--preset", default=None)
-    return pre.parse_known_args(argv[1:])[0].preset
+    return preset_for(pre.parse_known_args(argv[1:])[0].preset)[0]  # what this machine trains
 
 
 def _int(name: str, minimum: int):
@@ -67,6 +69,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
     from .config import GRID_FLAGS, MODEL_OPTIONS, PRESETS, TrainConfig, preset_defaults
     from .data import DATASETS
     from .inpainting import MASK_KINDS
+    from .precision import DEVICES
     from .spec import SampleSpec
     from .unet import Unet
 
@@ -79,9 +82,8 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         command.add_argument("--dataset", choices=DATASETS, default=None, help=help_text)
 
     def device(command) -> None:
-        command.add_argument(
-            "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"
-        )
+        command.add_argument("--device", choices=DEVICES, default="auto",
+                             help="auto (a CUDA GPU, else Apple's mps, else the CPU), cpu, cuda or mps (default: auto)")  # fmt: skip
 
     def denoiser(command, default: str = "ddpm_mnist_cond"):
         source = command.add_mutually_exclusive_group()
@@ -117,14 +119,15 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
                        "from their step")  # fmt: skip
     train.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="a named set of defaults (options given explicitly win). quick (chapter 11): "
-                       + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items()))  # fmt: skip
+                       + ", ".join(f"{k}={v}" for k, v in PRESETS["quick"].items())
+                       + "; quick-float32 where the CPU has no bfloat16 instructions")  # fmt: skip
     length = train.add_mutually_exclusive_group()
     spelled["train"] = add_dataclass_options(
         train, TrainConfig, defaults, targets={"steps": length, "epochs": length}
     )
     grid = train.add_argument_group("sample grids (ddpm_lib.spec.SampleSpec; seed and precision: the run's)")
     spelled["train"].update(add_dataclass_options(grid, SampleSpec, defaults.grid, prefix="grid.", flags=GRID_FLAGS,
-                                                  exclude=("label", "seed", "bf16", "batch_size")))  # fmt: skip
+                                                  exclude=("label", "seed", "precision", "device", "batch_size")))  # fmt: skip
     spelled["train"].update(add_keyword_options(train, Unet.__init__, MODEL_OPTIONS, defaults.model, "model.",
                                                 "U-Net options (ddpm_lib.unet.Unet; chapter 04)"))  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,7 +147,6 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
         "--tensors", type=Path, default=None, help="also save the samples as a .pt tensor file"
     )
     sample.add_argument("--gif", type=Path, default=None, help="also save the trajectory as an animated GIF")
-    device(sample)
     sample.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     noise = commands.add_parser("noise", help="save a grid of digits noised by the forward process")
@@ -187,7 +189,6 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, dict[
                           help="where to write the results (default: evaluation.json)")  # fmt: skip
     evaluate.add_argument("--classifier", type=Path, default=None,
                           help="evaluation classifier (default: the data set's shipped one)")  # fmt: skip
-    device(evaluate)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     classifier = commands.add_parser(
@@ -284,11 +285,14 @@ def train_options(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from .config import resolve_train_config
+    from .config import preset_for, resolve_train_config
     from .runner import resume_training, run_training
 
     options = train_options(args)
     progress = not args.no_progress
+    args.preset, why = preset_for(args.preset, options)
+    if why:
+        print(why, flush=True)
     if args.resume:
         summary = resume_training(args.out, args.preset, options, progress=progress, init_from=args.init_from)
     else:
@@ -311,8 +315,11 @@ def _denoiser(args: argparse.Namespace):
     from .precision import resolve_device
     from .pretrained import open_denoiser
 
+    device = vars(args).get(
+        "spec.device", getattr(args, "device", "auto")
+    )  # sample / evaluate: the spec's option
     return open_denoiser(args.checkpoint, args.weights, getattr(args, "dataset", None),
-                         device=resolve_device(args.device), default=args.default_weights)  # fmt: skip
+                         device=resolve_device(device), default=args.default_weights)  # fmt: skip
 
 
 def _sample_spec(args: argparse.Namespace, found, n: int):
@@ -457,17 +464,9 @@ def _rank_prefix() -> str:
     return f"[rank {rank}] " if rank else ""
 
 
-COMMANDS = {
-    "train": run_train,
-    "sample": run_sample,
-    "noise": run_noise,
-    "data": run_data,
-    "evaluate": run_evaluate,
-    "train-classifier": run_train_classifier,
-    "inpaint": run_inpaint,
-    "export-onnx": run_export_onnx,
-    "bound": run_bound,
-}
+COMMANDS = {"train": run_train, "sample": run_sample, "noise": run_noise, "data": run_data, "evaluate": run_evaluate,
+            "train-classifier": run_train_classifier, "inpaint": run_inpaint, "export-onnx": run_export_onnx,
+            "bound": run_bound}  # fmt: skip
 
 
 def describe_usage_error(error: UsageError, spelled: dict[str, str]) -> str:

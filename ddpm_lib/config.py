@@ -59,6 +59,18 @@ def _datasets() -> tuple[str, ...]:
     return DATASETS
 
 
+def _precisions() -> tuple[str, ...]:
+    from .precision import PRECISIONS
+
+    return PRECISIONS
+
+
+def _devices() -> tuple[str, ...]:
+    from .precision import DEVICES
+
+    return DEVICES
+
+
 def _schedules() -> tuple[str, ...]:
     from .schedule import SCHEDULES
 
@@ -68,7 +80,6 @@ def _schedules() -> tuple[str, ...]:
 #: the batch size ``--lr`` is tuned for (the reference's); ``--lr-scaling`` scales from it
 LR_REFERENCE_BATCH = 128
 LR_SCALINGS = ("none", "linear", "sqrt")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,12 @@ class TrainConfig:
     grad_clip: float = option(1.0, "gradient norm clipping threshold", check=number(0, low_open=True))
     ema_decay: float = option(0.999, "decay of the EMA of the weights", check=number(0, 1, high_open=True))
     seed: int = option(0, "seed of the batch order, the noise, the timesteps and the grids", check=integer(0))
-    bf16: bool = option(False, "bfloat16 autocast for the forward pass", check=BOOLEAN)
+    precision: str = option(
+        "float32",
+        "precision of the forward pass: auto (bfloat16 where the hardware computes in it natively, float16 on other "
+        "GPUs, else float32; ddpm_lib.precision), float32, bfloat16 or float16",
+        check=one_of(_precisions),
+    )
     loss_weighting: str = option(
         "uniform",
         "per-timestep loss weight: uniform (DDPM) or min_snr (min(SNR, gamma)/SNR, chapter 05)",
@@ -117,7 +133,9 @@ class TrainConfig:
         "share of labels replaced by 'no label' (class-conditional models, --num-classes; chapter 10)",
         check=number(0, 1),
     )
-    device: str = option("auto", "where to train (auto: a GPU if there is one)", check=one_of(DEVICES))
+    device: str = option(
+        "auto", "where to train (auto: a CUDA GPU, else Apple's mps, else the CPU)", check=one_of(_devices)
+    )
     dataset: str = option(
         "mnist", "the images to learn: mnist or fashion-mnist (chapter 15)", check=one_of(_datasets)
     )
@@ -224,8 +242,8 @@ class RunRecord:
     backend: str | None = option(None, "torch.distributed backend, if several processes", cli=False)
     effective_lr: float = option(0.0, "--lr after --lr-scaling", cli=False)
     device: str = option("cpu", "where the run trains (the device --device auto chose)", cli=False)
-    bf16: bool = option(
-        False, "whether the forward pass computes in bfloat16 (ddpm_lib.precision)", cli=False
+    precision: str = option(
+        "float32", "the precision the forward pass computes in (ddpm_lib.precision)", cli=False
     )
 
     def to_dict(self) -> dict:
@@ -241,8 +259,8 @@ def record_from_dict(values: dict, what: str = "run record") -> RunRecord:
 #: ``quick``: the CPU time-to-digits recipe of chapter 11, measured in
 #: ``benchmarks/time_to_digits.py`` (about 5 minutes of training on 2 CPU cores): a class-conditional U-Net
 #: with two dense units per block, self-attention at 7×7 and v-prediction (the winner of chapter 11's equal-time
-#: benchmark of denoisers; labels dropped 10% of the time, so that it can be guided), bfloat16
-#: autocast, batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
+#: benchmark of denoisers; labels dropped 10% of the time, so that it can be guided), the precision the hardware
+#: computes in fast (bfloat16 on CPUs with bfloat16 instructions), batch 64 at a higher LR, min-SNR-γ loss weighting, a short EMA, and grids drawn with 25-step
 #: DDPM and classifier-free guidance w = 1 (chapter 10). ``quick-unconditional``: the same network without labels,
 #: on the cosine schedule, so that training and autoguided sampling fit in 12 minutes on 2 CPU cores
 #: (``benchmarks/time_to_digits.py --preset quick-unconditional``).
@@ -253,7 +271,7 @@ PRESETS: dict[str, dict] = {
         "lr": 2e-3,
         "pct_start": 0.1,
         "ema_decay": 0.995,
-        "bf16": True,
+        "precision": "auto",
         "loss_weighting": "min_snr",
         "label_dropout": 0.1,
         "eval_every": 350,
@@ -278,6 +296,42 @@ PRESETS["quick-unconditional"] = {
     "grid": {"sampler": "clip", "steps": PRESETS["quick"]["grid"]["steps"]},
     "model": {key: value for key, value in PRESETS["quick"]["model"].items() if key != "num_classes"},
 }
+
+#: ``quick`` for a CPU that computes in float32 (no bfloat16 instructions: AVX2 alone, most laptops): the same recipe
+#: on a network of base width 16 (a quarter of the parameters, about three times the float32 steps per second), for
+#: 1,600 steps, its grids guided with w = 1.5 (a shorter run is less sure of its labels; chapter 10): about five
+#: minutes of training on 2 cores, measured against the same bar (``benchmarks/time_to_digits.py``, under
+#: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``; ``ddpm_lib/results/time_to_digits.json``). ``--preset quick``
+#: picks it where :func:`ddpm_lib.precision.choose` lands on a CPU in float32 (:func:`preset_for`).
+PRESETS["quick-float32"] = {
+    **PRESETS["quick"],
+    "steps": 1600,
+    "eval_every": 400,
+    "grid": {**PRESETS["quick"]["grid"], "guidance": 1.5},
+    "precision": "float32",
+    "model": {**PRESETS["quick"]["model"], "base_dim": 16},
+}
+#: the presets that stand for another on some machines: name -> (its float32 CPU variant)
+FLOAT32_CPU_VARIANTS = {"quick": "quick-float32"}
+
+
+def preset_for(name: str | None, options: dict | None = None) -> tuple[str | None, str | None]:
+    """The preset ``name`` stands for on this machine, and a line saying why if it is another: ``quick`` on a CPU that
+    computes in float32 (:func:`ddpm_lib.precision.choose`, with the ``device`` and ``precision`` of ``options`` if
+    given) is ``quick-float32``."""
+    if name not in FLOAT32_CPU_VARIANTS:
+        return name, None
+    from .precision import choose
+
+    options = options or {}
+    compute = choose(options.get("device", "auto"), options.get("precision", "auto"))
+    if compute.device.type == "cpu" and compute.precision == "float32":
+        variant = FLOAT32_CPU_VARIANTS[name]
+        return (
+            variant,
+            f"--preset {name} is {variant} here, the recipe sized for float32 ({compute.describe()})",
+        )
+    return name, None
 
 
 def _unet_choices(name: str):

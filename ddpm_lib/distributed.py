@@ -81,23 +81,11 @@ class Distributed:
         """Rank 0: the one process that writes files, logs and shows progress."""
         return self.rank == 0
 
-    def device(self, name: str = "auto") -> torch.device:
-        """``--device`` for this process: ``cuda:LOCAL_RANK`` on GPUs when launched, else as asked."""
-        if name not in ("auto", "cpu", "cuda"):
-            raise UsageError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
-        use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-        if use_cuda and not torch.cuda.is_available():
-            raise UsageError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-        if not use_cuda:
-            return torch.device("cpu")
-        if not self.launched:
-            return torch.device("cuda")
-        if self.local_rank >= torch.cuda.device_count():
-            raise UsageError(
-                f"LOCAL_RANK={self.local_rank} but this node has {torch.cuda.device_count()} visible GPU(s): "
-                "--nproc_per_node must not exceed the GPUs per node"
-            )
-        return torch.device("cuda", self.local_rank)
+    def main_first(self, function, *args, **kwargs):
+        """``function(*args, **kwargs)`` on rank 0, then (once it is done) on the other ranks: a download, say."""
+        result = function(*args, **kwargs) if self.is_main else None
+        self.barrier()
+        return result if self.is_main else function(*args, **kwargs)
 
     @staticmethod
     def backend_for(device: torch.device) -> str:

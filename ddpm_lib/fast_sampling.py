@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 
-# --- chapters/08_fast_sampling.py, cell 3 (line 118): edit there ---
+# --- chapters/08_fast_sampling.py, cell 3 (line 120): edit there ---
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -38,7 +38,7 @@ def _check_eta(eta) -> float:
     return float(eta)
 
 
-# --- chapters/08_fast_sampling.py, cell 5 (line 173): edit there ---
+# --- chapters/08_fast_sampling.py, cell 5 (line 175): edit there ---
 def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
     """``num_steps`` of the ``num_train_timesteps`` training timesteps, descending, as an int64 tensor.
 
@@ -60,7 +60,7 @@ def timesteps_for(num_train_timesteps: int, num_steps: int, spacing: str = "trai
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
-# --- chapters/08_fast_sampling.py, cell 9 (line 254): edit there ---
+# --- chapters/08_fast_sampling.py, cell 9 (line 256): edit there ---
 @torch.no_grad()
 def ddim_step(
     scheduler: NoiseSchedule,
@@ -95,7 +95,7 @@ def ddim_step(
     return x_prev
 
 
-# --- chapters/08_fast_sampling.py, cell 13 (line 319): edit there ---
+# --- chapters/08_fast_sampling.py, cell 13 (line 321): edit there ---
 @torch.no_grad()
 def ddim_sample(
     model: nn.Module,
@@ -127,7 +127,7 @@ def ddim_sample(
     )
 
 
-# --- chapters/08_fast_sampling.py, cell 15 (line 383): edit there ---
+# --- chapters/08_fast_sampling.py, cell 15 (line 385): edit there ---
 def _alpha_sigma_lambda(scheduler: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t); (1, 0, ∞) at the clean end t = −1."""
     if t < 0:

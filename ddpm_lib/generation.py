@@ -29,6 +29,7 @@ from torch import nn
 from .errors import UsageError
 from .fast_sampling import ddim_sample, dpm_solver_pp_sample, timesteps_for
 from .guidance import AutoGuidance, ClassifierFreeGuidance
+from .precision import choose
 from .result_cache import cached
 from .sampling import grid_image, sample_loop
 from .spec import DEFAULT_STEPS, SAMPLERS, SampleSpec
@@ -67,10 +68,6 @@ def _device_of(model: nn.Module) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def check_request(model: nn.Module, spec: SampleSpec, n: int, labels: torch.Tensor | None = None):
@@ -153,20 +150,33 @@ def generate(
 
 
 def _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step=None) -> torch.Tensor:
+    # the device and precision to sample in (spec.device "auto": the fastest this machine has); the network moves
+    # there for the draw and back afterwards, so the caller's model stays where it was
+    compute = choose(spec.device, spec.precision)
+    if not isinstance(model, nn.Module) or _device_of(model) == compute.device:
+        return _draw_on(model, scheduler, n, spec, labels, image_shape, progress, on_step, compute)
+    home = _device_of(model)
+    model.to(compute.device)
+    try:
+        return _draw_on(model, scheduler, n, spec, labels, image_shape, progress, on_step, compute)
+    finally:
+        model.to(home)
+
+
+def _draw_on(model, scheduler, n, spec, labels, image_shape, progress, on_step, compute) -> torch.Tensor:
     model = autoguided(model, spec)
     if spec.guidance:
         model = ClassifierFreeGuidance(model, spec.guidance)
     timesteps = timesteps_for(scheduler.num_timesteps, spec.num_steps(scheduler.num_timesteps), spec.spacing)
     loop, options = LOOPS[spec.sampler], spec.loop_options()
-    device = _device_of(model)
-    bf16 = spec.bf16 and bf16_supported(device)
+    device = compute.device
     out = []
     for i, start in enumerate(range(0, n, spec.batch_size)):
         size = min(spec.batch_size, n - start)
         generator = torch.Generator(device=device).manual_seed(spec.seed + i)
         x_T = torch.randn((size, *image_shape), generator=generator, device=device)
         denoiser = model if labels is None else Conditioned(model, labels[start : start + size].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with compute.autocast():
             x = loop(denoiser, scheduler, x_T, timesteps, generator=generator, progress=progress, on_step=on_step,
                      **options)  # fmt: skip
         out.append(x.float().clamp(-1.0, 1.0).cpu())
@@ -176,9 +186,8 @@ def _draw(model, scheduler, n, spec, labels, image_shape, progress, on_step=None
 def spec_for(found, n: int, options: dict, use_recipe: bool = True):
     """The spec to draw ``n`` samples of ``found`` (:func:`ddpm_lib.pretrained.open_denoiser`) with, as the command
     line's ``sample`` and ``evaluate`` do: the weights' sampling recipe when they ship one (and ``use_recipe``), else
-    the defaults, then ``options`` field by field; checked against the model, and in float32 where bfloat16 was
-    asked for on a CPU without bfloat16 instructions. Returns ``(spec, recipe or None, notes to show)``."""
-    from .precision import NO_NATIVE_BF16, native_bf16
+    the defaults, then ``options`` field by field; checked against the model. Returns ``(spec, recipe or None, notes
+    to show)``."""
     from .pretrained import recipe
 
     shipped = recipe(found.name) if use_recipe and found.name is not None else None
@@ -186,10 +195,6 @@ def spec_for(found, n: int, options: dict, use_recipe: bool = True):
     check_request(found.model, spec, n)
     spec.num_steps(found.scheduler.num_timesteps)
     notes = []
-    device = _device_of(found.model)
-    if spec.bf16 and device.type == "cpu" and not native_bf16(device):
-        notes.append(f"note: {NO_NATIVE_BF16}; sampling in float32 instead")
-        spec = replace(spec, bf16=False)
     if found.config.schedule == "cosine" and spec.sampler != "clip" and not spec.clip:
         notes.append("warning: this model uses the cosine schedule, where samplers without a clipped x0 give noise "
                      "(chapter 09); use --sampler clip, or --clip-x0 with ddim / dpmpp")  # fmt: skip

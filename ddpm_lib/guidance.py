@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 
-# --- chapters/10_guidance.py, cell 5 (line 143): edit there ---
+# --- chapters/10_guidance.py, cell 5 (line 147): edit there ---
 import math
 
 import numpy as np
@@ -61,7 +61,7 @@ class ClassifierFreeGuidance(nn.Module):
         return (1 + self.guidance) * conditional - self.guidance * unconditional
 
 
-# --- chapters/10_guidance.py, cell 12 (line 272): edit there ---
+# --- chapters/10_guidance.py, cell 12 (line 276): edit there ---
 def class_spread(features, labels) -> dict[int, float]:
     """Mean Euclidean distance between two different members of each class, from (N, D) features and (N,) labels."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
@@ -77,7 +77,7 @@ def class_spread(features, labels) -> dict[int, float]:
     return spread
 
 
-# --- chapters/10_guidance.py, cell 17 (line 397): edit there ---
+# --- chapters/10_guidance.py, cell 17 (line 402): edit there ---
 class AutoGuidance(nn.Module):
     r"""Autoguidance (Karras et al., 2024): a denoiser guided away from a weaker version of itself.
 

@@ -8,7 +8,7 @@ Read the chapter for the derivation behind every line; tests live in ``tests/``.
 __all__ = ["MASK_KINDS", "make_mask", "q_jump", "inpaint"]
 
 
-# --- chapters/12_inpainting.py, cell 3 (line 88): edit there ---
+# --- chapters/12_inpainting.py, cell 3 (line 92): edit there ---
 import math
 import numbers
 from collections.abc import Callable
@@ -76,7 +76,7 @@ def make_mask(
     return known
 
 
-# --- chapters/12_inpainting.py, cell 8 (line 246): edit there ---
+# --- chapters/12_inpainting.py, cell 8 (line 250): edit there ---
 def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor) -> torch.Tensor:
     r"""The forward process from noise level ``s`` to a later ``t`` in one jump, x_t ~ q(x_t | x_s):
 
@@ -93,7 +93,7 @@ def q_jump(scheduler: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: t
     return math.sqrt(ratio) * x_s + math.sqrt(1.0 - ratio) * noise
 
 
-# --- chapters/12_inpainting.py, cell 12 (line 313): edit there ---
+# --- chapters/12_inpainting.py, cell 12 (line 317): edit there ---
 def _check_inputs(model, x0: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
     """Check inpaint's image, mask and generator; return the mask as x0's dtype, on x0's device."""
     if isinstance(model, torch.Tensor) or not callable(model):

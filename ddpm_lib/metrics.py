@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-# --- chapters/07_evaluation.py, cell 5 (line 103): edit there ---
+# --- chapters/07_evaluation.py, cell 5 (line 107): edit there ---
 import warnings
 
 import numpy as np
@@ -145,7 +145,7 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     return (predictions == labels).float().mean().item()
 
 
-# --- chapters/07_evaluation.py, cell 11 (line 284): edit there ---
+# --- chapters/07_evaluation.py, cell 11 (line 295): edit there ---
 def check_images(images, name: str = "images") -> torch.Tensor:
     """Raise a clear error unless ``images`` is a finite float tensor (N >= 2, 1, 28, 28) in [-1, 1]."""
     if not isinstance(images, torch.Tensor):
@@ -180,7 +180,7 @@ def classify(
     return torch.cat(features).numpy(), torch.cat(probs).numpy()
 
 
-# --- chapters/07_evaluation.py, cell 14 (line 347): edit there ---
+# --- chapters/07_evaluation.py, cell 14 (line 358): edit there ---
 def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of ``features`` (N, D), N >= 2."""
     features = np.asarray(features, dtype=np.float64)
@@ -222,7 +222,7 @@ def features_distance(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*gaussian_fit(features1), *gaussian_fit(features2))
 
 
-# --- chapters/07_evaluation.py, cell 18 (line 420): edit there ---
+# --- chapters/07_evaluation.py, cell 18 (line 431): edit there ---
 def class_statistics(probs: np.ndarray, threshold: float = 0.9) -> dict:
     """Confident share, class histogram, its entropy (bits), classes present and the IS analogue."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -247,7 +247,7 @@ def class_statistics(probs: np.ndarray, threshold: float = 0.9) -> dict:
     }
 
 
-# --- chapters/07_evaluation.py, cell 21 (line 484): edit there ---
+# --- chapters/07_evaluation.py, cell 21 (line 503): edit there ---
 #: the statistics whose spread over disjoint draws :func:`compare` reports
 DRAW_KEYS = ("frechet_distance", "confident_share")
 

@@ -111,6 +111,8 @@ def describe(value: Any, _seen: set[int] | None = None) -> Any:
         return ["ndarray", str(value.dtype), list(value.shape), digest(np.ascontiguousarray(value).tobytes())]
     if isinstance(value, np.generic):
         return ["npscalar", str(value.dtype), describe(value.item(), seen)]
+    if isinstance(value, os.PathLike):
+        return ["path", os.fspath(value)]
     if isinstance(value, (torch.dtype, torch.device)):
         return [type(value).__name__, str(value)]
     if isinstance(value, torch.Generator):
@@ -294,6 +296,8 @@ def environment() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu": torch.backends.cpu.get_cpu_capability(),
+        "accelerators": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        + (["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else []),
         "threads": torch.get_num_threads(),
         "default_dtype": str(torch.get_default_dtype()),
         "autocast_cpu": autocast,

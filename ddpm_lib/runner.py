@@ -33,12 +33,12 @@ other ranks write nothing. ``run.json`` records ``world_size``, ``per_process_ba
 ``backend`` and ``effective_lr`` (``--lr`` scaled by ``--lr-scaling``: ``none``, ``linear`` or ``sqrt``
 in batch/128, the reference's batch). ``--resume`` needs the world size the run started with and says
 so otherwise. Ctrl-C / SIGTERM (torchrun forwards them) stops every rank before the same step.
-``--bf16`` (bfloat16 autocast) works on CPUs and on GPUs that support it (compute capability 8.0+). It is
-faster only where the hardware computes in bfloat16 (``ddpm_lib.precision.native_bf16``): on a CPU without bfloat16
-instructions PyTorch falls back to generic kernels, about ten times slower than float32 for the course's
-U-Net (``benchmarks/sampling_speed.py`` and ``benchmarks/unet_throughput.py`` measure it), so there a new run
-asked for bfloat16 (by ``--bf16`` or a preset) trains in float32 instead, says so, and records ``bf16: false``
-in ``run.json``. A resumed run keeps the precision it started with, so that it reaches the same weights.
+**Device and precision** are chosen once, by :func:`ddpm_lib.precision.choose`, and said on the first line:
+``--device auto`` takes a CUDA GPU, else Apple's ``mps``, else the CPU; ``--precision auto`` (the quick presets')
+computes the forward pass in bfloat16 where the hardware does natively, in float16 with a gradient scaler on
+other GPUs, and in float32 elsewhere (a CPU with AVX2 alone runs bfloat16 about ten times slower than float32).
+``run.json`` records what was chosen. A resumed run keeps the precision it started with, so that it reaches the
+same weights.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,36 +66,27 @@ from .config import (
 from .data import load_dataset
 from .distributed import Distributed, shard
 from .errors import UsageError
-from .precision import NO_NATIVE_BF16, native_bf16
+from .precision import Compute, choose
 from .training import EMA, make_lr_scheduler, make_optimizer, train
 
 
-def plan_run(config: TrainConfig, dist: Distributed, device: torch.device, n_train: int,
-             announce: bool = True) -> RunRecord:  # fmt: skip
+def plan_run(config: TrainConfig, dist: Distributed, compute: Compute, n_train: int) -> RunRecord:
     """What a new run of ``config`` decides on this launch: its steps (from ``epochs`` too), the batch split, the
-    learning rate after scaling, the device and the precision (float32 where bfloat16 was asked for but ``device``
-    is a CPU without bfloat16 instructions; said on stderr when ``announce``)."""
+    learning rate after scaling, and ``compute``'s device and precision (:func:`ddpm_lib.precision.choose`)."""
     if config.batch_size > n_train:
         raise UsageError(
             f"batch_size {config.batch_size} exceeds the {n_train} training images", "batch_size"
         )
-    shard(config.batch_size, dist.rank, dist.world_size)  # the global batch must split evenly
-    if config.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError(
-            "--bf16: this GPU has no bfloat16 support (it needs compute capability 8.0+); train without --bf16"
-        )
-    bf16 = config.bf16 and (device.type != "cpu" or native_bf16(device))
-    if config.bf16 and not bf16 and announce:
-        print(f"note: {NO_NATIVE_BF16}; training in float32 instead", file=sys.stderr)
     steps = config.steps if config.steps is not None else config.epochs * max(1, n_train // config.batch_size)
+    part = shard(config.batch_size, dist.rank, dist.world_size)  # this process's slice of every batch
     return RunRecord(
         steps=steps,
         world_size=dist.world_size,
-        per_process_batch_size=config.batch_size // dist.world_size,
-        backend=Distributed.backend_for(device) if dist.launched else None,
+        per_process_batch_size=part.stop - part.start,
+        backend=Distributed.backend_for(compute.device) if dist.launched else None,
         effective_lr=scaled_lr(config.lr, config.batch_size, config.lr_scaling),
-        device=str(device),
-        bf16=bf16,
+        device=str(compute.device),
+        precision=compute.precision,
     )
 
 
@@ -385,35 +375,32 @@ def _check_writable(out: Path) -> None:
 def _launch(config: TrainConfig, resumed: tuple[dict, RunRecord] | None, out: Path, progress: bool,
             init: InitSource | None = None) -> dict:  # fmt: skip
     dist = Distributed.from_env()
+    shard(config.batch_size, dist.rank, dist.world_size)  # an uneven batch fails before the rendezvous
+    # one choice of device and precision; a resumed run keeps the precision it started in, to reach the same weights
+    asked = config.precision if resumed is None else resumed[1].precision
+    compute = choose(config.device, asked, local_rank=dist.local_rank if dist.launched else None)
     if config.wandb:
         _check_wandb()
-    device = dist.device(config.device)
-    shard(config.batch_size, dist.rank, dist.world_size)  # an uneven batch fails before the rendezvous
-    if config.download and dist.is_main:  # one download, before the other ranks look for the files
-        load_dataset(config.dataset, "train", root=config.data_root, download=True, verbose=False)
-    dist.init(device)
+    if dist.is_main:
+        print(f"device and precision: {compute.describe()}", flush=True)
+    dist.init(compute.device)
     try:
-        dist.barrier()
-        dataset = load_dataset(
-            config.dataset, "train", root=config.data_root, download=config.download, verbose=dist.is_main
-        )
+        dataset = dist.main_first(load_dataset, config.dataset, "train", root=config.data_root,
+                                  download=config.download, verbose=dist.is_main)  # fmt: skip
         if resumed is None:
-            state, record = None, plan_run(config, dist, device, len(dataset), announce=dist.is_main)
+            state, record = None, plan_run(config, dist, compute, len(dataset))
             if init is not None:
                 init.check(config, record.steps)
         else:
-            state, record = resumed
-            if record.bf16 and device.type == "cpu" and not native_bf16(device) and dist.is_main:
-                print(f"note: {NO_NATIVE_BF16}; the run resumes in bfloat16, as it started", file=sys.stderr)
-            record = replace(record, device=str(device))
-        return _train(config, record, out, state, progress, dist, dataset, init)
+            state, record = resumed[0], replace(resumed[1], device=str(compute.device))
+        return _train(config, record, out, state, progress, dist, dataset, init, compute.grad_scaler())
     finally:
         dist.shutdown()
 
 
 def _train(
     config: TrainConfig, record: RunRecord, out: Path, state: dict | None, progress: bool, dist: Distributed,
-    dataset, init: InitSource | None = None,
+    dataset, init: InitSource | None = None, grad_scaler: torch.amp.GradScaler | None = None,
 ) -> dict:  # fmt: skip
     from .generation import generate
     from .sampling import grid_image
@@ -433,7 +420,10 @@ def _train(
     if config.model.get("num_classes") is None:
         labels = None  # an unconditional model never sees them
     metrics_path = out / "metrics.jsonl"
-    grid = replace(config.grid, seed=config.seed, bf16=record.bf16)  # the grids: the run's seed and precision
+    # the grids: the run's seed, device and precision
+    grid = replace(
+        config.grid, seed=config.seed, device=torch.device(record.device).type, precision=record.precision
+    )
     if main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "config.json", config.to_dict())
@@ -491,10 +481,10 @@ def _train(
             train(
                 model, run.optimizer, run.lr_scheduler, run.scheduler, images,
                 steps=record.steps, batch_size=config.batch_size, seed=config.seed, generator=run.generator,
-                ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip, bf16=record.bf16,
+                ema=run.ema if main else None, start_step=run.step, grad_clip=config.grad_clip, precision=record.precision,
                 weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
                 labels=labels, label_dropout=config.label_dropout, on_step=on_step,
-                **dist.train_hooks(config.batch_size, run.device, stop),
+                grad_scaler=grad_scaler, **dist.train_hooks(config.batch_size, run.device, stop),
             )  # fmt: skip
             stopped_by = stop.signal_name
         if bar is not None:

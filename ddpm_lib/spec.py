@@ -23,6 +23,18 @@ DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "clip": None, "ddim": 50, 
 SAMPLERS = tuple(DEFAULT_STEPS)
 
 
+def _precisions() -> tuple[str, ...]:
+    from .precision import PRECISIONS
+
+    return PRECISIONS
+
+
+def _devices() -> tuple[str, ...]:
+    from .precision import DEVICES
+
+    return DEVICES
+
+
 def _spacings() -> tuple[str, ...]:
     from .fast_sampling import SPACINGS  # read when checked: a spec stays light to import
 
@@ -104,12 +116,18 @@ class SampleSpec:
         metavar="LO:HI",
     )
     seed: int = option(0, "seed of the starting noise and of every step's noise", check=integer(0))
-    bf16: bool = option(
-        True,
-        "bfloat16 autocast for the network, where the hardware computes in it (ddpm_lib.precision); the chain "
-        "itself stays float32",
-        check=BOOLEAN,
-        flag="--float32",
+    device: str = option(
+        "auto",
+        "where the network runs: auto (a CUDA GPU, else Apple's mps, else the CPU; ddpm_lib.precision), cpu, cuda or "
+        "mps; the samples come back on the CPU",
+        check=one_of(_devices),
+    )
+    precision: str = option(
+        "auto",
+        "precision of the network: auto (what the hardware computes in fast: bfloat16 on CPUs and GPUs with it, "
+        "float16 on other GPUs, else float32; ddpm_lib.precision), float32, bfloat16 or float16; the chain itself "
+        "stays float32",
+        check=one_of(_precisions),
     )
     batch_size: int = option(256, "samples per batch (memory, not results)", check=integer(1))
 

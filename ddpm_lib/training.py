@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-# --- chapters/05_training.py, cell 3 (line 89): edit there ---
+# --- chapters/05_training.py, cell 3 (line 95): edit there ---
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.diffusion import prediction_of, prediction_target, q_sample
+from ddpm_lib.precision import DTYPES
 from ddpm_lib.schedule import NoiseSchedule
 
 
-# --- chapters/05_training.py, cell 4 (line 103): edit there ---
+# --- chapters/05_training.py, cell 4 (line 110): edit there ---
 def ddpm_loss(
     model: nn.Module,
     scheduler: NoiseSchedule,
@@ -96,7 +97,7 @@ def ddpm_loss(
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
-# --- chapters/05_training.py, cell 8 (line 201): edit there ---
+# --- chapters/05_training.py, cell 8 (line 211): edit there ---
 def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW as in the reference implementation (weight decay: PyTorch's default)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -127,17 +128,20 @@ def train_step(
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     grad_clip: float | None = 1.0,
-    bf16: bool = False,
+    precision: str = "float32",
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
     label_dropout: float = 0.0,
     part: slice | None = None,
     mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
-    ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
+    ``precision`` ``"bfloat16"`` or ``"float16"`` runs the forward pass under that autocast (the loss stays
+    float32; ``ddpm_lib.precision`` says which the hardware computes in fast); float16 needs a ``grad_scaler``
+    (``torch.amp.GradScaler``), which scales the loss so that small gradients survive float16's range.
     ``weighting``, ``min_snr_gamma``, ``labels``, ``label_dropout`` and ``part`` are passed to :func:`ddpm_loss`.
     ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 14: the mean
     over all processes). Raises :class:`NonFiniteLossError` *before* touching the weights if that loss is not
@@ -145,7 +149,8 @@ def train_step(
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
-    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+    dtype = DTYPES[precision]  # bfloat16 -> torch.bfloat16; float32 -> None: no autocast
+    with torch.autocast(device_type=x0.device.type, dtype=dtype, enabled=dtype is not None):
         loss = ddpm_loss(
             model, scheduler, x0, generator, weighting, min_snr_gamma, part=part, labels=labels,
             label_dropout=label_dropout,
@@ -154,16 +159,24 @@ def train_step(
     if not torch.isfinite(reported):
         raise NonFiniteLossError(f"loss is {reported.item()}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if grad_scaler is None:
+        loss.backward()
+    else:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     max_norm = grad_clip if grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
+    if grad_scaler is None:
+        optimizer.step()
+    else:
+        grad_scaler.step(optimizer)  # skips the step when float16 overflowed, and lowers the scale
+        grad_scaler.update()
     if lr_scheduler is not None:
         lr_scheduler.step()
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
 
 
-# --- chapters/05_training.py, cell 14 (line 339): edit there ---
+# --- chapters/05_training.py, cell 14 (line 361): edit there ---
 class EMA:
     r"""Exponential moving average of a model's weights: θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -207,7 +220,7 @@ class EMA:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
 
 
-# --- chapters/05_training.py, cell 17 (line 414): edit there ---
+# --- chapters/05_training.py, cell 17 (line 436): edit there ---
 def batch_stream(
     images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -244,7 +257,7 @@ def train(
     ema: EMA | None = None,
     start_step: int = 0,
     grad_clip: float | None = 1.0,
-    bf16: bool = False,
+    precision: str = "float32",
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
@@ -253,6 +266,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     part: slice | None = None,
     mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> int:
     """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
 
@@ -260,8 +274,9 @@ def train(
     (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
-    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 14), passed to :func:`train_step`;
-    one process leaves them at None.
+    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 14), ``precision`` and
+    ``grad_scaler`` those of reduced precision, all passed to :func:`train_step`; a float32 process on its own leaves
+    them at their defaults.
     """
     completed = start_step
     positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
@@ -270,9 +285,9 @@ def train(
             break
         try:
             stats = train_step(
-                model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, bf16, weighting,
+                model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, precision, weighting,
                 min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
-                part=part, mean_loss=mean_loss,
+                part=part, mean_loss=mean_loss, grad_scaler=grad_scaler,
             )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(

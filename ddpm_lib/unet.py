@@ -535,7 +535,7 @@ REFERENCE_CONFIG = dict(
 )
 
 
-# --- chapters/04_unet.py, cell 58 (line 1274): edit there ---
+# --- chapters/04_unet.py, cell 60 (line 1288): edit there ---
 class Conditioned(nn.Module):
     """A class-conditional denoiser with its labels fixed: ``forward(x, t) = model(x, t, labels)``.
 
@@ -552,7 +552,7 @@ class Conditioned(nn.Module):
         return self.model(x, t, self.labels)
 
 
-# --- chapters/04_unet.py, cell 61 (line 1319): edit there ---
+# --- chapters/04_unet.py, cell 63 (line 1333): edit there ---
 class SelfAttention(nn.Module):
     r"""Multi-head self-attention over the H·W positions of a feature map, with a residual connection.
 

@@ -1,7 +1,8 @@
 """benchmarks/denoisers.py: its wall-clock learning-rate schedule is OneCycleLR's, a tiny run writes the record
 chapter 11 reads, and the shipped record has every row with the command behind it; the shipped record of
 benchmarks/ddp_scaling.py, which chapter 14 prints, has every CPU configuration and its command;
-benchmarks/compile_speed.py times the quick presets' network and refuses a count below one."""
+benchmarks/compile_speed.py times the quick presets' network and refuses a count below one; benchmarks/gpu_check.py's
+dry run on the CPU records what it promises."""
 
 import json
 import sys
@@ -142,3 +143,25 @@ def test_time_to_digits_samples_each_preset_its_own_way(capsys):
         with pytest.raises(SystemExit):
             time_to_digits.main(["--skip-reference", f"--guidance-interval={bad}"])
         assert "--guidance-interval: expected LO:HI" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a 4-step training run and a 40-digit evaluation in subprocesses: ~25 s
+def test_gpu_check_runs_the_readme_command_and_records_time_and_scores(tmp_path, monkeypatch):
+    """The GPU check's dry run on the CPU: what it runs on a GPU machine works, and its report has what it promises."""
+    import gpu_check
+
+    monkeypatch.setenv("DDPM_PRECISION", "float32")
+    assert (
+        gpu_check.main(
+            ["--device", "cpu", "--steps", "4", "--n", "40", "--no-chapter", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["device"].startswith("cpu, float32") and report["train_s"] > 0 and report["evaluate_s"] > 0
+    assert report["train_command"].startswith("-m ddpm_lib train --preset quick")
+    assert "bar_met" in report["scores"] and report["scores"]["results"]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):  # no such device here: argparse's one-line error, nothing run
+            gpu_check.main(["--device", "cuda", "--out", str(tmp_path / "none")])
+        assert not (tmp_path / "none").exists()

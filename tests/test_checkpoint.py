@@ -200,35 +200,42 @@ def test_other_architecture_is_one_clear_error(tmp_path):
         checkpoint.load_state(nn.Linear(4, 2), state, tmp_path / "last.pt")
 
 
+def v3_config(bf16: bool) -> dict:
+    """A config as ddpm_lib wrote it up to version 3: ``bf16`` where ``precision`` is now, no ``epochs``, and a grid
+    without the options added since."""
+    config = TrainConfig().to_dict()
+    del config["precision"], config["epochs"]
+    grid = {key: config["grid"][key] for key in ("sampler", "steps", "eta", "spacing", "clip", "guidance", "label",
+                                                 "seed", "batch_size")}  # fmt: skip
+    return {**config, "bf16": bf16, "grid": {**grid, "bf16": bf16}}
+
+
 def test_a_version_1_run_checkpoint_is_upgraded(tmp_path):
     """ddpm_lib 0.1 wrote no kind, and the grid's sampler options flat in the config."""
     content = run_content()
-    config = content.pop("config")
-    del content["record"]
-    grid = config.pop("grid")
+    del content["record"], content["config"]
+    config = {key: value for key, value in v3_config(True).items() if key != "grid"}
     config.update(sampler="ddpm", sampler_steps=25, guidance=1.0)
     path = tmp_path / "v1.pt"
     torch.save({"format": checkpoint.FORMAT, "version": 1, "config": config, **content}, path)
     loaded = checkpoint.load(path)
     assert loaded["kind"] == "run" and loaded["version"] == checkpoint.VERSION
-    # the grid drew with the run's seed and precision
-    expected = {
-        **grid,
-        "sampler": "ddpm",
-        "steps": 25,
-        "guidance": 1.0,
-        "seed": config["seed"],
-        "bf16": config["bf16"],
-    }
-    assert loaded["config"]["grid"] == expected
-    assert set(loaded["config"]) <= set(asdict(TrainConfig()))  # options added since take their defaults
+    # the grid drew with the run's seed and precision; the options it has gained since take their defaults
+    assert loaded["config"]["grid"] == {"sampler": "ddpm", "steps": 25, "guidance": 1.0, "seed": config["seed"],
+                                        "precision": "auto"}  # fmt: skip
+    from ddpm_lib.config import config_from_dict, record_from_dict
+
+    upgraded = config_from_dict(loaded["config"])
+    assert upgraded.precision == "auto" and upgraded.grid.sampler == "ddpm" and upgraded.grid.eta == 0.0
+    assert record_from_dict(loaded["record"]).precision == "bfloat16"  # what the run computed in
     assert loaded["record"]["steps"] == config["steps"]
 
 
 def test_a_version_2_checkpoint_learnt_mnist(tmp_path):
     """Version 2 configs predate --dataset: every run then learnt MNIST."""
     content = run_content()
-    del content["config"]["dataset"], content["record"]
+    del content["record"]
+    content["config"] = {key: value for key, value in v3_config(False).items() if key != "dataset"}
     path = tmp_path / "v2.pt"
     torch.save({"format": checkpoint.FORMAT, "version": 2, "kind": "run", **content}, path)
     loaded = checkpoint.load(path)
@@ -247,17 +254,17 @@ def test_a_version_3_checkpoint_splits_its_config_into_config_and_record(tmp_pat
     bf16 and steps were the ones used."""
     content = run_content()
     del content["record"]
-    content["config"].update(
-        world_size=2, per_process_batch_size=64, backend="gloo", effective_lr=2e-3, bf16=True
-    )
+    content["config"] = {**v3_config(True), "world_size": 2, "per_process_batch_size": 64, "backend": "gloo",
+                         "effective_lr": 2e-3}  # fmt: skip
     path = tmp_path / "v3.pt"
     torch.save({"format": checkpoint.FORMAT, "version": 3, "kind": "run", **content}, path)
     loaded = checkpoint.load(path)
     assert loaded["version"] == checkpoint.VERSION and "world_size" not in loaded["config"]
     assert {k: loaded["record"][k] for k in ("world_size", "per_process_batch_size", "backend", "effective_lr",
-                                             "bf16", "steps")} == {
-        "world_size": 2, "per_process_batch_size": 64, "backend": "gloo", "effective_lr": 2e-3, "bf16": True,
-        "steps": 3000}  # fmt: skip
+                                             "precision", "steps")} == {
+        "world_size": 2, "per_process_batch_size": 64, "backend": "gloo", "effective_lr": 2e-3,
+        "precision": "bfloat16", "steps": 3000}  # fmt: skip
+    assert loaded["config"]["precision"] == loaded["config"]["grid"]["precision"] == "auto"
 
 
 def test_every_shipped_file_loads_and_loading_them_imports_no_training_code():

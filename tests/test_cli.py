@@ -159,7 +159,7 @@ BAD_INPUTS = [
         ["train", "--out", "{run}", "--resume", "--lr", "0.1"],
         "these options differ from it: --lr 0.1 (the run has 0.001)",
     ),
-    (["train", "--out", "{run}", "--resume", "--preset", "quick"], "--preset quick (the run has None)"),
+    (["train", "--out", "{run}", "--resume", "--preset", "quick"], "(the run has None)"),
     (["export-onnx", "--weights", "foo"], "--weights: no shipped weights called 'foo'"),
     (["export-onnx", "--opset", "5"], "argument --opset: expected an integer >= 14"),
     (["export-onnx", "--checkpoint", "{text}"], "not a readable checkpoint"),

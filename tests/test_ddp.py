@@ -22,6 +22,7 @@ from ddpm_lib import checkpoint
 from ddpm_lib.cli import main
 from ddpm_lib.config import TrainConfig, scaled_lr
 from ddpm_lib.distributed import Distributed, shard
+from ddpm_lib.precision import choose, resolve_device
 from ddpm_lib.runner import plan_run
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import ddpm_loss
@@ -236,7 +237,9 @@ def test_distributed_reads_the_launcher_variables():
         True,
         False,
     )
-    assert dist.device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu", local_rank=dist.local_rank) == torch.device(
+        "cpu"
+    )  # --device cpu: each rank's CPU
     assert Distributed.backend_for(torch.device("cpu")) == "gloo"
     assert Distributed.backend_for(torch.device("cuda", 0)) == "nccl"
     for bad, message in [({"RANK": "0"}, "start data-parallel runs with torchrun"),
@@ -253,11 +256,11 @@ def test_learning_rate_scaling_and_the_resolved_config():
     with pytest.raises(ValueError, match="lr_scaling must be one of"):
         scaled_lr(1e-3, 128, "cubic")
     dist = Distributed(rank=1, local_rank=1, world_size=4, launched=True)
-    record = plan_run(TrainConfig(batch_size=256, lr_scaling="linear"), dist, torch.device("cpu"), 4500)
+    record = plan_run(TrainConfig(batch_size=256, lr_scaling="linear"), dist, choose("cpu", "float32"), 4500)
     assert (record.world_size, record.per_process_batch_size, record.backend) == (4, 64, "gloo")
     assert record.effective_lr == pytest.approx(2e-3) and record.steps == TrainConfig().steps
     with pytest.raises(ValueError, match="--batch-size 250"):
-        plan_run(TrainConfig(batch_size=250), dist, torch.device("cpu"), 4500)
+        plan_run(TrainConfig(batch_size=250), dist, choose("cpu", "float32"), 4500)
 
 
 def test_an_uneven_batch_under_torchrun_fails_before_the_rendezvous(tmp_path, monkeypatch, capsys):
@@ -283,4 +286,4 @@ def test_the_slurm_example_passes_options_the_command_line_accepts():
     command = script.split("-m ddpm_lib train", 1)[1].replace("\\\n", " ").split("\n", 1)[0]
     words = shlex.split(command.replace('"$OUT"', "runs/x").replace("$RESUME", ""))
     args = build_parser(["train", *words])[0].parse_args(["train", *words])
-    assert (args.batch_size, args.lr_scaling, args.bf16) == (1024, "sqrt", True)
+    assert (args.batch_size, args.lr_scaling, args.precision) == (1024, "sqrt", "auto")

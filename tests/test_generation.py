@@ -15,7 +15,7 @@ SHORT = LinearBetaScheduler(100, 1e-3, 0.1)
 
 
 def small(model, n=3, **options):
-    return generate(model, SHORT, n, image_shape=(1, 6, 6), bf16=False, **options)
+    return generate(model, SHORT, n, image_shape=(1, 6, 6), precision="float32", **options)
 
 
 def test_batch_i_is_seeded_with_seed_plus_i():
@@ -47,10 +47,10 @@ def test_each_sampler_has_one_default_step_count(sampler):
     assert model.calls == 7
 
 
-def test_bf16_samples_are_float32_and_close_to_float32_ones():
+def test_bfloat16_samples_are_float32_and_close_to_float32_ones():
     model = StandIn()
-    a = generate(model, SHORT, 2, sampler="ddim", steps=5, image_shape=(1, 6, 6))
-    b = generate(model, SHORT, 2, sampler="ddim", steps=5, image_shape=(1, 6, 6), bf16=False)
+    a = generate(model, SHORT, 2, sampler="ddim", steps=5, image_shape=(1, 6, 6), precision="bfloat16")
+    b = generate(model, SHORT, 2, sampler="ddim", steps=5, image_shape=(1, 6, 6), precision="float32")
     assert a.dtype == torch.float32 and (a - b).abs().max() < 0.05
 
 

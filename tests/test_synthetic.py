@@ -125,7 +125,7 @@ def test_mean_and_standard_error():
 def test_a_generated_set_holds_per_class_digits_of_every_class_with_the_labels_asked_for(
     conditional, scheduler
 ):
-    spec = SampleSpec(sampler="ddim", steps=2, seed=3, bf16=False)
+    spec = SampleSpec(sampler="ddim", steps=2, seed=3, precision="float32")
     images, labels = generated_set(conditional, scheduler, 2, spec)
     assert images.shape == (20, 1, 28, 28) and images.abs().max() <= 1
     assert torch.equal(labels, torch.arange(20) % 10)

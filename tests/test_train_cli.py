@@ -265,9 +265,9 @@ def test_epochs_count_batches_of_the_batch_size_actually_used(monkeypatch, tmp_p
     main(["train", "--preset", "quick", "--epochs", "2", "--batch-size", "100", "--out", str(tmp_path / "b")])
     main(["train", "--epochs", "2", "--out", str(tmp_path / "c")])
     assert [(config.epochs, config.steps) for config in seen] == [(2, None)] * 3  # asked: epochs, not steps
-    steps = [
-        plan_run(config, Distributed(), torch.device("cpu"), 4500, announce=False).steps for config in seen
-    ]
+    from ddpm_lib.precision import choose
+
+    steps = [plan_run(config, Distributed(), choose("cpu"), 4500).steps for config in seen]
     assert steps == [2 * (4500 // 64), 2 * (4500 // 100), 2 * (4500 // 128)]
 
 
@@ -432,78 +432,51 @@ def test_ship_weights_keeps_the_chain_of_a_continued_run(straight_run, tmp_path,
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_bfloat16_is_used_only_where_the_cpu_computes_in_it(monkeypatch, tmp_path, capsys, native):
-    """A CPU without bfloat16 instructions runs bfloat16 about ten times slower than float32: there a new run
-    asked for bfloat16 trains in float32, records it and says so, and sampling does the same."""
-    import ddpm_lib.runner as runner
-
-    assert isinstance(runner.native_bf16(torch.device("cpu")), bool)
+def test_precision_auto_computes_in_bfloat16_only_where_the_cpu_has_it(monkeypatch, tmp_path, capsys, native):
+    """A CPU without bfloat16 instructions runs bfloat16 about ten times slower than float32: there a run asked for
+    the automatic precision (the quick presets) trains in float32, says so and records it; sampling does the same."""
     import ddpm_lib.precision as precision
 
-    monkeypatch.setattr(runner, "native_bf16", lambda device: native)
     monkeypatch.setattr(precision, "native_bf16", lambda device: native)
     out = tmp_path / "run"
-    command = [
-        "train",
-        "--bf16",
-        "--steps",
-        "2",
-        "--eval-every",
-        "0",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *TINY,
-    ]
-    main(command)
-    err = capsys.readouterr().err
-    assert json.loads((out / "config.json").read_text())["bf16"] is True  # what was asked
-    assert json.loads((out / "run.json").read_text())["bf16"] is native  # what the run computed in
-    assert checkpoint.load(out / "checkpoints" / "last.pt", "run")["record"]["bf16"] is native
-    assert ("no bfloat16 instructions" in err and "training in float32 instead" in err) is not native
-    main([*command, "--resume"])  # repeating the command line with --resume is accepted either way
-    assert json.loads((out / "run.json").read_text())["bf16"] is native
-
-    grid = tmp_path / "grid.png"
-    sample = ["sample", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--n", "2", "--out", str(grid)]
-    main([*sample, "--no-progress"])
-    assert ("sampling in float32 instead" in capsys.readouterr().err) is not native
-    main([*sample, "--no-progress", "--float32"])
-    assert "bfloat16" not in capsys.readouterr().err
+    command = ["train", "--precision", "auto", "--steps", "2", "--eval-every", "0", "--device", "cpu", "--out",
+               str(out), *TINY]  # fmt: skip
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    expected = "bfloat16" if native else "float32"
+    assert f"device and precision: cpu, {expected}: " in said
+    assert ("no bfloat16 instructions" in said) is not native
+    assert json.loads((out / "config.json").read_text())["precision"] == "auto"  # what was asked
+    assert json.loads((out / "run.json").read_text())["precision"] == expected  # what the run computed in
+    assert checkpoint.load(out / "checkpoints" / "last.pt", "run")["record"]["precision"] == expected
+    assert (
+        main([*command, "--resume"]) == 0
+    )  # repeating the command line with --resume is accepted either way
+    assert json.loads((out / "run.json").read_text())["precision"] == expected
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, capsys, tmp_path):
-    import ddpm_lib.runner as runner
+    import ddpm_lib.precision as precision
     from ddpm_lib.config import TrainConfig
     from ddpm_lib.distributed import Distributed
+    from ddpm_lib.runner import plan_run
 
-    cpu, one = torch.device("cpu"), Distributed()
-    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
-    assert runner.plan_run(TrainConfig(bf16=True), one, cpu, 4500).bf16 is False
-    assert runner.plan_run(TrainConfig(bf16=False), one, cpu, 4500).bf16 is False
-    assert capsys.readouterr().err.count("training in float32 instead") == 1
-    monkeypatch.setattr(runner, "native_bf16", lambda device: True)
-    assert runner.plan_run(TrainConfig(bf16=True), one, cpu, 4500).bf16 is True
-    assert capsys.readouterr().err == ""
+    one = Distributed()
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    cpu = precision.choose("cpu", "auto")
+    assert plan_run(TrainConfig(precision="auto"), one, cpu, 4500).precision == "float32"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert (
+        plan_run(TrainConfig(precision="auto"), one, precision.choose("cpu", "auto"), 4500).precision
+        == "bfloat16"
+    )
     out = tmp_path / "run"
-    command = [
-        "train",
-        "--bf16",
-        "--steps",
-        "2",
-        "--eval-every",
-        "0",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *TINY,
-    ]
+    command = ["train", "--precision", "auto", "--steps", "2", "--eval-every", "0", "--device", "cpu", "--out",
+               str(out), *TINY]  # fmt: skip
     assert main(command) == 0  # started where bfloat16 is native
-    monkeypatch.setattr(runner, "native_bf16", lambda device: False)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert main([*command, "--resume", "--steps", "3"]) == 2  # resuming with another length is refused...
     capsys.readouterr()
     assert main([*command, "--resume"]) == 0  # ...the same command resumes, in the precision it started in
-    assert "the run resumes in bfloat16, as it started" in capsys.readouterr().err
-    assert json.loads((out / "run.json").read_text())["bf16"] is True
+    assert "cpu, bfloat16: asked for; this CPU has no bfloat16 instructions" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["precision"] == "bfloat16"
