@@ -68,7 +68,7 @@ print(f"profile: {PROFILE.name}")
 #
 # $$ \bar\alpha_t = \prod_{s=0}^{t} \alpha_s , $$
 #
-# which, as chapter 02 shows, is all we need to jump from $x_0$ to any $x_t$ in one go.
+# which, as [chapter 02](02_forward_process.py) shows, is all we need to jump from $x_0$ to any $x_t$ in one go.
 
 # %%
 T = 1000
@@ -115,7 +115,7 @@ assert relative_error < 1e-6 and one_minus_error > 100 * relative_error
 #
 # $$ \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t , \qquad \bar\alpha_{-1} := 1 , $$
 #
-# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. (Its mean, which chapter 06 needs, is
+# so $\tilde\beta_0 = 0$: the last reverse step adds no noise. (Its mean, which [chapter 06](06_sampling.py) needs, is
 # $\tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}x_0 + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t$;
 # the class below stores both coefficients.) Note the convention $\bar\alpha_{-1} = 1$
 # ("before any step, all the signal is there"). Reading `alpha_bars[t - 1]` at $t = 0$ would silently
@@ -192,7 +192,7 @@ assert 0.98 < ratio_at_100 < 1.0  # from t = 100 on, the two variances agree wit
 #
 # $$ D_{\mathrm{KL}} = \tfrac12\left(\bar\alpha x_0^2 - \bar\alpha - \ln(1-\bar\alpha)\right) \le \tfrac12\left(-\ln(1-\bar\alpha)\right) \approx \bar\alpha/2 .$$
 #
-# This is the term $L_T$ of DDPM's variational bound (chapter 03 derives the bound). It contains no
+# This is the term $L_T$ of DDPM's variational bound ([chapter 03](03_theory.py) derives the bound). It contains no
 # parameters, whatever its size: no choice of network changes it, so training ignores it either way. What its
 # *smallness* buys is the start of sampling. We cannot draw from $q(x_T \mid x_0)$ without knowing the $x_0$
 # we are trying to generate; a tiny $L_T$ says that $\mathcal N(0, I)$ is as good a start, for every digit.
@@ -228,7 +228,7 @@ assert 784 * kl_to_standard_normal(short) > 100
 # The reference implementation packs these tables into `LinearBetaScheduler` with three getters,
 # `get_variance(t)` ($\beta_t$), `get_alpha(t)` ($\alpha_t$) and `get_bar_alpha(t)` ($\bar\alpha_t$).
 # We keep its names and add what the later chapters need, in two classes: `NoiseSchedule` derives every
-# table from a sequence of $\beta$ (chapter 09 builds the cosine schedule on it, and every sampler works
+# table from a sequence of $\beta$ ([chapter 09](09_cosine_schedule.py) builds the cosine schedule on it, and every sampler works
 # with either), and `LinearBetaScheduler` makes $\beta$ the reference's way. Cells that start with
 # `#| export` are copied into the package by `python tools/promote.py`; this chapter is their only source.
 
@@ -501,7 +501,7 @@ print("Exercise 1.2 passed")
 # :::{exercise} 1.3 · ★★★ · Fewer, larger steps
 # :nonumber:
 #
-# Training with $T = 1000$ and sampling with fewer steps is chapter 08's topic; here, build a schedule
+# Training with $T = 1000$ and sampling with fewer steps is [chapter 08](08_fast_sampling.py)'s topic; here, build a schedule
 # with fewer steps directly. Improved DDPM {cite:p}`nichol2021improved` keeps the *endpoint* of the linear
 # schedule by scaling both ends by $1000/T$. Write `scaled_linear_scheduler(num_timesteps)` returning a
 # `LinearBetaScheduler` with $\beta_{\text{start}} = 10^{-4}\cdot 1000/T$ and

@@ -16,10 +16,10 @@
 # %% [markdown]
 # # 02 · The forward process
 #
-# Chapter 01 fixed the schedule. Now we use it to destroy digits — on purpose, and in a way we can
+# [Chapter 01](01_noise_schedule.py) fixed the schedule. Now we use it to destroy digits — on purpose, and in a way we can
 # undo later. The **forward process** adds a little Gaussian noise at each of $T$ steps; its key
 # property is that we can jump straight from a clean image $x_0$ to any noisy $x_t$ without running
-# the $t$ steps in between. Training (chapter 05) relies on that jump millions of times.
+# the $t$ steps in between. Training ([chapter 05](05_training.py)) relies on that jump millions of times.
 #
 # **After this chapter you can**
 #
@@ -390,11 +390,11 @@ assert abs(buggy_var.min() - 0.5) < 0.03
 # $$ x_0 = \frac{x_t - s\,\varepsilon}{a}, \qquad \varepsilon = \frac{x_t - a x_0}{s}, \qquad
 #    x_0 = a x_t - s v, \qquad \varepsilon = s x_t + a v . $$
 #
-# DDPM's network predicts $\varepsilon$ (chapter 05); a network may as well be trained to predict $x_0$ or $v$
-# (chapter 05 shows what each does to the loss). Whatever it predicts, every sampler of the course works
+# DDPM's network predicts $\varepsilon$ ([chapter 05](05_training.py)); a network may as well be trained to predict $x_0$ or $v$
+# ([chapter 05](05_training.py) shows what each does to the loss). Whatever it predicts, every sampler of the course works
 # with $\varepsilon$ and $\hat x_0$, so the conversion lives here, once: `prediction_target` says what a network
 # that predicts `prediction` should output, and `convert_prediction` turns one target into another.
-# A network records its target in `model.config["prediction"]` (`Unet(prediction="v")`, chapter 04);
+# A network records its target in `model.config["prediction"]` (`Unet(prediction="v")`, [chapter 04](04_unet.py));
 # `prediction_of` reads it, through any wrapper that holds such a network (and refuses one that holds networks
 # with different targets), and takes $\varepsilon$ for a network that records none.
 
@@ -519,7 +519,7 @@ assert worst < 1e-9
 # :nonumber:
 #
 # Given $x_t$, $t$ and the noise $\varepsilon$ that produced it, recover $x_0$. (This is what the
-# network will do in chapter 06, with a *predicted* $\varepsilon$.) Write `predict_x0(scheduler, x_t, t, noise)`.
+# network will do in [chapter 06](06_sampling.py), with a *predicted* $\varepsilon$.) Write `predict_x0(scheduler, x_t, t, noise)`.
 # :::
 
 
@@ -583,7 +583,7 @@ print("Exercise 2.2 passed")
 #
 # Generalise the closed form: for $s < t$, $q(x_t \mid x_s) = \mathcal N\!\left(\sqrt{\bar\alpha_t/\bar\alpha_s}\,x_s,\
 # (1-\bar\alpha_t/\bar\alpha_s) I\right)$. Derive it (hint: the product of $\alpha$ from $s+1$ to $t$) and write
-# `q_sample_from(scheduler, x_s, s, t, noise)`. DDIM (chapter 08) is built on this identity.
+# `q_sample_from(scheduler, x_s, s, t, noise)`. DDIM ([chapter 08](08_fast_sampling.py)) is built on this identity.
 # :::
 
 

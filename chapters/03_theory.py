@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 03 · Why it works: the theory on a 2-D toy
 #
-# Chapters 01 and 02 built the forward process. The rest of the course trains a network to undo it and
+# Chapters [01](01_noise_schedule.py) and [02](02_forward_process.py) built the forward process. The rest of the course trains a network to undo it and
 # samples digits with it, and each of those chapters uses a result of the theory: the reverse step is Gaussian,
 # the network should predict the noise, the loss is a plain squared error. This chapter derives those results,
 # on data small enough that every quantity is known exactly: a mixture of six Gaussians in the plane. We run the
@@ -82,7 +82,7 @@ print(f"profile: {PROFILE.name}; {scheduler}")
 #
 # $$ q(x_0) = \sum_{k=1}^{K} \pi_k\, \mathcal N(x_0;\ m_k,\ C_k) . $$
 #
-# Noise them as chapter 02 does, $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$. Given the
+# Noise them as [chapter 02](02_forward_process.py) does, $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$. Given the
 # component $k$, $x_t$ is a linear function of two independent Gaussians, so it is Gaussian, with mean
 # $\sqrt{\bar\alpha_t}\,m_k$ and covariance $\bar\alpha_t C_k + (1-\bar\alpha_t) I$. Averaging over $k$:
 #
@@ -225,7 +225,7 @@ def toy_mixture() -> GaussianMixture:
 
 
 # %% [markdown]
-# **Check — the noised marginal.** Noise toy points with `q_sample` (chapter 02) and compare them with points
+# **Check — the noised marginal.** Noise toy points with `q_sample` ([chapter 02](02_forward_process.py)) and compare them with points
 # drawn directly from `mixture.noised(ᾱ_t)`: the same mean, the same covariance, and the same average
 # log-density $\mathbb E[\log q(x_t)]$ under the exact formula. Each comparison allows four standard errors of
 # the Monte-Carlo estimate. Had `noised` scaled the means by $\bar\alpha_t$ instead of $\sqrt{\bar\alpha_t}$, or
@@ -355,7 +355,7 @@ assert forward_slider.children[0].max == T - 1
 # $$ \tilde\mu_t(x_t, x_0) = \tilde\beta_t\, b = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0
 #    + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t . $$
 #
-# These are the formulas chapter 01 tabulated. At $t = 0$, $\bar\alpha_{-1} = 1$ gives $\tilde\beta_0 = 0$ and
+# These are the formulas [chapter 01](01_noise_schedule.py) tabulated. At $t = 0$, $\bar\alpha_{-1} = 1$ gives $\tilde\beta_0 = 0$ and
 # $\tilde\mu_0 = x_0$: given $x_0$, the step to the clean end is certain. The function below writes the result
 # down for every $t$, in float64.
 
@@ -486,7 +486,7 @@ for t in (1, 10, 100, 500, 999):
 #    + \sum_{t=2}^{T} \underbrace{\mathbb E_{q(x_t \mid x_0)}\,\mathrm{KL}\big(q(x_{t-1} \mid x_t, x_0)\,\|\,p_\theta(x_{t-1} \mid x_t)\big)}_{L_{t-1}}
 #    \ \underbrace{-\ \mathbb E_{q(x_1 \mid x_0)} \log p_\theta(x_0 \mid x_1)}_{L_0} . $$
 #
-# $L_T$ has no parameters: chapter 01 computed it (a few hundredths of a nat per digit). Each $L_{t-1}$ compares the
+# $L_T$ has no parameters: [chapter 01](01_noise_schedule.py) computed it (a few hundredths of a nat per digit). Each $L_{t-1}$ compares the
 # reverse step with the posterior of section 2, and $L_0$ is the **decoder**: how well the last step explains the
 # data. In the code, $L_t$ for $t = 0, \dots, T-1$ is the term whose network call is at the code's timestep $t$.
 #
@@ -588,7 +588,7 @@ assert ((ours - monte_carlo).abs() < 4 * monte_carlo_se).all()
 # %% [markdown]
 # ### Matching the posterior mean is predicting $\varepsilon$
 #
-# DDPM fixes the reverse variances, $\sigma_t^2 = \tilde\beta_t$ (the sampler of chapter 06). Then both Gaussians in
+# DDPM fixes the reverse variances, $\sigma_t^2 = \tilde\beta_t$ (the sampler of [chapter 06](06_sampling.py)). Then both Gaussians in
 # $L_{t-1}$ have the same variance, the log and the $-1$ of the KL cancel, and
 #
 # $$ L_{t-1} = \mathbb E_q\!\left[\frac{\lVert \tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t) \rVert^2}{2\sigma_t^2}\right] . $$
@@ -611,7 +611,7 @@ assert ((ours - monte_carlo).abs() < 4 * monte_carlo_se).all()
 #
 # The last form, through the signal-to-noise ratio, is how {cite:t}`kingma2021vdm` write it. Written out,
 # $\mu_\theta = (x_t - \beta_t\,\hat\varepsilon/\sqrt{1-\bar\alpha_t})/\sqrt{\alpha_t}$: DDPM's Algorithm 2, the sampler
-# of chapter 06 {cite:p}`ho2020ddpm`.
+# of [chapter 06](06_sampling.py) {cite:p}`ho2020ddpm`.
 #
 # **Check.** With random $x_0$, $\varepsilon$ and $\hat\varepsilon$ at many $t$ (the code's index), compute $L_{t-1}$ three
 # ways: `gaussian_kl` of the two means, $\lambda_t\lVert\varepsilon - \hat\varepsilon\rVert^2$, and the SNR form; and check
@@ -657,12 +657,12 @@ assert max(worst.values()) < 1e-8
 #
 # $$ L_\text{simple} = \mathbb E_{t \sim \mathcal U\{0..T-1\},\ x_0,\ \varepsilon}\,\lVert \varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t)\rVert^2 , $$
 #
-# the loss chapter 05 uses (per pixel, a mean instead of a sum). It has the same minimiser at every $t$
+# the loss [chapter 05](05_training.py) uses (per pixel, a mean instead of a sum). It has the same minimiser at every $t$
 # (the true conditional mean of $\varepsilon$, section 5), since each $t$ is its own regression problem, but it spends
 # the network's capacity differently: $\lambda_t$ is largest at small $t$, where the noise is nearly invisible and
 # predicting it is hard and matters little for how samples look. Relative to the bound, $L_\text{simple}$ moves weight
 # to larger $t$; Ho et al. found that this gives better samples and a worse bound. **Min-SNR-$\gamma$ weighting**
-# {cite:p}`hang2023minsnr`, which chapter 05's quick recipe and the shipped weights use, multiplies each term by
+# {cite:p}`hang2023minsnr`, which [chapter 05](05_training.py)'s quick recipe and the shipped weights use, multiplies each term by
 # $w_t = \min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ ($\gamma = 5$): 1 where $\mathrm{SNR}_t \le 5$, less and less at the
 # smallest $t$. It moves weight further from the bound's small-$t$ terms, which shows in the bound of section 7.
 #
@@ -910,7 +910,7 @@ def variational_bound(
 
 # %% [markdown]
 # **Checks.** The 256 bin probabilities of the decoder sum to 1 for any mean and spread; the prior term matches
-# chapter 01's number; and averaging the estimator over $t$ gives the enumerated sum. For that last check take a
+# [chapter 01](01_noise_schedule.py)'s number; and averaging the estimator over $t$ gives the enumerated sum. For that last check take a
 # "network" that knows the answer up to a known error at each $t$, so that every $L_t$ is a fixed number: it computes
 # the true $\varepsilon$ from $x_t$ (it is told $x_0$) and adds $0.01\,t$. Then $L_t = \lambda_t \cdot 2\,(0.01\,t)^2$ exactly,
 # the enumerated sum is a number, and the estimator, drawn many times, must average to it.
@@ -963,7 +963,7 @@ assert abs(estimated_steps - expected_steps) < 4 * steps_se
 #
 # Now the method end to end, on the toy. The network is a small multilayer perceptron $\varepsilon_\theta(x_t, t)$: the
 # point and sinusoidal features of $t$ in, a predicted noise out. It trains on $L_\text{simple}$ with the course's
-# schedule, and chapter 06's sampler draws from it, through the same `generate` that samples digits (a
+# schedule, and [chapter 06](06_sampling.py)'s sampler draws from it, through the same `generate` that samples digits (a
 # "picture" of shape `(2,)` instead of `(1, 28, 28)`).
 
 
@@ -1005,7 +1005,7 @@ class ToyDenoiser(nn.Module):
 # %% [markdown]
 # The training loop is $L_\text{simple}$, written out: a batch of points, a uniform $t$ and a fresh $\varepsilon$ per
 # point, `q_sample`, and the squared error of the predicted noise. It keeps a copy of the weights at a few steps, for
-# the bound below. (Chapter 05's `ddpm_loss` computes the same loss for digits; the assertion checks they agree.)
+# the bound below. ([Chapter 05](05_training.py)'s `ddpm_loss` computes the same loss for digits; the assertion checks they agree.)
 
 # %%
 train_steps = PROFILE.theory_train_steps
@@ -1047,7 +1047,7 @@ assert torch.allclose(ours, theirs, rtol=1e-6)
 assert sum(losses[-100:]) / 100 < 0.5 * sum(losses[:10]) / 10
 
 # %% [markdown]
-# **Sampling with the course's sampler.** `generate(..., sampler="ddpm", image_shape=(2,))` runs chapter 06's
+# **Sampling with the course's sampler.** `generate(..., sampler="ddpm", image_shape=(2,))` runs [chapter 06](06_sampling.py)'s
 # ancestral step over all 1000 timesteps, from $x_T \sim \mathcal N(0, I)$. We run it twice: with the trained network,
 # and with the *exact* noise predictor of the toy, $\varepsilon^*(x_t, t) = -\sqrt{1-\bar\alpha_t}\,\nabla\log q(x_t)$
 # (section 5 derives why this is the best possible $\hat\varepsilon$). With the exact predictor, the only errors left are
@@ -1107,7 +1107,7 @@ recorders = {"network": TrajectoryRecorder(), "exact": TrajectoryRecorder()}
 toy_samples = {}
 for name, denoiser in (("network", toy_model), ("exact", exact_model)):
     toy_samples[name] = generate(
-        denoiser, scheduler, n_points, image_shape=(2,), sampler="ddpm", bf16=False, seed=14,
+        denoiser, scheduler, n_points, image_shape=(2,), sampler="ddpm", precision="float32", seed=14,
         batch_size=n_points, on_step=recorders[name],
     ).double()  # fmt: skip
 print({name: tuple(samples.shape) for name, samples in toy_samples.items()})
@@ -1429,7 +1429,7 @@ assert abs(mixture.log_prob(annealed).mean() - data_log_q.mean()) < 0.25
 # $$ \frac{dx}{ds} = -\frac12\,\beta(s)\,\big[x + \nabla \log q_s(x)\big] $$
 #
 # moves a cloud of points through the very same marginals $q(x_s)$, with no noise at all: each starting point
-# $x_T$ maps to one sample, along a smooth path. Chapter 08's DDIM ($\eta = 0$) and DPM-Solver++ are solvers for this
+# $x_T$ maps to one sample, along a smooth path. [Chapter 08](08_fast_sampling.py)'s DDIM ($\eta = 0$) and DPM-Solver++ are solvers for this
 # ODE with the score $-\hat\varepsilon/\sqrt{1-\bar\alpha_t}$; here we run them with the exact predictor. The same starting
 # points, through the ancestral sampler (two different seeds for its noise) and through DDIM:
 
@@ -1497,7 +1497,7 @@ assert abs(ode_gaps[1000]) < 0.25
 # starting point has exactly one sample. Both clouds follow the data, the ODE's more closely the finer its steps. Because
 # the ODE map is deterministic and invertible, it also turns $x_0$ back into its $x_T$ (DDIM inversion) and gives exact
 # likelihoods {cite:p}`song2021sde`;
-# chapter 08 uses it for speed: a smooth path can be followed with large steps.
+# [chapter 08](08_fast_sampling.py) uses it for speed: a smooth path can be followed with large steps.
 #
 # ## 6. Why a Gaussian reverse step is enough
 #
@@ -1549,7 +1549,7 @@ def kl_to_moment_matched_gaussian(density: GaussianMixture, grid_size: int = 201
 
 # %% [markdown]
 # **Check — the exact reverse mean is the sampler's mean with the exact predictor.** Since $\tilde\mu_t(x_t, x_0)$ is
-# linear in $x_0$, $\mathbb E[x_{t-1} \mid x_t] = \tilde\mu_t(x_t, \mathbb E[x_0 \mid x_t])$: the posterior step of chapter 06
+# linear in $x_0$, $\mathbb E[x_{t-1} \mid x_t] = \tilde\mu_t(x_t, \mathbb E[x_0 \mid x_t])$: the posterior step of [chapter 06](06_sampling.py)
 # with $\hat x_0$ from $\varepsilon^*$ has exactly the right mean, for any jump. Its variance is the only approximation:
 # the true covariance is $\tilde\beta I$ plus the coefficient of $x_0$, squared, times $\mathrm{Cov}(x_0 \mid x_t)$.
 
@@ -1640,7 +1640,7 @@ assert (
 # %% [markdown]
 # With 1000 steps each true reverse step is Gaussian to within $10^{-4}$ nats and far less away from the data end; with
 # 10 steps, the last one has to choose between islands, which no Gaussian can. That is why DDPM takes many small steps,
-# and why the fast samplers of chapter 08 do not use the DDPM step: they follow the ODE of section 5 instead.
+# and why the fast samplers of [chapter 08](08_fast_sampling.py) do not use the DDPM step: they follow the ODE of section 5 instead.
 #
 # ## 7. The bound for MNIST, in bits per dimension
 #
@@ -1655,7 +1655,7 @@ assert (
 # ```
 #
 # which printed, for the weights `ddpm_mnist` the package ships (36,000 steps, predicting $v$: the bound converts
-# its output to $\hat\varepsilon$ with chapter 02's `convert_prediction`), **2.121 ± 0.030 bits per dimension**
+# its output to $\hat\varepsilon$ with [chapter 02](02_forward_process.py)'s `convert_prediction`), **2.121 ± 0.030 bits per dimension**
 # (all 500 held-out digits, 200 draws of $t$ per digit; Monte-Carlo standard error; about eight minutes on two CPU
 # cores). Of that, the decoder term $L_0$ is 1.084 bits/dim and the sum of the $L_{t-1}$ 1.037; $L_T$ is 0.000
 # to the printed precision.
@@ -1710,7 +1710,7 @@ assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 # %% [markdown]
 # Two terms dominate: the decoder $L_0$, whose fixed width $\sigma_1$ costs close to a nat per pixel even for a perfect
 # mean, and the KL terms at the smallest $t$, where min-SNR weighting gave the network's errors almost no weight during
-# training. The bound is a likelihood measure; it ranks models differently from the sample-quality measures of chapter 07,
+# training. The bound is a likelihood measure; it ranks models differently from the sample-quality measures of [chapter 07](07_evaluation.py),
 # and a model trained for samples (this one) is not trained for it. Models trained on the bound itself, with learned
 # variances and schedules, reach about 1 bit per dimension on MNIST-like data {cite:p}`kingma2021vdm`.
 #

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 04 · The U-Net denoiser
 #
-# Chapter 02 showed how to turn a digit $x_0$ into a noisy $x_t$ in one jump. Training (chapter 05)
+# [Chapter 02](02_forward_process.py) showed how to turn a digit $x_0$ into a noisy $x_t$ in one jump. Training ([chapter 05](05_training.py))
 # asks a network to look at $x_t$ and the timestep $t$ and say which noise $\varepsilon$ was added:
 #
 # $$ \varepsilon_\theta(x_t, t) \approx \varepsilon, \qquad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon . $$
@@ -976,10 +976,11 @@ for bad in [dict(base_dim=33), dict(norm="layer"), dict(dim_mults=[]), dict(unit
 #
 # - a training batch mixes all noise levels, so the running averages describe a *mixture* of clean
 #   and noisy inputs; at sampling time every image in the batch shares one $t$, whose statistics
-#   differ from that mixture — in eval mode the network normalises with the wrong numbers;
+#   differ from that mixture — in eval mode the network normalises with the mixture's numbers, not those of
+#   the $t$ at hand (how much that costs is measured below);
 # - forget `model.eval()` and the sampler normalises with the statistics of a single-$t$ batch,
 #   which the network never saw in training; the output of one image now depends on the others;
-# - with an **exponential moving average** of the weights (chapter 05), the running statistics were
+# - with an **exponential moving average** of the weights ([chapter 05](05_training.py)), the running statistics were
 #   collected for the *live* weights, not for the averaged ones (and an averaging helper that skips
 #   buffers leaves them at their initial values). They need re-estimating with a pass over the data.
 #
@@ -1140,11 +1141,13 @@ assert Unet().config["norm"] == chosen_norm  # the package default follows the m
 # %% [markdown]
 # Read the numbers: GroupNorm gives the same output in both modes and whatever the rest of the
 # batch holds (the gaps are exactly zero), so the sampler sees the network that training built.
-# BatchNorm's output moves with the mode and with the batch; relative to the loss the damage is
-# largest at large $t$, where predicting the noise is easy and any disturbance shows. Neither of
-# BatchNorm's modes reproduces the mixed-$t$ batches of training, so there is no "right" mode to
-# sample in — and the EMA weights of chapter 05 would add a third mismatch. The ratio of step times
-# printed above is what GroupNorm costs in training. The rule in the cell above turns these numbers
+# BatchNorm's output moves with the mode and with the batch. In train mode — single-$t$ batches, as a
+# sampler that forgot `model.eval()` feeds it — its held-out loss is several times GroupNorm's at every $t$,
+# and relatively worst at large $t$, where predicting the noise is easy and any disturbance shows. In eval
+# mode it comes close to GroupNorm at most $t$ in the table above, but not at the smallest $t$, where the
+# mixture's statistics fit the nearly clean input worst. So eval mode is the usable one, and it depends on
+# running statistics that the EMA weights of [chapter 05](05_training.py) would put out of step again. The ratio of step
+# times printed above is what GroupNorm costs in training. The rule in the cell above turns these numbers
 # into the default, `norm="group"`; `norm="batch"` reproduces the reference.
 #
 # ## 11. Units and speed
@@ -1184,7 +1187,12 @@ print(
 )
 
 # %% [markdown]
-# A few batches are a rough guide. `python benchmarks/unet_throughput.py` measures training and sampling
+# A few batches are a rough guide; the benchmark in the aside measured it properly.
+#
+# :::{admonition} Aside: the throughput benchmark behind the default
+# :class: dropdown
+#
+# `python benchmarks/unet_throughput.py` measures training and sampling
 # throughput properly — interleaved rounds, the optimiser step, and the cheap CPU levers (bfloat16 autocast,
 # channels-last, inference mode) — and is where the default `unit="dense"` with one unit per block comes
 # from. The bar it had to clear: train at least 1.5× and sample at least 2× as fast as the reference
@@ -1204,22 +1212,28 @@ print(
 # Ours/reference: 4.7× for training and 3.0× for sampling, with 428,977 parameters against 261,873.
 # Without bfloat16 the default still trains 3.0× faster but samples only 1.9× faster: on a CPU without
 # native bfloat16 support the sampling margin is thin.
+# :::
 #
-# "Native" matters more than any row of that table. bfloat16 is fast only on a CPU with bfloat16 instructions
-# (AVX-512 BF16 or AMX on x86, BF16 on Arm). On one without them, such as an x86 laptop with AVX2 alone, PyTorch
-# runs bfloat16 on generic kernels, many times slower than float32 (the engineering notes record a 14× gap for
-# the quick recipe's network). `python -m ddpm_lib train`, `sample` and `evaluate` therefore use float32 on such
-# a CPU and say so. In a notebook, `ddpm_lib.precision.native_bf16()` tells you which kind you have; where it
-# says `False`, run
-#
-# ```python
-# from ddpm_lib.precision import use_native_precision
-# use_native_precision()
-# ```
-#
-# once at the top of each later chapter: every cell that follows and asks for bfloat16 on the CPU then computes
-# in float32 (on a CPU with the instructions the call changes nothing). Your numbers will then differ a little
-# from the ones printed in this book, which were computed in bfloat16.
+# bfloat16 is only fast where it is native: on a CPU with bfloat16 instructions
+# (AVX-512 BF16 or AMX on x86, BF16 on Arm) or a GPU of compute capability 8.0 and above. On a CPU without them,
+# such as an x86 laptop with AVX2 alone, PyTorch runs bfloat16 on generic kernels, ten to thirty times slower than
+# float32 for this course's networks. So the course never asks for bfloat16
+# blindly: `ddpm_lib.precision.choose` picks the device (a CUDA GPU, else Apple's `mps`, else the CPU) and the
+# precision that hardware computes in fast — bfloat16 where it is native, float16 on a GPU without it, float32
+# elsewhere. The chapters that train take that choice in their first cell, `hw = compute()`, and pass it to what
+# they train; `generate`, which every chapter samples through, takes it by itself (its `device` and `precision`
+# are `auto`); the command line does the same (`--device auto`, `--precision auto`). Which one this machine gets:
+
+# %%
+from ddpm_lib.precision import compute
+
+hw = compute()
+print(hw.describe())
+assert hw.precision in ("float32", "bfloat16", "float16")
+
+# %% [markdown]
+# On a machine that computes in float32, a chapter's numbers differ a little from the ones printed in this book,
+# which were computed on a CPU with bfloat16 instructions; the conclusions do not.
 #
 # ## 12. Conditioning on a label
 #
@@ -1227,8 +1241,8 @@ print(
 # also gets the digit's label $y$, and the label enters exactly as time does: a learned embedding, one row
 # per class, **added to the time embedding**, so every `TimeMLP` sees both. One extra row stands for "no
 # label" ($y = -1$, or `y=None`). A model trained with its labels sometimes replaced by that row learns the
-# unconditional $\varepsilon_\theta(x_t, t)$ too; chapter 10 combines the two (classifier-free guidance), and
-# chapter 11 shows that the label alone makes a short CPU run give much better digits.
+# unconditional $\varepsilon_\theta(x_t, t)$ too; [chapter 10](10_guidance.py) combines the two (classifier-free guidance), and
+# [chapter 11](11_putting_together.py) shows that the label alone makes a short CPU run give much better digits.
 #
 # `Unet(num_classes=10)` adds $(10 + 1) \times 64$ numbers to the network:
 
@@ -1265,7 +1279,7 @@ else:
     raise AssertionError("an unconditional U-Net accepted labels")
 
 # %% [markdown]
-# Every sampler of chapters 06 and 08 calls `model(x_t, t)`. To sample digits of chosen classes, we fix the
+# Every sampler of chapters [06](06_sampling.py) and [08](08_fast_sampling.py) calls `model(x_t, t)`. To sample digits of chosen classes, we fix the
 # labels once and hand the samplers a model that takes only $(x_t, t)$:
 
 
@@ -1296,8 +1310,8 @@ print("Conditioned(model, labels)(x, t) == model(x, t, labels)")
 # ## 13. Self-attention at low resolution
 #
 # A 3×3 convolution mixes each pixel with its neighbours; what one side of a digit should look like given
-# the other side reaches it only through several layers. **Self-attention** (Vaswani et al., 2017; DDPM used
-# it at 16×16) lets every position read every other one directly, weighted by content. At each of the
+# the other side reaches it only through several layers. **Self-attention** {cite:p}`vaswani2017attention` (DDPM
+# used it at 16×16 {cite:p}`ho2020ddpm`) lets every position read every other one directly, weighted by content. At each of the
 # $N = H W$ positions of a feature map with $C$ channels, a 1×1 convolution of the normalised map gives a
 # query $q_i$, a key $k_j$ and a value $v_j$, split into $h$ heads of $d = C / h$ channels; each head computes
 #
@@ -1423,7 +1437,7 @@ assert forward_flops(attention_variants["7x7 (attention=[2])"]) < 1.1 * base_flo
 # %% [markdown]
 # At 7×7 the block adds a few percent of the operations; at 14×14 the $N^2$ terms start to show. Wall time
 # on a CPU moves more than the count suggests, because attention is a few large matrix products between
-# many small convolutions (the fused kernel helps). Chapter 11's benchmark of denoisers trains each variant
+# many small convolutions (the fused kernel helps). [Chapter 11](11_putting_together.py)'s benchmark of denoisers trains each variant
 # for the same CPU time and measures what the block buys in samples.
 #
 # **What attends to what.** The shipped unconditional model `ddpm_mnist` has a block at 7×7. For a noisy
@@ -1485,7 +1499,7 @@ print(f"a query reads more than the uniform share 1/49 from {spread:.1f} of the 
 #   time embedding; `Conditioned(model, labels)` fixes the labels so any sampler can use it.
 # - `Unet(attention=[2])` adds multi-head self-attention at the 7×7 bottleneck: every position reads every
 #   other one, weighted by content, for a few percent more operations; `Unet(prediction="v")` records that the
-#   network outputs $v$ instead of $\varepsilon$ (chapter 02, section 6).
+#   network outputs $v$ instead of $\varepsilon$ ([chapter 02](02_forward_process.py), section 6).
 #
 # ## Exercises
 #
@@ -1647,10 +1661,11 @@ print("Exercise 4.3 passed")
 # :::{exercise} 4.4 · ★★☆ · Does the network read the clock?
 # :nonumber:
 #
-# Every block of the U-Net is told $t$. Does a trained network use it? The course ships this U-Net trained
-# (chapter 05 shows how; `load_pretrained()` loads it). Write `told_loss(model, scheduler, x0, noise, t_true, t_told)`:
+# Every block of the U-Net is told $t$. Does a trained network use it? The course ships a larger configuration of
+# this U-Net trained — two units per block, self-attention at 7×7, $v$-prediction ([chapter 11](11_putting_together.py)'s recipe;
+# `load_pretrained()` loads it and `ddpm_lib/weights/ddpm_mnist_cond.json` records how it was trained). Write `told_loss(model, scheduler, x0, noise, t_true, t_told)`:
 # the mean squared error of the noise prediction when `x0` is noised to `t_true` with `noise` but the network is
-# told `t_told`. (The shipped network predicts $v$; chapter 02's `convert_prediction` turns its output into
+# told `t_told`. (The shipped network predicts $v$; [chapter 02](02_forward_process.py)'s `convert_prediction` turns its output into
 # $\hat\varepsilon$, with the $\bar\alpha_t$ of the $t$ it is told, and `prediction_of(model)` says what it
 # predicts.) The check prints the losses for every pair of $t$ in (10, 100, 300, 600, 900), one row per true
 # $t$. Why does a wrong clock hurt, and why do some wrong clocks hurt far less than others? (Hint: how much of

@@ -16,8 +16,8 @@
 # %% [markdown]
 # # 05 · Training
 #
-# We have a noise schedule (chapter 01), a way to noise any digit to any $t$ (chapter 02), the objective that
-# the theory of chapter 03 arrives at, and a denoiser network (chapter 04). Training teaches the network to
+# We have a noise schedule ([chapter 01](01_noise_schedule.py)), a way to noise any digit to any $t$ ([chapter 02](02_forward_process.py)), the objective that
+# the theory of [chapter 03](03_theory.py) arrives at, and a denoiser network ([chapter 04](04_unet.py)). Training teaches the network to
 # predict the noise that was added.
 #
 # **After this chapter you can**
@@ -26,7 +26,8 @@
 # - explain why an exponential moving average (EMA) of the weights gives better samples, and pick its decay;
 # - run the loop, read its loss curve and watch samples improve;
 # - train from the command line with `python -m ddpm_lib train`, with checkpoints you can resume;
-# - load the weights the course ships, trained with the same command.
+# - load the weights the course ships, trained with the same command;
+# - train a network to predict $\varepsilon$, $v$ or $x_0$ instead, and say which errors each choice of target weighs.
 #
 # Symbols are those of the [notation](../notation.md) page.
 
@@ -57,24 +58,29 @@ from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import convert_prediction, q_sample
 from ddpm_lib.generation import generate
 from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.precision import compute
 from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
+from ddpm_lib.result_cache import cached
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.unet import Unet
 
 torch.manual_seed(0)
+# the device and the precision this machine trains and samples fast in (chapter 04, section 11)
+hw = compute()
 scheduler = LinearBetaScheduler(1000, 1e-4, 0.02)
 images, labels = load_mnist("train").tensors
 print(f"profile: {PROFILE.name}; training digits: {len(images)}")
+print(f"device and precision: {hw.describe()}")
 
 # %% [markdown]
 # ## 1. The objective
 #
-# Chapter 02 gave us $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$. DDPM {cite:p}`ho2020ddpm`
+# [Chapter 02](02_forward_process.py) gave us $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$. DDPM {cite:p}`ho2020ddpm`
 # trains a network $\varepsilon_\theta(x_t, t)$ to recover $\varepsilon$ from $x_t$ and $t$. The objective comes from
 # the variational bound on $-\log p_\theta(x_0)$ of diffusion models {cite:p}`sohl2015deep`: each term of the bound
 # is a KL divergence between two Gaussians, which reduces to a weighted squared error between the true and the
-# predicted noise (chapter 03 derives it). Dropping the weights gives the *simplified* objective, which
+# predicted noise ([chapter 03](03_theory.py) derives it). Dropping the weights gives the *simplified* objective, which
 # {cite:t}`ho2020ddpm` found to train better:
 #
 # $$ L_{\text{simple}} = \mathbb E_{t \sim \mathcal U\{0..T-1\},\ x_0,\ \varepsilon \sim \mathcal N(0, I)}
@@ -95,6 +101,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.diffusion import prediction_of, prediction_target, q_sample
+from ddpm_lib.precision import DTYPES
 from ddpm_lib.schedule import NoiseSchedule
 
 
@@ -166,7 +173,7 @@ LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 # %% [markdown]
 # Before training, what loss should we expect? A network that always answers $0$ scores
-# $\mathbb E\|\varepsilon\|^2/d = 1$. A freshly initialised U-Net — chapter 04's default, built here with the
+# $\mathbb E\|\varepsilon\|^2/d = 1$. A freshly initialised U-Net — [chapter 04](04_unet.py)'s default, built here with the
 # arguments the reference passes spelled out — starts near there.
 
 # %%
@@ -191,9 +198,12 @@ assert 0.5 < initial_loss < 5
 # The reference implementation uses AdamW {cite:p}`loshchilov2019adamw` at learning rate $10^{-3}$ with a
 # **one-cycle** schedule {cite:p}`smith2019superconvergence`: the rate climbs for the first 25% of the run from
 # $\text{max\_lr}/25$ to $\text{max\_lr}$, then anneals along a cosine to almost zero. The warm-up keeps Adam's
-# early, poorly estimated second moments from taking huge steps; the long anneal lets the weights settle. We add
-# **gradient clipping** at norm 1 {cite:p}`pascanu2013difficulty`, a cheap guard against the occasional huge
-# gradient from a batch of nearly noise-free images (small $t$), where the target noise is tiny next to the signal.
+# early, poorly estimated second moments from taking huge steps; the long anneal lets the weights settle. PyTorch's
+# `OneCycleLR` also cycles AdamW's $\beta_1$ against the rate (its default `cycle_momentum=True`: from 0.95 down to
+# 0.85 while the rate climbs, and back), as the reference's does; we keep it. We add **gradient clipping** at norm 1
+# {cite:p}`pascanu2013difficulty`, a cheap guard against the occasional huge gradient from a batch of nearly
+# noise-free images (small $t$): the target noise still has unit variance, but its share of $x_t$,
+# $\sqrt{1-\bar\alpha_t}$, is about 0.01 at $t = 0$, so the network must pick it out of an almost clean image.
 
 
 # %%
@@ -228,17 +238,20 @@ def train_step(
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     grad_clip: float | None = 1.0,
-    bf16: bool = False,
+    precision: str = "float32",
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
     label_dropout: float = 0.0,
     part: slice | None = None,
     mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One step: loss, backward, gradient clipping, optimiser and LR-scheduler step.
 
-    ``bf16=True`` runs the forward pass under bfloat16 autocast (the loss stays float32);
+    ``precision`` ``"bfloat16"`` or ``"float16"`` runs the forward pass under that autocast (the loss stays
+    float32; ``ddpm_lib.precision`` says which the hardware computes in fast); float16 needs a ``grad_scaler``
+    (``torch.amp.GradScaler``), which scales the loss so that small gradients survive float16's range.
     ``weighting``, ``min_snr_gamma``, ``labels``, ``label_dropout`` and ``part`` are passed to :func:`ddpm_loss`.
     ``mean_loss``, if given, turns this process's loss into the loss reported and checked (chapter 14: the mean
     over all processes). Raises :class:`NonFiniteLossError` *before* touching the weights if that loss is not
@@ -246,7 +259,8 @@ def train_step(
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
-    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+    dtype = DTYPES[precision]  # bfloat16 -> torch.bfloat16; float32 -> None: no autocast
+    with torch.autocast(device_type=x0.device.type, dtype=dtype, enabled=dtype is not None):
         loss = ddpm_loss(
             model, scheduler, x0, generator, weighting, min_snr_gamma, part=part, labels=labels,
             label_dropout=label_dropout,
@@ -255,10 +269,18 @@ def train_step(
     if not torch.isfinite(reported):
         raise NonFiniteLossError(f"loss is {reported.item()}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if grad_scaler is None:
+        loss.backward()
+    else:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     max_norm = grad_clip if grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
+    if grad_scaler is None:
+        optimizer.step()
+    else:
+        grad_scaler.step(optimizer)  # skips the step when float16 overflowed, and lowers the scale
+        grad_scaler.update()
     if lr_scheduler is not None:
         lr_scheduler.step()
     return {"loss": reported.item(), "grad_norm": grad_norm.item(), "lr": lr}
@@ -402,7 +424,7 @@ assert math.isclose(ema.model.weight.item(), 1 - 0.9**10, rel_tol=1e-6)
 # from one `torch.Generator` whose state the checkpoint saves. Logging, checkpoints and progress bars
 # are the caller's business, through the `on_step` callback.
 #
-# Two more hooks, `part` and `mean_loss`, are for chapter 14, where several processes share each batch: a
+# Two more hooks, `part` and `mean_loss`, are for [chapter 14](14_scaling_out.py), where several processes share each batch: a
 # process trains on its `part` of every batch (after drawing $t$ and $\varepsilon$ for the whole batch, so the
 # random numbers do not depend on how many processes there are) and reports the `mean_loss` over all of them.
 # With one process both stay `None` and change nothing. This loop is the only training loop of the course:
@@ -447,7 +469,7 @@ def train(
     ema: EMA | None = None,
     start_step: int = 0,
     grad_clip: float | None = 1.0,
-    bf16: bool = False,
+    precision: str = "float32",
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     labels: torch.Tensor | None = None,
@@ -456,6 +478,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     part: slice | None = None,
     mean_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> int:
     """Train from ``start_step`` up to ``steps`` optimisation steps; return the steps completed.
 
@@ -463,8 +486,9 @@ def train(
     (a class-conditional model; see :func:`ddpm_loss` for ``label_dropout``). After each step, ``ema`` is updated and
     ``on_step(completed_steps, stats)`` is called; ``should_stop()`` is asked before each step
     (for a clean stop on Ctrl-C). A non-finite loss raises :class:`NonFiniteLossError` naming the step.
-    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 14), passed to :func:`train_step`;
-    one process leaves them at None.
+    ``part`` and ``mean_loss`` are the hooks of data-parallel training (chapter 14), ``precision`` and
+    ``grad_scaler`` those of reduced precision, all passed to :func:`train_step`; a float32 process on its own leaves
+    them at their defaults.
     """
     completed = start_step
     positions = torch.arange(len(images), device=images.device)  # the batch's rows of images and labels
@@ -473,9 +497,9 @@ def train(
             break
         try:
             stats = train_step(
-                model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, bf16, weighting,
+                model, optimizer, lr_scheduler, scheduler, images[rows], generator, grad_clip, precision, weighting,
                 min_snr_gamma, labels=None if labels is None else labels[rows], label_dropout=label_dropout,
-                part=part, mean_loss=mean_loss,
+                part=part, mean_loss=mean_loss, grad_scaler=grad_scaler,
             )  # fmt: skip
         except NonFiniteLossError as error:
             raise NonFiniteLossError(
@@ -492,50 +516,75 @@ def train(
 # %% [markdown]
 # ## 5. A live run
 #
-# Now the real thing: a few minutes of training on a CPU. Every `train_grid_every` steps we sample a few
-# digits from the **EMA** weights. Sampling borrows chapter 06's `generate` (1,000 reverse steps): read that
-# chapter for how it works.
+# Now the real thing: a few minutes of training, on the device and in the precision the first cell chose (`hw`).
+# Every `train_grid_every` steps we keep a copy of the **EMA** weights; the cell after draws digits from each copy
+# with [chapter 06](06_sampling.py)'s `generate` (1,000 reverse steps): read that chapter for how it works.
 #
-# The next cell takes about 5 minutes on a 2-core laptop (full profile: 600 steps of batch 128, and three grids
-# of 16 digits through 1,000 steps each; the cell prints its time); a progress bar counts the training steps.
+# The next two cells take about 5 minutes on a 2-core laptop (full profile: 600 steps of batch 128, then three grids
+# of 16 digits through 1,000 steps each; each cell prints its time); a progress bar counts the training steps. The
+# run is one function, which returns what it produced. (`cached` only calls it: when the course's maintainers
+# re-execute the chapters for the book, it hands back a kept result while the code that produced it is unchanged.)
+
 
 # %%
-torch.manual_seed(0)
-live_model = Unet(
-    timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
-)
-live_optimizer = make_optimizer(live_model, lr=1e-3)
-live_schedule = make_lr_scheduler(live_optimizer, max_lr=1e-3, total_steps=PROFILE.train_steps)
-live_ema = EMA(live_model, decay=0.999)
-history, grids = [], {}
-started = time.perf_counter()
-bar = tqdm(total=PROFILE.train_steps, desc="training", disable=not PROFILE.progress)
+def live_run(steps: int, batch_size: int, keep_every: int) -> dict:
+    """Train the course's U-Net for ``steps`` steps: the loss of every step, and the EMA weights every ``keep_every``
+    steps and at the end."""
+    torch.manual_seed(0)
+    model = Unet(
+        timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
+    ).to(hw.device)
+    optimizer = make_optimizer(model, lr=1e-3)
+    ema = EMA(model, decay=0.999)
+    history, kept = [], {}
+    bar = tqdm(total=steps, desc="training", disable=not PROFILE.progress)
+
+    def log_and_keep(step, stats):
+        history.append({"step": step, **stats})
+        bar.update(1)
+        if step % keep_every == 0 or step == steps:
+            kept[step] = {name: value.cpu().clone() for name, value in ema.model.state_dict().items()}
+
+    started = time.perf_counter()
+    completed = train(
+        model, optimizer, make_lr_scheduler(optimizer, max_lr=1e-3, total_steps=steps), scheduler,
+        images.to(hw.device), steps=steps, batch_size=batch_size, seed=0,
+        generator=torch.Generator(device=hw.device).manual_seed(0), ema=ema, on_step=log_and_keep,
+        precision=hw.precision, grad_scaler=hw.grad_scaler(),
+    )  # fmt: skip
+    bar.close()
+    return {
+        "completed": completed,
+        "history": history,
+        "kept": kept,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def log_and_sample(step, stats):
-    history.append({"step": step, **stats})
-    bar.update(1)
-    if step % PROFILE.train_grid_every == 0 or step == PROFILE.train_steps:
-        grids[step] = generate(live_ema.model, scheduler, PROFILE.grid_samples, seed=0)
-
-
-completed = train(
-    live_model, live_optimizer, live_schedule, scheduler, images,
-    steps=PROFILE.train_steps, batch_size=PROFILE.train_batch_size, seed=0,
-    generator=torch.Generator().manual_seed(0), ema=live_ema, on_step=log_and_sample,
-)  # fmt: skip
-bar.close()
-minutes = (time.perf_counter() - started) / 60
+live = cached("chapter 05, the live run", live_run, PROFILE.train_steps, PROFILE.train_batch_size,
+              PROFILE.train_grid_every)  # fmt: skip
+history = live["history"]
 losses = torch.tensor([h["loss"] for h in history])
 first, last = (
     losses[: max(1, len(losses) // 10)].mean().item(),
     losses[-max(1, len(losses) // 10) :].mean().item(),
 )
 print(
-    f"{completed} steps of batch {PROFILE.train_batch_size} in {minutes:.1f} min (sampling included); "
+    f"{live['completed']} steps of batch {PROFILE.train_batch_size} in {live['seconds'] / 60:.1f} min; "
     f"loss {first:.3f} (first 10%) -> {last:.3f} (last 10%)"
 )
-assert completed == PROFILE.train_steps and last < first
+assert live["completed"] == PROFILE.train_steps and last < first
+
+# %%
+started = time.perf_counter()
+grids = {}
+for step, state in live["kept"].items():
+    snapshot = Unet(
+        timesteps=1000, time_embedding_dim=64, in_channels=1, out_channels=1, base_dim=32, dim_mults=[2, 4]
+    ).to(hw.device)
+    snapshot.load_state_dict(state)
+    grids[step] = generate(snapshot, scheduler, PROFILE.grid_samples, seed=0)
+print(f"{len(grids)} grids of {PROFILE.grid_samples} digits in {time.perf_counter() - started:.0f} s")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -562,8 +611,8 @@ assert all(g.shape == (PROFILE.grid_samples, 1, 28, 28) and g.abs().max() <= 1 f
 # Early grids are noise-like blobs; after a few hundred steps strokes appear, but this short CPU run does not
 # make convincing digits. That takes tens of thousands of steps: the weights the course ships trained for 36,000,
 # about two and a half hours on two CPU cores (section 7 prints their record). It is not the only way, though.
-# The recipe here is the reference's, on the course's default network; chapters 07–10 add a way to measure
-# samples, a sampling chain 40 times shorter and a label to condition on, and chapter 11 puts them together
+# The recipe here is the reference's, on the course's default network; chapters [07](07_evaluation.py)–[10](10_guidance.py) add a way to measure
+# samples, a sampling chain 40 times shorter and a label to condition on, and [chapter 11](11_putting_together.py) puts them together
 # with a few levers of this chapter's loop (a larger learning rate, a shorter EMA, a loss weighting): digits that
 # pass the course's bar after about five minutes of training on the same CPU.
 #
@@ -616,8 +665,8 @@ assert straight_state["step"] == resumed_state["step"] == 40 and same
 # ## 7. The shipped weights
 #
 # A convincing model needs thousands of steps — too long to wait for in a chapter. The course ships the
-# EMA weights of a run of the command above (with a few of chapter 11's levers, self-attention at 7×7 from
-# chapter 04 and the $v$ target of section 8), with a provenance record: the exact command, seed, data, steps,
+# EMA weights of a run of the command above (with a few of [chapter 11](11_putting_together.py)'s levers, self-attention at 7×7 from
+# [chapter 04](04_unet.py) and the $v$ target of section 8), with a provenance record: the exact command, seed, data, steps,
 # wall time and machine. The run came in two parts. The first trained 24,000 steps from scratch; the second,
 # the command printed below, continued it for 12,000 more with `--init-from`, which starts from trained weights
 # (the first part's snapshot at step 24,000, shipped beside the weights) and runs a fresh one-cycle schedule at a
@@ -651,15 +700,15 @@ print(
 assert abs(background_generated - background_real) < 0.1  # digit-like images, not noise (noise: ~0.3)
 
 # %% [markdown]
-# Chapter 07 measures how good these digits are with an MNIST classifier.
+# [Chapter 07](07_evaluation.py) measures how good these digits are with an MNIST classifier.
 #
 # ## 8. What the network predicts: $\varepsilon$, $v$ or $x_0$
 #
-# Chapter 02 (section 6) showed that, given $x_t$, the noise $\varepsilon$, the clean image $x_0$ and the velocity
+# [Chapter 02](02_forward_process.py) (section 6) showed that, given $x_t$, the noise $\varepsilon$, the clean image $x_0$ and the velocity
 # $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$ determine one another. A network can be trained to
 # output any of them: `Unet(prediction="v")` (or `python -m ddpm_lib train --prediction v`) records the choice,
 # `ddpm_loss` compares the output with that target, and every sampler converts the output to $\hat\varepsilon$ in
-# one place (`predict_noise`, chapter 06), so nothing else changes.
+# one place (`predict_noise`, [chapter 06](06_sampling.py)), so nothing else changes.
 #
 # What does change is *which errors the loss cares about*. Errors convert with the same coefficients as the
 # targets: if the $\hat x_0$ a network implies is off by $\delta$, its $\hat\varepsilon$ is off by
@@ -670,7 +719,7 @@ assert abs(background_generated - background_real) < 0.1  # digit-like images, n
 #
 # Predicting $\varepsilon$ spends the loss on the nearly clean end ($\mathrm{SNR}_0 \approx 10^4$) and almost nothing on
 # the noisy end; predicting $x_0$ does the opposite; $v$ follows $\varepsilon$ where the SNR is high and $x_0$ where it
-# is low. Min-SNR-$\gamma$ weighting (chapter 11) caps the weight at $\gamma$ whatever the target: `ddpm_lib` divides
+# is low. Min-SNR-$\gamma$ weighting ([chapter 11](11_putting_together.py)) caps the weight at $\gamma$ whatever the target: `ddpm_lib` divides
 # by each target's own factor, so with `weighting="min_snr"` all three put the weight $\min(\mathrm{SNR}_t, \gamma)$ on
 # the error in $x_0$.
 
@@ -696,40 +745,52 @@ print(f"SNR at t = 0: {snr[0]:.0f}; at t = 999: {snr[-1]:.1e}; v's weight never 
 assert (implied["v"] >= 1).all() and snr[0] > 1e3 and snr[-1] < 1e-3
 
 # %% [markdown]
-# **Three short runs.** The same network, recipe, batches and noise — the quick recipe of chapter 11 without labels,
-# with min-SNR weighting, so all three weigh the error in $x_0$ alike — trained to predict $\varepsilon$, $v$ and $x_0$.
-# The only difference is what the last layer is asked to output. We measure each one's error in $x_0$ per noise
-# level on held-out digits (one common currency, through chapter 02's `convert_prediction`), and draw digits from
-# each with 25-step DDPM. (Full profile: three runs of 800 steps of batch 64; the cell prints how long each took.
-# Chapter 11's benchmark compares longer runs.)
+# **Three short runs.** The same network, optimiser, batches and noise — a U-Net with two units per block and in
+# the bottleneck, AdamW at $2 \times 10^{-3}$ with a 10% warm-up, an EMA of decay 0.995, batch 64 (the settings
+# [chapter 11](11_putting_together.py) arrives at, without its labels), and min-SNR weighting with $\gamma = 5$, so that all three weigh the
+# error in $x_0$ alike, by $\min(\mathrm{SNR}_t, 5)$ — trained to predict $\varepsilon$, $v$ and $x_0$. The only
+# difference is what the last layer is asked to output. We measure each one's error in $x_0$ per noise level on
+# held-out digits (one common currency, through [chapter 02](02_forward_process.py)'s `convert_prediction`), and draw digits from each with
+# 25-step DDPM. In the full profile these are three runs of 800 steps of batch 64, about TIME? minutes in all on a
+# 2-core CPU with bfloat16 instructions (the cell prints each run's time); [chapter 11](11_putting_together.py)'s benchmark compares longer runs.
 
 # %%
 heldout_digits = load_mnist("heldout", verbose=False).tensors[0][: PROFILE.prediction_loss_digits]
 probe_t = [0, 10, 50, 100, 200, 400, 600, 800, 999]
-target_models, x0_errors, target_samples = {}, {}, {}
-for target in ("eps", "v", "x0"):
+
+
+def train_target(target: str, steps: int) -> dict:
+    """The quick recipe's network trained for ``steps`` steps to predict ``target``; its EMA weights and time."""
     torch.manual_seed(0)
-    net = Unet(units_per_block=2, mid_units=2, prediction=target)
+    net = Unet(units_per_block=2, mid_units=2, prediction=target).to(hw.device)
     optimizer = make_optimizer(net, lr=2e-3)
     ema = EMA(net, decay=0.995)
     started = time.perf_counter()
     train(
-        net, optimizer, make_lr_scheduler(optimizer, 2e-3, PROFILE.prediction_steps, pct_start=0.1), scheduler,
-        images, steps=PROFILE.prediction_steps, batch_size=PROFILE.quick_batch_size, seed=0,
-        generator=torch.Generator().manual_seed(0), ema=ema, bf16=True, weighting="min_snr",
+        net, optimizer, make_lr_scheduler(optimizer, 2e-3, steps, pct_start=0.1), scheduler, images.to(hw.device),
+        steps=steps, batch_size=PROFILE.quick_batch_size, seed=0,
+        generator=torch.Generator(device=hw.device).manual_seed(0), ema=ema, weighting="min_snr",
+        precision=hw.precision, grad_scaler=hw.grad_scaler(),
     )  # fmt: skip
-    target_models[target] = ema.model
+    return {"ema": ema.model.state_dict(), "seconds": time.perf_counter() - started}
+
+
+x0_errors, target_samples = {}, {}
+noise = torch.randn(heldout_digits.shape, generator=torch.Generator().manual_seed(1))
+for target in ("eps", "v", "x0"):
+    run = cached(f"chapter 05, predicting {target}", train_target, target, PROFILE.prediction_steps)
+    net = Unet(units_per_block=2, mid_units=2, prediction=target).to(hw.device).eval()
+    net.load_state_dict(run["ema"])
     errors = []
-    noise = torch.randn(heldout_digits.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for t in probe_t:
             x_t = q_sample(scheduler, heldout_digits, t, noise)
-            output = ema.model(x_t, torch.full((len(x_t),), t))
+            output = net(x_t.to(hw.device), torch.full((len(x_t),), t, device=hw.device)).cpu()
             x0_hat = convert_prediction(output, x_t, float(scheduler.alpha_bars64[t]), target, "x0")
             errors.append((x0_hat - heldout_digits).pow(2).mean().item())
     x0_errors[target] = errors
-    target_samples[target] = generate(ema.model, scheduler, 8, sampler="ddpm", steps=25, seed=0)
-    print(f"{target:>3}: {PROFILE.prediction_steps} steps in {time.perf_counter() - started:.0f} s")
+    target_samples[target] = generate(net, scheduler, 8, sampler="ddpm", steps=25, seed=0)
+    print(f"{target:>3}: {PROFILE.prediction_steps} steps in {run['seconds']:.0f} s")
 
 print(f"\nmean squared error of x̂_0 on {len(heldout_digits)} held-out digits")
 print("    t " + " ".join(f"{t:>7d}" for t in probe_t))
@@ -762,10 +823,10 @@ print(f"largest relative gap between ε's and v's x̂_0 error over these t: {wor
 # can do is the average digit. Where they part is the network's job at each end: to output a clean image at
 # $t \approx 0$, an $x_0$-predicting network must copy its input through every layer, while an $\varepsilon$-predicting one
 # need only find a little noise; at $t \approx T$ the $\varepsilon$-predicting network's $\hat x_0$ divides by
-# $\sqrt{\bar\alpha_t} \approx 0.006$, so a small error in $\hat\varepsilon$ becomes a large one in $\hat x_0$ (chapter 09 meets
+# $\sqrt{\bar\alpha_t} \approx 0.006$, so a small error in $\hat\varepsilon$ becomes a large one in $\hat x_0$ ([chapter 09](09_cosine_schedule.py) meets
 # that with the cosine schedule). The $v$ target keeps both ends well scaled. Printed above is what this
 # profile's short runs show; whether a target gives better digits per CPU-minute is a question of longer runs,
-# which chapter 11's benchmark of denoisers answers.
+# which [chapter 11](11_putting_together.py)'s benchmark of denoisers answers.
 #
 # ## Summary
 #
@@ -779,7 +840,7 @@ print(f"largest relative gap between ε's and v's x̂_0 error over these t: {wor
 # - A network may predict $\varepsilon$, $v$ or $x_0$ (`Unet(prediction=...)`); the same squared error then weighs the
 #   error in $x_0$ by $\mathrm{SNR}_t$, $\mathrm{SNR}_t + 1$ or 1. Min-SNR weighting makes the three alike, and the samplers
 #   convert every target to $\hat\varepsilon$ in one place.
-# - A few minutes of this recipe on a CPU give strokes, not digits; chapter 11 shows the levers that give digits
+# - A few minutes of this recipe on a CPU give strokes, not digits; [chapter 11](11_putting_together.py) shows the levers that give digits
 #   in about five minutes.
 #
 # ## Exercises
@@ -789,7 +850,7 @@ print(f"largest relative gap between ε's and v's x̂_0 error over these t: {wor
 #
 # The loss of section 1 averages over all $t$. Write `loss_at(model, scheduler, x0, t, noise)`: the mean squared
 # error of `model`'s noise prediction when every image of `x0` is noised to the same timestep `t` with `noise`
-# (the shipped model predicts $v$: turn its output into $\hat\varepsilon$ with chapter 02's `convert_prediction`
+# (the shipped model predicts $v$: turn its output into $\hat\varepsilon$ with [chapter 02](02_forward_process.py)'s `convert_prediction`
 # and `prediction_of(model)`, as section 8 does). Before you run the check, which do you expect to be harder for the shipped model of section 7, predicting the
 # noise at $t = 5$ or at $t = 900$? The check prints both. Explain the result: why is the noise hardest to
 # predict when there is least of it?

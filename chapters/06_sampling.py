@@ -18,7 +18,7 @@
 #
 # Training taught a network to predict the noise in $x_t$. Sampling runs the forward process
 # backwards: start from pure noise $x_T \sim \mathcal N(0, I)$ and remove a little noise at a time
-# until a digit appears. This chapter derives the reverse step — briefly; chapter 03 derives it from the
+# until a digit appears. This chapter derives the reverse step — briefly; [chapter 03](03_theory.py) derives it from the
 # variational bound — and builds the reference's two samplers, `sample()` and `sample_clip()`.
 #
 # **After this chapter you can**
@@ -63,8 +63,8 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # ## 1. The reverse step
 #
 # The forward posterior — the distribution of $x_{t-1}$ given $x_t$ **and** $x_0$ — is Gaussian
-# ({cite:t}`ho2020ddpm`, eqs. 6–7; chapter 03 shows why), with the posterior variance $\tilde\beta_t$ of
-# chapter 01 and mean
+# ({cite:t}`ho2020ddpm`, eqs. 6–7; [chapter 03](03_theory.py) shows why), with the posterior variance $\tilde\beta_t$ of
+# [chapter 01](01_noise_schedule.py) and mean
 #
 # $$ \tilde\mu_t(x_t, x_0) = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0
 #    + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t , \qquad \bar\alpha_{-1} = 1 . $$
@@ -92,14 +92,14 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # $$ x_s = \frac{\sqrt{\bar\alpha_s}\,\beta}{1-\bar\alpha_t}\,\hat x_0 + \frac{\sqrt{1-\beta}\,(1-\bar\alpha_s)}{1-\bar\alpha_t}\,x_t
 #    + \sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}\,\beta}\; z , \qquad \bar\alpha_{-1} = 1 . $$
 #
-# Chapter 08 uses the same function for chains that jump over timesteps, exactly as `diffusers`'
+# [Chapter 08](08_fast_sampling.py) uses the same function for chains that jump over timesteps, exactly as `diffusers`'
 # `DDPMScheduler.step` serves both. The coefficients come from $\bar\alpha$ in float64: in float32,
 # $1 - \bar\alpha_t/\bar\alpha_{t-1}$ loses up to three of its seven digits near $t = 0$ (`diffusers` computes it
 # in float32; our tests allow for the difference).
 #
 # **Where ε̂ comes from.** The formulas read the network's noise estimate $\varepsilon_\theta(x_t, t)$. The shipped
-# network was trained to predict $v$ instead (chapter 05, section 8 compares the targets), so its output is first
-# turned into $\hat\varepsilon$ with chapter 02's conversion, $\hat\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t +
+# network was trained to predict $v$ instead ([chapter 05](05_training.py), section 8 compares the targets), so its output is first
+# turned into $\hat\varepsilon$ with [chapter 02](02_forward_process.py)'s conversion, $\hat\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t +
 # \sqrt{\bar\alpha_t}\,\hat v$. `predict_noise(model, x_t, t, scheduler)` does that for any network (a noise
 # predictor's output passes through unchanged), and every sampler of the course, and every cell of this chapter,
 # reads $\hat\varepsilon$ through it.
@@ -262,7 +262,7 @@ for t in (999, 500, 10, 1):
 #
 # Start from $x_T \sim \mathcal N(0, I)$ and apply the step for $t = T-1, \dots, 0$. One generator supplies
 # both $x_T$ and every $z$, so a seed fixes the whole trajectory. `run_chain` is the loop every sampler of the
-# course uses (chapter 08's too): it walks a list of timesteps, puts the network in eval mode, and shows each
+# course uses ([chapter 08](08_fast_sampling.py)'s too): it walks a list of timesteps, puts the network in eval mode, and shows each
 # $x_t$ to an optional `on_step` hook, which is how this chapter records trajectories below.
 
 
@@ -345,13 +345,14 @@ def grid_image(images: torch.Tensor, padding: int = 2):
 
 
 # %% [markdown]
-# **Drawing a batch.** Starting noise, batching, a seed per batch, labels for a class-conditional model,
-# bfloat16 for speed: the plumbing around this loop lives in one function, `ddpm_lib.generation.generate`,
+# **Drawing a batch.** Starting noise, batching, a seed per batch, labels for a class-conditional model, the device
+# and precision this machine computes fast in ([chapter 04](04_unet.py), section 11): the plumbing around this loop lives in one
+# function, `ddpm_lib.generation.generate`,
 # which every later chapter and the command line use. It takes a `SampleSpec` — the sampler and its options —
 # or the same options as keywords: `generate(model, scheduler, 16, sampler="ddpm", seed=0)`. It samples in
 # batches of up to 256 images, because per image a network call costs less in a batch than alone: every call
 # pays a fixed price (dozens of operations launched, memory allocated) that a batch shares. How much less, on
-# this machine:
+# the machine that runs the cell:
 
 
 # %%
@@ -380,7 +381,7 @@ assert cost[64] < cost[1]
 # the clamp on $\hat x_0$. While the chains run, a small recorder (the `on_step` hook of `sample_loop`)
 # keeps what the next sections look at: $x_t$ and the network's $\hat x_0$ at a few $t$, frames for an
 # animation, and how many pixels of $\hat x_0$ fall outside $[-1, 1]$. In the full profile (16 digits, float32)
-# the next cell takes about a minute on a 2-core laptop, with a progress bar per chain.
+# the next cell takes about TIME? on a 2-core CPU, with a progress bar per chain.
 
 # %%
 n = PROFILE.grid_samples
@@ -474,7 +475,7 @@ assert changes[-1] < changes[0]  # the estimate settles as t -> 0
 #
 # Early in the chain $\hat x_0$ is a poor estimate. For a network that predicts $\varepsilon$ it is worse than
 # poor: $\hat x_0$ divides the network's error by $\sqrt{\bar\alpha_t}$ (about $0.006$ at $t = T-1$), which
-# magnifies it more than a hundredfold (chapter 08, section 8 measures it). The shipped network predicts $v$ and
+# magnifies it more than a hundredfold ([chapter 08](08_fast_sampling.py), section 8 measures it). The shipped network predicts $v$ and
 # has no such division, but its early estimates are still guesses. Without the clamp those values flow straight
 # into $x_{t-1}$. The data live in $[-1, 1]$, so any $\hat x_0$ outside it is certainly wrong: clipping removes
 # that error for free. Along both chains of section 3: the share of $\hat x_0$ pixels outside $[-1, 1]$, and the share
@@ -501,17 +502,12 @@ assert ddpm_final > clip_final
 
 # %% [markdown]
 # The unclipped chain ends with pixels outside the data range (we clamp them for display, which hides
-# the problem); the clipped one cannot. On a well-trained model the two give similar digits; on a
-# weak one, or with fewer steps (chapter 08), the unclipped sampler drifts — greyish backgrounds,
-# over-bright strokes — and the difference grows.
-#
-# Which one wins on the shipped model? Chapter 07 (section 7) measures it with an MNIST classifier on 256 digits
-# each, all 1000 steps, same seeds: `sample()` reaches a Fréchet distance of 72.9, 1.12× the real-vs-real floor of
-# 64.9 at that $n$, and `sample_clip()` 73.2, 1.13×; both classify 93.4% of their digits with confidence ≥ 0.9
-# (± 1.2%) and draw all ten classes. A difference of 0.3, against standard errors of about 24 on each sampler's
-# per-draw distance (4 disjoint draws of 64), is a tie: on a well-trained model and the full chain, clipping
-# costs nothing and buys nothing measurable. It earns its place where the chain is short or the schedule ends
-# near pure noise (chapters 08 and 09), and because its output always lies in the data range.
+# the problem); the clipped one cannot. Does the clamp make better digits? Not measurably on the shipped model:
+# [chapter 07](07_evaluation.py) (section 7) scores both samplers on the full chain, and [chapter 08](08_fast_sampling.py) at 10, 20 and 50 steps, and they
+# come out tied within their uncertainty at every length tried. Where the clamp earns its place is in networks
+# whose $\hat x_0$ is unreliable at the noisy end — an $\varepsilon$-predicting network turns a small error in
+# $\hat\varepsilon$ into a large one in $\hat x_0$ when $\bar\alpha_t$ is tiny, most of all on the cosine schedule of
+# [chapter 09](09_cosine_schedule.py), whose $\bar\alpha_T$ is far smaller — and in that its output always lies in the data range.
 #
 # ## 6. One trajectory, animated
 #
@@ -569,7 +565,7 @@ assert frame_ts[0] == 975 and frame_ts[-1] == 0
 # :nonumber:
 #
 # Write `posterior_mean(scheduler, t, x0, x_t)` returning $\tilde\mu_t(x_t, x_0)$ from the two coefficient
-# tables of chapter 01. The check confirms that with the *unclipped* $\hat x_0$ it reproduces Algorithm 2.
+# tables of [chapter 01](01_noise_schedule.py). The check confirms that with the *unclipped* $\hat x_0$ it reproduces Algorithm 2.
 # :::
 
 
@@ -601,7 +597,7 @@ print("Exercise 6.1 passed")
 # {cite:t}`ho2020ddpm` report similar results with $\sigma_t^2 = \beta_t$ (an upper bound on the right variance)
 # instead of $\tilde\beta_t$ (a lower bound). Write `sample_beta_variance(scheduler, t, model, x_t, generator)`:
 # `sample()` with $\sigma_t^2 = \beta_t$ (still no noise at $t = 0$; read $\hat\varepsilon$ with `predict_noise`). Then: at which $t$ do the two variances differ
-# noticeably (chapter 01's third panel), and would you expect to see a difference in the samples?
+# noticeably ([chapter 01](01_noise_schedule.py)'s third panel), and would you expect to see a difference in the samples?
 # :::
 
 

@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 08 · Fast sampling: DDIM and DPM-Solver++
 #
-# Chapter 06's samplers call the network once per timestep: 1000 network function evaluations
+# [Chapter 06](06_sampling.py)'s samplers call the network once per timestep: 1000 network function evaluations
 # (**NFE**) per digit. This chapter gets comparable digits from 10–50 NFE with the *same* trained
-# network, and measures what is lost with chapter 07's Fréchet distance {cite:p}`heusel2017fid`. Symbols are
+# network, and measures what is lost with [chapter 07](07_evaluation.py)'s Fréchet distance {cite:p}`heusel2017fid`. Symbols are
 # those of the [notation](../notation.md) page.
 #
 # **After this chapter you can**
@@ -73,13 +73,13 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # %% [markdown]
 # ## 1. DDIM from the $\hat x_0$ parameterisation
 #
-# The training objective of chapter 05 only ever looked at the marginals
+# The training objective of [chapter 05](05_training.py) only ever looked at the marginals
 # $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I)$: a noisy image and the noise in it.
 # It never used the chain $x_0 \to x_1 \to \dots \to x_T$. So any reverse process that respects those
 # marginals can use the same network, including one that jumps from $t$ straight to an earlier $s < t$.
 #
 # At $x_t$ the network gives $\hat\varepsilon = \varepsilon_\theta(x_t, t)$ and with it the estimate of the clean
-# image (chapter 06)
+# image ([chapter 06](06_sampling.py))
 #
 # $$ \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon}{\sqrt{\bar\alpha_t}} . $$
 #
@@ -96,11 +96,13 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # $$ \sigma_{t\to s}(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_s}{1-\bar\alpha_t}}\,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_s}} . $$
 #
 # - $\eta = 1$: $\sigma^2$ is the posterior variance $\tilde\beta$ of the chain that jumps from $t$ to $s$, and
-#   the update *is* DDPM's ancestral step on that chain (section 3). With $s = t-1$ it is chapter 06's `sample()`.
+#   the update *is* DDPM's ancestral step on that chain (section 3). With $s = t-1$ it is [chapter 06](06_sampling.py)'s `sample()`.
 # - $\eta = 0$: no fresh noise at all; $x_T$ determines the sample. This is a discretisation of the
 #   *probability-flow ODE* {cite:p}`song2021sde`, the deterministic process with the same marginals that
-#   [chapter 03](03_theory.py) drew on a 2-D toy — and that is why it tolerates large jumps: an ODE solver with large steps is still a solver, while a stochastic chain
-#   with large steps injects far more noise than each step can remove.
+#   [chapter 03](03_theory.py) drew on a 2-D toy. That is the argument for large jumps: an ODE solver with large
+#   steps is still a solver of the same equation, while a stochastic chain with large steps must remove at each
+#   step, with one network call, the fresh noise it adds. Whether that costs anything at a given budget is a
+#   question for measurement; section 8 answers it for this network (at 20 steps or more, not measurably).
 #
 # At the last step the chain reaches the clean end: $s = -1$ with $\bar\alpha_{-1} = 1$, where
 # $\sigma = 0$ and $x_{-1} = \hat x_0$. This is `diffusers`' default `set_alpha_to_one=True` for
@@ -109,7 +111,7 @@ print(f"profile: {PROFILE.name}; shipped denoiser: {provenance['summary']}")
 # Two of `DDIMScheduler`'s defaults differ from ours: it clips by default (`clip_sample=True`; our `clip=False`)
 # and spaces timesteps `"leading"` (ours: `"trailing"`, for the reason of section 2).
 #
-# The argument checks, $\hat x_0$ and the loop come from chapter 06 (`predict_x0`, `run_chain`): this chapter
+# The argument checks, $\hat x_0$ and the loop come from [chapter 06](06_sampling.py) (`predict_x0`, `run_chain`): this chapter
 # adds only what is new.
 
 # %%
@@ -232,18 +234,18 @@ assert max(first["trailing"]) == min(first["trailing"])  # trailing always start
 #
 # `ddim_step` is the update of section 1 for a jump $t \to s$ (`t_prev`). It takes either the model, or its
 # prediction $\hat\varepsilon$ as a tensor (useful for tests and for solvers that evaluate the model themselves).
-# Noise is drawn exactly as chapter 06 draws it, and only when $\sigma > 0$ — never at the final jump to the
+# Noise is drawn exactly as [chapter 06](06_sampling.py) draws it, and only when $\sigma > 0$ — never at the final jump to the
 # clean end — so a test can replay it against `diffusers` with an identically seeded generator.
 #
-# **DDPM on a sub-sequence.** Chapter 06's `sample()` can't simply skip steps: its $\beta_t$ is the noise
+# **DDPM on a sub-sequence.** [Chapter 06](06_sampling.py)'s `sample()` can't simply skip steps: its $\beta_t$ is the noise
 # added by *one* step. A chain that visits only $t_1 > t_2 > \dots$ has its own per-jump quantities,
 #
 # $$ \alpha_{t\to s} = \frac{\bar\alpha_t}{\bar\alpha_s}, \qquad \beta_{t\to s} = 1 - \frac{\bar\alpha_t}{\bar\alpha_s}, $$
 #
-# and the posterior mean and variance of chapter 06 with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
+# and the posterior mean and variance of [chapter 06](06_sampling.py) with $\beta_t, \alpha_t, \bar\alpha_{t-1}$ replaced by
 # $\beta_{t\to s}, \alpha_{t\to s}, \bar\alpha_s$ ("respacing", {cite:p}`nichol2021improved`; `diffusers`' `DDPMScheduler`
 # does the same). Keeping the single-step $\beta_t$ while skipping steps is a classic bug: the chain removes
-# far too little noise per jump. Chapter 06 already wrote the step this way: its `reverse_step(scheduler, t,
+# far too little noise per jump. [Chapter 06](06_sampling.py) already wrote the step this way: its `reverse_step(scheduler, t,
 # t_prev, ...)` takes the timestep it jumps to, and `sample_loop(model, scheduler, x_T, timesteps)` runs DDPM (or
 # `sample_clip()`) on any descending list of timesteps. Without the clamp it is `ddim_step` with $\eta = 1$,
 # written differently.
@@ -287,7 +289,7 @@ def ddim_step(
 
 # %% [markdown]
 # Three checks of the algebra, on the shipped model: with $\eta = 1$ and $s = t - 1$ the DDIM step is
-# chapter 06's `sample()` (same random numbers); chapter 06's `reverse_step` on a long jump equals DDIM with
+# [chapter 06](06_sampling.py)'s `sample()` (same random numbers); [chapter 06](06_sampling.py)'s `reverse_step` on a long jump equals DDIM with
 # $\eta = 1$ too; and with $\eta = 0$ the jump to the clean end returns $\hat x_0$ itself.
 
 # %%
@@ -306,8 +308,8 @@ assert torch.allclose(ddim_step(scheduler, 99, -1, eps, x_t), predict_x0(schedul
 # %% [markdown]
 # ## 4. The sampling loops
 #
-# Chapter 06's `run_chain` walks the chosen timesteps and jumps each time to the next one, and from the last one
-# to the clean end. One generator supplies $x_T$ and every $z$, as in chapter 06. With $n$ steps each sampler calls
+# [Chapter 06](06_sampling.py)'s `run_chain` walks the chosen timesteps and jumps each time to the next one, and from the last one
+# to the clean end. One generator supplies $x_T$ and every $z$, as in [chapter 06](06_sampling.py). With $n$ steps each sampler calls
 # the network exactly $n$ times. DDPM on a respaced chain needs no new code: it is
 # `sample_loop(model, scheduler, x_T, timesteps_for(T, n), clip=False, generator=generator)`. Every loop takes the
 # same arguments — the network, the schedule, $x_T$, the timesteps, then `clip`, the generator and the hooks — so
@@ -351,9 +353,9 @@ def ddim_sample(
 # ## 5. DPM-Solver++(2M)
 #
 # Deterministic DDIM is the simplest solver of the probability-flow ODE. DPM-Solver {cite:p}`lu2022dpmsolver`
-# and DPM-Solver++ {cite:p}`lu2022dpmsolverpp` write that ODE in the log signal-to-noise ratio
-# $\lambda_t = \log(\alpha_t/\sigma_t)$, with $\alpha_t = \sqrt{\bar\alpha_t}$ and $\sigma_t = \sqrt{1-\bar\alpha_t}$ (here
-# $\alpha_t$ and $\sigma_t$ are the signal and noise *scales* of $x_t$, not chapter 01's $\alpha_t$ and chapter 06's
+# and DPM-Solver++ {cite:p}`lu2022dpmsolverpp` write that ODE in half the log signal-to-noise ratio,
+# $\lambda_t = \log(\alpha_t/\sigma_t) = \tfrac12 \log \mathrm{SNR}_t$, with $\alpha_t = \sqrt{\bar\alpha_t}$ and $\sigma_t = \sqrt{1-\bar\alpha_t}$ (here
+# $\alpha_t$ and $\sigma_t$ are the signal and noise *scales* of $x_t$, not [chapter 01](01_noise_schedule.py)'s $\alpha_t$ and [chapter 06](06_sampling.py)'s
 # $\sigma_t$; the [notation](../notation.md) page lists both), and in terms of the *data prediction* $\hat x_0$.
 # Its exact solution from $t$ to an earlier $s$ is
 #
@@ -461,12 +463,12 @@ print("first-order DPM-Solver++ == DDIM (eta = 0)")
 # %% [markdown]
 # ## 6. One entry point
 #
-# Every sampler of the course now has a name: `"ddpm"` and `"clip"` (chapter 06's two steps, on all $T$
+# Every sampler of the course now has a name: `"ddpm"` and `"clip"` ([chapter 06](06_sampling.py)'s two steps, on all $T$
 # timesteps or a respaced chain), `"ddim"` and `"dpmpp"`. A `SampleSpec` names one with its options — steps,
-# $\eta$, spacing, clipping, and guidance and labels, which chapter 10 adds — and `generate` draws samples
+# $\eta$, spacing, clipping, and guidance and labels, which [chapter 10](10_guidance.py) adds — and `generate` draws samples
 # from it: batch $i$ seeded with `seed + i` (so the same `seed` gives every sampler the same starting noise),
-# bfloat16 autocast for the network, results on the CPU in $[-1, 1]$. The command line, the training run's
-# grids, chapter 07's metrics and this chapter's measurements all go through it. Its default step counts:
+# the network on the fastest device and in the precision it computes fast in, results on the CPU in $[-1, 1]$. The command line, the training run's
+# grids, [chapter 07](07_evaluation.py)'s metrics and this chapter's measurements all go through it. Its default step counts:
 
 # %%
 for name, steps in DEFAULT_STEPS.items():
@@ -479,7 +481,7 @@ assert fast.shape == (4, 1, 28, 28) and fast.abs().max() <= 1
 # %% [markdown]
 # ## 7. Side by side: 10, 20 and 50 steps
 #
-# The same starting noise for every panel. Rows: chapter 06's `sample()` and `sample_clip()` on the respaced
+# The same starting noise for every panel. Rows: [chapter 06](06_sampling.py)'s `sample()` and `sample_clip()` on the respaced
 # chain, DDIM ($\eta = 0$) and DPM-Solver++(2M); columns: 10, 20 and 50 network calls. All with trailing spacing.
 
 # %%
@@ -543,15 +545,16 @@ for images in grids.values():
 #
 # Now the question that matters: how many network calls does each sampler need to be as good as 1000-step
 # DDPM? For every sampler and every NFE budget we draw the same number of samples (same seeds) and measure
-# the Fréchet distance of chapter 07 against the held-out digits, next to the real-vs-real **floor** at the
-# same $n$, the best any sampler could score. The table also reports chapter 07's disjoint draws: each row's
+# the Fréchet distance of [chapter 07](07_evaluation.py) against the held-out digits, next to the real-vs-real **floor** at the
+# same $n$ — what real digits score, a reference point rather than a bound ([chapter 07](07_evaluation.py), section 6: it has its own
+# spread, and a sampler can score below it). The table also reports [chapter 07](07_evaluation.py)'s disjoint draws: each row's
 # samples split into a few equal parts, scored separately, with the standard error of their mean. The
-# 1000-NFE points of DDPM and `sample_clip()` are chapter 06's samplers on the full chain; fewer NFE run them
-# on a respaced chain. All of them are drawn by `generate`, bfloat16 autocast included.
+# 1000-NFE points of DDPM and `sample_clip()` are [chapter 06](06_sampling.py)'s samplers on the full chain; fewer NFE run them
+# on a respaced chain. All of them are drawn by `generate`, in the precision this machine computes fast in.
 #
 # Cost: 1 to 1.5 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
-# samples per point, every budget, plus a few extra rows) the next cell samples for 25 to 35 minutes on a 2-core
-# laptop: one progress bar counts the network evaluations of the finished rows, another follows each chain of the
+# samples per point, every budget, plus a few extra rows) the next cell samples for about TIME? minutes on a 2-core
+# CPU with bfloat16 instructions: one progress bar counts the network evaluations of the finished rows, another follows each chain of the
 # four curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
 # at 20 steps with $\eta$ between 0 and 1.
 
@@ -673,8 +676,8 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 # %% [markdown]
 # **Reading the plot.** The numbers below are the ones the cells above print in the full profile, on the shipped
 # `ddpm_mnist` weights (36,000 training steps, predicting $v$, self-attention at 7×7), 256 samples per point
-# (`python tools/execute_chapters.py --profile full 08`: 25 to 35 minutes on 2 cores, bfloat16 autocast;
-# bfloat16 rounding depends on the CPU and its thread count, so another machine moves them by a point or two).
+# (the full profile: about TIME? minutes on 2 cores, bfloat16 autocast; bfloat16 rounding depends on the CPU and
+# its thread count, so another machine moves them by a point or two).
 # The floor is 68.9. How much one number can move by chance, the cell on the draws of real digits says: at
 # 256 digits the distance of 17 disjoint draws has a standard deviation of 9.5 (from 55.2 to 86.9), so two
 # rows differ by about 13 from chance alone, and a difference below about 25 is not shown to be real.
@@ -708,9 +711,9 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 # $\sqrt{\bar\alpha_{T-1}} \approx 0.0064$: predicting the noise to within a percent — a fine regression
 # result — still leaves an error of about one unit in every pixel of $\hat x_0$. The shipped network predicts $v$,
 # and at $t = T-1$ its $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v \approx -\hat v$: it
-# outputs its estimate of the digit itself, with nothing to divide (chapter 02, section 6; chapter 05, section 8).
+# outputs its estimate of the digit itself, with nothing to divide ([chapter 02](02_forward_process.py), section 6; [chapter 05](05_training.py), section 8).
 # The cell compares the two on the same starting noises, with the class-conditional `ddpm_mnist_cond` (an
-# $\varepsilon$ network) told "no label" (chapter 10) as the $\varepsilon$ network:
+# $\varepsilon$ network) told "no label" ([chapter 10](10_guidance.py)) as the $\varepsilon$ network:
 
 # %%
 x_T = torch.randn((n_grid, 1, 28, 28), generator=torch.Generator().manual_seed(0))
@@ -751,7 +754,7 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 # python -m ddpm_lib evaluate --sampler dpmpp --steps 20 --n 500                   # chapter 07's metrics
 # ```
 #
-# `--sampler ddpm` / `clip` without `--steps` run chapter 06's 1000-step samplers; with `--steps` they run on
+# `--sampler ddpm` / `clip` without `--steps` run [chapter 06](06_sampling.py)'s 1000-step samplers; with `--steps` they run on
 # a respaced chain.
 #
 # ## Summary
@@ -874,13 +877,11 @@ print("Exercise 8.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: the decoded path starts at a's digit and ends at b's; on the way the strokes bend and
-    # thicken gradually, and where the two digits differ in class the picture switches from one to the other
-    # within one or two frames, through an ambiguous shape (a 4 that closes into a 9, say). Every frame is a
-    # digit-like image because every slerp point has the norm of a noise image. (A straight line's midpoints
-    # still decode to digits here, often plainer ones: a lower-norm x_T acts like less noise, and the
-    # deterministic solver pulls it towards typical shapes. Slerp is the choice that stays where the starting
-    # noise actually lies.)
+    # Model answer (the check draws three such paths): each decoded path starts at a's digit and ends at b's; on
+    # the way the strokes bend and thicken gradually, and where the two digits differ in class the picture
+    # switches from one to the other within a frame or two, through an ambiguous shape. Every frame is a
+    # digit-like image because every slerp point has the norm of a noise image, where the starting noise of
+    # the chain actually lies; a straight line's midpoints do not (the check measures their norm).
     a_flat, b_flat = a.flatten(1), b.flatten(1)
     cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1)).reshape(-1, *([1] * (a.dim() - 1)))
@@ -895,20 +896,33 @@ a, b = torch.randn((3, 1, 28, 28), generator=generator), torch.randn((3, 1, 28, 
 assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
 middle = slerp(a, b, 0.5)
 assert ((middle.flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)) - 1).abs().max() < 0.1  # norm kept
-assert ((a + b) / 2).flatten(1).norm(dim=1).mean() < 0.8 * a.flatten(1).norm(
-    dim=1
-).mean()  # the straight line's isn't
+straight = ((a + b) / 2).flatten(1).norm(dim=1)
+assert straight.mean() < 0.8 * a.flatten(1).norm(dim=1).mean()  # the straight line's isn't
 ### BEGIN HIDDEN TESTS
 assert torch.allclose(slerp(a, b, 0.25).flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=0.1)
 ### END HIDDEN TESTS
 print("Exercise 8.3 passed")
+# The path the exercise asks about: three pairs of noise images, 8 points each, decoded by 10-step DDIM
+paths = torch.cat([torch.stack([slerp(a[i : i + 1], b[i : i + 1], w)[0] for w in torch.linspace(0, 1, 8)])
+                   for i in range(3)])  # fmt: skip
+with torch.no_grad():
+    decoded = ddim_sample(model, scheduler, paths, timesteps_for(scheduler.num_timesteps, 10))
+fig, axes = plt.subplots(3, 8, figsize=(8, 3.3))
+for ax, image in zip(axes.flat, decoded, strict=True):
+    ax.imshow(image[0].clamp(-1, 1), cmap="gray", vmin=-1, vmax=1)
+    ax.axis("off")
+fig.suptitle(
+    "slerp from a to b (left to right), three pairs of noise images, decoded by 10-step DDIM", fontsize=9
+)
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
 # :::{exercise} 8.4 · ★★★ · A stochastic second-order sampler
 # :nonumber:
 #
-# Section 8 found the stochastic samplers better than the ODE solvers on this network, and the second-order
-# solver better than the first-order one at 10 steps. Combine the two. The stochastic (SDE) variant of
+# Section 8 could not tell the stochastic samplers from the ODE solvers on this network, but found the second-order
+# solver better than the first-order one at 10 steps. Does fresh noise help a second-order solver? Combine the two. The stochastic (SDE) variant of
 # DPM-Solver++ {cite:p}`lu2022dpmsolverpp` (`diffusers`' `algorithm_type="sde-dpmsolver++"`) keeps section 5's
 # $D$ and changes the update to
 #
@@ -923,7 +937,7 @@ print("Exercise 8.3 passed")
 # 2. Show on paper that with $D = \hat x_0$ it is DDPM's step on the respaced chain: `ddim_step` with $\eta = 1$,
 #    random numbers included.
 # 3. Write `sde_dpmpp_sample(model, scheduler, x_T, num_steps, generator)`: trailing spacing, `num_steps` network
-#    calls (chapter 06's `run_chain` walks the chain for you).
+#    calls ([chapter 06](06_sampling.py)'s `run_chain` walks the chain for you).
 # 4. Measure it as section 8 does, with `PROFILE.nfe_samples` samples at 10 and 20 network calls, and compare with
 #    the table. Does it beat a row — by more than chance?
 # :::
@@ -983,8 +997,8 @@ for nfe, result in sde_results.items():
     print(
         f"SDE-DPM-Solver++(2M) @ {nfe}: Fréchet distance {result['frechet_distance']:.1f} (table: {rivals})"
     )
-# Model answer to 4. Measured at full size (`python tools/execute_chapters.py --profile full 08`: 256 samples,
-# the shipped v weights, this cell's seeds): 80.3 at 10 network calls and 65.0 at 20, the lowest of their columns.
+# Model answer to 4. Measured at full size (the full profile: 256 samples, the shipped v weights, this cell's
+# seeds): 80.3 at 10 network calls and 65.0 at 20, the lowest of their columns.
 # Only the gaps to DDIM (99.4 at 10, 86.0 at 20) and to DDPM at 10 (99.5) approach real ones, at about 1.4 to 1.6
 # standard deviations of a difference (section 8 puts one at about 13 at 256 samples); against DDPM at 20 (70.9)
 # and DPM-Solver++ (84.7, 79.5) the differences are within chance. Why it can help: fresh noise at every step

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 09 · The cosine schedule
 #
-# Chapter 01 took the noise schedule from DDPM {cite:p}`ho2020ddpm`: $\beta_t$ rises linearly from $10^{-4}$ to
+# [Chapter 01](01_noise_schedule.py) took the noise schedule from DDPM {cite:p}`ho2020ddpm`: $\beta_t$ rises linearly from $10^{-4}$ to
 # $0.02$. {cite:t}`nichol2021improved` (§3.2) noticed that on small images this schedule destroys the signal too
 # early: a large share of the 1000 steps is spent on images that are already almost pure noise, and skipping
 # them costs little. They proposed to choose $\bar\alpha_t$ directly, as a squared cosine that falls slowly at
@@ -25,12 +25,12 @@
 # **After this chapter you can**
 #
 # - define a schedule by its $\bar\alpha_t$ rather than by its $\beta_t$, and convert one into the other;
-# - build `CosineScheduler` on chapter 01's `NoiseSchedule`, and check it against `diffusers`
+# - build `CosineScheduler` on [chapter 01](01_noise_schedule.py)'s `NoiseSchedule`, and check it against `diffusers`
 #   (`beta_schedule="squaredcos_cap_v2"`);
 # - compare schedules by their $\bar\alpha$ and log-SNR curves, and say where each one spends its steps;
 # - train with either schedule (`python -m ddpm_lib train --schedule cosine`) and sample with every sampler of
-#   chapters 06 and 08, unchanged;
-# - measure what the schedule changes in the samples, with chapter 07's metrics.
+#   chapters [06](06_sampling.py) and [08](08_fast_sampling.py), unchanged;
+# - measure what the schedule changes in the samples, with [chapter 07](07_evaluation.py)'s metrics.
 
 # %%
 import importlib.util
@@ -67,7 +67,7 @@ print(f"profile: {PROFILE.name}")
 # %% [markdown]
 # ## 1. Choose $\bar\alpha$, derive $\beta$
 #
-# Every table of chapter 01 follows from $\beta_0, \dots, \beta_{T-1}$, and $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$
+# Every table of [chapter 01](01_noise_schedule.py) follows from $\beta_0, \dots, \beta_{T-1}$, and $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$
 # determines them back: $\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}$. So a schedule can just as well be given
 # by the curve $\bar\alpha$ it should follow. The cosine schedule uses
 #
@@ -78,9 +78,10 @@ print(f"profile: {PROFILE.name}")
 # with $u = (t+1)/T$ the fraction of the chain done *after* step $t$ (our index runs $t = 0..T-1$, and
 # $x_t$ is the image after step $t$). Two details:
 #
-# - **the offset** $s = 0.008$ keeps $\beta_0$ from being vanishingly small: without it the first steps would add
-#   noise far below the quantisation step of an 8-bit image ($1/127.5$ in our $[-1, 1]$ range), which the
-#   network cannot learn anything from;
+# - **the offset** $s = 0.008$ keeps $\beta_0$ from being vanishingly small. Without it $\beta_0 = 1 - \cos^2(\pi/2T)
+#   \approx 2.5 \times 10^{-6}$, and the first step's noise, $\sqrt{\beta_0} \approx 0.0016$, would be a fifth of the
+#   quantisation step of an 8-bit image ($1/127.5$ in our $[-1, 1]$ range): far too little to learn anything from.
+#   Nichol & Dhariwal chose $s$ so that $\sqrt{\beta_0}$ sits just below one such step (the check below prints it);
 # - **the cap** $\beta_t \le 0.999$: at $u = 1$, $f = 0$ and the last $\beta$ would be exactly 1 (and
 #   $\bar\alpha_{T-1} = 0$). Capping keeps every $\alpha_t > 0$, so nothing divides by zero.
 
@@ -132,7 +133,7 @@ def make_schedule(name: str = "linear", num_timesteps: int = 1000) -> NoiseSched
 
 
 # %% [markdown]
-# The class only says how $\beta$ is made; chapter 01's base class derives $\alpha$, $\bar\alpha$, the posterior
+# The class only says how $\beta$ is made; [chapter 01](01_noise_schedule.py)'s base class derives $\alpha$, $\bar\alpha$, the posterior
 # tables and the SNR. Two checks: $\bar\alpha_t$ follows the formula, and the cap bites at one step only.
 # (`tests/test_schedule.py` also compares every table with `diffusers`' `DDPMScheduler(beta_schedule=
 # "squaredcos_cap_v2")`.)
@@ -162,9 +163,8 @@ assert cosine.betas[0].sqrt() < 1 / 127.5  # the first step's noise is below one
 # %% [markdown]
 # ## 2. Where each schedule spends its steps
 #
-# Left: the signal coefficient $\sqrt{\bar\alpha_t}$; middle: $\log_{10}$ SNR; right: the same SNR against
-# $\sqrt{\bar\alpha}$ of a digit — how long each schedule keeps the digit visible. The cell after the figure
-# reads the numbers off.
+# Left: the signal coefficient $\sqrt{\bar\alpha_t}$ — how long each schedule keeps the digit visible; middle:
+# $\log_{10}$ SNR; right: $\beta_t$, the noise each step adds. The cell after the figure reads the numbers off.
 
 # %%
 schedules = {"linear": linear, "cosine": cosine}
@@ -228,7 +228,7 @@ for name, schedule in schedules.items():
 #
 # ## 3. Every sampler works with either schedule
 #
-# The samplers of chapters 06 and 08 read $\beta$, $\bar\alpha$ and the posterior tables from the schedule they
+# The samplers of chapters [06](06_sampling.py) and [08](08_fast_sampling.py) read $\beta$, $\bar\alpha$ and the posterior tables from the schedule they
 # are given and nothing else, so they need no change. A quick proof with a stand-in network: for a "perfect
 # denoiser" that knows the $x_0$ a chain started from, one step of `sample()` from $t$ must land on
 # $q(x_{t-1} \mid x_t, x_0)$'s mean plus $\tilde\beta_t$ noise — whatever the schedule.
@@ -266,10 +266,12 @@ for name, schedule in schedules.items():
 # ## 4. A model trained with it
 #
 # A schedule is a training decision: the network learns $\varepsilon$ at the noise levels the schedule visits.
-# To see what it changes, the course ships two short runs of chapter 05's training loop that differ *only* in
-# `--schedule`: 2,200 steps of batch 64 with the settings of the `quick` preset (chapter 11 assembles that
-# recipe), without labels (`--num-classes 0`). Short runs, so read the comparison as "what changes in a short
-# CPU run", not as a verdict at convergence. Each comes with the command that trained it:
+# To see what it changes, the course ships two short runs of [chapter 05](05_training.py)'s training loop that differ *only* in
+# `--schedule`: 2,200 steps of batch 64, unconditional, predicting $\varepsilon$, with the optimiser, EMA and loss
+# weighting that [chapter 11](11_putting_together.py)'s quick recipe uses — the `--preset quick` of the time they were trained, which has
+# since gained self-attention and $v$-prediction. Short runs, so read the comparison as "what changes in a short
+# CPU run", not as a verdict at convergence. Each comes with the command that trained it and, since the preset
+# changed, the command that trains the same network today:
 
 # %%
 models = {}
@@ -278,8 +280,9 @@ for name in schedules:
     models[name] = (model.requires_grad_(False), schedule)
     minutes = record["training_wall_time_s"] / 60
     print(f"{name:>7}: {type(schedule).__name__}, {record['summary']}, {minutes:.0f} min on 2 CPU cores")
-    print(f"         {record['command']}")
-    assert f"--schedule {name}" in record["command"]
+    print(f"         trained by: {record['command']}")
+    print(f"         the same today: {record['command_now']}")
+    assert f"--schedule {name}" in record["command"] and "--prediction eps" in record["command_now"]
 assert type(models["cosine"][1]).__name__ == "CosineScheduler" and torch.equal(
     models["cosine"][1].betas, cosine.betas
 )
@@ -313,8 +316,8 @@ for name, values in per_snr.items():
 assert all(np.isfinite(v) for v in per_snr["cosine"][1:-1])
 
 # %% [markdown]
-# Now the samples: the same seeds, chapter 06's `sample_clip()` on a 100-step respaced chain (chapter 08) for both,
-# scored by chapter 07's metrics next to the real-vs-real floor. Why the clipped sampler? Look at what
+# Now the samples: the same seeds, [chapter 06](06_sampling.py)'s `sample_clip()` on a 100-step respaced chain ([chapter 08](08_fast_sampling.py)) for both,
+# scored by [chapter 07](07_evaluation.py)'s metrics next to the real-vs-real floor. Why the clipped sampler? Look at what
 # $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ does to an error in $\hat\varepsilon$ at the
 # first step, $t = T-1$: it multiplies it by $\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t} = 1/\sqrt{\mathrm{SNR}_t}$.
 
@@ -371,10 +374,9 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 
 # %% [markdown]
 # **What the measurement says.** The shipped short runs `ddpm_mnist_short_linear` and `ddpm_mnist_short_cosine`,
-# 256 samples per row; the numbers below are the ones the table above prints in the full profile (`python
-# tools/execute_chapters.py --profile full 09`: about a minute and a half on two CPU cores, as the chapter samples
-# the shipped runs and does not train them). The per-draw means sit above the distances of all 256 samples
-# because a Fréchet distance from fewer samples is biased upwards (chapter 07); compare rows within a column.
+# 256 samples per row; the numbers below are the ones the table above prints in the full profile (about TIME?
+# on two CPU cores for the chapter, as it samples the shipped runs and does not train them). The per-draw means sit above the distances of all 256 samples
+# because a Fréchet distance from fewer samples is biased upwards ([chapter 07](07_evaluation.py)); compare rows within a column.
 #
 # - **On a short run, the schedule is not the bottleneck.** With the same recipe, the same 2,200 steps and the
 #   same seeds, the two models are equally often confidently classified (73.8% and 74.2%), and their Fréchet
@@ -387,7 +389,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # - **The sampler has to match the schedule.** The same cosine network, sampled without clipping, gives pure
 #   noise — every digit lost at the first step, by the 20,000× amplification computed above; its samples read as
 #   one or two digits only because the classifier has to pick something. The linear schedule forgives the unclipped
-#   sampler (its amplification is 157), which is why chapter 06 could treat clipping as a small improvement.
+#   sampler (its amplification is 157), which is why [chapter 06](06_sampling.py) could treat clipping as a small improvement.
 #
 # ## 5. From the command line
 #
@@ -406,8 +408,8 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # - A schedule is fixed by its $\beta_t$ or, equivalently, by $\bar\alpha_t$: $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$.
 #   The cosine schedule sets $\bar\alpha_t = f((t+1)/T)/f(0)$ with $f(u) = \cos^2(\frac{u+s}{1+s}\frac{\pi}{2})$,
 #   an offset $s = 0.008$ and $\beta \le 0.999$.
-# - Under the linear schedule a 28×28 digit is noise before the chain is a third done; the cosine schedule keeps
-#   it until the middle and spreads the steps evenly in log-SNR.
+# - Under the linear schedule the SNR falls through 1 a quarter of the way through the chain; the cosine schedule
+#   keeps the digit until the middle and spreads the steps evenly in log-SNR.
 # - Schedules share one interface (`NoiseSchedule`): `q_sample` and every sampler work with either, unchanged.
 # - The first reverse step multiplies the network's error in $\hat\varepsilon$ by $1/\sqrt{\mathrm{SNR}_{T-1}}$ in $\hat x_0$: about
 #   157 for the linear schedule, about 20,000 for the cosine one ($\bar\alpha_{T-1} = 2 \cdot 10^{-9}$). With the cosine schedule,

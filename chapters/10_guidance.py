@@ -17,7 +17,7 @@
 # # 10 · Class-conditional generation and classifier-free guidance
 #
 # So far the sampler decides which digit it draws. This chapter asks for one: a class-conditional model
-# $\varepsilon_\theta(x_t, t, y)$ (chapter 04, section 12) draws digits of the label $y$, and *classifier-free
+# $\varepsilon_\theta(x_t, t, y)$ ([chapter 04](04_unet.py), section 12) draws digits of the label $y$, and *classifier-free
 # guidance* {cite:p}`ho2022cfg` trades diversity for digits that look more like their class, with one number.
 # Symbols are those of the [notation](../notation.md) page, which also relates our guidance scale $w$ to the
 # `guidance_scale` of other libraries.
@@ -30,7 +30,7 @@
 #   with Bayes' rule, say where that argument stops being exact, and implement it as a denoiser that every
 #   sampler accepts;
 # - draw a grid with one row per digit for several guidance scales $w$;
-# - measure, with chapter 07's classifier, how often a sample is the digit that was asked for, and what guidance
+# - measure, with [chapter 07](07_evaluation.py)'s classifier, how often a sample is the digit that was asked for, and what guidance
 #   costs in diversity;
 # - guide an unconditional model without labels, away from an earlier snapshot of itself (*autoguidance*), and
 #   measure what it does to the shipped `ddpm_mnist`;
@@ -62,6 +62,7 @@ from ddpm_lib.fast_sampling import timesteps_for
 from ddpm_lib.generation import generate
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance
 from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.precision import choose
 from ddpm_lib.pretrained import load_classifier, load_pretrained, snapshot_paths
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.sampling import predict_x0, sample_loop
@@ -69,6 +70,9 @@ from ddpm_lib.training import ddpm_loss
 from ddpm_lib.unet import Conditioned
 
 torch.manual_seed(0)
+# this chapter's own chains run on the CPU, in the precision it computes fast in (chapter 04, section 11);
+# generate() picks the fastest device this machine has by itself
+cpu = choose("cpu")
 model, scheduler, provenance = load_pretrained("ddpm_mnist_cond")
 model.requires_grad_(False)
 classifier, _ = load_classifier()
@@ -80,7 +84,7 @@ assert model.config["num_classes"] == 10
 # %% [markdown]
 # ## 1. One network, two models: label dropout
 #
-# The shipped model was trained with chapter 05's loop on (digit, label) pairs, `--num-classes 10
+# The shipped model was trained with [chapter 05](05_training.py)'s loop on (digit, label) pairs, `--num-classes 10
 # --label-dropout 0.1`: in every batch each label is replaced, with probability 0.1, by "no label" ($y = -1$,
 # the extra row of the label embedding). The network therefore learns $\varepsilon_\theta(x_t, t, y)$ from 90%
 # of the examples and $\varepsilon_\theta(x_t, t, \varnothing)$ — an ordinary unconditional DDPM — from the other 10%.
@@ -133,8 +137,8 @@ assert abs(dropped - 0.1) < 0.015 and (shown[shown >= 0] == labels[shown >= 0]).
 # $p(x_0 \mid y)\,p(y \mid x_0)^w$ — or any other distribution we can name. Guidance is a heuristic that works;
 # section 4 measures what it does.
 #
-# The guided denoiser is a class-conditional model itself — it takes $(x, t, y)$ — so chapter 04's `Conditioned` and
-# every sampler of chapters 06 and 08 use it unchanged. One network call per step evaluates both predictions, as
+# The guided denoiser is a class-conditional model itself — it takes $(x, t, y)$ — so [chapter 04](04_unet.py)'s `Conditioned` and
+# every sampler of chapters [06](06_sampling.py) and [08](08_fast_sampling.py) use it unchanged. One network call per step evaluates both predictions, as
 # one batch of $2B$ images.
 
 # %%
@@ -205,10 +209,10 @@ assert gap > 0
 # %% [markdown]
 # ## 3. One row per digit
 #
-# The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: chapter 06's `sample()` on a
-# respaced chain (chapter 08) of `PROFILE.guidance_steps` = 100 steps, which costs 100 (unguided) or 100
-# double-batch network calls per digit. In the full profile the next cell takes about half a minute on a 2-core
-# laptop (three grids of 60 digits); a progress bar follows each chain.
+# The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: [chapter 06](06_sampling.py)'s `sample()` on a
+# respaced chain ([chapter 08](08_fast_sampling.py)) of `PROFILE.guidance_steps` = 100 steps, which costs 100 (unguided) or 100
+# double-batch network calls per digit. In the full profile the next cell takes about TIME? on a 2-core
+# CPU (three grids of 60 digits); a progress bar follows each chain.
 
 # %%
 columns, guidance_steps = PROFILE.guidance_grid_columns, PROFILE.guidance_steps
@@ -221,7 +225,7 @@ for w in grid_scales:
     # the same noise per column: seed the batch, then reuse its first `columns` draws in every row
     noise_seed = torch.Generator().manual_seed(5)
     x_T = torch.randn((columns, 1, 28, 28), generator=noise_seed).repeat(10, 1, 1, 1)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), cpu.autocast():
         grids[w] = sample_loop(Conditioned(guided, grid_labels), scheduler, x_T,
                                timesteps_for(scheduler.num_timesteps, guidance_steps), clip=False,
                                generator=torch.Generator().manual_seed(6), progress=PROFILE.progress,
@@ -256,14 +260,14 @@ assert all(g.shape == (10 * columns, 1, 28, 28) for g in grids.values())
 # For each guidance scale we draw the same number of digits of every class (same seeds) and measure:
 #
 # - **accuracy**: the share the evaluation classifier assigns to the requested label;
-# - **confident**: the share classified with probability ≥ 0.9 (chapter 07);
+# - **confident**: the share classified with probability ≥ 0.9 ([chapter 07](07_evaluation.py));
 # - **diversity**: how spread out each class is, as the mean distance between two samples' classifier features,
 #   relative to the same spread for real held-out digits of that class (1.0: as varied as real digits);
 # - the **Fréchet distance** to all held-out digits, next to the real-vs-real floor at the same $n$ — it
 #   penalises both wrong digits and missing variety.
 #
 # Guided steps cost two network evaluations per image, so this table is the slow part of the chapter: at full
-# size (256 digits per row, 100 steps) the table's cell takes about 5 minutes on a 2-core laptop, with a
+# size (256 digits per row, 100 steps) the table's cell takes about TIME? minutes on a 2-core CPU, with a
 # progress bar over the rows.
 
 
@@ -338,13 +342,13 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 
 # %% [markdown]
 # **Reading the table.** The shipped `ddpm_mnist_cond` (8,000 steps), 256 digits per row, 100-step DDPM; the
-# numbers below are the ones the table prints in the full profile (`python tools/execute_chapters.py --profile
-# full 10`: about 9 minutes for the chapter on two CPU cores).
+# numbers below are the ones the table prints in the full profile (about TIME? minutes for the chapter on two CPU
+# cores).
 #
 # - **The label alone does most of the work.** Unguided ($w = 0$), 97.3% of the digits are the requested class,
 #   and their variety matches real digits of that class (diversity 1.01); the Fréchet distance, 52.7, is even
 #   below the floor's 68.9. That difference is within chance: at 256 digits a Fréchet distance moves by a standard
-#   deviation of about 10 from one draw to the next (chapter 08), and these samples hold exactly 25 or 26 digits of
+#   deviation of about 10 from one draw to the next ([chapter 08](08_fast_sampling.py)), and these samples hold exactly 25 or 26 digits of
 #   every class, where the floor's random real digits do not. Read it as "at the floor". The target of 95% is met
 #   already at $w = 0$; the best accuracy, 100%, from $w = 1$ on.
 # - **Guidance buys the last few percent and costs variety.** From $w = 0$ to $w = 4$ the diversity falls from
@@ -352,14 +356,15 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   typical, boldest shapes (compare the rows of the grid above). Above $w = 1$ there is nothing left to gain in
 #   accuracy, only variety to lose. For this model the best setting by the Fréchet distance is no guidance at
 #   all, and $w = 0.5$ if nearly every digit must be the right one. A short training run is less sure of its
-#   labels, so guidance buys more there: chapter 11's quick recipe samples with $w = 1$, and on its five-minute
+#   labels, so guidance buys more there: [chapter 11](11_putting_together.py)'s quick recipe samples with $w = 1$, and on its short
 #   run guidance raises the confident share and lowers the Fréchet distance alike (exercise 11.3 prints both).
 # - **The unconditional half is a weaker model.** With no label ($w = -1$), the same network draws digits of its
 #   own choosing — so "accuracy" is chance, 10.5%, and the within-label spread is that of all classes mixed
 #   (1.86) — and only 76.2% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
 #   longer on every image (its provenance file `ddpm_lib/weights/ddpm_mnist.json`, with 1000-step `sample_clip()`
 #   on 500 digits: a different sampler, so compare loosely). The conditional network learned that task from a
-#   tenth of its batches.
+#   tenth of its training examples: label dropout replaces each example's label by "no label" with probability
+#   0.1.
 
 # %% [markdown]
 # ## 5. Guidance without labels: autoguidance
@@ -381,7 +386,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #
 # Both networks must predict the same target on the same schedule: then the combination is the same whether it
 # is taken on $\varepsilon$, $v$ or $x_0$, since each is an affine function of the network's output at fixed
-# $x_t$ and $t$ (chapter 05), with coefficients that sum to one. A step costs two network calls — two different
+# $x_t$ and $t$ ([chapter 05](05_training.py)), with coefficients that sum to one. A step costs two network calls — two different
 # networks, so the double-batch trick of classifier-free guidance does not apply.
 #
 # Guidance need not act at every step. {cite:t}`kynkaanniemi2024interval` found that it does harm at the
@@ -478,7 +483,7 @@ assert prediction_of(AutoGuidance(unconditional, weak, 1.0)) == prediction_of(un
 # %% [markdown]
 # Now the same measurement as section 4, for the unconditional model: the weak snapshot alone, the shipped model
 # unguided, autoguided at $w = 1$ and $w = 2$, and at $w = 2$ on the interval $200 \le t \le 900$ only, each
-# drawing the same `n_eval` digits with the same seeds on a 25-step DDPM chain (chapter 08). With no label to ask for, the columns are chapter 07's: the confident share,
+# drawing the same `n_eval` digits with the same seeds on a 25-step DDPM chain ([chapter 08](08_fast_sampling.py)). With no label to ask for, the columns are [chapter 07](07_evaluation.py)'s: the confident share,
 # the rarest and commonest class against its uniform share, and the Fréchet distance against the floor. In the
 # full profile (256 digits per row) the cell takes about a minute on a 2-core laptop.
 
@@ -521,14 +526,14 @@ save_figure(fig, "10_autoguidance")
 plt.show()
 
 # %% [markdown]
-# **Reading the table.** The full profile's numbers (256 digits per row, 25-step DDPM, seed 1; `python
-# tools/execute_chapters.py --profile full 10`):
+# **Reading the table.** The full profile's numbers (256 digits per row, 25-step DDPM, seed 1):
 #
 # - **The weak model is much weaker.** At 4,000 of the run's 36,000 steps the snapshot alone draws 78.9%
 #   confident digits at 3.30× the floor, against 91.0% and 1.00× for the shipped weights.
 # - **Guiding away from it helps on both counts at $w = 1$:** 96.1% confident and 0.92× the floor, from the same
-#   starting noise. At 256 digits a share near 93% has a standard error of about 1.6 points, so the gain of five
-#   points is about three of them; the Fréchet ratios differ by less than a draw-to-draw deviation (section 4)
+#   starting noise. At 256 digits a share near 93% has a standard error of about 1.6 points, and the difference
+#   of two such shares one of about 2.2 (√2 × 1.6), so the gain of five points is a little over two of them:
+#   probably real, not certain; the Fréchet ratios differ by less than a draw-to-draw deviation (section 4)
 #   and read as "no worse".
 # - **Further, it trades variety as classifier-free guidance does:** at $w = 2$ the confident share barely moves
 #   (96.9%) while the Fréchet distance rises past the floor (1.11×) and the commonest class grows (1.37× its
@@ -537,13 +542,13 @@ plt.show()
 #   digits at 0.95× the floor, the rarest class at 0.74× its share: the confident share of $w = 1$ at every step
 #   and a distance within a draw-to-draw deviation of its 0.92×, where $w = 2$ at every step reached 1.11×. On
 #   the long-trained model the interval adds little to $w = 1$; on a short run, which needs a larger $w$, it is
-#   what keeps every digit in the sample (chapter 11's unconditional quick recipe guides with $w = 4$ on
+#   what keeps every digit in the sample ([chapter 11](11_putting_together.py)'s unconditional quick recipe guides with $w = 4$ on
 #   $200 \le t \le 850$).
 #
 # Nothing was retrained: the snapshot was kept along the way, and the price is a second network call per step.
 # The same trick lifts a short run more than the long one — a run that keeps a snapshot at a quarter of its steps
-# (chapter 11's `--preset quick-unconditional` does) can be guided by it; the engineering notes record what that
-# measured.
+# ([chapter 11](11_putting_together.py)'s `--preset quick-unconditional` does, guiding with $w = 4$ on $200 \le t \le 850$) can be guided
+# by it.
 #
 # ## 6. From the command line
 #

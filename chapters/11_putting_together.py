@@ -14,20 +14,21 @@
 # ---
 
 # %% [markdown]
-# # 11 · Putting it together: digits in five minutes on a laptop
+# # 11 · Putting it together: digits in minutes on a laptop
 #
-# Chapter 05 trained the course's U-Net with the reference's recipe, and a run of a few minutes on a CPU drew
+# [Chapter 05](05_training.py) trained the course's U-Net with the reference's recipe, and a run of a few minutes on a CPU drew
 # strokes, not digits. That is not a law of nature. Every chapter since has added a tool — a way to measure
 # samples (07), a chain that needs 40 times fewer network calls (08), a label to condition on and guidance
-# (10) — and chapters 04 and 05 left a few levers unpulled. This chapter pulls them all at once and trains
-# convincing digits in about five minutes on two CPU cores, live, judged against a bar set in advance.
+# (10) — and chapters [04](04_unet.py) and [05](05_training.py) left a few levers unpulled. This chapter pulls them all at once and trains
+# convincing digits in about TIME? minutes on two CPU cores, live, judged against a bar set in advance. (On a CPU
+# without bfloat16 instructions the recipe has a float32 variant sized to the same bar; section 3.)
 #
 # **After this chapter you can**
 #
 # - name the levers of the course's quick recipe and say what each buys, with the chapter that measured it;
 # - explain min-SNR-γ loss weighting: which timesteps it quiets, and why they deserve it;
 # - say why a class-conditional model is a fair way to sample $p(x)$, and why a short run gains most from it;
-# - train the recipe live and judge it with chapter 07's metrics against the course's bar;
+# - train the recipe live and judge it with [chapter 07](07_evaluation.py)'s metrics against the course's bar;
 # - run it from the command line (`python -m ddpm_lib train --preset quick`) and benchmark it against the
 #   reference recipe (`python benchmarks/time_to_digits.py`).
 #
@@ -43,35 +44,40 @@ if importlib.util.find_spec("ddpm_lib") is None:
     COURSE = "ddpm_lib @ git+https://github.com/diffusion-from-scratch/diffusion-from-scratch"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE], check=True)
 
+import json
 import time
+from importlib.resources import files
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm_lib.config import PRESETS
+from ddpm_lib.config import PRESETS, preset_for
 from ddpm_lib.data import load_mnist
 from ddpm_lib.diffusion import q_sample
 from ddpm_lib.generation import generate
 from ddpm_lib.metrics import baseline_images, class_statistics, classify, features_distance
 from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.precision import compute
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
+from ddpm_lib.result_cache import cached
 from ddpm_lib.sampling import predict_noise
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import EMA, make_lr_scheduler, make_optimizer, train
 from ddpm_lib.unet import Unet
 
 torch.manual_seed(0)
+hw = compute()  # the device and precision this machine trains and samples fast in (chapter 04, section 11)
 scheduler = LinearBetaScheduler(1000, 1e-4, 0.02)
 images, labels = load_mnist("train").tensors
-print(f"profile: {PROFILE.name}; training digits: {len(images)}")
+print(f"profile: {PROFILE.name}; training digits: {len(images)}; {hw.describe()}")
 
 # %% [markdown]
 # ## 1. The bar, and the recipe it has to beat
 #
-# A run "makes digits" when its samples pass the course's bar, scored with chapter 07's classifier on digits
+# A run "makes digits" when its samples pass the course's bar, scored with [chapter 07](07_evaluation.py)'s classifier on digits
 # drawn every class in turn:
 #
 # - at least **90%** of samples classified with confidence ≥ 0.9 (they look like *some* digit);
@@ -97,15 +103,15 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}")
 #
 # | lever | what it buys | taught in |
 # | --- | --- | --- |
-# | **dense units**, GroupNorm, bfloat16 autocast | several times the training images/s of the reference's U-Net; GroupNorm also removes BatchNorm's train/eval gap | chapter 04 |
-# | **two units per block**, two in the bottleneck | a deeper network per second of CPU (section 3 prints its size) | chapter 04 |
-# | **self-attention at 7×7** and **v-prediction** | the most confident digits per CPU-minute of six networks (section 6) | chapters 04, 05 |
-# | **batch 64 at peak LR 2e-3**, 10% warm-up | twice the updates per epoch of batch 128; the higher rate keeps each one useful | chapter 05 |
+# | **dense units**, GroupNorm, bfloat16 autocast | several times the training images/s of the reference's U-Net; GroupNorm also removes BatchNorm's train/eval gap | [chapter 04](04_unet.py) |
+# | **two units per block**, two in the bottleneck | a deeper network per second of CPU (section 3 prints its size) | [chapter 04](04_unet.py) |
+# | **self-attention at 7×7** and **v-prediction** | the most confident digits per CPU-minute of six networks (section 6) | chapters [04](04_unet.py), [05](05_training.py) |
+# | **batch 64 at peak LR 2e-3**, 10% warm-up | twice the updates per epoch of batch 128; the higher rate keeps each one useful | [chapter 05](05_training.py) |
 # | **min-SNR-γ weighting** | quiets the nearly-clean timesteps, which otherwise dominate the gradient (below) | here |
-# | **EMA 0.995** with warm-up | a window of about 200 steps: a seventh of a 1,400-step run | chapter 05 |
-# | **25-step DDPM** on a respaced chain | 40× fewer network calls per sample than the 1000-step chain | chapter 08 |
-# | **guidance** $w = 1$ when sampling | more confident digits at a small cost in variety | chapter 10 |
-# | **the label**: a class-conditional U-Net, 10% of labels dropped in training | the largest single gain (below) | chapters 04, 10 |
+# | **EMA 0.995** with warm-up | a window of about 200 steps: a seventh of a 1,400-step run | [chapter 05](05_training.py) |
+# | **25-step DDPM** on a respaced chain | 40× fewer network calls per sample than the 1000-step chain | [chapter 08](08_fast_sampling.py) |
+# | **guidance** $w = 1$ when sampling | more confident digits at a small cost in variety | [chapter 10](10_guidance.py) |
+# | **the label**: a class-conditional U-Net, 10% of labels dropped in training | the largest single gain (below) | chapters [04](04_unet.py), [10](10_guidance.py) |
 #
 # How the recipe was chosen — the development runs behind each row, and the runs that were tried and dropped
 # (four bottleneck units, among others) — is on the engineering-notes page; section 6 shows the benchmark that
@@ -128,14 +134,26 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}")
 # $$ w_t = \frac{\min(\mathrm{SNR}_t, \gamma)}{\mathrm{SNR}_t}, \qquad \gamma = 5 , $$
 #
 # which is 1 wherever $\mathrm{SNR}_t \le \gamma$ and $\gamma/\mathrm{SNR}_t$ above: exactly the high-SNR steps are
-# quieted, in proportion to how little their ε-error matters for $\hat x_0$. `ddpm_loss(..., weighting="min_snr")`
-# of chapter 05 implements it. The shipped unconditional model shows both halves of the argument:
+# quieted, in proportion to how little their ε-error matters for $\hat x_0$. Multiplied out, the weighted loss is
+# $\min(\mathrm{SNR}_t, \gamma)\,\lVert \hat x_0 - x_0 \rVert^2$: the error in the image, weighted by the SNR up to a cap.
+#
+# The recipe's network predicts $v$, not $\varepsilon$ ([chapter 05](05_training.py), section 8), and there the same idea takes the
+# other form. A $v$-error converts to an $x_0$-error by $\lVert \hat v - v \rVert^2 = (\mathrm{SNR}_t + 1)\,\lVert \hat x_0 -
+# x_0 \rVert^2$, so the weight that puts the same $\min(\mathrm{SNR}_t, \gamma)$ on the $x_0$-error is
+#
+# $$ w_t^{(v)} = \frac{\min(\mathrm{SNR}_t, \gamma)}{\mathrm{SNR}_t + 1} , $$
+#
+# which is what `ddpm_loss(..., weighting="min_snr")` of [chapter 05](05_training.py) applies to a $v$-network. The two forms differ as
+# weights on their own targets and agree as weights on the image. The shipped unconditional model, a $v$-network
+# trained with that weighting, shows both halves of the argument — and the weight it trained with next to the
+# ε form:
 
 # %%
 shipped, shipped_scheduler, _ = load_pretrained("ddpm_mnist")
 heldout = load_mnist("heldout", verbose=False).tensors[0][:256]
 noise = torch.randn(heldout.shape, generator=torch.Generator().manual_seed(0))
-print(f"{'t':>4} {'SNR_t':>10} {'eps MSE':>9} {'x0 MSE':>9} {'min-SNR weight':>15}")
+print(f"{'t':>4} {'SNR_t':>10} {'eps MSE':>9} {'x0 MSE':>9} {'weight, eps form':>17} {'v form (trained)':>17} "
+      f"{'on x0 error':>12}")  # fmt: skip
 eps_mse, x0_mse = {}, {}
 for t in (5, 50, 200, 500, 900):
     x_t = q_sample(shipped_scheduler, heldout, t, noise)
@@ -146,7 +164,10 @@ for t in (5, 50, 200, 500, 900):
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
     eps_mse[t] = (eps_hat - noise).pow(2).mean().item()
     x0_mse[t] = (x0_hat - heldout).pow(2).mean().item()
-    print(f"{t:4d} {snr:10.3g} {eps_mse[t]:9.4f} {x0_mse[t]:9.5f} {min(snr, 5.0) / snr:15.4f}")
+    weight_eps, weight_v = min(snr, 5.0) / snr, min(snr, 5.0) / (snr + 1)
+    assert abs(weight_eps * snr - weight_v * (snr + 1)) < 1e-6 * snr  # the same weight on the x0 error
+    print(f"{t:4d} {snr:10.3g} {eps_mse[t]:9.4f} {x0_mse[t]:9.5f} {weight_eps:17.4f} {weight_v:17.4f} "
+          f"{min(snr, 5.0):12.3g}")  # fmt: skip
 assert eps_mse[5] > eps_mse[900] and x0_mse[5] < x0_mse[900]  # large eps error, tiny x0 error at high SNR
 assert abs(x0_mse[50] - eps_mse[50] / shipped_scheduler.snr[50].item()) < 1e-3 * eps_mse[50] + 1e-6
 
@@ -158,7 +179,7 @@ assert abs(x0_mse[50] - eps_mse[50] / shipped_scheduler.snr[50].item()) < 1e-3 *
 # unconditional model targets, so the bar above is a fair test of either. But the network no longer has to
 # decide *which* digit to draw from pure noise: that decision is handed to it, and a short run spends its
 # capacity on strokes instead. Dropping 10% of the labels in training also teaches it the unconditional model,
-# which classifier-free guidance needs (chapter 10): here that is one argument, `guidance=w` in `generate`.
+# which classifier-free guidance needs ([chapter 10](10_guidance.py)): here that is one argument, `guidance=w` in `generate`.
 #
 # ## 3. The recipe as a preset
 #
@@ -169,7 +190,11 @@ assert abs(x0_mse[50] - eps_mse[50] / shipped_scheduler.snr[50].item()) < 1e-3 *
 quick = PRESETS["quick"]
 for key, value in quick.items():
     print(f"{key:>16}: {value}")
-assert quick["model"]["num_classes"] == 10 and quick["loss_weighting"] == "min_snr" and quick["bf16"]
+assert (
+    quick["model"]["num_classes"] == 10
+    and quick["loss_weighting"] == "min_snr"
+    and quick["precision"] == "auto"
+)
 assert quick["grid"] == {"sampler": "ddpm", "steps": 25, "guidance": 1.0}
 
 
@@ -182,31 +207,95 @@ print(f"parameters: the quick recipe's U-Net {count_parameters(Unet(**quick['mod
 assert count_parameters(Unet(**quick["model"])) > count_parameters(Unet())
 
 # %% [markdown]
-# ## 4. Live
-#
-# The same `train` loop as chapter 05, now given the labels. Every `quick_eval_every` steps we sample digits
-# from the EMA weights — every class in turn, with the preset's 25-step guided DDPM — and score them against
-# the bar. The full profile runs the whole recipe: the next cell takes five to seven minutes on a 2-core laptop
-# (four to six of training, under a minute for the four evaluations; the cell prints both); a
-# progress bar counts the training steps.
+# **A CPU without bfloat16 instructions** (AVX2 alone, most laptops) would run this recipe's bfloat16 autocast
+# thirty times slower than float32, and in float32 the network is three times slower per step than in bfloat16.
+# So there `--preset quick` trains a variant sized for float32, `PRESETS["quick-float32"]`: the same recipe on a
+# network of base width 16 instead of 32, for more steps, its samples guided a little more strongly ($w = 1.5$: a
+# shorter run is less sure of its labels, [chapter 10](10_guidance.py)). `preset_for` says which one a machine gets, and why.
+# `benchmarks/time_to_digits.py` measured both against the bar of section 1 and keeps the runs, with their
+# machines and commands, in `ddpm_lib/results/time_to_digits.json`:
 
 # %%
-torch.manual_seed(0)
-quick_model = Unet(**quick["model"])
+variant, why = preset_for("quick")
+print(f"this machine trains {variant!r}" + (f": {why}" if why else ""))
+for key in ("steps", "precision", "eval_every", "grid"):
+    print(f"{key:>16}: quick {PRESETS['quick'][key]!r}, quick-float32 {PRESETS['quick-float32'][key]!r}")
+print(f"parameters: quick {count_parameters(Unet(**PRESETS['quick']['model'])):,}, "
+      f"quick-float32 {count_parameters(Unet(**PRESETS['quick-float32']['model'])):,}")  # fmt: skip
+measured = json.loads(files("ddpm_lib").joinpath("results/time_to_digits.json").read_text(encoding="utf-8"))
+for name in ("quick", "quick-float32"):
+    run, where = measured[name]["rows"][0], measured[name]["machine"]
+    simulated = " (simulated with " + ", ".join(f"{k}={v}" for k, v in where["simulation"].items()) + ")" \
+        if where["simulation"] else ""  # fmt: skip
+    print(
+        f"{name}: {run['steps']} steps in {run['train_s'] / 60:.1f} min of training, {run['confident_share']:.1%} "
+        f"confident, classes {run['min_class_ratio']:.2f}-{run['max_class_ratio']:.2f}x, "
+        f"{run['fd_over_floor']:.2f}x the floor: bar {'met' if run['bar_met'] else 'missed'}; "
+        f"{where['cpu']}, {where['cores']} cores, {where['cpu_capability']}{simulated}, {measured[name]['date']}"
+    )
+    assert run["bar_met"] and run["train_s"] <= 6 * 60
+
+# %% [markdown]
+# ## 4. Live
+#
+# The same `train` loop as [chapter 05](05_training.py), now given the labels, on the device and in the precision this machine is
+# fast in (`hw`; the preset asks for `precision="auto"`). Every `quick_eval_every` steps the run keeps a copy of the
+# EMA weights; afterwards we sample digits from each copy — every class in turn, with the preset's 25-step guided
+# DDPM — and score them against the bar. The full profile runs the whole recipe: the next two cells take about
+# TIME? minutes on a 2-core CPU with bfloat16 instructions (TIME? of training, TIME? for the four evaluations; each
+# cell prints its time); a progress bar counts the training steps. (`cached` only calls
+# `quick_run`; [chapter 05](05_training.py), section 5 says why it is there.)
+
+
+# %%
+def quick_run(steps: int, batch_size: int, keep_every: int) -> dict:
+    """The quick recipe for ``steps`` steps: the loss of every step, and the EMA weights every ``keep_every`` steps
+    and at the end."""
+    torch.manual_seed(0)
+    model = Unet(**quick["model"]).to(hw.device)
+    optimizer = make_optimizer(model, lr=quick["lr"])
+    ema = EMA(model, decay=quick["ema_decay"])
+    history, kept = [], {}
+    bar = tqdm(total=steps, desc="quick recipe", disable=not PROFILE.progress)
+
+    def log_and_keep(step, stats):
+        history.append({"step": step, **stats})
+        bar.update(1)
+        if step % keep_every == 0 or step == steps:
+            kept[step] = {name: value.cpu().clone() for name, value in ema.model.state_dict().items()}
+
+    started = time.perf_counter()
+    completed = train(
+        model, optimizer, make_lr_scheduler(optimizer, quick["lr"], steps, pct_start=quick["pct_start"]), scheduler,
+        images.to(hw.device), steps=steps, batch_size=batch_size, seed=0,
+        generator=torch.Generator(device=hw.device).manual_seed(0), ema=ema, precision=hw.precision,
+        grad_scaler=hw.grad_scaler(), weighting=quick["loss_weighting"], labels=labels.to(hw.device),
+        label_dropout=quick["label_dropout"], on_step=log_and_keep,
+    )  # fmt: skip
+    bar.close()
+    return {
+        "completed": completed,
+        "history": history,
+        "kept": kept,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 quick_steps = PROFILE.quick_steps
-quick_optimizer = make_optimizer(quick_model, lr=quick["lr"])
-quick_schedule = make_lr_scheduler(quick_optimizer, quick["lr"], quick_steps, pct_start=quick["pct_start"])
-quick_ema = EMA(quick_model, decay=quick["ema_decay"])
+run = cached("chapter 11, the quick recipe", quick_run, quick_steps, PROFILE.quick_batch_size,
+             PROFILE.quick_eval_every)  # fmt: skip
+quick_history = run["history"]
+print(f"{run['completed']} steps of batch {PROFILE.quick_batch_size}: {run['seconds'] / 60:.1f} min of training "
+      f"({run['completed'] * PROFILE.quick_batch_size / run['seconds']:.0f} images/s)")  # fmt: skip
+assert run["completed"] == quick_steps
+
+# %%
 classifier, _ = load_classifier()
 heldout_features, _ = classify(classifier, load_mnist("heldout", verbose=False).tensors[0])
 n_quick = PROFILE.quick_eval_samples
 floor = features_distance(
     classify(classifier, baseline_images(n_quick, seed=1)["real digits (floor)"])[0], heldout_features
 )
-quick_history, quick_scores, quick_grids = [], {}, {}
-train_seconds, sample_seconds = [0.0], [0.0]
-clock = [time.perf_counter()]
-progress_bar = tqdm(total=quick_steps, desc="quick recipe", disable=not PROFILE.progress)
 
 
 def bar_scores(digits: torch.Tensor) -> dict:
@@ -215,38 +304,23 @@ def bar_scores(digits: torch.Tensor) -> dict:
     return {**class_statistics(probs), "fd_over_floor": features_distance(features, heldout_features) / floor}
 
 
-def quick_evaluate(step, stats):
-    quick_history.append({"step": step, **stats})
-    progress_bar.update(1)
-    if step % PROFILE.quick_eval_every and step != quick_steps:
-        return
-    started = time.perf_counter()
-    train_seconds[0] += started - clock[0]
-    grid = quick["grid"]
-    digits = generate(quick_ema.model, scheduler, n_quick, sampler=grid["sampler"],
-                      steps=PROFILE.quick_sampler_steps, guidance=grid["guidance"], seed=1)  # fmt: skip
-    sample_seconds[0] += time.perf_counter() - started
+grid = quick["grid"]
+quick_scores, quick_grids = {}, {}
+started = time.perf_counter()
+for step, state in run["kept"].items():
+    quick_model = Unet(**quick["model"]).to(hw.device).eval()
+    quick_model.load_state_dict(state)
+    digits = generate(quick_model, scheduler, n_quick, sampler=grid["sampler"], steps=PROFILE.quick_sampler_steps,
+                      guidance=grid["guidance"], seed=1)  # fmt: skip
     quick_scores[step] = bar_scores(digits)
     quick_grids[step] = digits[:10]
-    clock[0] = time.perf_counter()
-
-
-completed = train(
-    quick_model, quick_optimizer, quick_schedule, scheduler, images,
-    steps=quick_steps, batch_size=PROFILE.quick_batch_size, seed=0, generator=torch.Generator().manual_seed(0),
-    ema=quick_ema, bf16=quick["bf16"], weighting=quick["loss_weighting"], labels=labels,
-    label_dropout=quick["label_dropout"], on_step=quick_evaluate,
-)  # fmt: skip
-progress_bar.close()
-print(f"{completed} steps of batch {PROFILE.quick_batch_size}: {train_seconds[0] / 60:.1f} min of training "
-      f"({completed * PROFILE.quick_batch_size / train_seconds[0]:.0f} images/s)")  # fmt: skip
 print(f"{len(quick_scores)} evaluations of {n_quick} samples ({PROFILE.quick_sampler_steps}-step DDPM, guidance "
-      f"w = {quick['grid']['guidance']}): {sample_seconds[0] / len(quick_scores):.1f} s of sampling each")  # fmt: skip
+      f"w = {grid['guidance']}): {(time.perf_counter() - started) / len(quick_scores):.1f} s of sampling each")  # fmt: skip
 print(f"{'step':>6} {'confident':>10} {'min/max class share':>20} {'FD / floor':>11}")
 for step, row in quick_scores.items():
     print(f"{step:6d} {row['confident_share']:10.1%} {row['min_class_ratio']:9.2f} / {row['max_class_ratio']:<8.2f} "
           f"{row['fd_over_floor']:11.2f}")  # fmt: skip
-assert completed == quick_steps and set(quick_grids) == set(quick_scores)
+assert set(quick_grids) == set(quick_scores) and quick_steps in quick_scores  # the last is the final model's
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -311,8 +385,8 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 # with the quick recipe (no labels, no guidance) for the same wall-clock budget each, samples each with the
 # same 25-step DDPM chain and scores them against the same held-out digits:
 #
-# - the course's U-Net as the quick preset builds it, then the same with self-attention at 7×7 (chapter 04,
-#   section 13), trained to predict $v$ (chapter 05, section 8), and both;
+# - the course's U-Net as the quick preset builds it, then the same with self-attention at 7×7 ([chapter 04](04_unet.py),
+#   section 13), trained to predict $v$ ([chapter 05](05_training.py), section 8), and both;
 # - diffusers' `UNet2DModel` in the Hugging Face diffusion course's MNIST configuration — the U-Net a learner
 #   would otherwise pick up (block widths 32, 64, 64, three ResNet layers per block, attention in the two lower
 #   blocks; float32, which is faster for it here than bfloat16);
@@ -322,8 +396,6 @@ if PROFILE.quick_steps == quick["steps"] and n_quick >= 100:  # the whole recipe
 # prints it, with the machine, the budget, the time the run took and the command behind every row.
 
 # %%
-import json  # noqa: E402
-from importlib.resources import files  # noqa: E402
 
 benchmark = json.loads((files("ddpm_lib") / "results" / "denoisers.json").read_text())
 print(f"{benchmark['command']}\n  torch {benchmark['torch']}, {benchmark['threads']} thread(s), {benchmark['machine']}, "
@@ -360,9 +432,9 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 #   (`PRESETS["quick"]["model"]`, section 3).
 # - **diffusers' U-Net is built for GPUs.** Its wide ResNet blocks and attention at 14×14 give it nearly three
 #   times our parameters and a small fraction of our images per second on two CPU cores; in the same minutes it
-#   takes a few hundred steps and is still drawing noise. Chapter 04, section 11 made the same point about the
+#   takes a few hundred steps and is still drawing noise. [Chapter 04](04_unet.py), section 11 made the same point about the
 #   reference's ShuffleNet units, and the reference network's row agrees.
-# - The four course rows differ in images/s by more than their networks do (chapter 04, section 13 measures the
+# - The four course rows differ in images/s by more than their networks do ([chapter 04](04_unet.py), section 13 measures the
 #   attention block's cost): a benchmark that shares a machine measures the machine too, which is one reason the
 #   table is a single run with its date, and why close rows (the default against attention alone) should be read
 #   as close.
@@ -370,10 +442,10 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 # Without the label, the same network needs help to reach the bar in twelve minutes. Trained on the linear
 # schedule and sampled plainly, this network without labels draws all ten digits, but many of them ambiguous: about
 # three in four confidently, well short of the bar's 90% (the engineering notes record the runs). Two changes from
-# earlier chapters close most of the gap. Chapter 09's cosine schedule spends fewer training steps on
-# almost pure noise, where min-SNR weighting leaves the loss almost no weight. Chapter 10's autoguidance steers
+# earlier chapters close most of the gap. [Chapter 09](09_cosine_schedule.py)'s cosine schedule spends fewer training steps on
+# almost pure noise, where min-SNR weighting leaves the loss almost no weight. [Chapter 10](10_guidance.py)'s autoguidance steers
 # each sample away from the run's own EMA snapshot at a quarter of its steps, and guiding only on
-# $200 \le t \le 850$ (chapter 10, section 5) lets the weight grow to $w = 4$ without starving any digit.
+# $200 \le t \le 850$ ([chapter 10](10_guidance.py), section 5) lets the weight grow to $w = 4$ without starving any digit.
 #
 # `--preset quick-unconditional` is exactly that, sized to twelve minutes on two cores: the network without labels
 # on the cosine schedule, 2,500 steps, a snapshot at each quarter. `python benchmarks/time_to_digits.py --preset
@@ -385,7 +457,7 @@ assert set(benchmark_rows) == {"default", "attention", "v", "attention+v", "diff
 # the runs). Twelve minutes on two cores take an unconditional model to the edge of the bar; with the label,
 # about half that time takes the quick recipe well past it. The shipped unconditional model
 # `ddpm_mnist` is the same network without labels, trained for 36,000 steps with an EMA decay of 0.999 (its
-# provenance file says exactly how, and what it scores; chapter 05, section 7 prints it).
+# provenance file says exactly how, and what it scores; [chapter 05](05_training.py), section 7 prints it).
 
 # %%
 default_row, winner_row = benchmark_rows["default"], benchmark_rows["attention+v"]
@@ -405,7 +477,7 @@ assert PRESETS["quick"]["model"]["attention"] == [2] and PRESETS["quick"]["model
 #
 # - The course's bar: ≥ 90% confident samples, every class between half and twice its share, a Fréchet distance
 #   at most 3× the real-vs-real floor at the same $n$.
-# - The quick recipe (`--preset quick`) clears it in five to seven minutes of training on two CPU cores, where the
+# - The quick recipe (`--preset quick`) clears it in about TIME? minutes of training on two CPU cores, where the
 #   reference recipe, given the same time, draws blobs: dense units and bfloat16, two units per block, batch 64 at
 #   LR 2e-3, min-SNR-γ weighting, a short EMA, 25-step DDPM with guidance $w = 1$ — and the label.
 # - Without the label, the cosine schedule and autoguidance on an interval bring the same network to the edge of
@@ -424,7 +496,8 @@ assert PRESETS["quick"]["model"]["attention"] == [2] and PRESETS["quick"]["model
 # :nonumber:
 #
 # Write `quieted_timesteps(scheduler, gamma)`: the timesteps $t$ (a sorted Python list of ints) whose min-SNR-γ
-# weight is below 1. Without computing anything first: do you expect them at the start or the end of the
+# weight in its ε form, $\min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$, is below 1 — the steps whose weight on the
+# $x_0$-error is capped (in the $v$ form the same steps are the capped ones). Without computing anything first: do you expect them at the start or the end of the
 # chain, and how many for $\gamma = 5$ on the linear schedule? Then check your guess. What happens to the list as
 # $\gamma$ grows, and what does $\gamma \to \infty$ give back?
 # :::
@@ -471,7 +544,7 @@ def network_images(n: int, steps: int, guidance: float) -> int:
     ### BEGIN SOLUTION
     # Model answer. A guided step runs the network once on the batch [x; x] with labels [y; no label], so
     # each digit costs two images per step; w = 0 skips the unconditional half. 128 digits with 25 guided steps:
-    # 128 · 25 · 2 = 6,400 images, about 6 s at 1 ms each (section 4 prints the time it took); the 1000-step
+    # 128 · 25 · 2 = 6,400 images, about TIME? s (section 4 prints the time it took); the 1000-step
     # unguided chain: 128,000 images, about 2 minutes — 20 times longer, for every one of the recipe's evaluations.
     return n * steps * (2 if guidance else 1)
     ### END SOLUTION
@@ -492,7 +565,7 @@ class CountingModel(nn.Module):
 
 
 for steps, guidance in ((5, 1.0), (5, 0.0), (3, 2.0)):
-    counting = CountingModel(quick_ema.model)
+    counting = CountingModel(quick_model)
     generate(counting, scheduler, 4, sampler="ddpm", steps=steps, guidance=guidance, seed=0)
     print(f"4 digits, {steps} steps, w = {guidance}: the network saw {counting.images} images")
     assert network_images(4, steps, guidance) == counting.images
@@ -511,7 +584,7 @@ print("Exercise 11.2 passed")
 # 1. Write `score_sampling(model, n, labels=None, **options)`: draw `n` digits from `model` with
 #    `generate(model, scheduler, n, labels=labels, seed=1, **options)` and return `bar_scores` of them
 #    (section 4). `labels=None` draws every class in turn.
-# 2. Build `lever_table`, a dict from a row name to its scores, for `quick_ema.model` with `n = n_quick`:
+# 2. Build `lever_table`, a dict from a row name to its scores, for `quick_model` with `n = n_quick`:
 #    `"recipe"` (the preset's sampler: 25-step DDPM, or `PROFILE.quick_sampler_steps`, and guidance
 #    $w = 1$), `"no guidance"` ($w = 0$), `"no label"` (every label $-1$, $w = 0$: the unconditional model the
 #    dropped labels taught) and `"4x the steps"` (the recipe with four times the steps).
@@ -530,11 +603,11 @@ def score_sampling(model: nn.Module, n: int, labels: torch.Tensor | None = None,
 ### BEGIN SOLUTION
 recipe = dict(sampler=quick["grid"]["sampler"], steps=PROFILE.quick_sampler_steps)
 lever_table = {
-    "recipe": score_sampling(quick_ema.model, n_quick, guidance=quick["grid"]["guidance"], **recipe),
-    "no guidance": score_sampling(quick_ema.model, n_quick, guidance=0.0, **recipe),
-    "no label": score_sampling(quick_ema.model, n_quick, labels=torch.full((n_quick,), -1), **recipe),
+    "recipe": score_sampling(quick_model, n_quick, guidance=quick["grid"]["guidance"], **recipe),
+    "no guidance": score_sampling(quick_model, n_quick, guidance=0.0, **recipe),
+    "no label": score_sampling(quick_model, n_quick, labels=torch.full((n_quick,), -1), **recipe),
     "4x the steps": score_sampling(
-        quick_ema.model,
+        quick_model,
         n_quick,
         guidance=quick["grid"]["guidance"],
         sampler=recipe["sampler"],
@@ -551,7 +624,7 @@ for name, row in lever_table.items():
 # even). Guidance at w = 1 is worth about nine points of confidence and lowers the Fréchet distance too (in the
 # full profile 98.4% and 1.44× against 89.8% and 2.29× without it); chapter 10 shows the trade-off that appears
 # at larger w. Four times the steps changes little: on this chain length the sampler is not what limits a
-# five-minute model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
+# short-run model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -561,11 +634,11 @@ assert lever_table["recipe"] == quick_scores[quick_steps]  # the same samples as
 # (after the CI profile's handful of steps every row can be the same saturated images, whatever the label)
 assert lever_table["no label"] != lever_table["recipe"] or quick_steps < 100
 ### BEGIN HIDDEN TESTS
-unlabelled = generate(quick_ema.model, scheduler, n_quick, labels=torch.full((n_quick,), -1),
+unlabelled = generate(quick_model, scheduler, n_quick, labels=torch.full((n_quick,), -1),
                       sampler="ddpm", steps=PROFILE.quick_sampler_steps, seed=1)  # fmt: skip
 assert lever_table["no label"] == bar_scores(unlabelled)
-assert score_sampling(quick_ema.model, 4, steps=3, sampler="ddpm") == bar_scores(
-    generate(quick_ema.model, scheduler, 4, steps=3, sampler="ddpm", seed=1)
+assert score_sampling(quick_model, 4, steps=3, sampler="ddpm") == bar_scores(
+    generate(quick_model, scheduler, 4, steps=3, sampler="ddpm", seed=1)
 )
 ### END HIDDEN TESTS
 print("Exercise 11.3 passed")

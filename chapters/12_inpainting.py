@@ -17,7 +17,8 @@
 # # 12 · Inpainting with an unconditional model
 #
 # Cover part of a digit and ask the model to fill it in. The shipped denoiser never saw a mask: it
-# was trained (chapter 05) to predict the noise in whole images. Yet it can inpaint, with no
+# was trained ([chapter 05](05_training.py)) on whole images, to predict $v$ (from which the samplers recover the noise,
+# [chapter 06](06_sampling.py)). Yet it can inpaint, with no
 # retraining, because the forward process noises every pixel on its own. This chapter derives the
 # simplest method that exploits this, shows where it falls short, fixes it with RePaint's
 # resampling {cite:p}`lugmayr2022repaint`, and measures both on held-out digits. Symbols are those of the
@@ -56,11 +57,14 @@ from ddpm_lib.diffusion import prediction_of, q_sample, q_step
 from ddpm_lib.fast_sampling import timesteps_for
 from ddpm_lib.metrics import classify
 from ddpm_lib.plotting import save_figure, to_image
+from ddpm_lib.precision import choose
 from ddpm_lib.pretrained import load_classifier, load_pretrained
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.sampling import sample_loop
 
 torch.manual_seed(0)
+# this chapter's chains run on the CPU, in the precision it computes fast in (chapter 04, section 11)
+cpu = choose("cpu")
 model, scheduler, provenance = load_pretrained()
 model.requires_grad_(False)
 classifier, classifier_provenance = load_classifier()
@@ -80,7 +84,7 @@ print(f"evaluation classifier: {classifier_provenance['summary']}")
 # missing: the `"left"`, `"right"`, `"top"` or `"bottom"` half, a `"centre"` square (14 × 14 by
 # default, a quarter of the image), or `"random"` pixels (80% by default, drawn anew for each of the
 # `n` masks). The exported cell starts the module `ddpm_lib.inpainting`; its argument checks reuse
-# chapter 08's.
+# [chapter 08](08_fast_sampling.py)'s.
 
 # %%
 #| default_exp inpainting
@@ -188,7 +192,7 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 # We want a sample of the missing pixels given the known ones, $x_0^{\text{miss}} \sim p(\cdot \mid x_0^{\text{known}})$,
 # from a model of whole images. Two facts from earlier chapters do most of the work.
 #
-# **The forward process treats pixels independently.** Its closed form (chapter 02)
+# **The forward process treats pixels independently.** Its closed form ([chapter 02](02_forward_process.py))
 #
 # $$ q(x_s \mid x_0) = \mathcal N\!\left(\sqrt{\bar\alpha_s}\,x_0,\ (1-\bar\alpha_s)\,I\right) $$
 #
@@ -199,8 +203,8 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 #
 # is an exact sample of the known region at noise level $s$ — `q_sample(scheduler, x0, s, noise)`.
 #
-# **The reverse step sees the whole image.** The network's step $p_\theta(x_s \mid x_t)$ (chapters 06
-# and 07) takes all of $x_t$, so its output for the missing pixels depends on the known ones.
+# **The reverse step sees the whole image.** The network's step $p_\theta(x_s \mid x_t)$ ([chapters 06](06_sampling.py)
+# and 08) takes all of $x_t$, so its output for the missing pixels depends on the known ones.
 #
 # Put together: run the reverse chain on the whole image, and after every step $t \to s$ overwrite the known
 # pixels with a fresh forward sample of the original at the new level,
@@ -209,9 +213,9 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 #    x_s^{\text{known}} \sim q(x_s \mid x_0), \quad x_s^{\text{model}} \sim p_\theta(x_s \mid x_t) . $$
 #
 # The chain starts from pure noise $x_T \sim \mathcal N(0, I)$ and ends with the step to the clean end
-# ($s = -1$, $\bar\alpha_{-1} = 1$, chapter 08), where $q(x_{-1} \mid x_0)$ is $x_0$ itself: the result's known
-# pixels are *exactly* the original's. Like chapter 08 we run it on a respaced chain of $S$ timesteps with
-# chapter 06's stochastic DDPM step `reverse_step(scheduler, t, s, ...)`, so it costs $S$ network calls
+# ($s = -1$, $\bar\alpha_{-1} = 1$, [chapter 08](08_fast_sampling.py)), where $q(x_{-1} \mid x_0)$ is $x_0$ itself: the result's known
+# pixels are *exactly* the original's. Like [chapter 08](08_fast_sampling.py) we run it on a respaced chain of $S$ timesteps with
+# [chapter 06](06_sampling.py)'s stochastic DDPM step `reverse_step(scheduler, t, s, ...)`, so it costs $S$ network calls
 # ({cite:t}`song2021sde` use the same idea for what they call imputation). Every step reads the schedule's $\bar\alpha$ table and assumes
 # nothing else about it, so the method works for any `NoiseSchedule`.
 #
@@ -232,12 +236,12 @@ assert not torch.equal(two[0], two[1])  # each random mask is its own draw
 #
 # Going forward from $s$ to a later $t$ needs $q(x_t \mid x_s)$, the forward process between two noise levels. The
 # chain $x_s \to x_{s+1} \to \dots \to x_t$ multiplies the signal by $\sqrt{\alpha_{s+1}\cdots\alpha_t} = \sqrt{\bar\alpha_t/\bar\alpha_s}$
-# and adds just the noise that keeps a unit-variance image at unit variance (chapter 02's variance
+# and adds just the noise that keeps a unit-variance image at unit variance ([chapter 02](02_forward_process.py)'s variance
 # preservation):
 #
 # $$ q(x_t \mid x_s) = \mathcal N\!\left(\sqrt{\bar\alpha_t/\bar\alpha_s}\;x_s,\ \left(1-\bar\alpha_t/\bar\alpha_s\right) I\right) . $$
 #
-# With $s = t-1$ it is chapter 02's single step `q_step` ($\bar\alpha_t/\bar\alpha_{t-1} = \alpha_t$); with $s = -1$ it is
+# With $s = t-1$ it is [chapter 02](02_forward_process.py)'s single step `q_step` ($\bar\alpha_t/\bar\alpha_{t-1} = \alpha_t$); with $s = -1$ it is
 # `q_sample`.
 
 
@@ -304,7 +308,7 @@ assert abs(two_jumps.std() - std) < 0.02
 #
 # `inpaint` runs the chain with `resample` = $r$ rounds of resampling per step; $r = 0$ is the replacement
 # method. One generator supplies $x_T$ and every noise draw, so a seed fixes the result. When no pixel is
-# known, nothing is drawn for the known region, and the chain is chapter 06's `sample_loop` on the same respaced
+# known, nothing is drawn for the known region, and the chain is [chapter 06](06_sampling.py)'s `sample_loop` on the same respaced
 # timesteps, from the same seed, exactly.
 
 
@@ -403,7 +407,7 @@ def inpaint(
 
 # %% [markdown]
 # Three quick checks on one digit: with every pixel known the output is the original, bit for bit; with
-# none known it is chapter 08's sampler from the same seed, bit for bit; and a small counter around the
+# none known it is [chapter 08](08_fast_sampling.py)'s sampler from the same seed, bit for bit; and a small counter around the
 # network confirms the cost formula.
 
 
@@ -488,7 +492,7 @@ assert spread > 0.05  # the copies were filled differently
 # (digits the denoiser never trained on), cover each with each of the six masks, and score every filled
 # digit two ways:
 #
-# - **accuracy**: does chapter 07's evaluation classifier read the true label? A filling that turns a 7 into
+# - **accuracy**: does [chapter 07](07_evaluation.py)'s evaluation classifier read the true label? A filling that turns a 7 into
 #   a 1 is a plausible digit but a wrong answer;
 # - **masked MSE**: the mean squared error over the *missing* pixels only, in the model's range $[-1, 1]$
 #   (the known pixels are exact for every method, so they would only dilute it). It rewards the original
@@ -498,9 +502,10 @@ assert spread > 0.05  # the copies were filled differently
 # classifier gets right with nothing missing), **background fill** (missing pixels set to −1, the black
 # background: the masked image as a classifier would see it) and **grey fill** (missing pixels set to 0, the
 # masked image as the figures show it). And one row that tests the reason for RePaint's gain: the replacement
-# method given RePaint's number of network calls, spent on a longer chain. The network runs under bfloat16
-# autocast, as in chapter 08 (the chain itself stays float32). In the full profile (300 masked digits) the next
-# cell takes about 4 minutes on a 2-core laptop, with a progress bar over the three methods.
+# method given RePaint's number of network calls, spent on a longer chain. The network runs in the precision the
+# CPU computes fast in (`cpu.autocast()`; bfloat16 where it has the instructions), the chain itself in float32.
+# In the full profile (300 masked digits) the next cell takes about 4 minutes on a 2-core laptop, with a progress
+# bar over the three methods.
 
 # %%
 per_class = PROFILE.inpaint_digits_per_class
@@ -524,7 +529,7 @@ calls, seconds = dict.fromkeys(filled, 0), {}
 for name, (num_steps, r) in tqdm(methods.items(), desc="methods", disable=not PROFILE.progress):
     counted = CountCalls(model)
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with cpu.autocast():
         filled[name] = inpaint(
             counted, scheduler, originals, masks, num_steps, r, torch.Generator().manual_seed(0)
         )
@@ -656,8 +661,9 @@ assert torch.equal(true_labels[panels[: len(shown)]], torch.tensor([3, 5, 8]))
 # - **The baselines are not straw men.** MNIST is mostly background, so filling with black is right for most
 #   missing pixels, and a sampler that draws a confident stroke in the wrong place pays twice in MSE (ink where
 #   there is none, none where there is ink). Half a digit can be enough for the classifier, too. Grey fill
-#   shows what an image unlike any it was trained on does to the classifier. The centre square costs the
-#   baselines the most masked MSE: the middle of a digit holds the most ink.
+#   shows what an image unlike any it was trained on does to the classifier. The centre square costs background
+#   fill the most masked MSE, since the middle of a digit holds the most ink; that ranking of the masks holds
+#   for background fill, not for grey.
 # - **More steps are not more agreement.** The replacement method given RePaint's budget on a longer chain
 #   takes smaller steps, but still never lets the model look again at the two regions together at one noise
 #   level; it does not reach RePaint on either score.
@@ -834,7 +840,7 @@ def inpaint_jump(model, scheduler, x0, mask, num_steps: int, resample: int, jump
 
 ### BEGIN SOLUTION
 # The measurement: section 6's digits, masks, steps, r and seed, blocks of 5 steps.
-with torch.autocast("cpu", dtype=torch.bfloat16):
+with cpu.autocast():
     jumped = inpaint_jump(
         model, scheduler, originals, masks, steps, resample, 5, torch.Generator().manual_seed(0)
     )

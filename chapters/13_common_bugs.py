@@ -139,7 +139,7 @@ assert roughness(digits) < 0.25 < 0.5 < roughness(pure_noise)
 #
 # The reference implementation's training code writes the noise coefficient of $q(x_t \mid x_0)$ as
 # $1-\sqrt{\bar\alpha_t}$. Both coefficients run from about 0 to about 1, so the images at $t = 0$ and
-# $t = T-1$ look right. Chapter 02 derived what happens in between: $\operatorname{Var}(x_t) =
+# $t = T-1$ look right. [Chapter 02](02_forward_process.py) derived what happens in between: $\operatorname{Var}(x_t) =
 # \bar\alpha_t + (1-\sqrt{\bar\alpha_t})^2$ for unit-variance data, which falls to $\tfrac12$ where
 # $\sqrt{\bar\alpha_t} = \tfrac12$.
 
@@ -265,7 +265,7 @@ assert wrapped_coef_xt > 1000 and scheduler.posterior_mean_coef_xt[0] == 0
 # A variance of almost exactly 1: the last step throws a unit of fresh noise over the finished digit. (In
 # `sample_clip`'s form the wrapped value breaks the mean as well: the coefficient of $x_t$, which should be 0 at
 # $t = 0$, becomes the huge number printed above.) The bug as a step function, on top of the Algorithm-2 mean
-# of chapter 06, which this section and the next share:
+# of [chapter 06](06_sampling.py), which this section and the next share:
 
 
 # %%
@@ -287,7 +287,7 @@ def buggy_sample_wrapped(scheduler, t: int, model, x_t: torch.Tensor, generator=
 
 
 # %% [markdown]
-# **Symptom.** Run chapter 06's 1000-step `sample()` chain, keep the image entering the last step, and take
+# **Symptom.** Run [chapter 06](06_sampling.py)'s 1000-step `sample()` chain, keep the image entering the last step, and take
 # that step both ways.
 
 # %%
@@ -351,7 +351,7 @@ assert verdicts["ddpm_lib.sampling.sample"] == verdicts["ddpm_lib.sampling.sampl
 
 # %% [markdown]
 # **In the test suite:** `tests/test_sampling.py::test_last_step_returns_clamped_x0_hat_and_draws_no_noise`
-# (the generator is untouched at $t = 0$), `::test_no_wrap_around_to_the_last_alpha_bar_at_t_zero` and
+# (the generator is untouched at $t = 0$), `::test_the_step_at_t_zero_never_reads_the_end_of_the_alpha_bar_table` and
 # `tests/test_schedule.py::test_no_wrap_around_at_t_zero` ($\bar\alpha_{-1} = 1$, $\tilde\beta_0 = 0$ in the tables).
 #
 # ## 3. A variance used as a standard deviation
@@ -449,12 +449,12 @@ assert verdicts["ddpm_lib.sampling.sample"] == verdicts["ddpm_lib.sampling.sampl
 
 # %% [markdown]
 # **In the test suite:** `tests/test_common_bugs.py::test_reverse_step_noise_std_is_the_posterior_std` (for
-# chapter 06's two samplers and chapter 08's jumps). The comparisons with `diffusers` in
+# [chapter 06](06_sampling.py)'s two samplers and [chapter 08](08_fast_sampling.py)'s jumps). The comparisons with `diffusers` in
 # `tests/test_sampling.py` would catch it too, but only where `diffusers` is installed.
 #
 # ## 4. BatchNorm in train mode while sampling
 #
-# Chapter 04 measured why the course's U-Net uses GroupNorm {cite:p}`wu2018groupnorm`: in train mode, BatchNorm
+# [Chapter 04](04_unet.py) measured why the course's U-Net uses GroupNorm {cite:p}`wu2018groupnorm`: in train mode, BatchNorm
 # {cite:p}`ioffe2015batchnorm` normalises with the statistics of the current batch, so one image's prediction depends on the *other* images in it. The
 # reference U-Net (`REFERENCE_CONFIG`) has BatchNorm, and a sampler that forgets `model.eval()` runs it in train
 # mode. We build one and let a few train-mode passes over noisy digits move its running statistics, as training
@@ -554,7 +554,7 @@ assert verdicts["inside ddpm_lib's loop"] == "passes" and reference_unet.trainin
 # ## 5. Data left in $[0, 1]$
 #
 # torchvision's `ToTensor()` gives pixels in $[0, 1]$; the course's model space is $[-1, 1]$ (`load_mnist`
-# scales, chapter 02). Forget the scaling and nothing fails. What changes:
+# scales, [chapter 02](02_forward_process.py)). Forget the scaling and nothing fails. What changes:
 
 
 # %%
@@ -798,7 +798,7 @@ assert verdicts["ddpm_lib.training.ddpm_loss"] == "passes"
 #
 # ## 7. Leading spacing never reaches $t = T-1$
 #
-# A fast sampler visits a few of the $T$ timesteps (chapter 08). *Leading* spacing, $k\lfloor T/n\rfloor$, never
+# A fast sampler visits a few of the $T$ timesteps ([chapter 08](08_fast_sampling.py)). *Leading* spacing, $k\lfloor T/n\rfloor$, never
 # includes $T-1$, yet the chain still starts from pure noise — and tells the network that this noise is $x_{900}$
 # (for $n = 10$), an image that in training always held a faint trace of a digit.
 
@@ -826,7 +826,7 @@ print(f"pure noise, t = {T - 1}: sqrt(alpha_bar) = {floor:.4f}")
 assert first_signal[10] > 2 * floor and first_signal[50] > 1.1 * floor
 
 # %% [markdown]
-# How much the mismatch costs depends on the network and the sampler: on the shipped `ddpm_mnist`, chapter 08
+# How much the mismatch costs depends on the network and the sampler: on the shipped `ddpm_mnist`, [chapter 08](08_fast_sampling.py)
 # measures no difference between the spacings for DDIM at 10 steps, and for DDPM a difference that one draw of
 # 256 samples cannot settle. {cite:t}`lin2024flawed` show it costing quality on larger models. The mismatch is still a
 # mismatch; the course's samplers default to trailing spacing, and a test pins that default down.
@@ -867,9 +867,9 @@ assert all(
 #
 # ## 8. Skipping steps with the single-step $\beta_t$
 #
-# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ (chapter 08,
+# A chain that jumps from $t$ to $s < t$ needs the jump's own $\beta_{t\to s} = 1 - \bar\alpha_t/\bar\alpha_s$ ([chapter 08](08_fast_sampling.py),
 # after {cite:t}`nichol2021improved`).
-# The classic bug loops chapter 06's one-step update over the shorter list of timesteps:
+# The classic bug loops [chapter 06](06_sampling.py)'s one-step update over the shorter list of timesteps:
 
 
 # %%
@@ -987,7 +987,7 @@ assert verdicts["ddpm_lib.sampling.reverse_step"] == "passes"
 
 # %% [markdown]
 # **In the test suite:** `tests/test_common_bugs.py::test_respaced_jumps_keep_the_marginal_of_q` (the oracle
-# check, for the respaced DDPM step and DDIM with $\eta = 1$); `tests/test_sampling.py::test_respaced_steps_match_diffusers_ddpm_scheduler`.
+# check, for the respaced DDPM step and DDIM with $\eta = 1$); `tests/test_sampling.py::test_respaced_chain_matches_diffusers_ddpm_scheduler`.
 #
 # ## 9. The tests, in one place
 #
@@ -1095,7 +1095,7 @@ print("Exercise 13.2 passed")
 # :::{exercise} 13.3 · ★★☆ · An EMA that forgets BatchNorm's statistics
 # :nonumber:
 #
-# Chapter 04 warned that an exponential moving average which averages only `parameters()` leaves BatchNorm's
+# [Chapter 04](04_unet.py) warned that an exponential moving average which averages only `parameters()` leaves BatchNorm's
 # running statistics (they are *buffers*) at their initial values, so the averaged model normalises with mean 0
 # and variance 1. Write `check_ema_copies_buffers(ema_class)`: build a small BatchNorm U-Net,
 # `Unet(timesteps=10, time_embedding_dim=8, base_dim=8, dim_mults=[2], norm="batch")`, wrap it in
@@ -1152,7 +1152,7 @@ print("Exercise 13.3 passed")
 # `posterior_mean_coef_xt` and `posterior_variances` give both. Test the mean *and* the spread of the step's
 # output around $\tilde\mu_t$ at $t = 0, 1, 10, 500$ and $T-1$ (at $t = 0$, $\tilde\beta_0 = 0$: the output must be
 # $\tilde\mu_0 = x_0$ itself), and fail with an `AssertionError` that says what is wrong. The check runs your test on
-# chapter 06's `sample` and `sample_clip`, which must pass, and on a set of *mutants*, steps with one slip each,
+# [chapter 06](06_sampling.py)'s `sample` and `sample_clip`, which must pass, and on a set of *mutants*, steps with one slip each,
 # which must all be caught; some of the mutants are hidden. Why does the perfect denoiser make this test exact,
 # where a trained network would need tolerances for its own errors?
 # :::

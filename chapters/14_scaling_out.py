@@ -62,6 +62,7 @@ from ddpm_lib.config import build_model, preset_defaults
 from ddpm_lib.data import load_mnist
 from ddpm_lib.distributed import Distributed, shard
 from ddpm_lib.plotting import save_figure
+from ddpm_lib.pretrained import load_pretrained
 from ddpm_lib.profile import PROFILE
 from ddpm_lib.schedule import LinearBetaScheduler
 from ddpm_lib.training import batch_stream, ddpm_loss
@@ -119,7 +120,7 @@ print(f"profile: {PROFILE.name}; training digits: {len(images)}; "
 # 3. **the same random draws** — each image needs the timestep $t$ and noise $\varepsilon$ that one process
 #    would have drawn for it.
 #
-# Chapter 05's `ddpm_loss` meets the third condition the simplest way, through its `part` argument: every
+# [Chapter 05](05_training.py)'s `ddpm_loss` meets the third condition the simplest way, through its `part` argument: every
 # process draws $t$ and $\varepsilon$ for the *whole* global batch from the same seeded generator — the same
 # calls, in the same order, as one process — and keeps its slice, `shard(batch_size, rank, world_size)`. The
 # extra random numbers cost nothing next to the network.
@@ -161,11 +162,11 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 # %% [markdown]
 # With GroupNorm the two agree to float rounding; with BatchNorm the shards see different batch
 # statistics and the gradients differ by far more than rounding — one reason the course's U-Net uses
-# GroupNorm (chapter 04 gives the others).
+# GroupNorm ([chapter 04](04_unet.py) gives the others).
 #
 # ## 3. What changes in the training loop
 #
-# There is no second training loop: `ddpm_lib.runner` runs chapter 05's `train` under torchrun too, and
+# There is no second training loop: `ddpm_lib.runner` runs [chapter 05](05_training.py)'s `train` under torchrun too, and
 # `ddpm_lib.distributed` supplies what differs through the loop's hooks (`Distributed.train_hooks`: the
 # `part` of each batch, the `mean_loss`, and a `should_stop` every process agrees on). What changes:
 #
@@ -174,12 +175,12 @@ assert all(mismatch["batch", n] > 1e-3 for n in (2, 4))  # per-shard statistics 
 #    `DistributedDataParallel(model, device_ids=[local_rank])`. The optimiser, the LR schedule and the EMA
 #    keep using the unwrapped model.
 # 2. **Data.** `--batch-size` stays the **global** batch (as with `DataParallel`), and it must split evenly.
-#    Every process walks the same batch order — chapter 05's `batch_stream`, reshuffled each epoch from
+#    Every process walks the same batch order — [chapter 05](05_training.py)'s `batch_stream`, reshuffled each epoch from
 #    (seed, epoch) — and takes its slice of every batch. PyTorch's `DistributedSampler` splits each *epoch*
 #    instead (you will rebuild it in exercise 14.1) and must be told the epoch with `set_epoch(e)`, or
 #    every epoch repeats the same order; splitting each *batch* is what makes N processes reproduce one.
 # 3. **Randomness.** Timesteps and noise for the whole global batch, sliced (section 2).
-# 4. **One writer.** Rank 0 alone writes `config.json`, metrics, checkpoints (atomically, as in chapter 05),
+# 4. **One writer.** Rank 0 alone writes `config.json` and `run.json`, metrics, checkpoints (atomically, as in [chapter 05](05_training.py)),
 #    sample grids and wandb logs, and shows the progress bar. The EMA lives on rank 0 too: the other
 #    ranks' weights are identical, so their averages would be too.
 # 5. **Agreeing to stop.** Every process stops after the same step, or the others would wait forever in
@@ -246,22 +247,18 @@ two = workdir / "two"
 print("run folder of the two-process run:")
 for path in sorted(p for p in two.rglob("*") if p.is_file()):
     print("   ", path.relative_to(two).as_posix())
-config = json.loads((two / "config.json").read_text())
-for key in (
-    "world_size",
-    "backend",
-    "batch_size",
-    "per_process_batch_size",
-    "lr",
-    "lr_scaling",
-    "effective_lr",
-):
-    print(f"{key:>24}: {config[key]}")
-assert (config["world_size"], config["per_process_batch_size"], config["backend"]) == (2, 8, "gloo")
+config = json.loads((two / "config.json").read_text())  # what was asked for
+record = json.loads((two / "run.json").read_text())  # what the run decided
+for key in ("batch_size", "lr", "lr_scaling"):
+    print(f"{key:>24}: {config[key]}  (config.json)")
+for key in ("world_size", "backend", "per_process_batch_size", "effective_lr", "device", "precision"):
+    print(f"{key:>24}: {record[key]}  (run.json)")
+assert (record["world_size"], record["per_process_batch_size"], record["backend"]) == (2, 8, "gloo")
 
 # %% [markdown]
 # One run folder, one `metrics.jsonl`, one set of checkpoints: rank 1 trained but wrote nothing.
-# `config.json` states how the batch was split and which learning rate was used (`--lr-scaling` below).
+# `config.json` says what was asked for; `run.json` states how the batch was split and which learning rate was used
+# (`--lr-scaling` below).
 # Now the comparison: the loss of every step, and the weights.
 
 # %%
@@ -337,25 +334,27 @@ assert weight_gap < 1e-5 and output_gap < 1e-4
 #
 # The training command does not change; only the launcher in front of it does.
 #
-# **One GPU** (no launcher needed; `--bf16` runs the forward pass in bfloat16 on GPUs that support it,
-# compute capability 8.0+ — A100, H100, RTX 30xx and newer):
+# **One GPU** (no launcher needed; `--device auto` takes the GPU, and `--precision auto` computes the forward pass
+# in bfloat16 on GPUs of compute capability 8.0+ — A100, H100, RTX 30xx and newer — and in float16 with a gradient
+# scaler on older ones such as Colab's T4):
 #
 # ```bash
-# python -m ddpm_lib train --out runs/gpu --bf16
+# python -m ddpm_lib train --out runs/gpu --precision auto
 # ```
 #
 # **One machine, all its GPUs** (`--nproc_per_node gpu` starts one process per visible GPU;
 # `--standalone` finds a free port on this machine):
 #
 # ```bash
-# torchrun --standalone --nproc_per_node gpu -m ddpm_lib train --out runs/ddp --batch-size 1024 --lr-scaling sqrt --bf16
+# torchrun --standalone --nproc_per_node gpu -m ddpm_lib train --out runs/ddp --batch-size 1024 --lr-scaling sqrt \
+#     --precision auto
 # ```
 #
 # **Several machines**: the same line on every node, meeting at one of them:
 #
 # ```bash
 # torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint node01:29500 --rdzv-id ddpm42 \
-#     -m ddpm_lib train --out /shared/runs/ddp --batch-size 2048 --lr-scaling sqrt --bf16
+#     -m ddpm_lib train --out /shared/runs/ddp --batch-size 2048 --lr-scaling sqrt --precision auto
 # ```
 #
 # **A SLURM cluster**: `srun` starts one `torchrun` per node; the repository ships this batch script:
@@ -374,7 +373,7 @@ print(
 #   feed more GPUs, and the peak learning rate usually has to rise too: `--lr-scaling linear` multiplies
 #   `--lr` by batch/128 ({cite:t}`goyal2017accurate`, for SGD), `--lr-scaling sqrt` by its square root, the milder
 #   rule often used with Adam. Both are starting points to check against the loss curve, not laws.
-#   `config.json` records `world_size`, `per_process_batch_size`, `lr_scaling` and `effective_lr`.
+#   `run.json` records `world_size`, `per_process_batch_size` and `effective_lr` (`config.json`, `lr_scaling`).
 # - **Resume** with the same launcher line plus `--resume`. The run keeps its own config, and it needs the
 #   world size it started with; another number of processes is refused with a one-line error.
 # - **Stopping.** Ctrl-C, or the SIGTERM of a cluster's time limit, reaches every process through
@@ -385,13 +384,15 @@ print(
 # ## 6. What to expect from the speed
 #
 # Each step, the all-reduce moves the gradient: one number per parameter. How much that is, for the U-Net
-# `python -m ddpm_lib train` builds by default and for the one of the `quick` preset and the shipped weights,
-# and what a ring all-reduce (exercise 14.3) sends per GPU for it:
+# `python -m ddpm_lib train` builds by default, for the one of the `quick` preset and for the two shipped MNIST
+# denoisers, and what a ring all-reduce (exercise 14.3) sends per GPU for it:
 
 # %%
 sizes = {
     "default (python -m ddpm_lib train)": build_model(preset_defaults(None)),
-    "quick preset, shipped weights": build_model(preset_defaults("quick")),
+    "quick preset (python -m ddpm_lib train --preset quick)": build_model(preset_defaults("quick")),
+    "shipped ddpm_mnist_cond": load_pretrained("ddpm_mnist_cond")[0],
+    "shipped ddpm_mnist": load_pretrained("ddpm_mnist")[0],
 }
 links = {"NVLink, ~300 GB/s": 300e9, "PCIe 4.0 x16, ~25 GB/s": 25e9, "10 Gb Ethernet, ~1.25 GB/s": 1.25e9}
 gradient_bytes = {}

@@ -21,7 +21,7 @@
 # them on real held-out digits: first on generated digits alone, which measures the generator
 # (the *classification accuracy score* of {cite:t}`ravuri2019cas`), then with generated digits added to a small
 # real training set, which is the use one would make of them. Last, it asks what classifier-free guidance
-# (chapter 10) does in this use. Symbols are those of the [notation](../notation.md) page.
+# ([chapter 10](10_guidance.py)) does in this use. Symbols are those of the [notation](../notation.md) page.
 #
 # **After this chapter you can**
 #
@@ -78,7 +78,7 @@ assert model.config["num_classes"] == 10
 # Three kinds of data meet in this chapter, and it matters which model saw which:
 #
 # - the **4,500 training digits** (450 per class): the shipped denoiser `ddpm_mnist_cond` learned from all of
-#   them, and so did chapter 07's evaluation classifier;
+#   them, and so did [chapter 07](07_evaluation.py)'s evaluation classifier;
 # - the **500 held-out digits** (50 per class): no model of the course ever trained on them. Every accuracy in
 #   this chapter is measured on them;
 # - **generated digits**, drawn from the denoiser with a label $y$: $\tilde x \sim p_\theta(x \mid y)$.
@@ -91,7 +91,7 @@ assert model.config["num_classes"] == 10
 # asked for, the generator's **classification accuracy score** (CAS), and compare it with $\operatorname{acc}(D)$ for a
 # real set $D$ of the same size. A generator whose digits of class $y$ look like real digits of class $y$, in all
 # their variety, scores as well as real data; one that draws the wrong digit, or only the most typical shapes of
-# each class, scores lower. Unlike the Fréchet distance of chapter 07, CAS asks what a downstream model can learn.
+# each class, scores lower. Unlike the Fréchet distance of [chapter 07](07_evaluation.py), CAS asks what a downstream model can learn.
 #
 # The second use is **augmentation**: a classifier with only a few real digits per class gets generated ones
 # added. Here one fact decides how to read any gain: the generated digits are not new information from nowhere.
@@ -101,7 +101,7 @@ assert model.config["num_classes"] == 10
 #
 # ## 2. A small classifier, trained for a fixed number of steps
 #
-# Each table of this chapter trains many classifiers, so the classifier must be small: chapter 07's evaluation
+# Each table of this chapter trains many classifiers, so the classifier must be small: [chapter 07](07_evaluation.py)'s evaluation
 # classifier has 468,202 parameters and took 583 s to train (its provenance file,
 # `ddpm_lib/weights/mnist_classifier.json`). `SmallClassifier` has two 3 × 3 convolutions (16 and 32 channels),
 # each followed by ReLU and 2 × 2 max-pooling, then one linear layer: about 20,000 parameters, trained for a few
@@ -112,7 +112,7 @@ assert model.config["num_classes"] == 10
 # and a set of 1,100 digits then get the same steps, the same batch size and the same learning-rate schedule; only
 # what the batches hold differs. One `seed` fixes the initial weights and every batch, without touching the global
 # random state, so two calls with the same arguments give the same classifier. The exported cell starts the
-# module `ddpm_lib.synthetic`; its argument checks reuse chapter 06's.
+# module `ddpm_lib.synthetic`; its argument checks reuse [chapter 06](06_sampling.py)'s.
 
 # %%
 #| default_exp synthetic
@@ -218,7 +218,7 @@ def train_small_classifier(
 # %% [markdown]
 # Three checks: the parameter count, that a seed fixes the classifier (and leaves the global random state alone),
 # and that a classifier trained on all 4,500 training digits does well on the held-out ones, so that any lower
-# score later comes from the training data and not from the network. `accuracy` is chapter 07's: the share of
+# score later comes from the training data and not from the network. `accuracy` is [chapter 07](07_evaluation.py)'s: the share of
 # digits whose predicted class is the label.
 
 # %%
@@ -314,7 +314,7 @@ assert abs(mean - 0.6) < 1e-12 and abs(error - 0.1 / 3**0.5) < 1e-12
 # ## 4. A labelled generated set
 #
 # `generated_set(model, scheduler, per_class, spec)` asks a class-conditional model for `per_class` digits of every
-# class and returns them with the labels it asked for: the training set $\tilde D$ of CAS. It is chapter 10's
+# class and returns them with the labels it asked for: the training set $\tilde D$ of CAS. It is [chapter 10](10_guidance.py)'s
 # sampling through `generate` with a `SampleSpec`, so any sampler, chain length, guidance scale $w$ and seed of the
 # course can be used, and the labels come in `generate`'s order, every class in turn (0, 1, …, 9, 0, 1, …). Every
 # digit starts from its own noise; the same spec and seed give the same set.
@@ -348,13 +348,13 @@ def generated_set(
 
 # %% [markdown]
 # The pools this chapter trains on: `PROFILE.synthetic_per_class` digits of every class (100 in the full profile,
-# 1,000 digits in all) at each guidance scale of `PROFILE.synthetic_scales`, drawn with chapter 06's DDPM step on a
-# respaced chain of `PROFILE.synthetic_steps` steps (chapter 08), bfloat16 autocast for the network, the same seed
+# 1,000 digits in all) at each guidance scale of `PROFILE.synthetic_scales`, drawn with [chapter 06](06_sampling.py)'s DDPM step on a
+# respaced chain of `PROFILE.synthetic_steps` steps ([chapter 08](08_fast_sampling.py)), in the precision this machine is fast in, the same seed
 # for every scale (so digit $i$ starts from the same noise at every $w$). A guided step costs a double batch. In
 # the full profile the next cell takes about 6 minutes on a 2-core laptop (most of it for the two guided
 # pools), with a progress bar over the scales.
 #
-# For each pool we also record its **label fidelity**: the share of its digits that chapter 07's evaluation
+# For each pool we also record its **label fidelity**: the share of its digits that [chapter 07](07_evaluation.py)'s evaluation
 # classifier reads as the label they were asked for. That classifier is 99% accurate on real held-out digits, so
 # a fidelity well below 99% means the generator drew other digits than it was asked for.
 
@@ -543,12 +543,12 @@ else:
 # %% [markdown]
 # ## 7. Guidance: label fidelity against diversity
 #
-# Chapter 10 showed that guidance makes each class more certain and less varied. For a training set both matter:
+# [Chapter 10](10_guidance.py) showed that guidance makes each class more certain and less varied. For a training set both matter:
 # a digit drawn with the wrong shape teaches a wrong label, and a class drawn only in its most typical shapes leaves
 # the classifier unprepared for the real variety. For every pool we measure
 #
 # - its **label fidelity** (section 4);
-# - its **diversity**: chapter 10's `class_spread`, the mean distance between two digits of one class in the
+# - its **diversity**: [chapter 10](10_guidance.py)'s `class_spread`, the mean distance between two digits of one class in the
 #   evaluation classifier's feature space, divided by the same for the real held-out digits of that class and
 #   averaged over the classes (1.0: as varied as real digits);
 # - its **CAS**, from section 5's runs, and the paired difference from $w = 0$.
@@ -608,7 +608,7 @@ else:
 # ## Reading the tables
 #
 # The shipped `ddpm_mnist_cond`; the numbers below are the ones the three tables print in the full profile
-# (`python tools/execute_chapters.py --profile full 16`: about 9 minutes for the chapter on two CPU cores): 100
+# (about TIME? minutes for the chapter on two CPU cores): 100
 # generated digits per class, 50-step DDPM, five seeds, a small classifier trained for 500 steps on each set and
 # tested on the 500 held-out digits. Accuracies in %, mean ± standard error over the seeds; differences paired
 # over the seeds, with their 95% intervals.
@@ -629,7 +629,7 @@ else:
 #   at the edge of measurable (within noise), and small either way. A CAS this close to the real-data score says the unguided model covers each class
 #   in something like its real variety (diversity 1.02), and that the 3% of its digits the evaluation classifier
 #   reads as another class cost little.
-# - **Guidance hurts in this use.** Guidance does what chapter 10 showed: label fidelity rises from 96.8% to 99.9%
+# - **Guidance hurts in this use.** Guidance does what [chapter 10](10_guidance.py) showed: label fidelity rises from 96.8% to 99.9%
 #   ($w = 1$) and 100% ($w = 3$) while the variety falls to 0.77 and 0.66 of real digits'. A classifier trained on
 #   the guided digits is worse, by 4.3 points at $w = 1$ and 10.5 at $w = 3$, intervals far from zero: the few
 #   percent of digits with a wrong-looking shape cost much less than the missing variety does, because the

@@ -16,8 +16,14 @@ def test_citation_changelog_and_package_state_one_version():
     assert (
         citation["license"] == "MIT" and (ROOT / "LICENSE").is_file() and (ROOT / "LICENSE-TEXT.md").is_file()
     )
-    first_entry = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    first_entry = re.search(r"^## (\S+) — (.+)$", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
     assert first_entry and first_entry.group(1) == ddpm_lib.__version__
+    # released or not, both say the same: an unreleased version has no release date in CITATION.cff
+    released = first_entry.group(2).strip()
+    if released == "unreleased":
+        assert "date-released" not in citation
+    else:
+        assert str(citation.get("date-released")) == released
 
 
 def test_the_command_line_prints_the_version(capsys):
