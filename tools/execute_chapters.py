@@ -217,8 +217,8 @@ def poll_in_short_waits(channel, wait: float = 1.0) -> None:
     channel.get_msg = get_msg
 
 
-def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dict:
-    """Run the chapter of ``source``; store its outputs and record; return the record."""
+def execute(source: Path, profile: str, timeout: int, cache: bool = True, store: bool = True) -> dict:
+    """Run the chapter of ``source``; store its outputs and record (unless not ``store``); return the record."""
     from nbclient import NotebookClient
 
     target = source.with_suffix(".ipynb")
@@ -250,8 +250,12 @@ def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dic
                 seconds = time.perf_counter() - cell_started
                 # what the cell took, with the seconds its cache hits skipped (prose quotes cell times; a test
                 # holds the prose to these)
-                probe = nbformat.v4.new_code_cell(CELL_PROBE)
-                client.execute_cell(probe, index, store_history=False)
+                probe = nbformat.v4.new_code_cell(CELL_PROBE)  # after the last cell: nbclient stores a cell there
+                notebook.cells.append(probe)
+                try:
+                    client.execute_cell(probe, len(notebook.cells) - 1, store_history=False)
+                finally:
+                    notebook.cells.pop()
                 now = float(probe.outputs[-1]["text"]) if probe.outputs else replayed
                 cell_seconds.append(round(seconds + now - replayed, 1))
                 replayed = now
@@ -291,9 +295,41 @@ def execute(source: Path, profile: str, timeout: int, cache: bool = True) -> dic
         "date": datetime.date.today().isoformat(),
         "command": f"python tools/execute_chapters.py --profile {profile} {source.name[:2]}",
     }
-    notebook.metadata[KEY] = record
-    write_text(target, nbformat.writes(notebook) + "\n")
+    if store:
+        notebook.metadata[KEY] = record
+        write_text(target, nbformat.writes(notebook) + "\n")
     return record
+
+
+def machine() -> dict:
+    """The CPU the chapters ran on, what PyTorch computes with there, and the simulation variables if set."""
+    import platform
+
+    import torch
+
+    from ddpm_lib.precision import native_bf16
+
+    model = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)  # fmt: skip
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16("cpu"),
+            "simulation": {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                           if name in os.environ}}  # fmt: skip
+
+
+def record_time(path: Path, source: Path, record: dict) -> None:
+    """Keep a chapter's wall time in the JSON file ``path`` (``--time-only``), with the machine it ran on."""
+    times = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"chapters": {}}
+    times["machine"] = machine()
+    simulated = " ".join(f"{k}={v}" for k, v in times["machine"]["simulation"].items())
+    times["chapters"][source.stem] = {
+        "wall_time_s": record["executed_s"], "profile": record["profile"], "date": record["date"],
+        "command": f"{simulated + ' ' if simulated else ''}python tools/execute_chapters.py --profile "
+                   f"{record['profile']} --no-cache --time-only {path.as_posix()} {source.name[:2]}",
+    }  # fmt: skip
+    write_text(path, json.dumps(times, indent=2) + "\n")
 
 
 def status_line(source: Path, profile: str) -> tuple[bool, str]:
@@ -322,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-cache", action="store_true", help="compute everything afresh (no result cache)")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell (default: 7200)")
+    parser.add_argument("--time-only", type=Path, default=None, metavar="FILE",
+                        help="execute (every chosen chapter, stale or not, without the result cache) without "
+                        "storing outputs; keep each "
+                        "chapter's wall time in FILE, with the machine (instructors.md's column for CPUs without "
+                        "bfloat16 comes from such a run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)")  # fmt: skip
     args = parser.parse_args(argv)
     sources = chapter_sources()
     known = {source.name[:2]: source for source in sources}
@@ -340,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stale: {', '.join(stale)}; re-execute with  python tools/execute_chapters.py --profile "
                   f"{args.profile} {' '.join(stale)}", file=sys.stderr)  # fmt: skip
             return 1
+        return 0
+    if args.time_only is not None:
+        for i, source in enumerate(chosen, 1):
+            print(f"[{i}/{len(chosen)}] {source.stem}: timing in the {args.profile} profile", flush=True)
+            record = execute(source, args.profile, args.timeout, cache=False, store=False)  # times: no cache
+            record_time(args.time_only, source, record)
+            print(
+                f"[{i}/{len(chosen)}] {source.stem}: {record['executed_s']:.0f} s, kept in {args.time_only}"
+            )
         return 0
     for i, source in enumerate(chosen, 1):
         reasons = stale_reasons(source, args.profile)
