@@ -207,12 +207,11 @@ class ChapterFile(IPyNbFile):
 
     def setup(self):
         super().setup()  # nbval's kernel, in the chapter's folder
-        self.undone: dict[
-            str, tuple[str, str]
-        ] = {}  # global name -> (exercise, "removed" | "reset to the stub")
+        # global name -> (exercise, "removed" | "reset to the stub")
+        self.undone: dict[str, tuple[str, str]] = {}
         self.outputs: dict[int, list] = {}  # notebook cell index -> the outputs of the real cell
         self.failed = False
-        self.seconds = self.student_seconds = 0.0
+        self.seconds = 0.0  # the real cells' time (the book cache records it)
         self.no_cpu_bfloat16 = not native_cpu_bf16()
         helpers = repr(KERNEL_HELPERS)
         self.hidden(f"exec({helpers}, __import__('sys').modules.setdefault('_chapter_run', "
@@ -232,13 +231,10 @@ class ChapterFile(IPyNbFile):
         cell = nbformat.v4.new_code_cell(source)
         self._scratch = IPyNbCell.from_parent(self, name="scratch", cell_num=-1, cell=cell,
                                               options={"check": False, "check_exception": False, "skip": False})  # fmt: skip
-        started = time.perf_counter()
         try:
             self._scratch.runtest()
         except NbCellError as error:
             return error
-        finally:
-            self.student_seconds += time.perf_counter() - started
         return None
 
     def helper(self, call: str) -> dict:
@@ -251,9 +247,8 @@ class ChapterFile(IPyNbFile):
     def collect(self):
         from ddpm_lib.course import exercises, student_notebook
 
-        cells = list(
-            super().collect()
-        )  # nbval's items, one per code cell (it reads the notebook into self.nb)
+        # nbval's items, one per code cell (it reads the notebook into self.nb)
+        cells = list(super().collect())
         self.by_index: dict[int, ChapterCell] = {}
         try:
             found = exercises(self.nb)

@@ -43,6 +43,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -76,6 +77,12 @@ PROBE = (
 
 #: after each cell: the seconds of computation the kernel's cache hits skipped so far (nothing bound, nothing imported)
 CELL_PROBE = "print(getattr(__import__('sys').modules.get('ddpm_lib.result_cache'), 'replayed_seconds', lambda: 0.0)())"
+
+
+def _last_number(text: str, default: float) -> float:
+    """The last number printed in ``text`` (a stream may arrive in pieces, after a cell's late output), or default."""
+    found = re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", text)
+    return float(found[-1]) if found else default
 
 
 def sha256(data: bytes) -> str:
@@ -249,14 +256,14 @@ def execute(source: Path, profile: str, timeout: int, cache: bool = True, store:
                 client.execute_cell(cell, index)
                 seconds = time.perf_counter() - cell_started
                 # what the cell took, with the seconds its cache hits skipped (prose quotes cell times; a test
-                # holds the prose to these)
-                probe = nbformat.v4.new_code_cell(CELL_PROBE)  # after the last cell: nbclient stores a cell there
+                # holds the prose to these); the probe goes after the last cell: nbclient stores a cell there
+                probe = nbformat.v4.new_code_cell(CELL_PROBE)
                 notebook.cells.append(probe)
                 try:
                     client.execute_cell(probe, len(notebook.cells) - 1, store_history=False)
                 finally:
                     notebook.cells.pop()
-                now = float(probe.outputs[-1]["text"]) if probe.outputs else replayed
+                now = _last_number("".join(output.get("text", "") for output in probe.outputs), replayed)
                 cell_seconds.append(round(seconds + now - replayed, 1))
                 replayed = now
             probe = nbformat.v4.new_code_cell(PROBE)  # the kernel's record and the cache's counts; not stored
