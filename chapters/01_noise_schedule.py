@@ -517,7 +517,7 @@ def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     # Model answer. log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first
     # sum (T terms, each 1000/T times larger) equal to the 1000-step value. The second sum does not stay put:
     # T terms, each (1000/T)² times larger, so it grows like 1000²/T. The fewer the steps, the larger each β and the
-    # more the β² term pushes log ᾱ_{T−1} below the 1000-step endpoint (T = 250: β_end = 0.08, about a 1% shift).
+    # more the β² term pushes log ᾱ_{T−1} below the 1000-step endpoint (T = 250: β_end = 0.08, a 2% shift: the check prints the ratio).
     scale = 1000 / num_timesteps
     return LinearBetaScheduler(num_timesteps, 1e-4 * scale, 0.02 * scale)
     ### END SOLUTION

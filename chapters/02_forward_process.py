@@ -324,8 +324,11 @@ assert slider.children[0].max == T - 1
 #
 # $$ \operatorname{Var}(x_t) = \bar\alpha_t \operatorname{Var}(x_0) + (1-\bar\alpha_t) = 1 \quad\text{for every } t :$$
 #
-# the process is **variance preserving**. The network sees inputs of the same scale at every $t$,
-# and $x_T$ lands exactly on $\mathcal N(0, I)$.
+# the process is **variance preserving**. The network sees inputs of the same scale at every $t$. That alone does not
+# make $x_T$ Gaussian (a variance of 1 says nothing about the shape); what does is that $\bar\alpha_{T-1}$ is tiny:
+# $x_T = \sqrt{\bar\alpha_{T-1}}\,x_0 + \sqrt{1-\bar\alpha_{T-1}}\,\varepsilon$ with $\bar\alpha_{T-1} \approx 4\cdot10^{-5}$
+# ([chapter 01](01_noise_schedule.py) prints it), so what is left of the digit is scaled by about 0.006 and $x_T$ is
+# $\mathcal N(0, I)$ up to that trace.
 #
 # A bug seen in real code (including the reference implementation this course teaches) writes the
 # noise coefficient as $(1-\sqrt{\bar\alpha_t})$ instead of $\sqrt{1-\bar\alpha_t}$. Both go from $0$

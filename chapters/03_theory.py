@@ -470,17 +470,30 @@ for t in (1, 10, 100, 500, 999):
 #    \;\le\; \mathbb E_{q}\!\left[-\log \frac{p_\theta(x_{0:T})}{q(x_{1:T} \mid x_0)}\right] =: L . $$
 #
 # The gap is $\mathrm{KL}\big(q(x_{1:T} \mid x_0)\,\|\,p_\theta(x_{1:T} \mid x_0)\big) \ge 0$: the bound is tight exactly
-# when the reverse process, run backwards from $x_0$, retraces the forward one.
+# when the model's distribution of the paths that end at $x_0$ is the forward process's,
+# $p_\theta(x_{1:T} \mid x_0) = q(x_{1:T} \mid x_0)$.
 #
-# **The split.** The forward process is $q(x_{1:T} \mid x_0) = \prod_{t=1}^{T} q(x_t \mid x_{t-1})$. Rewrite each factor
-# with $t \ge 2$ by Bayes' rule, as in section 2:
+# **The split.** Both chains are products of one-step factors, so $L$ is a sum of log-ratios, one per step:
+#
+# $$ L = \mathbb E_q\!\left[-\log p(x_T) - \sum_{t=1}^{T} \log \frac{p_\theta(x_{t-1} \mid x_t)}{q(x_t \mid x_{t-1})}\right] . $$
+#
+# In each ratio the two densities concern different variables ($x_{t-1}$ above, $x_t$ below), so no term is a KL yet.
+# Turn the forward factors around. Because the forward process is Markov, $q(x_t \mid x_{t-1}) = q(x_t \mid x_{t-1}, x_0)$,
+# and the joint of two consecutive steps given $x_0$ factors both ways,
+# $q(x_{t-1}, x_t \mid x_0) = q(x_{t-1} \mid x_0)\, q(x_t \mid x_{t-1}) = q(x_t \mid x_0)\, q(x_{t-1} \mid x_t, x_0)$. So for every
+# $t \ge 2$ (Bayes' rule, as in section 2),
 # $q(x_t \mid x_{t-1}) = q(x_{t-1} \mid x_t, x_0)\, q(x_t \mid x_0) / q(x_{t-1} \mid x_0)$. The ratios telescope,
 # $\prod_{t=2}^{T} q(x_t \mid x_0)/q(x_{t-1} \mid x_0) = q(x_T \mid x_0)/q(x_1 \mid x_0)$, so
 #
 # $$ q(x_{1:T} \mid x_0) = q(x_T \mid x_0) \prod_{t=2}^{T} q(x_{t-1} \mid x_t, x_0) . $$
 #
-# Put it into $L$ and group the factors that concern the same variable; the expectation of a log-ratio of two
-# densities of the same variable is a KL divergence:
+# Put it into $L$ (the $t = 1$ factor $q(x_1 \mid x_0)$ cancels against the telescoped denominator):
+#
+# $$ L = \mathbb E_q\!\left[\log \frac{q(x_T \mid x_0)}{p(x_T)} + \sum_{t=2}^{T} \log \frac{q(x_{t-1} \mid x_t, x_0)}{p_\theta(x_{t-1} \mid x_t)}
+#    - \log p_\theta(x_0 \mid x_1)\right] . $$
+#
+# Now each log-ratio compares two densities of the same variable, and its expectation under the first one (take the
+# expectation over $x_{t-1}$ given $x_t$ and $x_0$ first, then over $x_t$) is a KL divergence:
 #
 # $$ L = \underbrace{\mathrm{KL}\big(q(x_T \mid x_0)\,\|\,p(x_T)\big)}_{L_T}
 #    + \sum_{t=2}^{T} \underbrace{\mathbb E_{q(x_t \mid x_0)}\,\mathrm{KL}\big(q(x_{t-1} \mid x_t, x_0)\,\|\,p_\theta(x_{t-1} \mid x_t)\big)}_{L_{t-1}}
@@ -492,7 +505,8 @@ for t in (1, 10, 100, 500, 999):
 #
 # **Check — the telescoping, along a path.** The identity above holds for every path, not just on average: along a
 # simulated chain, $\sum_t \log q(x_t \mid x_{t-1})$ must equal $\log q(x_T \mid x_0) + \sum_{t \ge 2} \log q(x_{t-1} \mid x_t, x_0)$
-# with the posterior of section 2 (all 1000 steps, float64).
+# with the posterior of section 2 (all 1000 steps, float64). Section 4 checks the whole split a second way, once there
+# is a network: the average of the first form of $L$ over simulated paths against the sum of the KL terms.
 
 
 # %%
@@ -593,8 +607,11 @@ assert ((ours - monte_carlo).abs() < 4 * monte_carlo_se).all()
 #
 # $$ L_{t-1} = \mathbb E_q\!\left[\frac{\lVert \tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t) \rVert^2}{2\sigma_t^2}\right] . $$
 #
-# The best $\mu_\theta$ is the posterior mean itself, but it needs the unknown $x_0$. So give the network the job of
-# estimating $x_0$, through the noise: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ gives
+# The best $\mu_\theta$ is the posterior mean itself, but it needs the unknown $x_0$. The network sees only $x_t$, so the
+# best it can do, averaged over the $x_0$ that could have produced $x_t$, is $\mathbb E[\tilde\mu_t(x_t, x_0) \mid x_t]$, and
+# because $\tilde\mu_t$ is linear in $x_0$ that is $\tilde\mu_t(x_t, \mathbb E[x_0 \mid x_t])$: the posterior mean with the best
+# estimate of the clean point in place of the clean point (section 5 computes $\mathbb E[x_0 \mid x_t]$ exactly for the toy).
+# So give the network the job of estimating $x_0$, through the noise: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ gives
 # $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ for a predicted noise
 # $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, and $\mu_\theta(x_t, t) = \tilde\mu_t(x_t, \hat x_0)$. Only the $x_0$ part of
 # $\tilde\mu_t$ differs between the two means:
@@ -609,7 +626,9 @@ assert ((ours - monte_carlo).abs() < 4 * monte_carlo_se).all()
 #    \lambda_t = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t\,(1-\bar\alpha_t)} \overset{\sigma_t^2 = \tilde\beta_t}{=} \frac{\beta_t}{2\alpha_t(1-\bar\alpha_{t-1})}
 #    = \frac12\left(\mathrm{SNR}_{t-1} - \mathrm{SNR}_t\right)\frac{1-\bar\alpha_t}{\bar\alpha_t} . $$
 #
-# The last form, through the signal-to-noise ratio, is how {cite:t}`kingma2021vdm` write it. Written out,
+# (The letter $\lambda_t$ is the bound's weight in this chapter only; [chapter 08](08_fast_sampling.py) and the notation
+# page use $\lambda$ for half the log-SNR.) The last form, through the signal-to-noise ratio, is how
+# {cite:t}`kingma2021vdm` write it. Written out,
 # $\mu_\theta = (x_t - \beta_t\,\hat\varepsilon/\sqrt{1-\bar\alpha_t})/\sqrt{\alpha_t}$: DDPM's Algorithm 2, the sampler
 # of [chapter 06](06_sampling.py) {cite:p}`ho2020ddpm`.
 #
@@ -651,18 +670,21 @@ assert max(worst.values()) < 1e-8
 # %% [markdown]
 # ### $L_\text{simple}$: the bound with its weights dropped, and min-SNR
 #
-# Summing $L_{t-1}$ over $t$ is an expectation over a uniform $t$ times $T$, so the bound (without $L_T$ and $L_0$) is
-# $T\,\mathbb E_{t, x_0, \varepsilon}\big[\lambda_t \lVert \varepsilon - \varepsilon_\theta(x_t, t)\rVert^2\big]$.
-# {cite:t}`ho2020ddpm` drop the weight and train on
+# The bound has $T - 1$ KL terms (the paper's $t = 2, \dots, T$). In the code's counting they are the steps from
+# $t = 1, \dots, T-1$, and their sum is $T - 1$ times an expectation over a uniform $t$ of those:
+# $(T-1)\,\mathbb E_{t \sim \mathcal U\{1..T-1\},\, x_0,\, \varepsilon}\big[\lambda_t \lVert \varepsilon - \varepsilon_\theta(x_t, t)\rVert^2\big]$
+# (without $L_T$ and $L_0$). {cite:t}`ho2020ddpm` drop the weight and train on
 #
 # $$ L_\text{simple} = \mathbb E_{t \sim \mathcal U\{0..T-1\},\ x_0,\ \varepsilon}\,\lVert \varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t)\rVert^2 , $$
 #
-# the loss [chapter 05](05_training.py) uses (per pixel, a mean instead of a sum). It has the same minimiser at every $t$
+# the loss [chapter 05](05_training.py) uses (per pixel, a mean instead of a sum). Its $t$ runs from 0: the code's $t = 0$,
+# which has no KL term, stands in for the decoder $L_0$, whose mean is also the network's $\hat x_0$ from the least noisy
+# input. It has the same minimiser at every $t$
 # (the true conditional mean of $\varepsilon$, section 5), since each $t$ is its own regression problem, but it spends
 # the network's capacity differently: $\lambda_t$ is largest at small $t$, where the noise is nearly invisible and
 # predicting it is hard and matters little for how samples look. Relative to the bound, $L_\text{simple}$ moves weight
 # to larger $t$; Ho et al. found that this gives better samples and a worse bound. **Min-SNR-$\gamma$ weighting**
-# {cite:p}`hang2023minsnr`, which [chapter 05](05_training.py)'s quick recipe and the shipped weights use, multiplies each term by
+# {cite:p}`hang2023minsnr`, which [chapter 11](11_putting_together.py)'s quick recipe and the shipped weights use, multiplies each term by
 # $w_t = \min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ ($\gamma = 5$): 1 where $\mathrm{SNR}_t \le 5$, less and less at the
 # smallest $t$. It moves weight further from the bound's small-$t$ terms, which shows in the bound of section 7.
 #
@@ -689,6 +711,25 @@ print(f"min-SNR-5 weight: {min_snr_weights[1]:.2e} at t = 1, 1 from t = {t_min_s
 assert lambdas[1] == lambdas[1:].max()  # the bound weighs the first step most ...
 assert lambdas[1] / lambdas[-1] > 50  # ... about 60 times more than the last
 assert (min_snr_weights[t_min_snr:] == 1).all() and min_snr_weights[1] < 0.01
+
+
+class OffByOne(nn.Module):
+    """ε̂ = the true ε of x_t (for x0 = 0) + 1 in every coordinate: each image's squared error is exactly 1."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x_t / (1 - scheduler.alpha_bars64[t].float()).sqrt().view(-1, 1, 1, 1) + 1
+
+
+# with an error of 1 everywhere, chapter 05's loss is the mean of the weights at the t it draws (t first, from the
+# generator): the weights training applies must be the ones plotted above
+images = torch.zeros(8192, 1, 1, 2)
+applied = ddpm_loss(
+    OffByOne(), scheduler, images, torch.Generator().manual_seed(30), weighting="min_snr"
+).item()
+drawn_t = torch.randint(0, T, (len(images),), generator=torch.Generator().manual_seed(30))
+print(f"ddpm_loss(weighting='min_snr') with unit errors: {applied:.6f}; the plotted weights at its t: "
+      f"{min_snr_weights[drawn_t].mean():.6f}")  # fmt: skip
+assert abs(applied / min_snr_weights[drawn_t].mean().item() - 1) < 1e-4
 
 # %% [markdown]
 # ### The decoder $L_0$ for images, and computing the bound
@@ -921,6 +962,26 @@ for mean, std in ((0.0, 0.01), (-0.99, 0.003), (0.7, 0.4), (1.3, 0.05)):
     mass = discretized_gaussian_log_likelihood(levels, mean, std).exp().sum().item()
     print(f"mean {mean:+.2f}, std {std}: total probability of the 256 levels {mass:.12f}")
     assert abs(mass - 1) < 1e-10
+# each bin's probability, against differences of the normal CDF at the bin edges (midways between levels, ±∞ outside)
+edges = torch.cat(
+    [torch.tensor([-math.inf]), (levels[:-1] + levels[1:]) / 2, torch.tensor([math.inf])]
+).double()
+worst_bin = 0.0
+for mean, std in ((0.3, 0.05), (-0.99, 0.003), (0.996, 0.01)):
+    normal = torch.distributions.Normal(
+        torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    )
+    by_cdf = normal.cdf(edges[1:]) - normal.cdf(edges[:-1])
+    worst_bin = max(
+        worst_bin, (discretized_gaussian_log_likelihood(levels, mean, std).exp() - by_cdf).abs().max().item()
+    )
+print(f"largest difference from the normal CDF's bin masses: {worst_bin:.1e}")
+assert worst_bin < 1e-12
+# the decoder's width is the posterior standard deviation of the code's t = 1 (section 2's table, and ddpm_lib's)
+sigma_1 = decoder_std(scheduler)
+print(f"decoder sigma_1 = {sigma_1:.5f}; sqrt(beta~) at t = 1: {posterior_variance[1].sqrt():.5f}")
+assert math.isclose(sigma_1**2, posterior_variance[1].item(), rel_tol=1e-12)
+assert math.isclose(sigma_1**2, scheduler.posterior_variances[1].item(), rel_tol=1e-5)
 digits = load_mnist("heldout", verbose=False).tensors[0]
 prior_per_digit = prior_term(scheduler, digits)
 print(
@@ -1157,13 +1218,19 @@ print(
     f"E log q: exact predictor - data {exact_gap:+.3f}, network - data {network_gap:+.3f} (standard error {log_q_se:.3f})"
 )
 assert (island_shares(toy_samples["exact"]) - mixture.weights).abs().max() < share_tolerance
-# four standard errors, or 0.15 nats: the 1000-step sampler's own bias is about a tenth of a nat (visible with the
-# full profile's 4,000 points, hidden in the CI profile's noise)
+# four standard errors, or 0.15 nats: the 1000-step sampler's own bias (see below) is about a tenth of a nat
 assert abs(exact_gap) < max(4 * log_q_se, 0.15)
 assert (island_shares(toy_samples["network"]) - mixture.weights).abs().max() < 2 * share_tolerance
 assert network_gap > -1.5  # the network's samples are a little more spread out than the data, not more
 
 # %% [markdown]
+# The exact predictor's samples have a *higher* average log-density than fresh data: in the full profile's run
+# (4,000 points, the output above) by about a tenth of a nat, four standard errors. That is a result, not noise: the
+# samples sit a little too close to the centres of the islands. The sampler's mean is exact (section 6 checks it to
+# $10^{-15}$), so the shortfall is in its variance: every reverse step adds noise of variance $\tilde\beta_t$, while the true
+# reverse step is a little wider (the last column of section 6's table), most of all at small $t$. The check allows
+# 0.15 nats for it; the CI profile's 1,000 points are too few to see it.
+#
 # ### Try it: the reverse process, animated
 #
 # Press play (in JupyterLab) to watch the network's points find the six islands, every 25 steps from $t = 999$
@@ -1241,14 +1308,67 @@ print(
 )
 
 # %% [markdown]
-# The untrained network's bound is dozens of nats above the truth; training on $L_\text{simple}$, which is not the bound,
+# **Check — the split, a second way.** Everything above computed $L$ from its split into KL terms. The first form of
+# section 3 needs no split: simulate forward paths $x_{1:T}$ from each data point and average
+# $\log q(x_{1:T} \mid x_0) - \log p_\theta(x_{0:T})$, the forward chain's log-density minus the reverse chain's, step by
+# step ($p(x_T) = \mathcal N(0, I)$, the Gaussian steps $\mathcal N(\mu_\theta(x_t, t), \tilde\beta_t I)$ and the decoder). Both
+# are unbiased for $L$ of each point, so their difference must average to zero within its standard error; a wrong
+# term in the split (a missing $t$, $\sigma_t^2 = \beta_t$ in one place) would show. Were the reverse chain exactly the
+# forward one run backwards, every path would give the same number, $-\log q(x_0)$; the spread per path that the cell
+# prints, about two nats even for the exact predictor, comes from the fixed variances of the reverse steps and the
+# decoder, which are not the true ones (section 6 measures them).
+
+
+# %%
+@torch.no_grad()
+def bound_along_paths(
+    denoiser: nn.Module, x0: torch.Tensor, paths: int, generator: torch.Generator
+) -> torch.Tensor:
+    """log q(x_1:T | x_0) − log p_θ(x_0:T) along ``paths`` forward paths per point of ``x0`` (N, D): (N, paths)."""
+    start = x0.double().repeat_interleave(paths, 0)
+    log_ratio = torch.zeros(len(start), dtype=torch.float64)
+    previous = start
+    for t in range(T):  # the step from the code's x_{t-1} (x_0 when t = 0) to x_t, and the reverse step back
+        x_t = q_step(
+            scheduler, previous, t, torch.randn(start.shape, generator=generator, dtype=torch.float64)
+        )
+        log_ratio += normal_log_density(x_t, alphas64[t].sqrt() * previous, 1 - alphas64[t])
+        output = denoiser(x_t.float(), torch.full((len(x_t),), t)).double()
+        eps_hat = convert_prediction(output, x_t, alpha_bars64[t], prediction_of(denoiser), "eps")
+        x0_hat = (x_t - (1 - alpha_bars64[t]).sqrt() * eps_hat) / alpha_bars64[t].sqrt()
+        if t == 0:  # the decoder: the Gaussian density of the toy, mean x̂_0, width σ_1
+            log_ratio -= gaussian_log_likelihood(start, x0_hat, decoder_std(scheduler)).sum(-1)
+        else:
+            model_mean = coef_x0[t] * x0_hat + coef_xt[t] * x_t
+            log_ratio -= normal_log_density(previous, model_mean, posterior_variance[t])
+        previous = x_t
+    log_ratio -= normal_log_density(previous, torch.zeros_like(previous), 1.0)  # p(x_T)
+    return log_ratio.reshape(len(x0), paths)
+
+
+split_rows = {
+    "network": snapshot_model,
+    "exact predictor": exact_model,
+}  # the network after its last snapshot
+for name, denoiser in split_rows.items():
+    along_paths = bound_along_paths(denoiser, bound_points, 4, torch.Generator().manual_seed(18))
+    from_kl_terms = toy_bound(denoiser)
+    difference = along_paths.mean(1) - from_kl_terms.total
+    error = difference.std().item() / math.sqrt(len(difference))
+    print(f"{name:>16}: along paths {along_paths.mean():.3f} (spread per path {along_paths.std():.2f}), "
+          f"from the KL terms {from_kl_terms.mean():.3f}; difference {difference.mean():+.3f} ± {error:.3f}")  # fmt: skip
+    assert abs(difference.mean().item()) < 4 * error
+
+# %% [markdown]
+# The untrained network's bound is about fourteen and a half nats above the truth (the first row); training on
+# $L_\text{simple}$, which is not the bound,
 # still tightens it, because both are minimised by the same $\hat\varepsilon$. Even the exact predictor leaves a gap:
 # the reverse steps of the bound have the fixed variance $\tilde\beta_t$, while the true reverse step (section 6) is a
 # little wider, and the decoder's $\sigma_1$ is fixed too. A learned variance {cite:p}`nichol2021improved` closes part of it.
 #
 # ## 5. $\varepsilon$ is a scaled score
 #
-# Why is predicting the noise the right job, and what is the best possible prediction? Differentiate
+# What is the best possible noise prediction, and what does it say about the data? Differentiate
 # $q(x_t) = \int q(x_t \mid x_0)\, q(x_0)\, dx_0$ under the integral: since
 # $\nabla_{x_t} \log q(x_t \mid x_0) = -(x_t - \sqrt{\bar\alpha_t}\,x_0)/(1-\bar\alpha_t) = -\varepsilon/\sqrt{1-\bar\alpha_t}$,
 #
@@ -1263,6 +1383,15 @@ print(
 # gives **Tweedie's formula** {cite:p}`efron2011tweedie` for the best estimate of the clean point:
 #
 # $$ \mathbb E[x_0 \mid x_t] = \frac{x_t + (1-\bar\alpha_t)\,\nabla \log q(x_t)}{\sqrt{\bar\alpha_t}} . $$
+#
+# Nothing here makes the noise the best *target*. A network that predicts $x_0$, or $v$, learns
+# $\mathbb E[x_0 \mid x_t]$ or $\mathbb E[v \mid x_t]$, and each of the three converts exactly into the others
+# ([chapter 02](02_forward_process.py)'s `convert_prediction`): they share the optimum. They differ in how an
+# unweighted squared error spreads the network's effort over $t$: an error $\delta$ in $\hat\varepsilon$ is an error
+# $\delta/\sqrt{\mathrm{SNR}_t}$ in $\hat x_0$, so $L_\text{simple}$ in $\varepsilon$ weighs $x_0$'s error by $\mathrm{SNR}_t$. That
+# {cite:t}`ho2020ddpm` predicted $\varepsilon$ is an empirical choice: it gave them better samples than predicting the
+# posterior mean. [Chapter 11](11_putting_together.py) trains with $v$ and min-SNR weights, which set that balance
+# directly.
 #
 # **Check — Tweedie, exactly.** For the mixture, $\mathbb E[x_0 \mid x_t]$ can be computed without any score: given the
 # component $k$, $(x_0, x_t)$ is jointly Gaussian, so $\mathbb E[x_0 \mid x_t, k] = m_k + \sqrt{\bar\alpha_t}\,C_k
@@ -1420,6 +1549,29 @@ assert abs(mixture.log_prob(annealed).mean() - data_log_q.mean()) < 0.25
 # fixes the shares. DDPM's sampler is a close relative: each reverse step moves $x_t$ along the (estimated) score of
 # the current noise level and adds fresh noise, while the level decreases.
 #
+# **Check — the update, exactly.** For a Gaussian target $\mathcal N(0, c)$ in one dimension the score is $-x/c$, the
+# update is linear, $x \mapsto (1 - \frac{\delta}{2c})\,x + \sqrt\delta\,z$, and the mean and variance of a cloud of
+# points follow $m \leftarrow (1 - \frac{\delta}{2c})\,m$ and $v \leftarrow (1 - \frac{\delta}{2c})^2\,v + \delta$, step by step. `langevin`
+# must move a cloud accordingly. (Where $v$ settles, and why it is not $c$, is exercise 3.3.)
+
+# %%
+c, delta, steps = 0.1, 0.05, 60
+cloud = langevin(
+    lambda x: -x / c,
+    torch.ones((20_000, 1), dtype=torch.float64),
+    delta,
+    steps,
+    torch.Generator().manual_seed(31),
+)
+m, v = 1.0, 0.0  # every point starts at 1
+for _ in range(steps):
+    m, v = (1 - delta / (2 * c)) * m, (1 - delta / (2 * c)) ** 2 * v + delta
+print(
+    f"after {steps} steps: mean {cloud.mean():.4f} (recursion {m:.4f}), variance {cloud.var():.4f} (recursion {v:.4f})"
+)
+assert abs(cloud.mean().item() - m) < 4 * math.sqrt(v / len(cloud))
+assert abs(cloud.var().item() / v - 1) < 4 * math.sqrt(2 / len(cloud))
+#
 # ### The probability-flow ODE: the deterministic twin
 #
 # Let the steps become infinitely many: with $\beta(s)$ the noise rate at continuous time $s$, the forward process is the
@@ -1503,11 +1655,44 @@ assert abs(ode_gaps[1000]) < 0.25
 #
 # The model assumes every reverse step $p_\theta(x_{t-1} \mid x_t)$ is Gaussian, but the true reverse step
 # $q(x_{t-1} \mid x_t) \propto q(x_t \mid x_{t-1})\, q(x_{t-1})$ is, for the toy, a mixture. Why does that work?
-# The first factor is a Gaussian in $x_{t-1}$ of width $\sqrt{\beta_t/\alpha_t}$, about $0.1$ or less. Over so small a
-# region $\log q(x_{t-1})$ is nearly linear, $\log q(x_{t-1}) \approx \log q(x_t) + \nabla\log q \cdot (x_{t-1} - x_t)$, and a
-# Gaussian times the exponential of a linear function is again a Gaussian, shifted along the score. The error comes from
-# the curvature of $\log q$ across that width, and shrinks with $\beta_t$ {cite:p}`sohl2015deep`. With large steps,
-# such as 10 steps of 100 instead of 1000 of 1, the width is ten times larger and the approximation fails.
+# The first factor, as a function of $x_{t-1}$, is the Gaussian $\mathcal N(x_t/\sqrt{\alpha_t},\ (\beta_t/\alpha_t) I)$: its width
+# $\sqrt{\beta_t/\alpha_t}$ grows along the linear schedule up to $\sqrt{0.02/0.98} \approx 0.14$. Across so narrow a region
+# $\log q(x_{t-1})$ is nearly linear, $\log q(x_{t-1}) \approx \text{const} + g \cdot x_{t-1}$ with $g$ its gradient near
+# $x_t/\sqrt{\alpha_t}$, provided its curvature times the squared width is small,
+# $(\beta_t/\alpha_t)\,\lVert\nabla^2 \log q\rVert \ll 1$. A Gaussian times the exponential of a linear function is again a
+# Gaussian: completing the square, the mean moves by the variance times the gradient, to
+# $x_t/\sqrt{\alpha_t} + (\beta_t/\alpha_t)\,g$. Since $q(x_t)$ is $q(x_{t-1})$ scaled by $\sqrt{\alpha_t}$ and widened a
+# little, $g \approx \sqrt{\alpha_t}\,\nabla\log q(x_t)$, and
+#
+# $$ \mathbb E[x_{t-1} \mid x_t] \approx \frac{x_t + \beta_t\,\nabla\log q(x_t)}{\sqrt{\alpha_t}}
+#    = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\varepsilon^*(x_t, t)\right) , $$
+#
+# with variance about $\beta_t$: DDPM's Algorithm 2 (section 3), with the ideal $\varepsilon^*$ of section 5 in place of
+# the network's. It is the Langevin step of section 5 in another guise: a move along the score plus fresh noise. The
+# error comes from the curvature of $\log q$ across the width, and shrinks with $\beta_t$ {cite:p}`sohl2015deep`. With
+# large steps, such as 10 steps of 100 instead of 1000 of 1, the width is several times larger and the approximation
+# fails where $q(x_{t-1})$ is not itself Gaussian.
+#
+# For the toy the scale can be printed: the largest curvature of one island's noised log-density is the reciprocal of
+# its smallest variance, $1/(\bar\alpha_{t-1} c_\text{min} + 1 - \bar\alpha_{t-1})$, with $c_\text{min}$ the smallest
+# eigenvalue of the islands' covariances. The condition is sufficient, not necessary: at large $t$ the noised islands
+# merge into one nearly Gaussian density, whose curvature is the same everywhere, and then even a wide step stays
+# Gaussian.
+
+
+# %%
+c_min = torch.linalg.eigvalsh(mixture.covariances).min().item()
+print(f"smallest island variance c_min = {c_min:.4f}")
+print(f"{'t':>4} {'jump':>5} {'width':>7} {'width^2 x curvature':>20}")
+linearisation = {}
+for t in (1, 10, 30, 99, 199, 299, 499, 999):
+    for jump in (1, 100) if t >= 99 else (1,):
+        alpha_bar_s = 1.0 if t - jump < 0 else alpha_bars64[t - jump].item()
+        step_beta = 1 - alpha_bars64[t].item() / alpha_bar_s  # the jump's β: x_t = √(1 − β) x_s + √β noise
+        width_squared = step_beta / (1 - step_beta)
+        linearisation[t, jump] = width_squared / (alpha_bar_s * c_min + 1 - alpha_bar_s)
+        print(f"{t:4d} {jump:5d} {math.sqrt(width_squared):7.4f} {linearisation[t, jump]:20.3g}")
+assert max(value for (t, jump), value in linearisation.items() if jump == 1) < 0.1
 #
 # For the toy we can compute the true reverse step exactly: each island gives one Gaussian (the product of two
 # Gaussians in $x_{t-1}$), weighted by how likely the island makes $x_t$. We compare it with the Gaussian with the
@@ -1566,9 +1751,9 @@ def sampler_step_mean(t: int, s: int, x0_hat: torch.Tensor, x_t: torch.Tensor) -
 
 generator = torch.Generator().manual_seed(24)
 reverse_rows = []
-for t in (99, 199, 299, 499, 999):
+for t in (1, 10, 30, 99, 199, 299, 499, 999):
     points = mixture.noised(alpha_bars64[t]).sample(10, generator)
-    for jump in (1, 100):
+    for jump in (1, 100) if t >= 99 else (1,):
         kls, mean_errors, excess = [], [], []
         for x_t in points:
             exact_step = exact_reverse_step(mixture, t, t - jump, x_t)
@@ -1595,9 +1780,11 @@ small_steps = {t: kl for t, jump, kl, *_ in reverse_rows if jump == 1}
 large_steps = {t: kl for t, jump, kl, *_ in reverse_rows if jump == 100}
 print("KL of the best Gaussian step, 1000 steps:", {t: f"{kl:.1e}" for t, kl in small_steps.items()})
 print("KL of the best Gaussian step,   10 steps:", {t: f"{kl:.1e}" for t, kl in large_steps.items()})
-assert max(small_steps.values()) < 1e-4  # with 1000 steps every reverse step is Gaussian to 1e-4 nats
+assert (
+    max(small_steps.values()) < 1e-4
+)  # with 1000 steps every reverse step is Gaussian to 1e-4 nats, t = 1 included
 assert large_steps[99] > 0.1  # with 10 steps the last one is far from Gaussian
-assert all(large_steps[t] > 1000 * small_steps[t] for t in small_steps if large_steps[t] > 1e-12)
+assert all(large_steps[t] > 1000 * small_steps[t] for t in large_steps if large_steps[t] > 1e-12)
 
 # %% [markdown]
 # The contours of the true reverse step for one $x_t$ (colour) and of its best Gaussian (grey ellipses at 1, 2 and 3
@@ -1638,9 +1825,12 @@ assert (
 ).sum() >= 2  # a multimodal last step for 10 steps
 
 # %% [markdown]
-# With 1000 steps each true reverse step is Gaussian to within $10^{-4}$ nats and far less away from the data end; with
-# 10 steps, the last one has to choose between islands, which no Gaussian can. That is why DDPM takes many small steps,
-# and why the fast samplers of [chapter 08](08_fast_sampling.py) do not use the DDPM step: they follow the ODE of section 5 instead.
+# With 1000 steps each true reverse step, down to $t = 1$, is Gaussian to within $10^{-4}$ nats, and to far less away from
+# the data end. With 10 steps, the table says where a short chain pays: not at large $t$, where the noised islands have
+# merged and even a jump of 100 is Gaussian to $10^{-6}$ nats or better, but in the last jumps, and above all the one to
+# the data, which has to choose between islands, as no Gaussian can. That is why DDPM takes many small steps, and what
+# [chapter 08](08_fast_sampling.py) measures when it runs DDPM's step on a respaced chain of 20 steps and compares it
+# with the deterministic samplers that follow the ODE of section 5.
 #
 # ## 7. The bound for MNIST, in bits per dimension
 #
@@ -1677,6 +1867,34 @@ assert 0 < live.bits_per_dim() < 8  # better than a uniform guess over 256 level
 assert live.prior.max() < 0.05
 
 # %% [markdown]
+# **The decoder's floor.** $L_0$ has a part no network can remove: even with the perfect mean $\hat x_0 = x_0$, the
+# decoder spreads its probability over a Gaussian of width $\sigma_1$, which is not much wider than half a bin
+# ($1/255$), so a pixel's own bin gets only part of it. An interior level keeps the mass of $[-1/255, 1/255]$ around the
+# mean; the two end levels, whose bins are open, keep that of a half-line. The cell computes both costs from the
+# error function, the share of held-out pixels at an end level, and the floor they make, and checks the floor against
+# `discretized_gaussian_log_likelihood` with mean $x_0$ and against `BoundEstimate`'s conversion to bits.
+
+# %%
+sigma_1 = decoder_std(mnist_scheduler)
+z = (1 / 255) / (sigma_1 * math.sqrt(2))
+interior_cost = -math.log(math.erf(z))  # −log P(|noise| < half a bin)
+end_cost = -math.log(0.5 * (1 + math.erf(z)))  # −log P(noise < half a bin): the open bin at either end
+at_ends = ((digits == -1) | (digits == 1)).double().mean().item()
+floor_from_erf = at_ends * end_cost + (1 - at_ends) * interior_cost  # nats per pixel
+floor = -discretized_gaussian_log_likelihood(digits, digits, sigma_1).flatten(1).sum(1)  # nats per digit
+zeros = torch.zeros_like(floor)
+floor_bits = BoundEstimate(floor, zeros, zeros, floor, None, 784).bits_per_dim()
+print(f"sigma_1 = {sigma_1:.5f}: a perfect mean costs {interior_cost:.3f} nats at an interior level, "
+      f"{end_cost:.3f} at an end level")  # fmt: skip
+print(f"{at_ends:.1%} of the held-out pixels sit at an end level: the floor is {floor.mean() / 784:.3f} nats "
+      f"= {floor_bits:.3f} bits per dimension")  # fmt: skip
+print(f"L_0 of the shipped model: {live.decoder.mean() * to_bits:.2f} bits/dim here; 1.084 in the full measurement "
+      f"(the command above), of which the floor is {floor_bits / 1.084:.0%}")  # fmt: skip
+assert abs(floor.mean().item() / 784 - floor_from_erf) < 1e-9
+assert abs(floor_bits - floor_from_erf / math.log(2)) < 1e-9  # bits per dimension: nats / ln 2
+assert live.decoder.mean() * to_bits > floor_bits
+
+# %% [markdown]
 # Where do the bits go? The terms $L_t$ of one digit along $t$ (one noise draw each, on a log-spaced set of $t$):
 
 # %%
@@ -1708,11 +1926,14 @@ print(
 assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 
 # %% [markdown]
-# Two terms dominate: the decoder $L_0$, whose fixed width $\sigma_1$ costs close to a nat per pixel even for a perfect
-# mean, and the KL terms at the smallest $t$, where min-SNR weighting gave the network's errors almost no weight during
-# training. The bound is a likelihood measure; it ranks models differently from the sample-quality measures of [chapter 07](07_evaluation.py),
-# and a model trained for samples (this one) is not trained for it. Models trained on the bound itself, with learned
-# variances and schedules, reach about 1 bit per dimension on MNIST-like data {cite:p}`kingma2021vdm`.
+# Two terms dominate: the decoder $L_0$ and the KL terms at the smallest $t$. Of $L_0$, the floor set by the fixed width
+# $\sigma_1$ is the larger part (the cell before the plot prints it); the rest is the network's error in $\hat x_0$ at
+# $t = 0$. That error, and the KL terms at the smallest $t$, are where min-SNR weighting gave the network's errors
+# almost no weight during training (about $10^{-3}$ at $t = 1$, section 3). The bound is a likelihood measure; it ranks
+# models differently from the sample-quality measures of [chapter 07](07_evaluation.py), and a model trained for
+# samples (this one) is not trained for it. Models trained on the bound itself, with learned variances
+# {cite:p}`nichol2021improved` or a learned schedule {cite:p}`kingma2021vdm`, give much tighter bounds on the datasets
+# those papers report (CIFAR-10 and ImageNet; neither reports MNIST).
 #
 # ## Summary
 #
@@ -1724,7 +1945,10 @@ assert terms[0] > 10 * terms[-1]  # the small-t terms dominate
 #   $L_\text{simple}$ sets $\lambda_t = 1$; min-SNR lowers the small-$t$ weights further.
 # - `ddpm_lib.theory.variational_bound` estimates $L$ without bias (uniform $t$ times $T - 1$) with a standard error. On the
 #   toy the bound lies above the exact $-\log q$ and tightens with training; for `ddpm_mnist` it is 2.121 ± 0.030 bits/dim
-#   (`python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0`).
+#   (`python -m ddpm_lib bound --weights ddpm_mnist --n 500 --t-samples 200 --seed 0`). The decoder's fixed width alone
+#   costs 0.661 of its 1.084 bits/dim of $L_0$.
+# - The split holds twice over: term by term along a path (the telescoping), and on average against the first form
+#   of $L$ along simulated paths.
 # - $\varepsilon^* = -\sqrt{1-\bar\alpha_t}\,\nabla\log q(x_t)$ (Tweedie); the trained network's score matches the exact one
 #   where the data are; Langevin dynamics (annealed) samples with a score alone, and the probability-flow ODE is the
 #   deterministic twin of the reverse process.
@@ -1783,6 +2007,9 @@ def kl_term_beta_variance(
     scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor, eps_hat: torch.Tensor
 ) -> torch.Tensor:
     ### BEGIN SOLUTION
+    # Model answer. With ε̂ = ε the two means agree and only the variances differ, so each coordinate gives
+    # ½ [log(β_t / β̃_t) + β̃_t / β_t − 1] > 0 (x − 1 − log x > 0 for x = β̃_t / β_t ≠ 1). The model's step is wider than the
+    # true posterior however good its mean; with σ_t² = β̃_t the two Gaussians coincide and the KL is 0.
     alpha_bar, alpha_bar_prev = scheduler.alpha_bars64[t], scheduler.alpha_bars64[t - 1]
     beta = 1 - alpha_bar / alpha_bar_prev
     small = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
@@ -1814,25 +2041,46 @@ assert torch.allclose(perfect, (torch.log(ratio) + 1 / ratio - 1).expand(3), rto
 print("Exercise 3.2 passed")
 
 # %% [markdown]
-# :::{exercise} 3.3 · ★★☆ · One Langevin step
+# :::{exercise} 3.3 · ★★★ · Langevin's bias, and the Metropolis correction
 # :nonumber:
 #
-# Write `langevin_step(x, score, step_size, generator)`: one update $x + \frac{\delta}{2}\,\text{score}(x) + \sqrt\delta\,z$ with
-# $z$ drawn by `torch.randn(x.shape, generator=generator, dtype=x.dtype)`. Raise a `ValueError` naming `step_size` unless
-# it is positive. The check runs it on a Gaussian, whose score is $-C^{-1}(x - m)$, and compares the points' mean and
-# covariance with $m$ and $C$ after many steps.
+# Section 5's `langevin` samples the density only in the limit of small steps: with a finite step $\delta$ its points
+# settle into a slightly wrong distribution. The **Metropolis-adjusted Langevin algorithm** (MALA) removes that bias:
+# treat the Langevin update as a *proposal* $y = x + \frac{\delta}{2}\,\nabla\log\pi(x) + \sqrt\delta\,z$, whose density
+# given $x$ is $g(y \mid x) = \mathcal N\big(y;\ x + \frac{\delta}{2}\nabla\log\pi(x),\ \delta I\big)$, and accept it with probability
+# $\min\big(1,\ \pi(y)\,g(x \mid y) / (\pi(x)\,g(y \mid x))\big)$; a rejected point stays where it was.
+#
+# Write `mala_step(x, log_prob, score, step_size, generator)` for points `x` (N, D): draw $z$ with
+# `torch.randn(x.shape, generator=generator, dtype=x.dtype)`, then one uniform number per point with
+# `torch.rand(len(x), generator=generator, dtype=x.dtype)`, accept where its log is below the log of the ratio, and return
+# the new points and the boolean tensor of acceptances. Raise a `ValueError` naming `step_size` unless it is positive.
+# The check runs both samplers on a Gaussian with a step that is large for it. Then, in a markdown cell: why are the
+# plain Langevin points too spread out (hint: in one dimension, with $\pi = \mathcal N(0, c)$, find the variance that
+# the update $x \mapsto (1 - \frac{\delta}{2c})\,x + \sqrt\delta\,z$ keeps), and what does the acceptance rate do as $\delta$ grows?
 # :::
 
 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
-def langevin_step(
-    x: torch.Tensor, score, step_size: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def mala_step(
+    x: torch.Tensor, log_prob, score, step_size: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
+    # Model answer. The update keeps the variance v with v = (1 − δ/(2c))² v + δ, so v = c / (1 − δ/(4c)): too wide by
+    # a factor that grows with δ/c (about 18% for the check's narrowest direction). MALA's accept/reject step makes π
+    # exactly stationary for any δ, so the bias is gone; the price is the acceptance rate, which falls as δ grows
+    # (the proposal overshoots more often), so large steps waste work on rejected moves.
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
+
+    def log_proposal(to: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        mean = start + 0.5 * step_size * score(start)
+        return -((to - mean) ** 2).sum(1) / (2 * step_size)  # the constant cancels in the ratio
+
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return x + 0.5 * step_size * score(x) + math.sqrt(step_size) * z
+    proposal = x + 0.5 * step_size * score(x) + math.sqrt(step_size) * z
+    log_ratio = log_prob(proposal) - log_prob(x) + log_proposal(x, proposal) - log_proposal(proposal, x)
+    accepted = torch.rand(len(x), generator=generator, dtype=x.dtype).log() < log_ratio
+    return torch.where(accepted[:, None], proposal, x), accepted
     ### END SOLUTION
 
 
@@ -1840,22 +2088,42 @@ def langevin_step(
 # Check 3.3
 target_mean = torch.tensor([0.5, -0.3], dtype=torch.float64)
 target_covariance = torch.tensor([[0.2, 0.05], [0.05, 0.1]], dtype=torch.float64)
+target = torch.distributions.MultivariateNormal(target_mean, target_covariance)
 precision = torch.linalg.inv(target_covariance)
 gaussian_score = lambda x: -(x - target_mean) @ precision  # noqa: E731  (precision is symmetric)
-x = torch.zeros((8000, 2), dtype=torch.float64)
+start = torch.zeros((8000, 2), dtype=torch.float64)
 generator = torch.Generator().manual_seed(28)
-for _ in range(300):
-    x = langevin_step(x, gaussian_score, 0.01, generator)
-print(f"mean {x.mean(0).tolist()}, covariance {torch.cov(x.T).flatten().tolist()}")
-assert (x.mean(0) - target_mean).abs().max() < 0.03
-assert (torch.cov(x.T) - target_covariance).abs().max() < 0.02
+plain_points, mala_points, acceptance = langevin(gaussian_score, start, 0.05, 400, generator), start, []
+for _ in range(400):
+    mala_points, accepted = mala_step(mala_points, target.log_prob, gaussian_score, 0.05, generator)
+    acceptance.append(accepted.double().mean().item())
+for name, points in (("plain Langevin", plain_points), ("MALA", mala_points)):
+    print(f"{name:>14}: covariance {[round(v, 4) for v in torch.cov(points.T).flatten().tolist()]}")
+print(
+    f"{'target':>14}: covariance {target_covariance.flatten().tolist()}; MALA accepted {sum(acceptance) / 400:.1%}"
+)
+assert (torch.cov(plain_points.T) - target_covariance).abs().max() > 0.01  # the plain step's bias shows ...
+assert (mala_points.mean(0) - target_mean).abs().max() < 0.02
+assert (torch.cov(mala_points.T) - target_covariance).abs().max() < 0.008  # ... and MALA removes it
 ### BEGIN HIDDEN TESTS
 start = torch.ones((2, 2), dtype=torch.float64)
-z = torch.randn((2, 2), generator=torch.Generator().manual_seed(29), dtype=torch.float64)
-expected = start + 0.5 * 0.04 * gaussian_score(start) + 0.2 * z
-assert torch.allclose(langevin_step(start, gaussian_score, 0.04, torch.Generator().manual_seed(29)), expected)
+generator = torch.Generator().manual_seed(29)
+z = torch.randn((2, 2), generator=generator, dtype=torch.float64)
+u = torch.rand(2, generator=generator, dtype=torch.float64)
+proposal = start + 0.5 * 0.04 * gaussian_score(start) + 0.2 * z
+forward_mean, backward_mean = (
+    start + 0.02 * gaussian_score(start),
+    proposal + 0.02 * gaussian_score(proposal),
+)
+log_ratio = (
+    target.log_prob(proposal) - target.log_prob(start)
+    - ((start - backward_mean) ** 2).sum(1) / 0.08 + ((proposal - forward_mean) ** 2).sum(1) / 0.08
+)  # fmt: skip
+moved, accepted = mala_step(start, target.log_prob, gaussian_score, 0.04, torch.Generator().manual_seed(29))
+assert torch.equal(accepted, u.log() < log_ratio)
+assert torch.allclose(moved, torch.where(accepted[:, None], proposal, start))
 try:
-    langevin_step(start, gaussian_score, 0.0)
+    mala_step(start, target.log_prob, gaussian_score, 0.0)
 except ValueError as error:
     assert "step_size" in str(error)
 else:

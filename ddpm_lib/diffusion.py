@@ -72,7 +72,7 @@ def q_sample(scheduler: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor)
     return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
 
 
-# --- chapters/02_forward_process.py, cell 25 (line 403): edit there ---
+# --- chapters/02_forward_process.py, cell 25 (line 406): edit there ---
 #: what a denoiser can be trained to output (chapter 02, section 6): the noise, the velocity, the clean image
 PREDICTIONS = ("eps", "v", "x0")
 

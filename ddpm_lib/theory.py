@@ -146,7 +146,7 @@ def toy_mixture() -> GaussianMixture:
     return GaussianMixture(weights, 0.7 * radial, covariances)
 
 
-# --- chapters/03_theory.py, cell 21 (line 541): edit there ---
+# --- chapters/03_theory.py, cell 21 (line 555): edit there ---
 def _float64(*values) -> list[torch.Tensor]:
     return [torch.as_tensor(value, dtype=torch.float64) for value in values]
 
@@ -163,7 +163,7 @@ def gaussian_kl(mean_1, var_1, mean_2, var_2) -> torch.Tensor:
     return 0.5 * (torch.log(var_2 / var_1) + (var_1 + (mean_1 - mean_2) ** 2) / var_2 - 1.0)
 
 
-# --- chapters/03_theory.py, cell 29 (line 713): edit there ---
+# --- chapters/03_theory.py, cell 29 (line 754): edit there ---
 def gaussian_log_likelihood(x, mean, std) -> torch.Tensor:
     """log N(x; mean, std²) per coordinate, in nats, float64."""
     x, mean, std = _float64(x, mean, std)
@@ -362,7 +362,7 @@ def variational_bound(
     )  # fmt: skip
 
 
-# --- chapters/03_theory.py, cell 33 (line 972): edit there ---
+# --- chapters/03_theory.py, cell 33 (line 1033): edit there ---
 class ToyDenoiser(nn.Module):
     """A small noise predictor ε_θ(x_t, t) for points in ``dim`` dimensions: an MLP on [x_t, sinusoidal features of t]."""
 
@@ -396,7 +396,7 @@ class ToyDenoiser(nn.Module):
         return self.net(features).to(x_t.dtype)
 
 
-# --- chapters/03_theory.py, cell 38 (line 1059): edit there ---
+# --- chapters/03_theory.py, cell 38 (line 1120): edit there ---
 class ExactDenoiser(nn.Module):
     r"""The ideal noise predictor for data drawn from ``mixture``: ε*(x_t, t) = E[ε | x_t] = −√(1 − ᾱ_t) ∇ log q(x_t).
 
