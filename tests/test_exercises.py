@@ -10,6 +10,7 @@ import copy
 import re
 
 import jupytext
+import nbformat
 import pytest
 from nbgrader.nbgraderformat import MetadataValidator
 
@@ -90,38 +91,30 @@ def test_student_copy_has_no_solutions_and_no_hidden_checks(source):
 
 
 @pytest.mark.slow
-def test_nbgrader_grades_the_instructor_copy_full_marks_and_the_student_copy_zero(tmp_path):
-    """The instructions in instructors.md, run with nbgrader itself on the first chapter:
-    generate_assignment from the instructor copy, autograde two submissions, export the grades."""
+def test_nbgrader_grades_the_course_folder_full_marks_and_zero_with_feedback(tmp_path):
+    """The course folder's README, run with nbgrader itself on the first chapter: generate_assignment, autograde
+    a solved and an untouched submission, generate_feedback, export the grades."""
     import csv
+    import os
     import shutil
     import subprocess
     import sys
 
-    import nbformat
-
-    from ddpm_lib.course import write_copies
+    from ddpm_lib.course import nbgrader_course
 
     source = CHAPTERS[0]
     name = source.stem
-    dist = tmp_path / "dist"
     chapters = tmp_path / "chapters"
     chapters.mkdir()
     shutil.copy(source, chapters / source.name)
-    write_copies(dist, chapters)
     course = tmp_path / "course"
-    (course / "source" / name).mkdir(parents=True)
-    shutil.copy(dist / "instructor" / f"{name}.ipynb", course / "source" / name)
-    (course / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"c.CourseDirectory.db_assignments = [dict(name={name!r})]\n"
-        "c.CourseDirectory.db_students = [dict(id='solver'), dict(id='untouched')]\n"
-    )
+    nbgrader_course(course, chapters, students=("solver", "untouched"))
 
     def nbgrader(*args):
         result = subprocess.run(
-            [sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True, timeout=600
-        )
+            [sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "DDPM_PROFILE": "ci"},
+        )  # fmt: skip
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
     nbgrader("generate_assignment", name, "--force")
@@ -133,14 +126,53 @@ def test_nbgrader_grades_the_instructor_copy_full_marks_and_the_student_copy_zer
         (course / "submitted" / student / name).mkdir(parents=True)
         shutil.copy(notebook / name / f"{name}.ipynb", course / "submitted" / student / name)
     nbgrader("autograde", name)
+    nbgrader("generate_feedback", name)
     nbgrader("export")
     with open(course / "grades.csv", newline="") as grades:
         scores = {
             row["student_id"]: (float(row["score"]), float(row["max_score"]))
             for row in csv.DictReader(grades)
         }
-    total = sum(exercise.stars for exercise in exercises(jupytext.read(source)))
+    found = exercises(jupytext.read(source))
+    total = sum(exercise.stars for exercise in found)
     assert scores == {"solver": (total, total), "untouched": (0.0, total)}
+    feedback = (course / "feedback" / "untouched" / name / f"{name}.html").read_text(encoding="utf-8")
+    solved = (course / "feedback" / "solver" / name / f"{name}.html").read_text(encoding="utf-8")
+    for exercise in found:
+        assert f"Check {exercise.number}" in feedback
+    # each check's error, with its message, is under the check in the untouched submission's feedback
+    assert feedback.count("output_error") == len(found) and "output_error" not in solved
+    assert f"Score: 0.0 / {float(total)}" in feedback and f"Score: {float(total)} / {float(total)}" in solved
+
+
+def test_the_course_folder_holds_every_chapter_and_says_what_each_needs(tmp_path):
+    from ddpm_lib.course import main, nbgrader_course
+
+    course = tmp_path / "course"
+    assert main(["nbgrader-course", str(course), "--students", "ada, grace"]) == 0
+    config = (course / "nbgrader_config.py").read_text(encoding="utf-8")
+    namespace = {"get_config": lambda: __import__("traitlets.config", fromlist=["Config"]).Config()}
+    exec(config, namespace)
+    c = namespace["c"]
+    assert [a["name"] for a in c.CourseDirectory.db_assignments] == [path.stem for path in CHAPTERS]
+    assert [s["id"] for s in c.CourseDirectory.db_students] == ["ada", "grace"]
+    assert c.Execute.timeout >= 3600
+    for path in CHAPTERS:
+        notebook = nbformat.read(course / "source" / path.stem / f"{path.stem}.ipynb", as_version=4)
+        graded = [cell for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade")]
+        assert len(graded) == len(exercises(jupytext.read(path)))
+    readme = (course / "README.md").read_text(encoding="utf-8")
+    for command in ("generate_assignment", "autograde", "generate_feedback", "export", "formgrader"):
+        assert f"nbgrader {command}" in readme
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and line[2:4].isdigit()]
+    assert [row[2:4] for row in rows] == [path.stem[:2] for path in CHAPTERS]
+    assert "fashion-mnist" in next(row for row in rows if row[2:4] == "15")
+    try:
+        nbgrader_course(course)
+    except ValueError as error:
+        assert "already holds an nbgrader course" in str(error)
+    else:
+        raise AssertionError("an existing course folder was overwritten")
 
 
 @pytest.mark.parametrize("source", CHAPTERS[:1], ids=lambda p: p.stem)
@@ -201,3 +233,30 @@ def test_grading_tools_are_instructor_extras_and_the_learner_gets_the_lab_settin
         settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
     )
     assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+
+
+def test_grading_md_holds_the_current_grading_notes():
+    """grading.md reads on GitHub as in the book: its table is written from the chapters, and kept current."""
+    from ddpm_lib.course import ROOT, write_grading_notes
+
+    assert write_grading_notes(ROOT / "grading.md", check=True), (
+        "grading.md is out of date: python -m ddpm_lib.course grading-notes --write"
+    )
+
+
+def test_the_model_answers_first_sentence_is_found_in_either_spelling():
+    from ddpm_lib.course import model_answer
+
+    solution = (
+        "def f():\n    ### BEGIN SOLUTION\n    # Model answer: the bias grows with (1000/T)². The rest\n"
+        "    # follows. More.\n    return 1\n    ### END SOLUTION"
+    )
+    assert model_answer(solution) == "the bias grows with (1000/T)²."
+    assert (
+        model_answer(solution.replace("Model answer:", "Model answer.")) == "the bias grows with (1000/T)²."
+    )
+    assert (
+        model_answer("# Model answer. It is wider\n# than the posterior. Yes")
+        == "It is wider than the posterior."
+    )
+    assert model_answer("return 1") == ""

@@ -27,7 +27,7 @@
    site) removes every exercise's hidden checks from the pages and from the downloadable ``.py`` / ``.ipynb``
    sources, with ``DDPM_BOOK_SOLUTIONS=remove`` also the solutions (replaced by the student copy's stub;
    default ``fold``: shown folded); ``instructor`` shows everything and adds the grading notes
-   (``grading.md``, whose ``{grading-notes}`` directive tabulates every exercise). The edits are
+   (``grading.md``, whose table ``python -m ddpm_lib.course grading-notes --write`` keeps current). The edits are
    ``ddpm_lib.course``'s, the ones that make the student copies. The site records its edition in
    ``_static/edition.json``.
 """
@@ -281,54 +281,11 @@ def edit_downloads(app: Sphinx, exception: Exception | None) -> None:
                 path.write_text(edited_text, encoding="utf-8")
 
 
-def grading_notes_directive():
-    from docutils.parsers.rst import Directive
-
-    class GradingNotesDirective(Directive):
-        """``{grading-notes}``: a table of every exercise — chapter, number, title, points (its stars), whether its
-        check has hidden tests, and the model answer's first line where the solution states one."""
-
-        def run(self):
-            import jupytext
-
-            from ddpm_lib.course import HIDDEN_BEGIN, chapter_sources, exercises
-
-            header = ("chapter", "exercise", "title", "points", "hidden checks", "model answer (first line)")
-            rows = []
-            for source in chapter_sources():
-                notebook = jupytext.read(source)
-                for exercise in exercises(notebook):
-                    solution = notebook.cells[exercise.solution_cell].source
-                    answers = [line.strip().removeprefix("# Model answer:").strip()
-                               for line in solution.splitlines() if "# Model answer:" in line]  # fmt: skip
-                    check = notebook.cells[exercise.check_cell].source
-                    rows.append((source.stem, exercise.number, exercise.title, str(exercise.stars),
-                                 "yes" if HIDDEN_BEGIN in check else "no", answers[0] if answers else ""))  # fmt: skip
-            table = nodes.table()
-            group = nodes.tgroup(cols=len(header))
-            table += group
-            for _ in header:
-                group += nodes.colspec(colwidth=1)
-            head, body = nodes.thead(), nodes.tbody()
-            group += head
-            group += body
-            for target, values in ((head, [header]), (body, rows)):
-                for values_row in values:
-                    row = nodes.row()
-                    for value in values_row:
-                        row += nodes.entry("", nodes.paragraph(text=value))
-                    target += row
-            return [table]
-
-    return GradingNotesDirective
-
-
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", lambda app, config: edition())  # a bad edition fails at once
     app.connect("doctree-read", apply_edition)
     app.connect("doctree-read", note_stored_outputs)
     app.connect("build-finished", edit_downloads)
-    app.add_directive("grading-notes", grading_notes_directive())
     app.connect("config-inited", add_footer)
     app.connect("config-inited", use_local_mathjax)
     app.connect("config-inited", check_ort)
