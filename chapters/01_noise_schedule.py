@@ -450,9 +450,6 @@ for bad_t in [torch.tensor([1000]), torch.tensor([0.5]), -1]:
 # %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def alpha_bar_from_snr(snr: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer. Solve SNR (1 − ᾱ) = ᾱ for ᾱ: ᾱ = SNR / (1 + SNR). At SNR = 1, ᾱ = 1/2 and the amplitude left
-    # is √(1/2) ≈ 0.71: equal power does not mean half the amplitude. At SNR = 0.01, ᾱ = 1/101 and the amplitude
-    # is still about 0.10 — a tenth of the digit survives under noise with a hundred times its power.
     return snr / (1 + snr)
     ### END SOLUTION
 
@@ -467,6 +464,30 @@ print(f"amplitude left at SNR = 1: {alpha_bar_from_snr(torch.tensor(1.0)).sqrt()
 assert math.isclose(alpha_bar_from_snr(torch.tensor(4.0)).item(), 0.8, rel_tol=1e-6)
 ### END HIDDEN TESTS
 print("Exercise 1.1 passed")
+
+# %% [markdown]
+# **Your answer (1.1, 1 point, graded by hand).** How much of the signal's amplitude is left at SNR = 1, and at SNR = 0.01?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# Solve SNR (1 − ᾱ) = ᾱ for ᾱ: ᾱ = SNR / (1 + SNR). At SNR = 1, ᾱ = 1/2 and the amplitude left
+# is √(1/2) ≈ 0.71: equal power does not mean half the amplitude. At SNR = 0.01, ᾱ = 1/101 and the amplitude
+# is still about 0.10 — a tenth of the digit survives under noise with a hundred times its power.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: derives ᾱ = SNR/(1 + SNR) and gives both amplitudes, √(1/2) ≈ 0.71 and √(1/101) ≈ 0.10, noting that equal power is not half the amplitude.
+# - **½ point**: the formula right but one amplitude wrong or missing, or ᾱ given instead of √ᾱ.
+# - **0**: no formula, or amplitudes read as ᾱ = SNR.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 1.2 · ★★☆ · The half-life of the signal
@@ -506,7 +527,7 @@ print("Exercise 1.2 passed")
 # schedule by scaling both ends by $1000/T$. Write `scaled_linear_scheduler(num_timesteps)` returning a
 # `LinearBetaScheduler` with $\beta_{\text{start}} = 10^{-4}\cdot 1000/T$ and
 # $\beta_{\text{end}} = 0.02\cdot 1000/T$. The check asks that $\log\bar\alpha_{T-1}$ stays within 5% of
-# the 1000-step value for $T = 250$. Then, in a markdown cell of your own: why does the approximation
+# the 1000-step value for $T = 250$. Then answer in the cell after the check: why does the approximation
 # get worse as $T$ shrinks? (Hint: $\log(1-\beta) \approx -\beta - \beta^2/2$.)
 # :::
 
@@ -514,10 +535,6 @@ print("Exercise 1.2 passed")
 # %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def scaled_linear_scheduler(num_timesteps: int) -> LinearBetaScheduler:
     ### BEGIN SOLUTION
-    # Model answer. log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first
-    # sum (T terms, each 1000/T times larger) equal to the 1000-step value. The second sum does not stay put:
-    # T terms, each (1000/T)² times larger, so it grows like 1000²/T. The fewer the steps, the larger each β and the
-    # more the β² term pushes log ᾱ_{T−1} below the 1000-step endpoint (T = 250: β_end = 0.08, a 2% shift: the check prints the ratio).
     scale = 1000 / num_timesteps
     return LinearBetaScheduler(num_timesteps, 1e-4 * scale, 0.02 * scale)
     ### END SOLUTION
@@ -535,3 +552,28 @@ assert math.isclose(scaled_linear_scheduler(1000).alpha_bars[-1].item(), schedul
 assert math.isclose(scaled_linear_scheduler(500).betas[-1].item(), 0.04, rel_tol=1e-6)
 ### END HIDDEN TESTS
 print("Exercise 1.3 passed")
+
+# %% [markdown]
+# **Your answer (1.3, 1 point, graded by hand).** Why does the approximation get worse as T shrinks?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# log ᾱ_{T−1} = Σ_t log(1 − β_t) ≈ −Σ_t β_t − ½ Σ_t β_t². Scaling every β by 1000/T keeps the first
+# sum (T terms, each 1000/T times larger) equal to the 1000-step value. The second sum does not stay put:
+# T terms, each (1000/T)² times larger, so it grows like 1000²/T. The fewer the steps, the larger each β and the
+# more the β² term pushes log ᾱ_{T−1} below the 1000-step endpoint (T = 250: β_end = 0.08, a 2% shift: the check prints the ratio).
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: uses log(1 − β) ≈ −β − β²/2: the first-order sum is kept by the scaling, the second-order sum grows like 1000²/T, so fewer (larger) steps push log ᾱ further off.
+# - **½ point**: says larger β make the linear approximation of log(1 − β) worse, without saying which sum is kept and which grows.
+# - **0**: restates that the check's ratio moves away from 1, or blames rounding.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

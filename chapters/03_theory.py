@@ -2007,9 +2007,6 @@ def kl_term_beta_variance(
     scheduler, t: int, x0: torch.Tensor, x_t: torch.Tensor, eps_hat: torch.Tensor
 ) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer. With ε̂ = ε the two means agree and only the variances differ, so each coordinate gives
-    # ½ [log(β_t / β̃_t) + β̃_t / β_t − 1] > 0 (x − 1 − log x > 0 for x = β̃_t / β_t ≠ 1). The model's step is wider than the
-    # true posterior however good its mean; with σ_t² = β̃_t the two Gaussians coincide and the KL is 0.
     alpha_bar, alpha_bar_prev = scheduler.alpha_bars64[t], scheduler.alpha_bars64[t - 1]
     beta = 1 - alpha_bar / alpha_bar_prev
     small = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
@@ -2041,6 +2038,30 @@ assert torch.allclose(perfect, (torch.log(ratio) + 1 / ratio - 1).expand(3), rto
 print("Exercise 3.2 passed")
 
 # %% [markdown]
+# **Your answer (3.2, 1 point, graded by hand).** What is the term for a perfect prediction, and why is it not 0?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# With ε̂ = ε the two means agree and only the variances differ, so each coordinate gives
+# ½ [log(β_t / β̃_t) + β̃_t / β_t − 1] > 0 (x − 1 − log x > 0 for x = β̃_t / β_t ≠ 1). The model's step is wider than the
+# true posterior however good its mean; with σ_t² = β̃_t the two Gaussians coincide and the KL is 0.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: gives ½[log(β_t/β̃_t) + β̃_t/β_t − 1] per coordinate, positive because the variances differ (x − 1 − log x > 0), and 0 only when σ² = β̃.
+# - **½ point**: says only the variances differ so the KL stays positive, without the expression.
+# - **0**: says the term is 0, or attributes it to the means.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 3.3 · ★★★ · Langevin's bias, and the Metropolis correction
 # :nonumber:
 #
@@ -2054,7 +2075,7 @@ print("Exercise 3.2 passed")
 # `torch.randn(x.shape, generator=generator, dtype=x.dtype)`, then one uniform number per point with
 # `torch.rand(len(x), generator=generator, dtype=x.dtype)`, accept where its log is below the log of the ratio, and return
 # the new points and the boolean tensor of acceptances. Raise a `ValueError` naming `step_size` unless it is positive.
-# The check runs both samplers on a Gaussian with a step that is large for it. Then, in a markdown cell: why are the
+# The check runs both samplers on a Gaussian with a step that is large for it. Then answer in the cell after the check: why are the
 # plain Langevin points too spread out (hint: in one dimension, with $\pi = \mathcal N(0, c)$, find the variance that
 # the update $x \mapsto (1 - \frac{\delta}{2c})\,x + \sqrt\delta\,z$ keeps), and what does the acceptance rate do as $\delta$ grows?
 # :::
@@ -2065,10 +2086,6 @@ def mala_step(
     x: torch.Tensor, log_prob, score, step_size: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
-    # Model answer. The update keeps the variance v with v = (1 − δ/(2c))² v + δ, so v = c / (1 − δ/(4c)): too wide by
-    # a factor that grows with δ/c (about 18% for the check's narrowest direction). MALA's accept/reject step makes π
-    # exactly stationary for any δ, so the bias is gone; the price is the acceptance rate, which falls as δ grows
-    # (the proposal overshoots more often), so large steps waste work on rejected moves.
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
 
@@ -2130,3 +2147,28 @@ else:
     raise AssertionError("step_size = 0 was accepted")
 ### END HIDDEN TESTS
 print("Exercise 3.3 passed")
+
+# %% [markdown]
+# **Your answer (3.3, 1 point, graded by hand).** Why are the plain Langevin points too spread out, and what does the acceptance rate do as δ grows?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# The update keeps the variance v with v = (1 − δ/(2c))² v + δ, so v = c / (1 − δ/(4c)): too wide by
+# a factor that grows with δ/c (about 18% for the check's narrowest direction). MALA's accept/reject step makes π
+# exactly stationary for any δ, so the bias is gone; the price is the acceptance rate, which falls as δ grows
+# (the proposal overshoots more often), so large steps waste work on rejected moves.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: solves v = (1 − δ/(2c))² v + δ to v = c/(1 − δ/(4c)) > c, and says MALA's correction removes the bias at the price of an acceptance rate that falls as δ grows.
+# - **½ point**: one of the two parts right (the variance, or the acceptance rate's trend with a reason).
+# - **0**: neither part, or a bias blamed on too few steps.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

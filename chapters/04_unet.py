@@ -1599,7 +1599,7 @@ print("Exercise 4.2 passed")
 # GroupNorm's statistics depend on each input, so it can't. Write `fold_batchnorm(conv, bn)` returning
 # a new `nn.Conv2d` (same shape and `groups`, always with a bias) such that
 # `folded(x) == bn(conv(x))` with `bn` in eval mode. It must work for convolutions without bias and
-# for depthwise ones. Then, in a markdown cell: how many operations would folding save in
+# for depthwise ones. Then answer in the cell after the check: how many operations would folding save in
 # `Unet(**REFERENCE_CONFIG)`? (Count from section 11.)
 # :::
 
@@ -1607,11 +1607,6 @@ print("Exercise 4.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ### BEGIN SOLUTION
-    # Model answer. Every one of the reference's BatchNorm layers comes straight after a convolution (in
-    # ConvNormAct, and after each depthwise convolution), so each can be folded: section 11 counts 117
-    # convolutions and 116 norm layers, and folding removes all 116 — half of the 233 conv and norm operations,
-    # each a separate pass over memory. It is the one speed advantage BatchNorm keeps at inference, and it does
-    # not touch the train/eval mismatch of section 10, which is why the course still prefers GroupNorm.
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     folded = nn.Conv2d(
         conv.in_channels,
@@ -1658,6 +1653,32 @@ assert fold_batchnorm(depthwise, bn).groups == 6
 print("Exercise 4.3 passed")
 
 # %% [markdown]
+# **Your answer (4.3, 1 point, graded by hand).** How many operations would folding save in Unet(**REFERENCE_CONFIG)?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# Every one of the reference's BatchNorm layers comes straight after a convolution (in
+# ConvNormAct, and after each depthwise convolution), so each can be folded: section 11 counts 117
+# convolutions and 116 norm layers, and folding removes all 116 — half of the 233 conv and norm operations,
+# each a separate pass over memory. It is the one speed advantage BatchNorm keeps at inference, and it does
+# not touch the train/eval mismatch of section 10, which is why the course still prefers GroupNorm.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: every BatchNorm follows a convolution and can be folded: 116 of the 233 conv and norm operations (section 11's counts), each a pass over memory.
+# - **½ point**: the right idea with a wrong count, or the count without saying why every norm layer can be folded.
+# - **0**: a count of parameters instead of operations, or no count.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 4.4 · ★★☆ · Does the network read the clock?
 # :nonumber:
 #
@@ -1676,13 +1697,6 @@ print("Exercise 4.3 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def told_loss(model, scheduler, x0: torch.Tensor, noise: torch.Tensor, t_true: int, t_told: int) -> float:
     ### BEGIN SOLUTION
-    # Model answer. The network has to split x_t = √ᾱ x_0 + √(1 − ᾱ) ε into digit and noise, and the clock tells
-    # it the proportions. Told a smaller t than the truth, it expects a clearer digit than there is and calls
-    # part of the noise "digit"; told a larger t, it expects more noise and calls part of the digit "noise".
-    # Either way the split is wrong, and the loss rises many times over the diagonal. Mix-ups between two t at
-    # which x_t is almost all noise cost little (ᾱ_600 ≈ 0.026 and ᾱ_900 ≈ 0.0003: at both, ε ≈ x_t is nearly
-    # the right answer), while the same-sized mistakes where the digit is still visible cost a lot. The clock
-    # matters most where the proportions change fastest relative to their size: at small and middle t.
     timesteps = torch.full((len(x0),), t_told)
     with torch.no_grad():
         x_t = q_sample(scheduler, x0, torch.full((len(x0),), t_true), noise)
@@ -1716,3 +1730,31 @@ with torch.no_grad():
 assert abs(told_loss(trained, trained_scheduler, clock_digits, clock_noise, 300, 100) - expected) < 1e-6
 ### END HIDDEN TESTS
 print("Exercise 4.4 passed")
+
+# %% [markdown]
+# **Your answer (4.4, 1 point, graded by hand).** Why does a wrong clock hurt, and why do some wrong clocks hurt far less than others?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# The network has to split x_t = √ᾱ x_0 + √(1 − ᾱ) ε into digit and noise, and the clock tells
+# it the proportions. Told a smaller t than the truth, it expects a clearer digit than there is and calls
+# part of the noise "digit"; told a larger t, it expects more noise and calls part of the digit "noise".
+# Either way the split is wrong, and the loss rises many times over the diagonal. Mix-ups between two t at
+# which x_t is almost all noise cost little (ᾱ_600 ≈ 0.026 and ᾱ_900 ≈ 0.0003: at both, ε ≈ x_t is nearly
+# the right answer), while the same-sized mistakes where the digit is still visible cost a lot. The clock
+# matters most where the proportions change fastest relative to their size: at small and middle t.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the clock gives the proportions of digit and noise in x_t, so a wrong t splits x_t wrongly; mix-ups between two t where x_t is nearly all noise (ᾱ tiny) cost little, mistakes where the digit is visible cost a lot.
+# - **½ point**: explains one of the two (why it hurts, or which mix-ups are cheap) with a reason.
+# - **0**: describes the printed table without a reason.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -751,8 +751,9 @@ assert (implied["v"] >= 1).all() and snr[0] > 1e3 and snr[-1] < 1e-3
 # error in $x_0$ alike, by $\min(\mathrm{SNR}_t, 5)$ — trained to predict $\varepsilon$, $v$ and $x_0$. The only
 # difference is what the last layer is asked to output. We measure each one's error in $x_0$ per noise level on
 # held-out digits (one common currency, through [chapter 02](02_forward_process.py)'s `convert_prediction`), and draw digits from each with
-# 25-step DDPM. In the full profile these are three runs of 800 steps of batch 64, about TIME? minutes in all on a
-# 2-core CPU with bfloat16 instructions (the cell prints each run's time); [chapter 11](11_putting_together.py)'s benchmark compares longer runs.
+# 25-step DDPM. In the full profile these are three runs of 800 steps of batch 64: the next two cells take about
+# 16 minutes on a 2-core CPU with bfloat16 instructions (the second prints each run's time);
+# [chapter 11](11_putting_together.py)'s benchmark compares longer runs.
 
 # %%
 heldout_digits = load_mnist("heldout", verbose=False).tensors[0][: PROFILE.prediction_loss_digits]
@@ -860,12 +861,6 @@ print(f"largest relative gap between ε's and v's x̂_0 error over these t: {wor
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def loss_at(model, scheduler, x0: torch.Tensor, t: int, noise: torch.Tensor) -> float:
     ### BEGIN SOLUTION
-    # Model answer. At t = 900 the image is almost all noise: x_t ≈ ε, so "predict the noise" is nearly "copy
-    # the input", an easy task with a small loss. At t = 5 the noise is a faint perturbation (its scale
-    # sqrt(1 − ᾱ_5) is about 0.03) on a nearly clean digit, and the network must tell it apart from the digit's
-    # own strokes and edges, pixel by pixel: the loss is large. Yet an error there barely matters for the image,
-    # since the clean image x̂_0 moves by the ε-error times sqrt((1 − ᾱ_t)/ᾱ_t), about 0.03 at t = 5 —
-    # chapter 11 turns this into a loss weighting.
     timesteps = torch.full((len(x0),), t)
     with torch.no_grad():
         x_t = q_sample(scheduler, x0, timesteps, noise)
@@ -899,6 +894,33 @@ with torch.no_grad():
 assert abs(loss_at(shipped_model, shipped_scheduler, x0_check, 300, noise_check) - expected) < 1e-6
 ### END HIDDEN TESTS
 print("Exercise 5.1 passed")
+
+# %% [markdown]
+# **Your answer (5.1, 1 point, graded by hand).** Why is the noise hardest to predict when there is least of it?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# At t = 900 the image is almost all noise: x_t ≈ ε, so "predict the noise" is nearly "copy
+# the input", an easy task with a small loss. At t = 5 the noise is a faint perturbation (its scale
+# sqrt(1 − ᾱ_5) is about 0.03) on a nearly clean digit, and the network must tell it apart from the digit's
+# own strokes and edges, pixel by pixel: the loss is large. Yet an error there barely matters for the image,
+# since the clean image x̂_0 moves by the ε-error times sqrt((1 − ᾱ_t)/ᾱ_t), about 0.03 at t = 5 —
+# [chapter 11](11_putting_together.py) turns this into a loss weighting.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: at t = 900, x_t ≈ ε and predicting the noise is nearly copying the input; at t = 5 the faint noise (scale ≈ 0.03) must be told apart from the digit's own edges; and an ε-error there barely moves x̂₀.
+# - **½ point**: the comparison of the two noise levels right, without why it matters little for the image, or the other way round.
+# - **0**: expects the loss to follow the amount of noise, or restates the printed numbers.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 5.2 · ★★☆ · How far back does the average look?
@@ -957,10 +979,6 @@ def epsilon_from_v(alpha_bar: torch.Tensor, x_t: torch.Tensor, v: torch.Tensor) 
 
 def x0_from_v(alpha_bar: torch.Tensor, x_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer. x̂_0 = √ᾱ x_t − √(1 − ᾱ) v̂: an error δ in v̂ moves x̂_0 by √(1 − ᾱ) δ, never more than δ.
-    # From ε, x̂_0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ: an error δ in ε̂ moves x̂_0 by √((1 − ᾱ)/ᾱ) δ = δ/√SNR, which at
-    # t = T − 1 of the linear schedule (ᾱ ≈ 4·10⁻⁵) is about 157 δ. Near pure noise the ε-network must be
-    # almost perfect for its x̂_0 to mean anything; the v-network need not.
     return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v
     ### END SOLUTION
 
@@ -980,3 +998,28 @@ one = torch.tensor(1.0)
 assert torch.equal(v_target(one, x0_check, noise_check), noise_check)  # no noise added: v is the noise
 ### END HIDDEN TESTS
 print("Exercise 5.3 passed")
+
+# %% [markdown]
+# **Your answer (5.3, 1 point, graded by hand).** Why is x̂₀ from v better behaved than from ε near t = T − 1?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# x̂_0 = √ᾱ x_t − √(1 − ᾱ) v̂: an error δ in v̂ moves x̂_0 by √(1 − ᾱ) δ, never more than δ.
+# From ε, x̂_0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ: an error δ in ε̂ moves x̂_0 by √((1 − ᾱ)/ᾱ) δ = δ/√SNR, which at
+# t = T − 1 of the linear schedule (ᾱ ≈ 4·10⁻⁵) is about 157 δ. Near pure noise the ε-network must be
+# almost perfect for its x̂_0 to mean anything; the v-network need not.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: an error δ in v̂ moves x̂₀ by √(1 − ᾱ) δ ≤ δ, one in ε̂ by δ/√SNR, about 157 δ at t = T − 1 of the linear schedule.
+# - **½ point**: the two factors right, without the size near pure noise, or the conclusion without the factors.
+# - **0**: no comparison of how the errors enter x̂₀.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

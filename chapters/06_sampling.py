@@ -381,7 +381,7 @@ assert cost[64] < cost[1]
 # the clamp on $\hat x_0$. While the chains run, a small recorder (the `on_step` hook of `sample_loop`)
 # keeps what the next sections look at: $x_t$ and the network's $\hat x_0$ at a few $t$, frames for an
 # animation, and how many pixels of $\hat x_0$ fall outside $[-1, 1]$. In the full profile (16 digits, float32)
-# the next cell takes about TIME? on a 2-core CPU, with a progress bar per chain.
+# the next cell takes about two minutes on a 2-core CPU, with a progress bar per chain.
 
 # %%
 n = PROFILE.grid_samples
@@ -604,11 +604,6 @@ print("Exercise 6.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def sample_beta_variance(scheduler, t: int, model, x_t: torch.Tensor, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer. β̃_t / β_t is within 2% of 1 from t = 100 on (chapter 01), so the two samplers differ only
-    # in the last ~100 steps of the chain, and most in the very last ones (at t = 1, β̃_1 is less than half of
-    # β_1). There σ² = β adds a little more fine-grained noise, which the final, noise-free step does not fully
-    # remove: at most slightly grainier digits. With T = 1000 the difference is hard to see in a grid, as Ho et al.
-    # report. With few, large steps (chapter 08) the two variances differ at every step, and the choice matters.
     beta, alpha, alpha_bar = (
         float(scheduler.betas[t]),
         float(scheduler.alphas[t]),
@@ -638,6 +633,32 @@ assert torch.allclose(
 )
 ### END HIDDEN TESTS
 print("Exercise 6.2 passed")
+
+# %% [markdown]
+# **Your answer (6.2, 1 point, graded by hand).** At which t do the two variances differ noticeably, and would you expect a difference in the samples?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# β̃_t / β_t is within 2% of 1 from t = 100 on ([chapter 01](01_noise_schedule.py)), so the two samplers differ only
+# in the last ~100 steps of the chain, and most in the very last ones (at t = 1, β̃_1 is less than half of
+# β_1). There σ² = β adds a little more fine-grained noise, which the final, noise-free step does not fully
+# remove: at most slightly grainier digits. With T = 1000 the difference is hard to see in a grid, as Ho et al.
+# report. With few, large steps ([chapter 08](08_fast_sampling.py)) the two variances differ at every step, and the choice matters.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: β̃/β is within 2% of 1 from t = 100 on, so only the last ~100 steps differ (at t = 1 β̃ is under half of β); with T = 1000 the samples are at most slightly grainier, hard to see; with few large steps ([chapter 08](08_fast_sampling.py)) the choice matters.
+# - **½ point**: the right range of t without a prediction for the samples, or the reverse.
+# - **0**: says the variances differ everywhere, or predicts a large visible difference at T = 1000.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 6.3 · ★★★ · Mini-project: dynamic thresholding, end to end
@@ -693,13 +714,6 @@ print(
     f"saturated pixels: sample_clip() {saturated(clip_samples):.3f}, dynamic thresholding {saturated(dynamic_samples):.3f}"
 )
 print(f"mean |dynamic - clip| per pixel: {(dynamic_samples - clip_samples).abs().mean():.4f}")
-# Model answer. Dynamic thresholding leaves far fewer saturated pixels, and on MNIST that is a loss, not a gain.
-# The data are saturated — a background of exactly -1, strokes near +1 — and the network's x̂_0 overshoots
-# the range by a little at many background pixels. The clamp cuts the overshoot off and keeps the background at -1;
-# dynamic thresholding divides the whole image by s > 1 instead, so the background ends slightly grey and the
-# strokes slightly dim (the mean difference printed above). It was made for another situation: large guidance
-# weights (chapter 10), which push x̂_0 far out of range so that a clamp flattens whole regions to ±1, on
-# photographs, whose pixels are rarely saturated. There, shrinking the image back into range keeps its detail.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -726,3 +740,31 @@ with torch.no_grad():
 assert torch.allclose(sample_dynamic(model, x_small, torch.Generator().manual_seed(6)), expected, atol=1e-4)
 ### END HIDDEN TESTS
 print("Exercise 6.3 passed")
+
+# %% [markdown]
+# **Your answer (6.3, 1 point, graded by hand).** When would you expect dynamic thresholding to matter more than it does here?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# Dynamic thresholding leaves far fewer saturated pixels, and on MNIST that is a loss, not a gain.
+# The data are saturated — a background of exactly -1, strokes near +1 — and the network's x̂_0 overshoots
+# the range by a little at many background pixels. The clamp cuts the overshoot off and keeps the background at -1;
+# dynamic thresholding divides the whole image by s > 1 instead, so the background ends slightly grey and the
+# strokes slightly dim (the mean difference printed above). It was made for another situation: large guidance
+# weights ([chapter 10](10_guidance.py)), which push x̂_0 far out of range so that a clamp flattens whole regions to ±1, on
+# photographs, whose pixels are rarely saturated. There, shrinking the image back into range keeps its detail.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: explains that MNIST is saturated (background −1, strokes near +1), so dividing by s > 1 greys the background while the clamp keeps it; dynamic thresholding helps where x̂₀ overshoots far (large guidance weights) on unsaturated photographs.
+# - **½ point**: names large guidance or photographs without explaining why MNIST does not benefit, or the reverse.
+# - **0**: reports the printed numbers only.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -899,11 +899,6 @@ assert steps == sorted(steps) and steps[-1] == provenance["steps"]  # the last p
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def confident_share_at(probs: np.ndarray, threshold: float) -> float:
     ### BEGIN SOLUTION
-    # Model answer. At 0.5 almost everything passes: a blurry digit that is "probably a 3" clears it, so
-    # real and generated look alike. The gap opens at high thresholds, where only clean, unambiguous
-    # digits pass. At 0.99 even real digits start to fail (an odd 4 or 9 is not 99% anything), so the
-    # threshold would judge the classifier's calibration as much as the samples. 0.9 sits where nearly all
-    # real digits still pass (the floor row's share) while unclear samples do not.
     return float((np.asarray(probs).max(1) >= threshold).mean())
     ### END SOLUTION
 
@@ -927,6 +922,32 @@ assert confident_share_at(real_probs, 0.99) <= confident_share_at(real_probs, 0.
 print("Exercise 7.1 passed")
 
 # %% [markdown]
+# **Your answer (7.1, 1 point, graded by hand).** Where is the gap between real and generated largest, and why is 0.9 a reasonable bar?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# At 0.5 almost everything passes: a blurry digit that is "probably a 3" clears it, so
+# real and generated look alike. The gap opens at high thresholds, where only clean, unambiguous
+# digits pass. At 0.99 even real digits start to fail (an odd 4 or 9 is not 99% anything), so the
+# threshold would judge the classifier's calibration as much as the samples. 0.9 sits where nearly all
+# real digits still pass (the floor row's share) while unclear samples do not.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the gap opens at high thresholds, where only unambiguous digits pass; at 0.99 even real digits fail (the threshold judges calibration), at 0.5 nearly everything passes; 0.9 keeps nearly all real digits and rejects unclear samples.
+# - **½ point**: the location of the gap right, or the argument for 0.9, not both.
+# - **0**: restates the printed shares.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 7.2 · ★★☆ · Diagonal Gaussians
 # :nonumber:
 #
@@ -940,11 +961,6 @@ print("Exercise 7.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def frechet_diagonal(mu1, var1, mu2, var2) -> float:
     ### BEGIN SOLUTION
-    # Model answer. The diagonal version sees each feature on its own: its mean and its spread. It ignores
-    # the covariances, i.e. which features occur *together*. A stroke is exactly such a co-occurrence (this
-    # edge detector fires with that one, along a line), so a generator whose features have the right
-    # marginals but the wrong combinations — broken strokes, parts of a 3 glued to parts of a 7 — would
-    # score as well as a perfect one. The full Fréchet distance sees those combinations in its trace term.
     mu1, var1, mu2, var2 = (np.asarray(a, dtype=np.float64) for a in (mu1, var1, mu2, var2))
     return float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(var1) - np.sqrt(var2)) ** 2).sum())
     ### END SOLUTION
@@ -965,6 +981,32 @@ assert abs(frechet_diagonal(mu_a, var_a, mu_b, var_b) - expected) < 1e-9
 assert frechet_diagonal(mu_a, var_a, mu_a, var_a) == 0.0
 ### END HIDDEN TESTS
 print("Exercise 7.2 passed")
+
+# %% [markdown]
+# **Your answer (7.2, 1 point, graded by hand).** Why would the diagonal version be a poor metric for images?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# The diagonal version sees each feature on its own: its mean and its spread. It ignores
+# the covariances, i.e. which features occur *together*. A stroke is exactly such a co-occurrence (this
+# edge detector fires with that one, along a line), so a generator whose features have the right
+# marginals but the wrong combinations — broken strokes, parts of a 3 glued to parts of a 7 — would
+# score as well as a perfect one. The full Fréchet distance sees those combinations in its trace term.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: it ignores covariances, i.e. which features occur together; strokes are such co-occurrences, so wrong combinations with right marginals (broken strokes, mixed digits) would score as well as a perfect generator.
+# - **½ point**: says it ignores correlations, without saying what that misses in images.
+# - **0**: objects to speed or numerical issues only.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 7.3 · ★★★ · Mini-project: the kernel distance (KID), with its standard error

@@ -794,9 +794,6 @@ assert x0_first.std() < x0_first_eps.std() / 2  # no division by sqrt(alpha_bar)
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def leading_steps(T: int, n: int) -> list[int]:
     ### BEGIN SOLUTION
-    # Model answer: for n = 3 the steps are 666, 333, 0. At t = 666 the network expects
-    # sqrt(alpha_bar_666) ≈ 0.105 of a digit (the check prints it), sixteen times the 0.0064 that is left at
-    # t = 999 — the noise the chain starts from. The fewer the steps, the larger that mismatch.
     return [k * (T // n) for k in range(n - 1, -1, -1)]
     ### END SOLUTION
 
@@ -814,6 +811,30 @@ assert leading_steps(7, 2) == [3, 0]
 print("Exercise 8.1 passed")
 
 # %% [markdown]
+# **Your answer (8.1, 1 point, graded by hand).** What is the largest timestep for n = 3, how much of a digit does the network expect there, and how does that compare with the noise the chain starts from?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# for n = 3 the steps are 666, 333, 0. At t = 666 the network expects
+# sqrt(alpha_bar_666) ≈ 0.105 of a digit (the check prints it), sixteen times the 0.0064 that is left at
+# t = 999 — the noise the chain starts from. The fewer the steps, the larger that mismatch.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: steps 666, 333, 0; √ᾱ₆₆₆ ≈ 0.105 of a digit against 0.0064 at t = 999, about sixteen times more: the mismatch grows as the steps get fewer.
+# - **½ point**: the steps right and one of the two amplitudes or the comparison missing.
+# - **0**: wrong steps.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 8.2 · ★★☆ · First-order DPM-Solver++ is DDIM
 # :nonumber:
 #
@@ -827,10 +848,6 @@ print("Exercise 8.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def dpm_solver_1(scheduler, t: int, s: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer, on paper. With e^{-h} = σ_s α_t / (α_s σ_t):
-    #   x_s = (σ_s/σ_t) x_t − α_s (σ_s α_t / (α_s σ_t) − 1) x̂0 = α_s x̂0 + (σ_s/σ_t) (x_t − α_t x̂0).
-    # By the definition of x̂0, x_t − α_t x̂0 = σ_t ε̂, so x_s = α_s x̂0 + σ_s ε̂ = √ᾱ_s x̂0 + √(1 − ᾱ_s) ε̂:
-    # DDIM's update with σ = 0 (η = 0). Holding x̂0 constant over the step is all that DDIM assumes.
     alpha_t, sigma_t = scheduler.alpha_bars[t].sqrt(), (1 - scheduler.alpha_bars[t]).sqrt()
     alpha_s, sigma_s = scheduler.alpha_bars[s].sqrt(), (1 - scheduler.alpha_bars[s]).sqrt()
     h = torch.log(alpha_s / sigma_s) - torch.log(alpha_t / sigma_t)
@@ -857,6 +874,31 @@ assert torch.allclose(
 print("Exercise 8.2 passed")
 
 # %% [markdown]
+# **Your answer (8.2, 1 point, graded by hand).** Show on paper that the first-order update equals the DDIM step with η = 0.
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# On paper. With e^{-h} = σ_s α_t / (α_s σ_t):
+# x_s = (σ_s/σ_t) x_t − α_s (σ_s α_t / (α_s σ_t) − 1) x̂0 = α_s x̂0 + (σ_s/σ_t) (x_t − α_t x̂0).
+# By the definition of x̂0, x_t − α_t x̂0 = σ_t ε̂, so x_s = α_s x̂0 + σ_s ε̂ = √ᾱ_s x̂0 + √(1 − ᾱ_s) ε̂:
+# DDIM's update with σ = 0 (η = 0). Holding x̂0 constant over the step is all that DDIM assumes.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: substitutes e^(−h) = σ_s α_t/(α_s σ_t), rearranges to α_s x̂₀ + (σ_s/σ_t)(x_t − α_t x̂₀), and uses x_t − α_t x̂₀ = σ_t ε̂ to reach √ᾱ_s x̂₀ + √(1 − ᾱ_s) ε̂.
+# - **½ point**: the substitution right with one algebraic step missing or asserted.
+# - **0**: a numerical comparison only.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 8.3 · ★★☆ · Walking between two noises
 # :nonumber:
 #
@@ -877,11 +919,6 @@ print("Exercise 8.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer (the check draws three such paths): each decoded path starts at a's digit and ends at b's; on
-    # the way the strokes bend and thicken gradually, and where the two digits differ in class the picture
-    # switches from one to the other within a frame or two, through an ambiguous shape. Every frame is a
-    # digit-like image because every slerp point has the norm of a noise image, where the starting noise of
-    # the chain actually lies; a straight line's midpoints do not (the check measures their norm).
     a_flat, b_flat = a.flatten(1), b.flatten(1)
     cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1)).reshape(-1, *([1] * (a.dim() - 1)))
@@ -918,6 +955,32 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# **Your answer (8.3, 1 point, graded by hand).** How does the digit change along the path?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# (The check draws three such paths.) each decoded path starts at a's digit and ends at b's; on
+# the way the strokes bend and thicken gradually, and where the two digits differ in class the picture
+# switches from one to the other within a frame or two, through an ambiguous shape. Every frame is a
+# digit-like image because every slerp point has the norm of a noise image, where the starting noise of
+# the chain actually lies; a straight line's midpoints do not (the check measures their norm).
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: it starts at a's digit and ends at b's, strokes bending and thickening gradually, switching class within a frame or two through an ambiguous shape; every frame is digit-like because slerp keeps the norm of a noise image, unlike a straight line's midpoints.
+# - **½ point**: describes the gradual change without the reason slerp works, or the reverse.
+# - **0**: no description of the decoded path.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 8.4 · ★★★ · A stochastic second-order sampler
 # :nonumber:
 #
@@ -946,10 +1009,6 @@ plt.show()
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def sde_dpmpp_update(scheduler, t: int, s: int, x_t, x0, previous=None, generator=None) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer to 2. With D = x̂0 and e^{-2h} = σ_s² ᾱ_t / (σ_t² ᾱ_s): the coefficient of x̂0 is
-    # α_s (1 − e^{-2h}) = √ᾱ_s β_{t→s} / (1 − ᾱ_t), and that of x_t is (σ_s/σ_t) e^{-h} = √(ᾱ_t/ᾱ_s) (1 − ᾱ_s)/(1 − ᾱ_t):
-    # the two coefficients of the posterior mean of the jump t → s (chapter 06). The noise's variance is
-    # σ_s² (1 − e^{-2h}) = (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s), DDIM's σ² at η = 1, and z is drawn once, as there.
     if s < 0:
         return x0
     _, sigma_t, lambda_t = _alpha_sigma_lambda(scheduler, t)
@@ -997,13 +1056,6 @@ for nfe, result in sde_results.items():
     print(
         f"SDE-DPM-Solver++(2M) @ {nfe}: Fréchet distance {result['frechet_distance']:.1f} (table: {rivals})"
     )
-# Model answer to 4. Measured at full size (the full profile: 256 samples, the shipped v weights, this cell's
-# seeds): 80.3 at 10 network calls and 65.0 at 20, the lowest of their columns.
-# Only the gaps to DDIM (99.4 at 10, 86.0 at 20) and to DDPM at 10 (99.5) approach real ones, at about 1.4 to 1.6
-# standard deviations of a difference (section 8 puts one at about 13 at 256 samples); against DDPM at 20 (70.9)
-# and DPM-Solver++ (84.7, 79.5) the differences are within chance. Why it can help: fresh noise at every step
-# washes out the network's early errors, as in DDPM, and the second-order D spends the few steps better, as in
-# DPM-Solver++. On a network with small early errors, as this v network is, there is little left to wash out.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -1045,3 +1097,40 @@ expected = expected + sigma_s * math.sqrt(1 - math.exp(-2 * h)) * z
 assert torch.allclose(second, expected, atol=1e-4)
 ### END HIDDEN TESTS
 print("Exercise 8.4 passed")
+
+# %% [markdown]
+# **Your answer (8.4, 1 point, graded by hand).** Part 2: show on paper that with D = x̂₀ the step is DDPM's step on the
+# respaced chain. Part 4: does the sampler beat a row of the table, by more than chance?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# **Part 2.** With D = x̂0 and e^{-2h} = σ_s² ᾱ_t / (σ_t² ᾱ_s): the coefficient of x̂0 is
+# α_s (1 − e^{-2h}) = √ᾱ_s β_{t→s} / (1 − ᾱ_t), and that of x_t is (σ_s/σ_t) e^{-h} = √(ᾱ_t/ᾱ_s) (1 − ᾱ_s)/(1 − ᾱ_t):
+# the two coefficients of the posterior mean of the jump t → s ([chapter 06](06_sampling.py)). The noise's variance is
+# σ_s² (1 − e^{-2h}) = (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s), DDIM's σ² at η = 1, and z is drawn once, as there.
+#
+# **Part 4.** Measured at full size (the full profile: 256 samples, the shipped v weights, this cell's
+# seeds): 80.3 at 10 network calls and 65.0 at 20, the lowest of their columns.
+# Only the gaps to DDIM (99.4 at 10, 86.0 at 20) and to DDPM at 10 (99.5) approach real ones, at about 1.4 to 1.6
+# standard deviations of a difference (section 8 puts one at about 13 at 256 samples); against DDPM at 20 (70.9)
+# and DPM-Solver++ (84.7, 79.5) the differences are within chance. Why it can help: fresh noise at every step
+# washes out the network's early errors, as in DDPM, and the second-order D spends the few steps better, as in
+# DPM-Solver++. On a network with small early errors, as this v network is, there is little left to wash out.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: part 2 shows both coefficients equal the posterior mean's of the jump t → s and the noise variance
+#   DDIM's σ² at η = 1, with z drawn once; part 4 compares with the table's rows using the standard deviation of a
+#   difference (section 8) and says which gaps are within chance.
+# - **½ point**: one of the two parts complete, or both with a gap (the variance missing; differences read without
+#   their uncertainty).
+# - **0**: a numerical comparison in place of the derivation, and no reading of chance.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

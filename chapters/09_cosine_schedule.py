@@ -431,9 +431,6 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def cosine_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
     ### BEGIN SOLUTION
-    # Model answer: only at t = T-1. There the formula gives f(1)/f(0) = cos²(π/2)/f(0), zero up to rounding,
-    # and its β would be exactly 1. The class caps every β at 0.999, which bites at that one step only (every
-    # other β is far below the cap, section 1): its ᾱ_{T-1} is 0.001 · ᾱ_{T-2}, about 2·10⁻⁹ instead of 0.
     def f(u):
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
@@ -452,6 +449,30 @@ assert math.isclose(cosine_alpha_bar(4, 10, s=0.0), math.cos(0.5 * math.pi / 2) 
 print("Exercise 9.1 passed")
 
 # %% [markdown]
+# **Your answer (9.1, 1 point, graded by hand).** Where does your ᾱ differ from CosineScheduler's, and why only there?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# only at t = T-1. There the formula gives f(1)/f(0) = cos²(π/2)/f(0), zero up to rounding,
+# and its β would be exactly 1. The class caps every β at 0.999, which bites at that one step only (every
+# other β is far below the cap, section 1): its ᾱ_{T-1} is 0.001 · ᾱ_{T-2}, about 2·10⁻⁹ instead of 0.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: only at t = T − 1, where the formula gives 0 (β = 1); the class caps β at 0.999, which binds at that step alone, so its ᾱ_(T−1) is 0.001 · ᾱ_(T−2), about 2·10⁻⁹.
+# - **½ point**: the right step without the reason (the cap), or the cap without the step.
+# - **0**: attributes the difference to float precision everywhere.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 9.2 · ★★☆ · From $\bar\alpha$ back to $\beta$
 # :nonumber:
 #
@@ -465,11 +486,6 @@ print("Exercise 9.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def betas_from_alpha_bars(alpha_bars: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: with ᾱ falling linearly from 1 to 0.001, SNR = ᾱ/(1 − ᾱ) crosses 1 at the middle, like the
-    # cosine schedule, but its log-SNR is far from straight: it falls from 4 to 0 (log10) in the first half,
-    # only to about −1 by t = 900, and then plunges to −3 in the last few percent, where β_t = 1 − ᾱ_t/ᾱ_{t−1}
-    # grows to 0.5 at the last step. It spends most steps on easy, high-SNR images and rushes through the
-    # noisy end: the opposite mistake to the linear-β schedule, which lingers near pure noise.
     previous = torch.cat([torch.ones(1, dtype=alpha_bars.dtype), alpha_bars[:-1]])
     return 1 - alpha_bars / previous
     ### END SOLUTION
@@ -491,6 +507,32 @@ assert torch.allclose(betas_from_alpha_bars(torch.tensor([0.5, 0.25], dtype=torc
                       torch.tensor([0.5, 0.5], dtype=torch.float64))  # fmt: skip
 ### END HIDDEN TESTS
 print("Exercise 9.2 passed")
+
+# %% [markdown]
+# **Your answer (9.2, 1 point, graded by hand).** What does the SNR curve of a linearly falling ᾱ look like next to the two schedules?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# with ᾱ falling linearly from 1 to 0.001, SNR = ᾱ/(1 − ᾱ) crosses 1 at the middle, like the
+# cosine schedule, but its log-SNR is far from straight: it falls from 4 to 0 (log10) in the first half,
+# only to about −1 by t = 900, and then plunges to −3 in the last few percent, where β_t = 1 − ᾱ_t/ᾱ_{t−1}
+# grows to 0.5 at the last step. It spends most steps on easy, high-SNR images and rushes through the
+# noisy end: the opposite mistake to the linear-β schedule, which lingers near pure noise.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: log-SNR crosses 0 at the middle like the cosine schedule but is far from straight: it falls slowly for most steps and plunges in the last few percent (β grows to 0.5), spending steps on easy high-SNR images, the opposite mistake to linear-β.
+# - **½ point**: describes the shape without comparing it with the two schedules, or the comparison without the shape.
+# - **0**: no description of the curve.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 9.3 · ★★★ · Zero terminal SNR and v-prediction
@@ -526,12 +568,6 @@ def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
 
 def v_target(schedule: NoiseSchedule, t: int, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer to 2. At ᾱ_{T-1} = 0 the training image is x_{T-1} = ε exactly: the ε-target equals the input,
-    # so the network learns the identity and its prediction says nothing about the digit. Worse, sampling turns
-    # it into x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ, a division by zero: the first step, the one that must start deciding
-    # the digit, has no x̂0 at all. The v-target at ᾱ = 0 is v = −x0: the network must predict the clean image
-    # (in effect the average digit, given pure noise), a finite and informative target, and x̂0 = −v̂ needs no
-    # division. At every t, v mixes the two targets so that neither √ᾱ nor √(1 − ᾱ) is ever divided by.
     alpha_bar = schedule.alpha_bars[t].double()
     return (alpha_bar.sqrt() * noise.double() - (1 - alpha_bar).sqrt() * x0.double()).to(x0.dtype)
     ### END SOLUTION
@@ -556,3 +592,30 @@ assert torch.allclose(v_target(linear, 0, digits, noise),
                       linear.alpha_bars[0].sqrt() * noise - (1 - linear.alpha_bars[0]).sqrt() * digits)  # fmt: skip
 ### END HIDDEN TESTS
 print("Exercise 9.3 passed")
+
+# %% [markdown]
+# **Your answer (9.3, 1 point, graded by hand).** What can an ε-network not do at ᾱ = 0, and why does the v-target survive?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# **Part 2.** At ᾱ_{T-1} = 0 the training image is x_{T-1} = ε exactly: the ε-target equals the input,
+# so the network learns the identity and its prediction says nothing about the digit. Worse, sampling turns
+# it into x̂0 = (x_t − √(1 − ᾱ) ε̂)/√ᾱ, a division by zero: the first step, the one that must start deciding
+# the digit, has no x̂0 at all. The v-target at ᾱ = 0 is v = −x0: the network must predict the clean image
+# (in effect the average digit, given pure noise), a finite and informative target, and x̂0 = −v̂ needs no
+# division. At every t, v mixes the two targets so that neither √ᾱ nor √(1 − ᾱ) is ever divided by.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: at ᾱ = 0 the ε-target is the input itself and x̂₀ = (x_t − √(1 − ᾱ) ε̂)/√ᾱ divides by zero; the v-target is −x₀, finite and informative, and x̂₀ = −v̂ needs no division.
+# - **½ point**: one of the two failures of ε, with why v survives.
+# - **0**: no reason why v survives.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -612,13 +612,6 @@ def label_effect(
     model, x0: torch.Tensor, labels: torch.Tensor, t: int, noise: torch.Tensor
 ) -> tuple[float, float]:
     ### BEGIN SOLUTION
-    # Model answer: in ε the difference is largest in the middle of the chain (around t = 500 for the shipped
-    # model) and at t = 0, and smallest near T-1; in x̂0 it grows steadily with t, from almost nothing at t = 0 to
-    # its largest at T-1. The two differ by the factor √(1 − ᾱ_t)/√ᾱ_t = 1/√SNR_t that turns an ε-difference
-    # into an x̂0-difference (chapter 08). At t = 0 that factor is 0.01: the label moves ε̂ a little, but not the
-    # image, which already shows its digit. Near pure noise the factor is 157: a tiny change in ε̂ is a large
-    # change in the predicted digit, and there the label decides *which* digit it is. So guidance shapes the
-    # digit mostly in the noisy half of the chain — the half exercise 10.3 leaves partly unguided.
     t_batch = torch.full((len(x0),), t)
     with torch.no_grad():
         x_t = q_sample(scheduler, x0, t_batch, noise)
@@ -660,6 +653,34 @@ assert label_effect(model, digits_check, torch.full((20,), -1), 300, noise_check
 print("Exercise 10.1 passed")
 
 # %% [markdown]
+# **Your answer (10.1, 1 point, graded by hand).** Where does the label change the noise prediction most, and where the predicted digit; why do they disagree near T − 1?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# in ε the difference is largest in the middle of the chain (around t = 500 for the shipped
+# model) and at t = 0, and smallest near T-1; in x̂0 it grows steadily with t, from almost nothing at t = 0 to
+# its largest at T-1. The two differ by the factor √(1 − ᾱ_t)/√ᾱ_t = 1/√SNR_t that turns an ε-difference
+# into an x̂0-difference ([chapter 08](08_fast_sampling.py)). At t = 0 that factor is 0.01: the label moves ε̂ a little, but not the
+# image, which already shows its digit. Near pure noise the factor is 157: a tiny change in ε̂ is a large
+# change in the predicted digit, and there the label decides *which* digit it is. So guidance shapes the
+# digit mostly in the noisy half of the chain — the half exercise 10.3 leaves partly unguided.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: ε-differences peak mid-chain and are small near T − 1, x̂₀-differences grow with t; the factor 1/√SNR_t turns one into the other, so near pure noise a tiny ε change decides which digit it is: guidance shapes the digit in the noisy half.
+# - **½ point**: the two patterns right without the factor that links them, or the factor without the conclusion for guidance.
+# - **0**: restates the printed table.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 10.2 · ★★☆ · Label dropout by hand
 # :nonumber:
 #
@@ -673,13 +694,6 @@ print("Exercise 10.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: one network, one set of weights, two tasks. With the dropout drawn per example, every batch
-    # holds both tasks in the proportion p : 1 − p, so every gradient step is a step on the combined objective,
-    # and the optimiser's state (Adam's running moments, the EMA of the weights) always describes that mixture.
-    # With whole unlabelled batches every tenth step, the optimiser would take nine steps on the conditional task
-    # and then one large step on the unconditional one alone: the loss oscillates, the moment estimates mix two
-    # different gradient distributions, and the step the EMA keeps depends on where in the cycle training stops.
-    # The expected objective is the same; the path to it is much noisier.
     dropped = torch.rand(labels.shape, generator=generator) < p
     return torch.where(dropped, torch.full_like(labels, -1), labels)
     ### END SOLUTION
@@ -697,6 +711,34 @@ assert (drop_labels(original, 0.0, torch.Generator().manual_seed(1)) == original
 assert (drop_labels(original, 1.0, torch.Generator().manual_seed(1)) == -1).all()
 ### END HIDDEN TESTS
 print("Exercise 10.2 passed")
+
+# %% [markdown]
+# **Your answer (10.2, 1 point, graded by hand).** Why must the dropout be random per example rather than every tenth batch without labels?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# one network, one set of weights, two tasks. With the dropout drawn per example, every batch
+# holds both tasks in the proportion p : 1 − p, so every gradient step is a step on the combined objective,
+# and the optimiser's state (Adam's running moments, the EMA of the weights) always describes that mixture.
+# With whole unlabelled batches every tenth step, the optimiser would take nine steps on the conditional task
+# and then one large step on the unconditional one alone: the loss oscillates, the moment estimates mix two
+# different gradient distributions, and the step the EMA keeps depends on where in the cycle training stops.
+# The expected objective is the same; the path to it is much noisier.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: per-example dropout puts both tasks into every batch, so every gradient step (and Adam's moments, the EMA) follows the combined objective; whole unlabelled batches make the optimiser alternate between two tasks, with an oscillating loss and an EMA that depends on where in the cycle training stops.
+# - **½ point**: says each batch should contain both tasks, without what goes wrong otherwise.
+# - **0**: blames BatchNorm, or says the expected loss differs.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 10.3 · ★★★ · Guidance in a limited interval
@@ -755,13 +797,6 @@ interval_row = guidance_row(IntervalGuidance(model, w_high, 100, 600), n_eval, 1
 for name, row in (("w = 0", table[0.0]), (f"w = {w_high:g} everywhere", table[w_high]),
                   (f"w = {w_high:g} on [100, 600]", interval_row)):  # fmt: skip
     print(f"{name:>22}: accuracy {row['accuracy']:.1%}, diversity {row['diversity']:.2f}")
-# Model answer to 3. Measured at full size (the shipped `ddpm_mnist_cond`, 256 digits, 100 steps): w = 4 on
-# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.65 (w = 4 everywhere) to 0.70 — some
-# variety back, far from the 1.01 of no guidance, and with no standard error to say how sure that gain is.
-# Exercise 10.1 says why the interval changes little here: the label shapes x̂0 most at high noise, above
-# t = 600, where the interval leaves the conditional model alone, and the conditional model already picks the
-# right digit 97% of the time. The interval keeps the accuracy and gives up little; it would matter more for a
-# model whose unguided samples are often the wrong digit, at the large w such a model needs.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -792,3 +827,31 @@ assert math.isclose(
 )
 ### END HIDDEN TESTS
 print("Exercise 10.3 passed")
+
+# %% [markdown]
+# **Your answer (10.3, 1 point, graded by hand).** What does the interval keep, and what does it give up?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# **Part 3.** Measured at full size (the shipped `ddpm_mnist_cond`, 256 digits, 100 steps): w = 4 on
+# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.65 (w = 4 everywhere) to 0.70 — some
+# variety back, far from the 1.01 of no guidance, and with no standard error to say how sure that gain is.
+# Exercise 10.1 says why the interval changes little here: the label shapes x̂0 most at high noise, above
+# t = 600, where the interval leaves the conditional model alone, and the conditional model already picks the
+# right digit 97% of the time. The interval keeps the accuracy and gives up little; it would matter more for a
+# model whose unguided samples are often the wrong digit, at the large w such a model needs.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: keeps the accuracy of w = 4 and gets some diversity back (the measured numbers), and explains via exercise 10.1 why the change is small here: the conditional model already picks the right digit and the label acts above t = 600.
+# - **½ point**: the measured comparison without the explanation, or the reverse.
+# - **0**: no comparison with the two reference rows.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -506,10 +506,6 @@ assert PRESETS["quick"]["model"]["attention"] == [2] and PRESETS["quick"]["model
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def quieted_timesteps(scheduler, gamma: float) -> list[int]:
     ### BEGIN SOLUTION
-    # Model answer. The weight min(SNR, γ)/SNR is below 1 exactly where SNR_t > γ. The SNR falls with t, so
-    # these are the first steps of the forward chain (the last of sampling), the nearly clean images. For γ = 5
-    # on the linear schedule that is the first 130 of 1000 (the check prints it). As γ grows the list
-    # shrinks towards t = 0; γ → ∞ quiets nothing and gives back the uniform weighting of L_simple.
     return torch.nonzero(scheduler.snr > gamma).flatten().tolist()
     ### END SOLUTION
 
@@ -528,6 +524,31 @@ assert quieted_timesteps(scheduler, 1e9) == []
 print("Exercise 11.1 passed")
 
 # %% [markdown]
+# **Your answer (11.1, 1 point, graded by hand).** Where are the quieted steps, how many for γ = 5, and what happens as γ grows?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# The weight min(SNR, γ)/SNR is below 1 exactly where SNR_t > γ. The SNR falls with t, so
+# these are the first steps of the forward chain (the last of sampling), the nearly clean images. For γ = 5
+# on the linear schedule that is the first 130 of 1000 (the check prints it). As γ grows the list
+# shrinks towards t = 0; γ → ∞ quiets nothing and gives back the uniform weighting of L_simple.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the weight is below 1 where SNR_t > γ, the first steps of the forward chain (nearly clean images): 130 of 1000 for γ = 5; as γ grows the list shrinks towards t = 0 and γ → ∞ gives back L_simple's uniform weights.
+# - **½ point**: the location and the limit right with a wrong count, or the count without the reason.
+# - **0**: places them at the end of the forward chain.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 11.2 · ★★☆ · The sampling budget
 # :nonumber:
 #
@@ -542,10 +563,6 @@ print("Exercise 11.1 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def network_images(n: int, steps: int, guidance: float) -> int:
     ### BEGIN SOLUTION
-    # Model answer. A guided step runs the network once on the batch [x; x] with labels [y; no label], so
-    # each digit costs two images per step; w = 0 skips the unconditional half. 128 digits with 25 guided steps:
-    # 128 · 25 · 2 = 6,400 images, about TIME? s (section 4 prints the time it took); the 1000-step
-    # unguided chain: 128,000 images, about 2 minutes — 20 times longer, for every one of the recipe's evaluations.
     return n * steps * (2 if guidance else 1)
     ### END SOLUTION
 
@@ -573,6 +590,31 @@ for steps, guidance in ((5, 1.0), (5, 0.0), (3, 2.0)):
 assert network_images(128, 25, 1.0) == 6400 and network_images(128, 1000, 0.0) == 128_000
 ### END HIDDEN TESTS
 print("Exercise 11.2 passed")
+
+# %% [markdown]
+# **Your answer (11.2, 1 point, graded by hand).** How long do the 128 digits of each evaluation take, and with the reference's unguided 1000-step chain?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# A guided step runs the network once on the batch [x; x] with labels [y; no label], so
+# each digit costs two images per step; w = 0 skips the unconditional half. 128 digits with 25 guided steps:
+# 128 · 25 · 2 = 6,400 images, about TIME? s (section 4 prints the time it took); the 1000-step
+# unguided chain: 128,000 images, about 2 minutes — 20 times longer, for every one of the recipe's evaluations.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: one guided step runs the network on [x; x], two images per digit and step: 128 · 25 · 2 = 6,400 images, a few seconds at 1 ms per image, against 128,000 images and about 2 minutes for the unguided 1000-step chain, twenty times longer.
+# - **½ point**: the counts right with a wrong time, or a time without the doubling of guidance.
+# - **0**: no count of network images.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 11.3 · ★★★ · Mini-project: which sampling-time lever matters?
@@ -617,14 +659,6 @@ lever_table = {
 for name, row in lever_table.items():
     print(f"{name:>13}: confident {row['confident_share']:6.1%}, classes {row['classes_present']:2d}/10, "
           f"class share {row['min_class_ratio']:.2f}–{row['max_class_ratio']:.2f}, FD / floor {row['fd_over_floor']:.2f}")  # fmt: skip
-# Model answer. The recipe's row is the last row of section 4 exactly: same weights, same n, sampler, steps,
-# guidance and seed, and `generate` is deterministic — a useful check that the table measures what it claims.
-# Taking the label away hurts most: the unconditional model the 10% of dropped labels taught has had a tenth of
-# the training signal, and must decide which digit to draw on its own (its class shares wander furthest from
-# even). Guidance at w = 1 is worth about nine points of confidence and lowers the Fréchet distance too (in the
-# full profile 98.4% and 1.44× against 89.8% and 2.29× without it); chapter 10 shows the trade-off that appears
-# at larger w. Four times the steps changes little: on this chain length the sampler is not what limits a
-# short-run model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -642,3 +676,32 @@ assert score_sampling(quick_model, 4, steps=3, sampler="ddpm") == bar_scores(
 )
 ### END HIDDEN TESTS
 print("Exercise 11.3 passed")
+
+# %% [markdown]
+# **Your answer (11.3, 1 point, graded by hand).** Which lever matters most, and why must the recipe's row agree with section 4?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# The recipe's row is the last row of section 4 exactly: same weights, same n, sampler, steps,
+# guidance and seed, and `generate` is deterministic — a useful check that the table measures what it claims.
+# Taking the label away hurts most: the unconditional model the 10% of dropped labels taught has had a tenth of
+# the training signal, and must decide which digit to draw on its own (its class shares wander furthest from
+# even). Guidance at w = 1 is worth about nine points of confidence and lowers the Fréchet distance too (in the
+# full profile 98.4% and 1.44× against 89.8% and 2.29× without it); [chapter 10](10_guidance.py) shows the trade-off that appears
+# at larger w. Four times the steps changes little: on this chain length the sampler is not what limits a
+# short-run model. (The CI profile's few training steps give noise in every row; read this in the full profile.)
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the recipe's row equals section 4's last row (same weights, n, sampler, steps, guidance, seed; generate is deterministic); taking the label away hurts most (a tenth of the training signal); guidance at w = 1 helps; four times the steps changes little.
+# - **½ point**: the ranking right without why the rows must agree, or the reverse.
+# - **0**: a ranking not supported by the table.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -715,11 +715,6 @@ assert torch.equal(true_labels[panels[: len(shown)]], torch.tensor([3, 5, 8]))
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def frame_mask(size: int = 28, border: int = 4) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: almost nothing. MNIST centres every digit in a 20 × 20 box, so in training the outer four rows
-    # and columns are black background nearly always, and the model fills the frame with background: on 50
-    # held-out digits (shipped weights, 50 steps, r = 4) the frame got about 2 ink pixels of its 384 per digit,
-    # as many as the originals have there. Outpainting works the same way as inpainting; on MNIST it has
-    # little to do.
     mask = torch.zeros((1, 1, size, size))
     mask[..., border : size - border, border : size - border] = 1
     return mask
@@ -738,6 +733,32 @@ assert torch.equal(outpainted * frame, heldout_images[:2] * frame)
 assert (frame_mask(10, 1) == 0).sum() == 100 - 64 and frame_mask(10, 1)[0, 0, 0].eq(0).all()
 ### END HIDDEN TESTS
 print("Exercise 12.1 passed")
+
+# %% [markdown]
+# **Your answer (12.1, 1 point, graded by hand).** Does the model draw anything in the frame?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# almost nothing. MNIST centres every digit in a 20 × 20 box, so in training the outer four rows
+# and columns are black background nearly always, and the model fills the frame with background: on 50
+# held-out digits (shipped weights, 50 steps, r = 4) the frame got about 2 ink pixels of its 384 per digit,
+# as many as the originals have there. Outpainting works the same way as inpainting; on MNIST it has
+# little to do.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: almost nothing: MNIST centres each digit in a 20 × 20 box, so the training frame is background and the model fills it with background (about as many ink pixels as the originals have there).
+# - **½ point**: says nothing is drawn without the reason.
+# - **0**: expects strokes to be extended into the frame.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 12.2 · ★★☆ · The replacement method by hand
@@ -808,10 +829,6 @@ print("Exercise 12.2 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def inpaint_jump(model, scheduler, x0, mask, num_steps: int, resample: int, jump: int, generator=None):
     ### BEGIN SOLUTION
-    # Model answer (calls): every step but the last runs 1 + r times, whatever the blocks are, so the cost is
-    # S + r (S − 1) network calls for every `jump`, the same as `inpaint`: a longer jump back costs nothing
-    # extra. It changes *what* is repeated: the model revisits a stretch of `jump` noise levels together, so a
-    # shape that went wrong early in the stretch can be undone, which one-step resampling cannot do.
     timesteps = timesteps_for(scheduler.num_timesteps, num_steps).tolist()
     pairs = list(zip(timesteps, [*timesteps[1:], -1], strict=True))
 
@@ -851,13 +868,6 @@ for key, reference in (("mse", per_image_mse[REPAINT]), ("correct", per_image_co
     print(
         f"jump = 5 minus jump = 1, {key}: {difference.mean():+.3f} ± {difference.std() / len(difference) ** 0.5:.3f}"
     )
-# Model answer (measurement). In the full profile (300 digit-mask pairs, the shipped v weights), jump = 5 minus
-# jump = 1 is +0.008 ± 0.014 in masked MSE and +0.050 ± 0.028 in accuracy: both within about two standard errors
-# of zero, so on these digits longer jumps neither help nor hurt measurably, at the same number of network calls.
-# The paper's jumps of 10 steps (each stretch resampled 10 times) were chosen on 256 × 256 faces and ImageNet
-# images, where a one-step jump back leaves the model little room to change a region that is already half drawn;
-# a 28 × 28 digit has little such structure, and one-step resampling already lets its halves agree (section 6:
-# RePaint against replacement).
 ### END SOLUTION
 
 
@@ -878,3 +888,39 @@ inpaint_jump(counted, scheduler, x0, right, 5, 1, 10, torch.Generator().manual_s
 assert counted.calls == 4 * 2 + 1
 ### END HIDDEN TESTS
 print("Exercise 12.3 passed")
+
+# %% [markdown]
+# **Your answer (12.3, 1 point, graded by hand).** How many network calls does it make, and how does that depend on
+# `jump`? How does `jump=5` compare with section 6's RePaint row?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# **Calls.** Every step but the last runs 1 + r times, whatever the blocks are, so the cost is
+# S + r (S − 1) network calls for every `jump`, the same as `inpaint`: a longer jump back costs nothing
+# extra. It changes *what* is repeated: the model revisits a stretch of `jump` noise levels together, so a
+# shape that went wrong early in the stretch can be undone, which one-step resampling cannot do.
+#
+# **Measurement.** In the full profile (300 digit-mask pairs, the shipped v weights), jump = 5 minus
+# jump = 1 is +0.008 ± 0.014 in masked MSE and +0.050 ± 0.028 in accuracy: both within about two standard errors
+# of zero, so on these digits longer jumps neither help nor hurt measurably, at the same number of network calls.
+# The paper's jumps of 10 steps (each stretch resampled 10 times) were chosen on 256 × 256 faces and ImageNet
+# images, where a one-step jump back leaves the model little room to change a region that is already half drawn;
+# a 28 × 28 digit has little such structure, and one-step resampling already lets its halves agree (section 6:
+# RePaint against replacement).
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: S + r (S − 1) calls for every `jump`, as in `inpaint`: a longer jump back costs nothing extra, it
+#   changes what is repeated; and the measured differences read with their standard errors (within chance here).
+# - **½ point**: the count right and the measurement read without its uncertainty, or the measurement right and a
+#   count that misses what `jump` changes.
+# - **0**: a count that grows with `jump`, and no reading of the measurement.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

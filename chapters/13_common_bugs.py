@@ -1161,10 +1161,6 @@ print("Exercise 13.3 passed")
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def check_reverse_step(step) -> None:
     ### BEGIN SOLUTION
-    # Model answer to the question: with the oracle, x̂0 is exactly x0, so the step's mean must be exactly the
-    # posterior mean and its noise exactly σ_t z — any deviation is the step's own arithmetic. With a trained
-    # network the mean would be off by the network's error, which is largest exactly where these bugs hide
-    # (small t, large t), and a tolerance wide enough for that error would let small slips through.
     x0 = digits[:8]
     oracle = oracle_for(x0)
     for t in (0, 1, 10, 500, T - 1):
@@ -1239,3 +1235,28 @@ for name, mutant in hidden.items():
     assert verdict(check_reverse_step, mutant).startswith("caught"), name
 ### END HIDDEN TESTS
 print("Exercise 13.4 passed")
+
+# %% [markdown]
+# **Your answer (13.4, 1 point, graded by hand).** Why does the perfect denoiser make this test exact?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# with the oracle, x̂0 is exactly x0, so the step's mean must be exactly the
+# posterior mean and its noise exactly σ_t z — any deviation is the step's own arithmetic. With a trained
+# network the mean would be off by the network's error, which is largest exactly where these bugs hide
+# (small t, large t), and a tolerance wide enough for that error would let small slips through.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: with the oracle, x̂₀ is exactly x₀, so the mean must be exactly the posterior mean and the noise exactly σ_t z; a trained network's error is largest where the bugs hide (small and large t), and a tolerance wide enough for it would let slips through.
+# - **½ point**: says the oracle has no error, without why tolerances would hide the bugs.
+# - **0**: no reason.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

@@ -565,13 +565,6 @@ print("Exercise 14.2 passed")
 # %% jupyter={"source_hidden": true} mystnb={"code_prompt_hide": "Hide solution", "code_prompt_show": "Show solution"} tags=["hide-input"]
 def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     ### BEGIN SOLUTION
-    # Model answer: each rank sends one chunk of size S/N in each of the N − 1 reduce-scatter steps and each of
-    # the N − 1 all-gather steps: 2 (N − 1)/N · S, which grows from S (N = 2) towards 2S and never beyond. All N
-    # links carry their chunk at the same time, so the time of a bandwidth-bound all-reduce stays about 2S over
-    # one link's bandwidth however many GPUs join. A hub that collects and redistributes (DataParallel's GPU 0,
-    # a parameter server) receives and sends N · S: its time grows with N. The ring's cost that does grow is
-    # latency, 2 (N − 1) message steps, which is why NCCL switches to trees across many nodes; and DDP starts
-    # all-reducing gradient buckets during the backward pass, so much of the transfer is hidden.
     n = len(tensors)
     chunks = [list(t.clone().chunk(n)) for t in tensors]  # chunks[rank][chunk]
     sent = 0
@@ -603,3 +596,31 @@ assert all(torch.equal(r, torch.arange(10.0) * 15) for r in reduced) and chunks_
 assert ring_all_reduce([torch.ones(2), torch.ones(2)])[1] == 2
 ### END HIDDEN TESTS
 print("Exercise 14.3 passed")
+
+# %% [markdown]
+# **Your answer (14.3, 1 point, graded by hand).** Why is the amount each rank sends nearly independent of N, and why does that make DDP scale?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# each rank sends one chunk of size S/N in each of the N − 1 reduce-scatter steps and each of
+# the N − 1 all-gather steps: 2 (N − 1)/N · S, which grows from S (N = 2) towards 2S and never beyond. All N
+# links carry their chunk at the same time, so the time of a bandwidth-bound all-reduce stays about 2S over
+# one link's bandwidth however many GPUs join. A hub that collects and redistributes (DataParallel's GPU 0,
+# a parameter server) receives and sends N · S: its time grows with N. The ring's cost that does grow is
+# latency, 2 (N − 1) message steps, which is why NCCL switches to trees across many nodes; and DDP starts
+# all-reducing gradient buckets during the backward pass, so much of the transfer is hidden.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: one chunk S/N in each of the 2(N − 1) steps: 2(N − 1)/N · S, between S and 2S; all links work at once, so a bandwidth-bound all-reduce takes about the same time for any N, unlike a hub that moves N · S; latency still grows with N, and DDP overlaps the transfer with the backward pass.
+# - **½ point**: the count right without why it makes DDP scale, or the reverse.
+# - **0**: no count.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

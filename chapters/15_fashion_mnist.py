@@ -542,9 +542,6 @@ else:
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def background_share(images: torch.Tensor, threshold: float = -0.9) -> float:
     ### BEGIN SOLUTION
-    # Model answer: at threshold -0.9 about four fifths of an MNIST image is background, about half of a
-    # Fashion-MNIST image. Background is the easiest thing to draw (a constant); the rest is where the model
-    # spends its capacity, so Fashion-MNIST asks for more drawing per image.
     return (images <= threshold).float().mean().item()
     ### END SOLUTION
 
@@ -560,6 +557,30 @@ assert background_share(torch.tensor([[-1.0, -0.95, 0.0, 1.0]])) == 0.5
 assert background_share(torch.tensor([[-1.0, -0.95, 0.0, 1.0]]), threshold=0.0) == 0.75
 ### END HIDDEN TESTS
 print("Exercise 15.1 passed")
+
+# %% [markdown]
+# **Your answer (15.1, 1 point, graded by hand).** Why is the background share a rough guide to how much the network must draw?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# at threshold -0.9 about four fifths of an MNIST image is background, about half of a
+# Fashion-MNIST image. Background is the easiest thing to draw (a constant); the rest is where the model
+# spends its capacity, so Fashion-MNIST asks for more drawing per image.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: background is a constant, the easiest thing to draw; about four fifths of MNIST and half of Fashion-MNIST is background, so the model spends its capacity on the rest and Fashion-MNIST asks for more drawing per image.
+# - **½ point**: the comparison of the two shares without why background is easy.
+# - **0**: restates the shares.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 15.2 · ★★☆ · Which classes does guidance help?
@@ -580,10 +601,6 @@ def fidelity_gain(probs_unguided: np.ndarray, probs_guided: np.ndarray, labels: 
         confusion_matrix(torch.from_numpy(np.asarray(p).argmax(1)), labels).diag().double() / counts
         for p in (probs_unguided, probs_guided)
     ]
-    # Model answer (the check prints the three largest gains of section 6's samples): coats, shirts and
-    # dresses gain most, the upper-body garments that the classifier confuses on real images too. Guidance
-    # pushes each sample towards its class's most typical shape, which is what a confusable class lacks;
-    # trousers, sandals and bags were at or near 100% already and have nothing to gain.
     return (rates[1] - rates[0]).numpy()
     ### END SOLUTION
 
@@ -602,6 +619,31 @@ wrong = np.eye(10)[[1, 1, 0, 2]]
 assert np.allclose(fidelity_gain(wrong, one_hot, torch.tensor([0, 1, 1, 2]))[:3], [1.0, 0.5, 0.0])
 ### END HIDDEN TESTS
 print("Exercise 15.2 passed")
+
+# %% [markdown]
+# **Your answer (15.2, 1 point, graded by hand).** Which classes gain most on the samples of section 6?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# (The check prints the three largest gains of section 6's samples.) coats, shirts and
+# dresses gain most, the upper-body garments that the classifier confuses on real images too. Guidance
+# pushes each sample towards its class's most typical shape, which is what a confusable class lacks;
+# trousers, sandals and bags were at or near 100% already and have nothing to gain.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the confusable upper-body garments (coats, shirts, dresses, as the check prints) gain most; guidance pushes towards each class's typical shape, while classes near 100% have nothing to gain.
+# - **½ point**: the right classes without the reason.
+# - **0**: classes not supported by the printed gains.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
 
 # %% [markdown]
 # :::{exercise} 15.3 · ★★☆ · The class's half-life
@@ -626,11 +668,6 @@ def half_life(timesteps, accuracies, chance: float = 0.1) -> float | None:
             a0, a1 = accuracies[i - 1], accuracies[i]
             return float(timesteps[i - 1] + (a0 - level) / (a0 - a1) * (timesteps[i] - timesteps[i - 1]))
     return None
-    # Model answer (the check prints both half-lives): Fashion-MNIST's classes survive about twice as long as
-    # MNIST's. That agrees with section 1's statistics only in part: clothes do have more edge energy, but the
-    # class survives because it lives in the silhouette, a large low-frequency shape, while a digit's class lives
-    # in thin strokes that noise of their own amplitude hides. Edge energy says how much fine detail an image
-    # has; the half-life says how long the coarse shape lasts.
     ### END SOLUTION
 
 
@@ -645,3 +682,29 @@ assert half_life([0, 10], [0.9, 0.8]) is None
 assert half_life([0, 10, 20], [1.0, 0.55, 0.1]) == 10.0
 ### END HIDDEN TESTS
 print("Exercise 15.3 passed")
+
+# %% [markdown]
+# **Your answer (15.3, 1 point, graded by hand).** Whose classes survive longer, and does that agree with the edge-energy statistic?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# (The check prints both half-lives.) Fashion-MNIST's classes survive about twice as long as
+# MNIST's. That agrees with section 1's statistics only in part: clothes do have more edge energy, but the
+# class survives because it lives in the silhouette, a large low-frequency shape, while a digit's class lives
+# in thin strokes that noise of their own amplitude hides. Edge energy says how much fine detail an image
+# has; the half-life says how long the coarse shape lasts.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: Fashion-MNIST's survive about twice as long; only in part agrees with edge energy: the class lives in the silhouette (a large low-frequency shape), a digit's in thin strokes that noise hides; edge energy measures fine detail, the half-life how long the coarse shape lasts.
+# - **½ point**: the comparison right without the silhouette argument.
+# - **0**: restates the half-lives.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

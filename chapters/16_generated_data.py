@@ -673,9 +673,6 @@ else:
 # %% tags=["hide-input"] mystnb={"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"} jupyter={"source_hidden": true}
 def per_class_fidelity(classifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: at w = 0 (full profile) only the 0s (100%) and the 1s (99%) reach the evaluation classifier's 99%
-    # on real digits; the 7s (94%) and the 8s (95%) fall shortest, the others lie at 96-97%. Guidance fixes every
-    # class: at w = 1 all are at 99-100%, at w = 3 all at 100%. Section 7 shows what that costs as training data.
     _, probabilities = classify(classifier, images)
     read_as = torch.from_numpy(probabilities.argmax(1))
     return torch.stack([(read_as[labels == c] == c).float().mean() for c in range(10)])
@@ -706,6 +703,30 @@ assert flipped.max() < 0.2  # wrong labels are read as wrong
 print("Exercise 16.1 passed")
 
 # %% [markdown]
+# **Your answer (16.1, 1 point, graded by hand).** Which classes fall short, and does guidance fix them?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# at w = 0 (full profile) only the 0s (100%) and the 1s (99%) reach the evaluation classifier's 99%
+# on real digits; the 7s (94%) and the 8s (95%) fall shortest, the others lie at 96-97%. Guidance fixes every
+# class: at w = 1 all are at 99-100%, at w = 3 all at 100%. Section 7 shows what that costs as training data.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: names the classes below the classifier's accuracy on real digits in the printed w = 0 row, and reports that guidance brings every class to 99–100%.
+# - **½ point**: the short classes without the effect of guidance, or the reverse.
+# - **0**: no classes named.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 16.2 · ★★☆ · Memorised or new?
 # :nonumber:
 #
@@ -723,12 +744,6 @@ def nearest_training_distance(
     images: torch.Tensor, train_images: torch.Tensor, chunk: int = 250
 ) -> torch.Tensor:
     ### BEGIN SOLUTION
-    # Model answer: no copies. In the full profile the median distance of a w = 0 digit to its nearest training
-    # digit is 10.37, that of a held-out digit, which no model saw, 10.15. Two generated digits of 1,000 come closer
-    # to a training digit than any held-out digit does (2.35 against 3.19); plot those pairs to see why: a thin
-    # digit such as a 1 is one stroke, and two strokes at the same slant are close without one being a copy of the
-    # other. Guidance does not change this (w = 3: median 10.04, two digits below 3.19). So the CAS of section 5 is
-    # not a memorised training set scoring itself.
     train = train_images.flatten(1)
     return torch.cat([torch.cdist(part.flatten(1), train).min(1).values for part in images.split(chunk)])
     ### END SOLUTION
@@ -759,6 +774,33 @@ assert torch.allclose(nearest_training_distance(heldout_images[:7], train_images
 print("Exercise 16.2 passed")
 
 # %% [markdown]
+# **Your answer (16.2, 1 point, graded by hand).** Is any generated digit a copy of a training digit, and what about w = 3?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# no copies. In the full profile the median distance of a w = 0 digit to its nearest training
+# digit is 10.37, that of a held-out digit, which no model saw, 10.15. Two generated digits of 1,000 come closer
+# to a training digit than any held-out digit does (2.35 against 3.19); plot those pairs to see why: a thin
+# digit such as a 1 is one stroke, and two strokes at the same slant are close without one being a copy of the
+# other. Guidance does not change this (w = 3: median 10.04, two digits below 3.19). So the CAS of section 5 is
+# not a memorised training set scoring itself.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: no copies: the median nearest-training distance of generated digits is about that of held-out digits; the few close ones are thin digits (one stroke at the same slant), and w = 3 does not change this.
+# - **½ point**: the medians compared without looking at the closest pairs, or the reverse.
+# - **0**: a verdict without the held-out comparison.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+
+
+# %% [markdown]
 # :::{exercise} 16.3 · ★★★ · Keep only the digits a classifier believes
 # :nonumber:
 #
@@ -778,11 +820,6 @@ def confident_subset(
     classifier, images: torch.Tensor, labels: torch.Tensor, threshold: float = 0.9
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
-    # Model answer: (3) the filter is not part of the generator. The evaluation classifier was trained on all 4,500
-    # real training digits (and reaches 99% on the held-out ones), so a filtered set carries that classifier's
-    # knowledge of real data too: a gain from filtering is a gain of the generator and the filter together, and a
-    # strong enough filter could make even a poor generator look good. A clean variant filters with a classifier
-    # trained only on generated digits. (The measurement, (2), is below.)
     _, probabilities = classify(classifier, images)
     probabilities = torch.from_numpy(probabilities)
     keep = probabilities[torch.arange(len(labels)), labels] >= threshold
@@ -800,10 +837,6 @@ print(
     f"the filter keeps {len(filtered[0])} of {len(pools[0.0][0])} digits; per class {torch.bincount(filtered[1], minlength=10).tolist()}"
 )
 print(f"CAS filtered minus unfiltered: {verdict(*paired(filtered_scores, cas_scores[0.0]))}")
-# Model answer: (2) in the full profile the filter keeps 952 of the 1,000 digits (the 2s and the 7s lose 8 of 100
-# each) and the CAS moves by +0.2 ± 0.1 points, an interval from -0.1 to +0.6: no measurable gain. The 5% of digits the
-# filter removes were doing little harm, which agrees with section 7: for a classifier trained on them, the shape of
-# a few digits matters less than the variety of all.
 ### END SOLUTION
 
 # %% jupyter={"source_hidden": true}
@@ -822,3 +855,37 @@ wrong = confident_subset(classifier, heldout_images, (heldout_labels + 1) % 10, 
 assert len(wrong) < 10
 ### END HIDDEN TESTS
 print("Exercise 16.3 passed")
+
+# %% [markdown]
+# **Your answer (16.3, 1 point, graded by hand).** How many digits does the filter remove, and does it help? Why is
+# this comparison not a clean measurement of the generator?
+#
+# <!-- ### BEGIN SOLUTION -->
+# :::{admonition} Model answer
+# :class: dropdown
+#
+# (3) the filter is not part of the generator. The evaluation classifier was trained on all 4,500
+# real training digits (and reaches 99% on the held-out ones), so a filtered set carries that classifier's
+# knowledge of real data too: a gain from filtering is a gain of the generator and the filter together, and a
+# strong enough filter could make even a poor generator look good. A clean variant filters with a classifier
+# trained only on generated digits.
+#
+# (2) in the full profile the filter keeps 952 of the 1,000 digits (the 2s and the 7s lose 8 of 100
+# each) and the CAS moves by +0.2 ± 0.1 points, an interval from -0.1 to +0.6: no measurable gain. The 5% of digits the
+# filter removes were doing little harm, which agrees with section 7: for a classifier trained on them, the shape of
+# a few digits matters less than the variety of all.
+# :::
+#
+# <!-- ### BEGIN RUBRIC -->
+# :::{admonition} Rubric (1 point)
+# :class: dropdown
+#
+# - **1 point**: the count and the paired CAS change read with its interval (no measurable gain here); and the filter
+#   is a classifier trained on real digits, so a gain belongs to the generator and the filter together (a clean
+#   variant filters with a classifier trained on generated digits).
+# - **½ point**: one of the two parts.
+# - **0**: reports the CAS change only, without its uncertainty or what the filter knows.
+# :::
+# <!-- ### END RUBRIC -->
+# <!-- ### END SOLUTION -->
+

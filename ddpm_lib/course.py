@@ -50,6 +50,15 @@ HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"
 #: what a cleared solution becomes (nbgrader's default stub for Python), indented like the BEGIN line
 SOLUTION_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+#: what a cleared written answer becomes (nbgrader's default text stub)
+TEXT_STUB = ("YOUR ANSWER HERE",)
+#: the rubric of a written answer, inside its solution region: the instructor's alone
+RUBRIC_BEGIN = "### BEGIN RUBRIC"
+RUBRIC_END = "### END RUBRIC"
+#: the first line of a written answer's cell: ``**Your answer (1.3, 1 point, graded by hand).** Why ...``
+ANSWER_RE = re.compile(
+    r"^\*\*Your answer \((?P<number>\d+\.\d+), (?P<points>\d+) points?, graded by hand\)\.\*\*", re.M
+)
 HIDE_TAG = "hide-input"
 #: the first line of an exercise's Markdown cell: ``:::{exercise} 1.2 · ★★☆ · The half-life of the signal``
 EXERCISE_RE = re.compile(
@@ -65,6 +74,14 @@ class Exercise:
     text_cell: int  # indices into the notebook's cells
     solution_cell: int
     check_cell: int
+    answer_cell: int | None = (
+        None  # the written answer's Markdown cell, right after the check, if the exercise asks
+    )
+    answer_points: int = 0
+
+
+def is_answer_cell(cell) -> bool:
+    return cell.cell_type == "markdown" and SOLUTION_BEGIN in cell.source
 
 
 def chapter_sources(chapters_dir: Path = CHAPTERS) -> list[Path]:
@@ -98,9 +115,19 @@ def exercises(notebook: nbformat.NotebookNode) -> list[Exercise]:
             raise ValueError(
                 f"cell {index}: a solution cell must be followed by a cell starting '{CHECK_PREFIX} {match['number']}'"
             )
+        answer, points = None, 0
+        if index + 2 < len(cells) and is_answer_cell(cells[index + 2]):
+            heading = ANSWER_RE.search(cells[index + 2].source)
+            if heading is None or heading["number"] != match["number"]:
+                raise ValueError(
+                    f"cell {index + 2}: a written answer starts '**Your answer ({match['number']}, 1 point, graded "
+                    "by hand).**'"
+                )
+            answer, points = index + 2, int(heading["points"])
         found.append(
-            Exercise(match["number"], match["stars"].count("★"), match["title"], index - 1, index, index + 1)
-        )
+            Exercise(match["number"], match["stars"].count("★"), match["title"], index - 1, index, index + 1,
+                     answer, points)
+        )  # fmt: skip
     return found
 
 
@@ -131,9 +158,15 @@ def clear_hidden_tests(source: str) -> str:
     return _edit_regions(source, HIDDEN_BEGIN, HIDDEN_END, ())
 
 
-def clear_solution(source: str) -> str:
-    """A solution cell's source with the solution replaced by the ``raise NotImplementedError()`` stub."""
-    return _edit_regions(source, SOLUTION_BEGIN, SOLUTION_END, SOLUTION_STUB)
+def clear_solution(source: str, text: bool = False) -> str:
+    """A solution cell's source with the solution replaced by the ``raise NotImplementedError()`` stub (``text``:
+    a written answer's Markdown, whose model answer and rubric become nbgrader's ``YOUR ANSWER HERE``)."""
+    return _edit_regions(source, SOLUTION_BEGIN, SOLUTION_END, TEXT_STUB if text else SOLUTION_STUB)
+
+
+def clear_rubric(source: str) -> str:
+    """A written answer without its rubric (the lines between the RUBRIC markers, and them): the learner's view."""
+    return _edit_regions(source, RUBRIC_BEGIN, RUBRIC_END, ())
 
 
 def instructor_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -157,6 +190,15 @@ def instructor_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNod
             "grade_id": f"{grade_id}_check",
             "points": exercise.stars,
         }
+        if exercise.answer_cell is not None:
+            instructor.cells[exercise.answer_cell].metadata["nbgrader"] = {
+                **common,
+                "grade": True,
+                "solution": True,
+                "locked": False,
+                "grade_id": f"{grade_id}_answer",
+                "points": exercise.answer_points,
+            }
     return instructor
 
 
@@ -167,6 +209,8 @@ def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in student.cells:
         if cell.cell_type == "code":
             cell.source = clear_hidden_tests(clear_solution(cell.source))
+        elif is_answer_cell(cell):
+            cell.source = clear_solution(cell.source, text=True)
         cell.metadata.pop("nbgrader", None)
         cell.metadata.pop("mystnb", None)  # the book's "Show solution" label
         # The learner's notebooks fold solutions and checks; in the student copy the stub is where the
@@ -207,7 +251,12 @@ GRADING_END = "<!-- end of the grading notes -->"
 
 
 def model_answer(solution: str) -> str:
-    """The first sentence of the ``# Model answer.`` (or ``# Model answer:``) comment of a solution cell, or ""."""
+    """The first sentence of a model answer: of a written answer's folded ``Model answer`` box, or of a
+    ``# Model answer.`` (or ``# Model answer:``) comment in a solution cell; "" when there is none."""
+    box = re.search(r"^:::\{admonition\} Model answer\n:class: dropdown\n((?:.*\n)*?):::$", solution, re.M)
+    if box:
+        text = " ".join(box[1].split())
+        return re.split(r"(?<=[.!?])\s+(?=[A-Z(*])", text, maxsplit=1)[0]
     lines = [line.strip() for line in solution.splitlines()]
     for index, line in enumerate(lines):
         if line.startswith("# Model answer"):
@@ -233,7 +282,7 @@ def grading_notes(chapters_dir: Path = CHAPTERS) -> str:
               if source.stem[:2] in CHAPTER_NEEDS]  # fmt: skip
     lines += [
         "",
-        "| chapter | exercise | title | points | hidden checks | model answer (first sentence) |",
+        "| chapter | exercise | title | points (check + written) | hidden checks | model answer (first sentence) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     files = {source.stem[:2]: source.name for source in chapter_sources(chapters_dir)}
@@ -250,11 +299,17 @@ def grading_notes(chapters_dir: Path = CHAPTERS) -> str:
     for source in chapter_sources(chapters_dir):
         notebook = jupytext.read(source)
         for exercise in exercises(notebook):
-            answer = model_answer(notebook.cells[exercise.solution_cell].source).replace("|", "\\|")
+            cell = exercise.solution_cell if exercise.answer_cell is None else exercise.answer_cell
+            answer = model_answer(notebook.cells[cell].source).replace("|", "\\|")
+            points = (
+                f"{exercise.stars} + {exercise.answer_points}"
+                if exercise.answer_cell is not None
+                else exercise.stars
+            )
             hidden = "yes" if HIDDEN_BEGIN in notebook.cells[exercise.check_cell].source else "no"
             title = exercise.title.replace("|", "\\|")
             lines.append(
-                f"| {source.stem} | {exercise.number} | {title} | {exercise.stars} | {hidden} | {linked(answer)} |"
+                f"| {source.stem} | {exercise.number} | {title} | {points} | {hidden} | {linked(answer)} |"
             )
     return "\n".join(lines)
 

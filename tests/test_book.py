@@ -334,13 +334,16 @@ def test_the_learner_edition_shows_no_hidden_checks(pages, name):
 
     text = "".join(pages[name].texts)
     assert "HIDDEN TESTS" not in text
+    assert "Rubric (" not in text, f"{name}: a written answer's rubric on the learner's page"
     assert not shown(text), f"{name}: hidden checks on the page: {shown(text)[:3]}"
     for download in (HTML / "_sources" / Path(name).parent).glob(f"{Path(name).name}.*"):
         content = download.read_text(encoding="utf-8")
         if download.suffix == ".ipynb":
             cells = json.loads(content)["cells"]
+            assert not any("Rubric (" in "".join(cell["source"]) for cell in cells), f"{download}: a rubric"
             content = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
         assert "HIDDEN TESTS" not in content and not shown(content), f"{download}: {shown(content)[:3]}"
+        assert "BEGIN RUBRIC" not in content, f"{download}: a rubric"
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -8,6 +8,7 @@ each chapter once, running every exercise on its stub and then with its solution
 
 import copy
 import re
+from pathlib import Path
 
 import jupytext
 import nbformat
@@ -19,11 +20,13 @@ from ddpm_lib.course import (
     chapter_sources,
     exercises,
     instructor_notebook,
+    is_answer_cell,
     is_check_cell,
     is_solution_cell,
     student_notebook,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapter_sources()
 NBGRADER_DELIMITERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 
@@ -59,9 +62,32 @@ def test_chapter_has_two_to_four_exercises_in_the_course_format(source):
             assert folded is True, (
                 f'{label}: fold the {kind} cell (# %% ... jupyter={{"source_hidden": true}})'
             )
+    answers = {exercise.answer_cell for exercise in found if exercise.answer_cell is not None}
+    for exercise in found:
+        if exercise.answer_cell is None:
+            continue
+        answer = notebook.cells[exercise.answer_cell].source
+        label = f"{source.name}, exercise {exercise.number}'s written answer"
+        # the model answer folded, then the rubric folded, both inside the solution region nbgrader clears
+        assert re.search(
+            r"^<!-- ### BEGIN SOLUTION -->\n:::\{admonition\} Model answer\n:class: dropdown\n(?:.*\n)+?:::\n\n"
+            r"<!-- ### BEGIN RUBRIC -->\n:::\{admonition\} Rubric \((\d+) points?\)\n:class: dropdown\n(?:.*\n)+?:::\n"
+            r"<!-- ### END RUBRIC -->\n<!-- ### END SOLUTION -->$",
+            answer, re.M,
+        ), label  # fmt: skip
+        assert f"Rubric ({exercise.answer_points} point" in answer, (
+            f"{label}: the rubric's points are the cell's"
+        )
+        assert re.search(r"^- \*\*0\*\*:", answer, re.M) and "**½ point**" in answer, (
+            f"{label}: full, partial, none"
+        )
     for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "markdown":  # nbgrader would treat these words as delimiters
+        if (
+            cell.cell_type == "markdown" and index not in answers
+        ):  # nbgrader would treat these words as delimiters
             assert not any(word in cell.source for word in NBGRADER_DELIMITERS), f"{source.name} cell {index}"
+        elif cell.cell_type == "markdown":
+            assert "HIDDEN TESTS" not in cell.source, f"{source.name} cell {index}"
         elif cell.cell_type == "code" and not is_solution_cell(cell):
             assert "BEGIN SOLUTION" not in cell.source, f"{source.name} cell {index}"
             if "BEGIN HIDDEN TESTS" in cell.source:
@@ -73,10 +99,13 @@ def test_instructor_copy_is_an_nbgrader_source_notebook(source):
     notebook = instructor_notebook(jupytext.read(source))
     MetadataValidator().validate_nb(notebook)  # raises on a missing grade_id, points or a duplicate id
     graded = [cell for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade")]
-    assert graded and all(is_check_cell(cell) for cell in graded)
+    assert graded and all(is_check_cell(cell) or is_answer_cell(cell) for cell in graded)
     assert sum(cell.metadata["nbgrader"]["points"] for cell in graded) == sum(
-        exercise.stars for exercise in exercises(notebook)
+        exercise.stars + exercise.answer_points for exercise in exercises(notebook)
     )
+    for cell in graded:  # a written answer is graded by hand: nbgrader's "manually graded answer" cell
+        if is_answer_cell(cell):
+            assert cell.metadata["nbgrader"]["solution"] and not cell.metadata["nbgrader"]["locked"]
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
@@ -87,13 +116,17 @@ def test_student_copy_has_no_solutions_and_no_hidden_checks(source):
     for exercise in exercises(notebook):
         stub = student.cells[exercise.solution_cell].source
         assert "raise NotImplementedError()" in stub and "BEGIN SOLUTION" not in stub, exercise.number
+        if exercise.answer_cell is not None:
+            answer = student.cells[exercise.answer_cell].source
+            assert "YOUR ANSWER HERE" in answer and "Model answer" not in answer and "Rubric" not in answer
     assert all("BEGIN HIDDEN TESTS" not in cell.source for cell in student.cells)
 
 
 @pytest.mark.slow
 def test_nbgrader_grades_the_course_folder_full_marks_and_zero_with_feedback(tmp_path):
     """The course folder's README, run with nbgrader itself on the first chapter: generate_assignment, autograde
-    a solved and an untouched submission, generate_feedback, export the grades."""
+    a solved and an untouched submission, grade the solved one's written answers by hand (full points),
+    generate_feedback, export the grades."""
     import csv
     import os
     import shutil
@@ -126,6 +159,18 @@ def test_nbgrader_grades_the_course_folder_full_marks_and_zero_with_feedback(tmp
         (course / "submitted" / student / name).mkdir(parents=True)
         shutil.copy(notebook / name / f"{name}.ipynb", course / "submitted" / student / name)
     nbgrader("autograde", name)
+    found = exercises(jupytext.read(source))
+    written = {
+        f"ex{e.number.replace('.', '_')}_answer": e.answer_points for e in found if e.answer_cell is not None
+    }
+    assert written, "the chapter has no written answer to grade by hand"
+    from nbgrader.api import Gradebook  # what nbgrader formgrader does when the instructor grades an answer
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for grade_id, points in written.items():
+            assert gradebook.find_grade(grade_id, name, name, "solver").needs_manual_grade
+            gradebook.find_grade(grade_id, name, name, "solver").manual_score = points
+        gradebook.db.commit()
     nbgrader("generate_feedback", name)
     nbgrader("export")
     with open(course / "grades.csv", newline="") as grades:
@@ -133,8 +178,7 @@ def test_nbgrader_grades_the_course_folder_full_marks_and_zero_with_feedback(tmp
             row["student_id"]: (float(row["score"]), float(row["max_score"]))
             for row in csv.DictReader(grades)
         }
-    found = exercises(jupytext.read(source))
-    total = sum(exercise.stars for exercise in found)
+    total = sum(exercise.stars + exercise.answer_points for exercise in found)
     assert scores == {"solver": (total, total), "untouched": (0.0, total)}
     feedback = (course / "feedback" / "untouched" / name / f"{name}.html").read_text(encoding="utf-8")
     solved = (course / "feedback" / "solver" / name / f"{name}.html").read_text(encoding="utf-8")
@@ -143,6 +187,7 @@ def test_nbgrader_grades_the_course_folder_full_marks_and_zero_with_feedback(tmp
     # each check's error, with its message, is under the check in the untouched submission's feedback
     assert feedback.count("output_error") == len(found) and "output_error" not in solved
     assert f"Score: 0.0 / {float(total)}" in feedback and f"Score: {float(total)} / {float(total)}" in solved
+    assert "YOUR ANSWER HERE" in feedback and "Rubric" not in feedback  # the student's own (empty) answer
 
 
 def test_the_course_folder_holds_every_chapter_and_says_what_each_needs(tmp_path):
@@ -160,7 +205,8 @@ def test_the_course_folder_holds_every_chapter_and_says_what_each_needs(tmp_path
     for path in CHAPTERS:
         notebook = nbformat.read(course / "source" / path.stem / f"{path.stem}.ipynb", as_version=4)
         graded = [cell for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade")]
-        assert len(graded) == len(exercises(jupytext.read(path)))
+        found = exercises(jupytext.read(path))
+        assert len(graded) == len(found) + sum(exercise.answer_cell is not None for exercise in found)
     readme = (course / "README.md").read_text(encoding="utf-8")
     for command in ("generate_assignment", "autograde", "generate_feedback", "export", "formgrader"):
         assert f"nbgrader {command}" in readme
@@ -260,3 +306,28 @@ def test_the_model_answers_first_sentence_is_found_in_either_spelling():
         == "It is wider than the posterior."
     )
     assert model_answer("return 1") == ""
+
+
+def test_the_editions_show_the_model_answer_folded_and_the_rubric_to_instructors_only():
+    """What tools/book_ext.py makes of a chapter with written answers (the pages and the downloadable sources)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import book_ext
+
+    source = CHAPTERS[0]
+    text = source.read_text(encoding="utf-8")
+    notebook = jupytext.reads(text, fmt="py:percent")
+    answer = next(cell.source for cell in notebook.cells if is_answer_cell(cell))
+    assert book_ext.edit_for_edition(text, "instructor", "fold") == text
+    folded = book_ext.edit_for_edition(text, "learner", "fold")
+    assert "Model answer" in folded and "BEGIN RUBRIC" not in folded and "Rubric (" not in folded
+    removed = book_ext.edit_for_edition(text, "learner", "remove")
+    assert (
+        "Model answer" not in removed and "# YOUR ANSWER HERE" in removed and "BEGIN SOLUTION" not in removed
+    )
+    assert len(jupytext.reads(removed, fmt="py:percent").cells) == len(notebook.cells)
+    assert book_ext.edit_answer_for_edition(answer, "instructor", "fold") == answer
+    learner = book_ext.edit_answer_for_edition(answer, "learner", "fold")
+    assert ":::{admonition} Model answer\n:class: dropdown" in learner and "Rubric" not in learner
+    assert "Model answer" not in book_ext.edit_answer_for_edition(answer, "learner", "remove")

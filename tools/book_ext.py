@@ -177,6 +177,10 @@ def read_chapter(text: str, fmt: str = "py:percent"):
     import nbformat
 
     notebook = jupytext.reads(text, fmt=fmt)
+    name, solutions = edition()
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = edit_answer_for_edition(cell.source, name, solutions)
     source = next((p for p in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
                    if p.read_text(encoding="utf-8") == text), None)  # fmt: skip
     if source is None:
@@ -224,14 +228,39 @@ def edition() -> tuple[str, str]:
 
 
 def edit_for_edition(text: str, name: str, solutions: str) -> str:
-    """``text`` (a cell, or a whole chapter source) as the edition shows it."""
-    from ddpm_lib.course import HIDDEN_BEGIN, SOLUTION_BEGIN, clear_hidden_tests, clear_solution
+    """``text`` (a code cell, or a whole chapter source in the percent format) as the edition shows it: the learner
+    edition without hidden checks and rubrics, and with ``remove``, without solutions and model answers."""
+    import re
+
+    from ddpm_lib.course import (
+        HIDDEN_BEGIN,
+        RUBRIC_BEGIN,
+        SOLUTION_BEGIN,
+        clear_hidden_tests,
+        clear_rubric,
+        clear_solution,
+    )
 
     if name == "learner" and HIDDEN_BEGIN in text:
         text = clear_hidden_tests(text)
+    if name == "learner" and RUBRIC_BEGIN in text:
+        text = clear_rubric(text)
     if solutions == "remove" and SOLUTION_BEGIN in text:
+        # a written answer's region, in a Markdown cell of the percent format, becomes the text stub first
+        text = re.sub(r"^# <!-- ### BEGIN SOLUTION -->\n(?:.*\n)*?# <!-- ### END SOLUTION -->$", "# YOUR ANSWER HERE",
+                      text, flags=re.M)  # fmt: skip
         text = clear_solution(text)
     return text
+
+
+def edit_answer_for_edition(text: str, name: str, solutions: str) -> str:
+    """A written answer's Markdown cell as the edition shows it: the rubric is the instructor's; with ``remove`` the
+    model answer goes too (the student copy's ``YOUR ANSWER HERE``)."""
+    from ddpm_lib.course import SOLUTION_BEGIN, clear_rubric, clear_solution
+
+    if name == "instructor" or SOLUTION_BEGIN not in text:
+        return text
+    return clear_solution(text, text=True) if solutions == "remove" else clear_rubric(text)
 
 
 def apply_edition(app: Sphinx, doctree: nodes.document) -> None:
@@ -267,9 +296,10 @@ def edit_downloads(app: Sphinx, exception: Exception | None) -> None:
         if path.suffix == ".ipynb":
             notebook = json.loads(text)
             for cell in notebook.get("cells", []):
-                if cell.get("cell_type") == "code":
+                if cell.get("cell_type") in ("code", "markdown"):
                     source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                    edited = edit_for_edition(source, name, solutions)
+                    edit = edit_for_edition if cell["cell_type"] == "code" else edit_answer_for_edition
+                    edited = edit(source, name, solutions)
                     if edited != source:
                         cell["source"] = edited.splitlines(keepends=True)
             edited_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
