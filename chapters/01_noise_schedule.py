@@ -576,4 +576,3 @@ print("Exercise 1.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

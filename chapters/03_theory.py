@@ -2171,4 +2171,3 @@ print("Exercise 3.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

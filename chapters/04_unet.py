@@ -1757,4 +1757,3 @@ print("Exercise 4.4 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -1022,4 +1022,3 @@ print("Exercise 5.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -767,4 +767,3 @@ print("Exercise 6.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -1133,4 +1133,3 @@ print("Exercise 8.4 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -618,4 +618,3 @@ print("Exercise 9.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -854,4 +854,3 @@ print("Exercise 10.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

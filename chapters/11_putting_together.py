@@ -704,4 +704,3 @@ print("Exercise 11.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

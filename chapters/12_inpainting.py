@@ -923,4 +923,3 @@ print("Exercise 12.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -1259,4 +1259,3 @@ print("Exercise 13.4 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -623,4 +623,3 @@ print("Exercise 14.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

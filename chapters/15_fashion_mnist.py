@@ -707,4 +707,3 @@ print("Exercise 15.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-

@@ -888,4 +888,3 @@ print("Exercise 16.3 passed")
 # :::
 # <!-- ### END RUBRIC -->
 # <!-- ### END SOLUTION -->
-
