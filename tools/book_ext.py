@@ -29,7 +29,9 @@
    default ``fold``: shown folded); ``instructor`` shows everything and adds the grading notes
    (``grading.md``, whose table ``python -m ddpm_lib.course grading-notes --write`` keeps current). The edits are
    ``ddpm_lib.course``'s, the ones that make the student copies. The site records its edition in
-   ``_static/edition.json``.
+   ``_static/edition.json``. The learner edition's Colab and Binder buttons open the chapter's launch copy,
+   ``student/NN_topic.ipynb`` (the student copy in plain Markdown, no MyST: ``python -m ddpm_lib.course
+   launch-copies``), the instructor edition's the full notebook.
 """
 
 from __future__ import annotations
@@ -311,11 +313,26 @@ def edit_downloads(app: Sphinx, exception: Exception | None) -> None:
                 path.write_text(edited_text, encoding="utf-8")
 
 
+def launch_student_copies(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """In the learner edition, a chapter's Colab and Binder buttons open its launch copy (``student/NN_topic.ipynb``:
+    no solutions, no hidden checks, plain Markdown; ``python -m ddpm_lib.course launch-copies``), not the full
+    notebook; the instructor edition keeps the full notebooks. Runs after sphinx-book-theme made the buttons."""
+    name, _ = edition()
+    chapter = Path(pagename).name
+    if name != "learner" or not (ROOT / "student" / f"{chapter}.ipynb").is_file():
+        return
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
+            if "url" in button:
+                button["url"] = button["url"].replace(f"chapters/{chapter}.ipynb", f"student/{chapter}.ipynb")
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", lambda app, config: edition())  # a bad edition fails at once
     app.connect("doctree-read", apply_edition)
     app.connect("doctree-read", note_stored_outputs)
     app.connect("build-finished", edit_downloads)
+    app.connect("html-page-context", launch_student_copies, priority=502)
     app.connect("config-inited", add_footer)
     app.connect("config-inited", use_local_mathjax)
     app.connect("config-inited", check_ort)
