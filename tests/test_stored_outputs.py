@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import execute_chapters  # noqa: E402
 
-STORED = [source for source in chapter_sources() if execute_chapters.stored_record(source) is not None]
+#: the chapters whose stored record is function-level and current: the edits below are judged on them (a stale
+#: chapter is waiting for its re-execution; an older record says nothing of what the chapter ran)
+STORED = [source for source in chapter_sources()
+          if "functions" in (execute_chapters.stored_record(source) or {})
+          and not execute_chapters.stale_reasons(source, "full")]  # fmt: skip
 
 
 def test_list_and_check_say_current_or_stale_for_every_chapter():
@@ -57,8 +61,9 @@ def reasons(copy: Path) -> dict[str, list[str]]:
 
 
 def staled(copy: Path, before: dict[str, list[str]]) -> set[str]:
-    """The chapters whose staleness an edit of ``copy`` changed (a chapter stale already gains a reason)."""
-    return {number for number, now in reasons(copy).items() if now != before[number]}
+    """The current chapters (``STORED``) that an edit of ``copy`` made stale."""
+    current = {source.name[:2] for source in STORED}
+    return {number for number, now in reasons(copy).items() if number in current and now != before[number]}
 
 
 def recorded() -> dict[str, dict]:
@@ -108,6 +113,8 @@ def test_a_docstring_or_comment_edit_in_a_module_every_chapter_imports_stales_no
 
 
 def test_a_body_edit_of_a_function_only_chapter_12_runs_stales_only_chapter_12(repository):
+    if "12" not in recorded():
+        pytest.skip("chapter 12's record is not function-level yet: python tools/execute_chapters.py 12")
     only = sorted((module, name) for module, names in recorded()["12"]["functions"].items() for name in names
                   if runners(module, name) == {"12"})  # fmt: skip
     assert only, "chapter 12 runs no function of its own"
@@ -119,7 +126,8 @@ def test_a_body_edit_of_a_function_only_chapter_12_runs_stales_only_chapter_12(r
 
 
 def test_a_body_edit_of_the_training_runner_stales_the_chapters_that_train_from_the_command_line(repository):
-    assert {"05", "14"} <= runners("ddpm_lib/runner.py", "run_training")
+    assert {"05", "14"} & set(recorded()), "neither chapter that trains from the command line has a record"
+    assert {"05", "14"} & set(recorded()) <= runners("ddpm_lib/runner.py", "run_training")
     before = reasons(repository)
     edit_body(repository, "ddpm_lib/runner.py", "run_training")
     assert staled(repository, before) == runners("ddpm_lib/runner.py", "run_training")
