@@ -381,7 +381,7 @@ assert cost[64] < cost[1]
 # the clamp on $\hat x_0$. While the chains run, a small recorder (the `on_step` hook of `sample_loop`)
 # keeps what the next sections look at: $x_t$ and the network's $\hat x_0$ at a few $t$, frames for an
 # animation, and how many pixels of $\hat x_0$ fall outside $[-1, 1]$. In the full profile (16 digits, float32)
-# the next cell takes about two minutes on a 2-core CPU, with a progress bar per chain.
+# the next cell takes about 75 seconds on a 2-core CPU, with a progress bar per chain.
 
 # %%
 n = PROFILE.grid_samples

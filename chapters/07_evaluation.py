@@ -225,7 +225,7 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 # %% [markdown]
 # Train it live (the CI profile trains a single epoch, just to run the code), and load the copy the
 # course ships, trained with the same function by `python -m ddpm_lib train-classifier` (the command
-# and its result are in the provenance file). In the full profile the next cell takes a minute or two on a
+# and its result are in the provenance file). In the full profile the next cell takes about two minutes on a
 # 2-core laptop (15 epochs); each epoch prints a line as it ends, and a progress bar counts the epochs.
 
 

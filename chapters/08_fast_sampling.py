@@ -553,7 +553,7 @@ for images in grids.values():
 # on a respaced chain. All of them are drawn by `generate`, in the precision this machine computes fast in.
 #
 # Cost: 1 to 1.5 ms per image per network call on two CPU cores (the cell prints it), so at full size (256
-# samples per point, every budget, plus a few extra rows) the next cell samples for about TIME? minutes on a 2-core
+# samples per point, every budget, plus a few extra rows) the next cell samples for 35 to 40 minutes on a 2-core
 # CPU with bfloat16 instructions: one progress bar counts the network evaluations of the finished rows, another follows each chain of the
 # four curves. Besides the four curves, the table has two extra experiments: the three spacings at 10 steps, and DDIM
 # at 20 steps with $\eta$ between 0 and 1.
@@ -676,8 +676,8 @@ if n_nfe >= 64:  # what the text below reads off the table, checked where the sa
 # %% [markdown]
 # **Reading the plot.** The numbers below are the ones the cells above print in the full profile, on the shipped
 # `ddpm_mnist` weights (36,000 training steps, predicting $v$, self-attention at 7×7), 256 samples per point
-# (the full profile: about TIME? minutes on 2 cores, bfloat16 autocast; bfloat16 rounding depends on the CPU and
-# its thread count, so another machine moves them by a point or two).
+# (the full profile: 35 to 40 minutes on 2 cores, bfloat16 autocast; bfloat16 rounding depends on the CPU and its
+# thread count, so another machine moves them by a point or two).
 # The floor is 68.9. How much one number can move by chance, the cell on the draws of real digits says: at
 # 256 digits the distance of 17 disjoint draws has a standard deviation of 9.5 (from 55.2 to 86.9), so two
 # rows differ by about 13 from chance alone, and a difference below about 25 is not shown to be real.

@@ -374,8 +374,8 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 
 # %% [markdown]
 # **What the measurement says.** The shipped short runs `ddpm_mnist_short_linear` and `ddpm_mnist_short_cosine`,
-# 256 samples per row; the numbers below are the ones the table above prints in the full profile (about TIME?
-# on two CPU cores for the chapter, as it samples the shipped runs and does not train them). The per-draw means sit above the distances of all 256 samples
+# 256 samples per row; the numbers below are the ones the table above prints in the full profile (about a minute
+# and a half for the chapter on two CPU cores, as it samples the shipped runs and does not train them). The per-draw means sit above the distances of all 256 samples
 # because a Fréchet distance from fewer samples is biased upwards ([chapter 07](07_evaluation.py)); compare rows within a column.
 #
 # - **On a short run, the schedule is not the bottleneck.** With the same recipe, the same 2,200 steps and the

@@ -211,7 +211,7 @@ assert gap > 0
 #
 # The same starting noise in every column; rows ask for 0, 1, …, 9. Sampler: [chapter 06](06_sampling.py)'s `sample()` on a
 # respaced chain ([chapter 08](08_fast_sampling.py)) of `PROFILE.guidance_steps` = 100 steps, which costs 100 (unguided) or 100
-# double-batch network calls per digit. In the full profile the next cell takes about TIME? on a 2-core
+# double-batch network calls per digit. In the full profile the next cell takes about half a minute on a 2-core
 # CPU (three grids of 60 digits); a progress bar follows each chain.
 
 # %%
@@ -267,7 +267,7 @@ assert all(g.shape == (10 * columns, 1, 28, 28) for g in grids.values())
 #   penalises both wrong digits and missing variety.
 #
 # Guided steps cost two network evaluations per image, so this table is the slow part of the chapter: at full
-# size (256 digits per row, 100 steps) the table's cell takes about TIME? minutes on a 2-core CPU, with a
+# size (256 digits per row, 100 steps) the next two cells take about six minutes on a 2-core CPU, with a
 # progress bar over the rows.
 
 
@@ -342,7 +342,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 
 # %% [markdown]
 # **Reading the table.** The shipped `ddpm_mnist_cond` (8,000 steps), 256 digits per row, 100-step DDPM; the
-# numbers below are the ones the table prints in the full profile (about TIME? minutes for the chapter on two CPU
+# numbers below are the ones the table prints in the full profile (about nine minutes for the chapter on two CPU
 # cores).
 #
 # - **The label alone does most of the work.** Unguided ($w = 0$), 97.3% of the digits are the requested class,
@@ -352,7 +352,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   every class, where the floor's random real digits do not. Read it as "at the floor". The target of 95% is met
 #   already at $w = 0$; the best accuracy, 100%, from $w = 1$ on.
 # - **Guidance buys the last few percent and costs variety.** From $w = 0$ to $w = 4$ the diversity falls from
-#   1.01 to 0.65 and the Fréchet distance quadruples, from 52.7 to 215.9: every class collapses towards its most
+#   1.01 to 0.64 and the Fréchet distance quadruples, from 52.7 to 218.4: every class collapses towards its most
 #   typical, boldest shapes (compare the rows of the grid above). Above $w = 1$ there is nothing left to gain in
 #   accuracy, only variety to lose. For this model the best setting by the Fréchet distance is no guidance at
 #   all, and $w = 0.5$ if nearly every digit must be the right one. A short training run is less sure of its
@@ -360,7 +360,7 @@ if n_eval >= 100:  # what the text below reads off the table, where the samples 
 #   run guidance raises the confident share and lowers the Fréchet distance alike (exercise 11.3 prints both).
 # - **The unconditional half is a weaker model.** With no label ($w = -1$), the same network draws digits of its
 #   own choosing — so "accuracy" is chance, 10.5%, and the within-label spread is that of all classes mixed
-#   (1.86) — and only 76.2% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
+#   (1.85) — and only 75.4% are confident, against 92.2% for the shipped unconditional model `ddpm_mnist`, trained
 #   longer on every image (its provenance file `ddpm_lib/weights/ddpm_mnist.json`, with 1000-step `sample_clip()`
 #   on 500 digits: a different sampler, so compare loosely). The conditional network learned that task from a
 #   tenth of its training examples: label dropout replaces each example's label by "no label" with probability
@@ -485,7 +485,7 @@ assert prediction_of(AutoGuidance(unconditional, weak, 1.0)) == prediction_of(un
 # unguided, autoguided at $w = 1$ and $w = 2$, and at $w = 2$ on the interval $200 \le t \le 900$ only, each
 # drawing the same `n_eval` digits with the same seeds on a 25-step DDPM chain ([chapter 08](08_fast_sampling.py)). With no label to ask for, the columns are [chapter 07](07_evaluation.py)'s: the confident share,
 # the rarest and commonest class against its uniform share, and the Fréchet distance against the floor. In the
-# full profile (256 digits per row) the cell takes about a minute on a 2-core laptop.
+# full profile (256 digits per row) the next cell takes about a minute on a 2-core laptop.
 
 # %%
 auto_steps = 25
@@ -529,18 +529,18 @@ plt.show()
 # **Reading the table.** The full profile's numbers (256 digits per row, 25-step DDPM, seed 1):
 #
 # - **The weak model is much weaker.** At 4,000 of the run's 36,000 steps the snapshot alone draws 78.9%
-#   confident digits at 3.30× the floor, against 91.0% and 1.00× for the shipped weights.
-# - **Guiding away from it helps on both counts at $w = 1$:** 96.1% confident and 0.92× the floor, from the same
+#   confident digits at 3.31× the floor, against 91.4% and 1.00× for the shipped weights.
+# - **Guiding away from it points the right way at $w = 1$:** 94.9% confident and 0.92× the floor, from the same
 #   starting noise. At 256 digits a share near 93% has a standard error of about 1.6 points, and the difference
-#   of two such shares one of about 2.2 (√2 × 1.6), so the gain of five points is a little over two of them:
-#   probably real, not certain; the Fréchet ratios differ by less than a draw-to-draw deviation (section 4)
-#   and read as "no worse".
+#   of two such shares one of about 2.2 (√2 × 1.6), so the gain of three and a half points is about one and a half
+#   of them: suggestive, not shown to be real at these sizes; the Fréchet ratios differ by less than a
+#   draw-to-draw deviation (section 4) and read as "no worse".
 # - **Further, it trades variety as classifier-free guidance does:** at $w = 2$ the confident share barely moves
-#   (96.9%) while the Fréchet distance rises past the floor (1.11×) and the commonest class grows (1.37× its
+#   (96.9%) while the Fréchet distance rises past the floor (1.07×) and the commonest class grows (1.33× its
 #   share). $w = 1$ is the setting to use.
-# - **On an interval, the trade shrinks.** $w = 2$ applied only on $200 \le t \le 900$ draws 96.1% confident
-#   digits at 0.95× the floor, the rarest class at 0.74× its share: the confident share of $w = 1$ at every step
-#   and a distance within a draw-to-draw deviation of its 0.92×, where $w = 2$ at every step reached 1.11×. On
+# - **On an interval, the trade shrinks.** $w = 2$ applied only on $200 \le t \le 900$ draws 97.3% confident
+#   digits at 0.95× the floor, the rarest class at 0.74× its share: the confident share of $w = 2$ at every step
+#   and a distance within a draw-to-draw deviation of $w = 1$'s 0.92×, where $w = 2$ at every step reached 1.07×. On
 #   the long-trained model the interval adds little to $w = 1$; on a short run, which needs a larger $w$, it is
 #   what keeps every digit in the sample ([chapter 11](11_putting_together.py)'s unconditional quick recipe guides with $w = 4$ on
 #   $200 \le t \le 850$).
@@ -836,7 +836,7 @@ print("Exercise 10.3 passed")
 # :class: dropdown
 #
 # **Part 3.** Measured at full size (the shipped `ddpm_mnist_cond`, 256 digits, 100 steps): w = 4 on
-# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.65 (w = 4 everywhere) to 0.70 — some
+# [100, 600] keeps the accuracy at 100.0%, and the diversity rises from 0.64 (w = 4 everywhere) to 0.70 — some
 # variety back, far from the 1.01 of no guidance, and with no standard error to say how sure that gain is.
 # Exercise 10.1 says why the interval changes little here: the label shapes x̂0 most at high noise, above
 # t = 600, where the interval leaves the conditional model alone, and the conditional model already picks the

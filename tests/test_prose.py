@@ -99,7 +99,7 @@ WORDS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 AMOUNT = r"(\d+(?:\.\d+)?|half a|an?|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
 #: a duration: "8 minutes", "4 to 6 minutes", "a minute and a half", "half a minute", "40 s", "1.5 min"
 DURATION = re.compile(
-    rf"\b{AMOUNT}(?:\s*(?:to|–|-)\s*{AMOUNT})?\s*(minutes?|min|seconds?|s)\b(\s+and\s+a\s+half)?", re.I
+    rf"\b{AMOUNT}(?:\s*(?:to|–|-)\s*{AMOUNT})?(?:\s+|(?<=\d))(minutes?|min|seconds?|s)\b(\s+and\s+a\s+half)?", re.I
 )
 #: what a sentence gives a time for
 NEXT_CELLS = re.compile(r"\bthe next (?:(two|three|four) )?cells?\b", re.I)
@@ -214,6 +214,8 @@ def test_the_time_finder_reads_the_courses_phrasings():
     assert found == [((480, 480), True, False), ((240, 360), True, False), ((540, 540), False, True)]
     assert seconds_of(DURATION.search("a minute and a half")) == (90, 90)
     assert seconds_of(DURATION.search("half a minute")) == (30, 30)
+    assert seconds_of(DURATION.search("40s")) == (40, 40)
+    assert DURATION.search("the ones as they are") is None  # "one" + "s" is not a duration
 
 
 def test_the_readme_quotes_the_recorded_try_it_times():
