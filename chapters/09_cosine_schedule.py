@@ -44,6 +44,7 @@ if importlib.util.find_spec("ddpm_lib") is None:
 
 import math
 import numbers
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -337,6 +338,7 @@ assert 1 / cosine.snr[-1].sqrt() > 100 / linear.snr[-1].sqrt()
 
 # %%
 n_eval = PROFILE.schedule_eval_samples
+started = time.perf_counter()
 samples = {
     f"{name} schedule": generate(
         model, schedule, n_eval, sampler="clip", steps=100, seed=1, progress=PROFILE.progress
@@ -349,7 +351,10 @@ samples["cosine, unclipped sample()"] = generate(
 samples["real digits (floor)"] = baseline_images(n_eval, seed=1)["real digits (floor)"]
 classifier, _ = load_classifier()
 results = evaluate_images(classifier, samples, heldout, PROFILE.eval_draws)
-print(f"{n_eval} samples per row; 100-step sample_clip() unless the row says otherwise")
+print(
+    f"{n_eval} samples per row; 100-step sample_clip() unless the row says otherwise; "
+    f"sampled and scored in {time.perf_counter() - started:.0f} s"
+)
 print(format_table(results))
 difference, standard_error = draw_difference(results["cosine schedule"], results["linear schedule"])
 print(f"cosine minus linear, Fréchet distance per draw: {difference:+.1f} ± {standard_error:.1f} (s.e.)")

@@ -416,9 +416,9 @@ assert 400_000 < sum(p.numel() for p in sizes["default (python -m ddpm_lib train
 # processes with the same global batch and prints the command behind each figure. Two processes get no more
 # cores than one process with two threads: they only trade intra-op threading (every convolution split across
 # threads) for data parallelism (the batch split across processes, plus one all-reduce of the gradients per
-# step). A run takes about ten minutes, so the course ships the record of one, made on the 2-core machine the
-# course is tested on (course default U-Net, global batch 128, float32, the median of three rounds); the next
-# cell prints it, with the command behind every figure:
+# step). A run of the benchmark takes about ten minutes. So the course ships the record of one, made on the
+# 2-core machine the course is tested on (course default U-Net, global batch 128, float32, the median of three
+# rounds), and the cell below prints it, with the command behind every figure:
 
 # %%
 from importlib.resources import files  # noqa: E402

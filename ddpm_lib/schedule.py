@@ -150,7 +150,7 @@ class LinearBetaScheduler(NoiseSchedule):
         )
 
 
-# --- chapters/09_cosine_schedule.py, cell 3 (line 91): edit there ---
+# --- chapters/09_cosine_schedule.py, cell 3 (line 92): edit there ---
 class CosineScheduler(NoiseSchedule):
     r"""The cosine schedule of Nichol & Dhariwal (2021): ᾱ_t = f((t+1)/T) / f(0), f(u) = cos²((u+s)/(1+s)·π/2).
 
