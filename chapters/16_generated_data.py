@@ -351,7 +351,7 @@ def generated_set(
 # 1,000 digits in all) at each guidance scale of `PROFILE.synthetic_scales`, drawn with [chapter 06](06_sampling.py)'s DDPM step on a
 # respaced chain of `PROFILE.synthetic_steps` steps ([chapter 08](08_fast_sampling.py)), in the precision this machine is fast in, the same seed
 # for every scale (so digit $i$ starts from the same noise at every $w$). A guided step costs a double batch. In
-# the full profile the next cell takes about 6 minutes on a 2-core laptop (most of it for the two guided
+# the full profile the next cell takes about 5 minutes on a 2-core laptop (most of it for the two guided
 # pools), with a progress bar over the scales.
 #
 # For each pool we also record its **label fidelity**: the share of its digits that [chapter 07](07_evaluation.py)'s evaluation
@@ -608,7 +608,7 @@ else:
 # ## Reading the tables
 #
 # The shipped `ddpm_mnist_cond`; the numbers below are the ones the three tables print in the full profile
-# (about TIME? minutes for the chapter on two CPU cores): 100
+# (about eight minutes for the chapter on two CPU cores): 100
 # generated digits per class, 50-step DDPM, five seeds, a small classifier trained for 500 steps on each set and
 # tested on the 500 held-out digits. Accuracies in %, mean ± standard error over the seeds; differences paired
 # over the seeds, with their 95% intervals.
@@ -616,22 +616,22 @@ else:
 # Did the generated digits help? It depends on how many real ones there are.
 #
 # - **Where real digits are scarce, a lot.** With 10 real digits per class, adding the 1,000 generated ones raises the
-#   held-out accuracy from 81.4% to 93.0%, by 11.5 points, an interval of +9.5 to +13.6 that is far from zero. This
+#   held-out accuracy from 81.4% to 92.8%, by 11.4 points, an interval of +9.5 to +13.2 that is far from zero. This
 #   is the clearest result of the chapter, and section 1 says where the gain comes from: the denoiser learned from all
-#   450 training digits of every class, and its samples pass that on. Much of it arrives: 93.0% is within three
+#   450 training digits of every class, and its samples pass that on. Much of it arrives: 92.8% is within three
 #   points of the 95.8% the same classifier reaches on all 4,500 training digits (section 2's check).
-# - **Where real digits are plentiful, not measurably.** With 50 real digits per class the gain shrinks to 1.1 ± 0.7
-#   points, an interval from −0.9 to +3.2: within noise at five seeds. Fifty real digits per class already take the
-#   small classifier to 92.8%, near what it reaches on 100 real digits per class (94.0%); the generated digits have
+# - **Where real digits are plentiful, not measurably.** With 50 real digits per class the gain shrinks to 1.1 ± 0.6
+#   points, an interval from −0.6 to +2.9: within noise at five seeds. Fifty real digits per class already take the
+#   small classifier to 92.7%, near what it reaches on 100 real digits per class (94.1%); the generated digits have
 #   little left to add.
 # - **Instead of real digits, nearly as good.** Trained on 1,000 generated digits alone, the classifier scores
-#   92.3%, 1.7 ± 0.7 points below 1,000 real digits: an interval from −3.7 to +0.2, so at five seeds the loss is
-#   at the edge of measurable (within noise), and small either way. A CAS this close to the real-data score says the unguided model covers each class
+#   92.3%, 1.8 ± 0.6 points below 1,000 real digits: an interval from −3.5 to −0.0, so at five seeds the loss is
+#   just measurable, and small. A CAS this close to the real-data score says the unguided model covers each class
 #   in something like its real variety (diversity 1.02), and that the 3% of its digits the evaluation classifier
 #   reads as another class cost little.
-# - **Guidance hurts in this use.** Guidance does what [chapter 10](10_guidance.py) showed: label fidelity rises from 96.8% to 99.9%
+# - **Guidance hurts in this use.** Guidance does what [chapter 10](10_guidance.py) showed: label fidelity rises from 96.7% to 99.9%
 #   ($w = 1$) and 100% ($w = 3$) while the variety falls to 0.77 and 0.66 of real digits'. A classifier trained on
-#   the guided digits is worse, by 4.3 points at $w = 1$ and 10.5 at $w = 3$, intervals far from zero: the few
+#   the guided digits is worse, by 4.4 points at $w = 1$ and 10.6 at $w = 3$, intervals far from zero: the few
 #   percent of digits with a wrong-looking shape cost much less than the missing variety does, because the
 #   held-out digits have that variety. Measured by what a classifier learns, the best guidance scale is none,
 #   whereas by label fidelity it would be the largest — the two measures recommend opposite settings.
@@ -651,7 +651,7 @@ else:
 #   paired differences, and call a difference real only when its 95% interval, with Student's $t$ for few
 #   seeds, excludes zero.
 # - On the shipped model (full profile): generated digits helped a lot where real ones were scarce (10 per class:
-#   +11.5 points), not measurably with 50 per class, and alone they came within 1.7 ± 0.7 points of as many real
+#   +11.4 points), not measurably with 50 per class, and alone they came within 1.8 ± 0.6 points of as many real
 #   digits.
 # - The generated digits carry what the denoiser learned from its own training data; a gain from them is that
 #   knowledge passed on, not information from nowhere.
