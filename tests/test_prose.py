@@ -99,7 +99,8 @@ WORDS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 AMOUNT = r"(\d+(?:\.\d+)?|half a|an?|one|two|three|four|five|six|seven|eight|nine|ten|twelve)"
 #: a duration: "8 minutes", "4 to 6 minutes", "a minute and a half", "half a minute", "40 s", "1.5 min"
 DURATION = re.compile(
-    rf"\b{AMOUNT}(?:\s*(?:to|–|-)\s*{AMOUNT})?(?:\s+|(?<=\d))(minutes?|min|seconds?|s)\b(\s+and\s+a\s+half)?", re.I
+    rf"\b{AMOUNT}(?:\s*(?:to|–|-)\s*{AMOUNT})?(?:\s+|(?<=\d))(minutes?|min|seconds?|s)\b(\s+and\s+a\s+half)?",
+    re.I,
 )
 #: what a sentence gives a time for
 NEXT_CELLS = re.compile(r"\bthe next (?:(two|three|four) )?cells?\b", re.I)
