@@ -221,12 +221,14 @@ class Recorder:
         self.data: dict[str, int] = {}  # package data file -> times opened
 
     def start(self) -> Recorder:
-        """Record the calling thread too (a no-op when it is recorded already)."""
+        """Record the calling thread too (a no-op when it is recorded already). A thread has one profiler at a time:
+        when another took over (or ``sys.setprofile(None)`` removed ours), ours is enabled again, its counts kept."""
         thread = threading.get_ident()
-        if thread not in self._profiles:
-            profile = cProfile.Profile()
+        profile = self._profiles.get(thread)
+        if profile is None:
+            profile = self._profiles[thread] = cProfile.Profile()
+        if sys.getprofile() is not profile:
             profile.enable()
-            self._profiles[thread] = profile
         return self
 
     def counts(self, all_code: bool = False) -> dict:

@@ -200,3 +200,22 @@ def test_nested_hits_count_towards_the_outer_computation(cache):
     cached("outer", outer)
     entry = json.loads(next((cache.folder / "outer").glob("*/entry.json")).read_text())
     assert "ddim_step" in entry["ran"]["functions"]["ddpm_lib/fast_sampling.py"]
+
+
+def test_what_a_computation_ran_is_recorded_after_another_profiler_took_the_thread(cache):
+    """A thread has one profiler at a time: after another one ran (or ``sys.setprofile(None)``), the process's
+    recorder takes the thread back, so a computation still records the package functions it ran."""
+    import cProfile
+
+    model = tiny_model().eval()
+    from ddpm_lib.schedule import LinearBetaScheduler
+
+    scheduler = LinearBetaScheduler(50)
+    generate(model, scheduler, 2, sampler="ddim", steps=2)  # the recorder is running
+    other = cProfile.Profile()
+    other.enable()
+    other.disable()  # leaves the thread with no profiler at all
+    assert sys.getprofile() is None
+    cached("after", lambda: generate(model, scheduler, 2, sampler="ddim", steps=3).mean())
+    entry = json.loads(next((cache.folder / "after").glob("*/entry.json")).read_text())
+    assert "ddim_step" in entry["ran"]["functions"]["ddpm_lib/fast_sampling.py"]
