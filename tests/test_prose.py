@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from pathlib import Path
@@ -156,14 +157,22 @@ def time_claims(notebook: nbformat.NotebookNode) -> list[tuple[str, str, float, 
     return claims
 
 
+@functools.cache
+def stale_reasons(source: Path) -> tuple[str, ...]:
+    """Why ``source``'s stored outputs are stale, once per chapter and process (both time tests ask)."""
+    import execute_chapters
+
+    record = execute_chapters.stored_record(source)
+    return (
+        tuple(execute_chapters.stale_reasons(source, record["profile"])) if record else ("no stored outputs",)
+    )
+
+
 def skip_if_stale(notebook: Path) -> None:
     """A stale chapter's stored times are an earlier run's: its prose is held to them once it is re-executed (landing
     does not wait for that; publishing does: ``python tools/execute_chapters.py --check``)."""
-    import execute_chapters
-
     source = notebook.with_suffix(".py")
-    record = execute_chapters.stored_record(source)
-    reasons = execute_chapters.stale_reasons(source, record["profile"]) if record else ["no stored outputs"]
+    reasons = stale_reasons(source)
     if reasons:
         pytest.skip(
             f"{source.name} is stale ({reasons[0][:80]}): python tools/execute_chapters.py {source.name[:2]}"
